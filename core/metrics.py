@@ -1,0 +1,188 @@
+"""Segmentation metrics (Dice, HD95, sensitivity, specificity) and tumour volumes.
+
+Empty masks follow the legacy BraTS evaluation rules:
+
+==========================  ======  ==============  ===========  ===========
+case                        Dice    HD95            sensitivity  specificity
+==========================  ======  ==============  ===========  ===========
+pred and ref empty          1       0               1            computed
+one empty, the other not    0       ``HD95_EMPTY``  0 or 1 [#]_  computed
+==========================  ======  ==============  ===========  ===========
+
+.. [#] Sensitivity with an empty reference is 1 when the prediction is empty too and 0
+   otherwise (nothing to find: any prediction is a miss); with an empty prediction and a
+   non-empty reference it is 0 by the formula. Specificity with no reference negatives
+   (reference fills the volume) is 1.
+
+HD95 is the maximum of the two directed 95th percentiles of surface distances
+(prediction surface -> reference surface and back), the definition of MONAI's
+``compute_hausdorff_distance(percentile=95)`` and DeepMind's ``surface-distance``. The
+surface of a mask is the mask minus its 6-connected erosion (voxels beyond the volume
+count as background); distances are Euclidean in mm via ``distance_transform_edt`` with
+``sampling=spacing``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from core.labels import CLASS_NAMES, ED, ET, NCR, NUM_CLASSES, REGION_CLASSES, REGIONS, region_mask
+from core.preprocess import bounding_box
+
+HD95_EMPTY = 373.13
+"""HD95 (mm) when exactly one of prediction and reference is empty (BraTS legacy rule)."""
+
+METRICS: tuple[str, ...] = ("dice", "hd95", "sensitivity", "specificity")
+
+Spacing = Sequence[float]
+
+
+def _pair(pred: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    pred = np.asarray(pred, dtype=bool)
+    ref = np.asarray(ref, dtype=bool)
+    if pred.shape != ref.shape:
+        raise ValueError(f"prediction {pred.shape} and reference {ref.shape} shapes differ")
+    return pred, ref
+
+
+def _counts(pred: np.ndarray, ref: np.ndarray) -> tuple[int, int, int]:
+    """True positives, predicted positives, reference positives."""
+    return (int(np.count_nonzero(pred & ref)), int(np.count_nonzero(pred)), int(np.count_nonzero(ref)))
+
+
+def _dice(tp: int, n_pred: int, n_ref: int) -> float:
+    return 1.0 if n_pred + n_ref == 0 else 2.0 * tp / (n_pred + n_ref)
+
+
+def _sensitivity(tp: int, n_pred: int, n_ref: int) -> float:
+    if n_ref == 0:
+        return 1.0 if n_pred == 0 else 0.0
+    return tp / n_ref
+
+
+def _specificity(tp: int, n_pred: int, n_ref: int, n_total: int) -> float:
+    negatives = n_total - n_ref
+    if negatives == 0:
+        return 1.0
+    false_pos = n_pred - tp
+    return (negatives - false_pos) / negatives
+
+
+def dice(pred: np.ndarray, ref: np.ndarray) -> float:
+    """Dice overlap ``2|P∩R| / (|P| + |R|)`` of two masks (non-zero = foreground); 1 if both empty."""
+    return _dice(*_counts(*_pair(pred, ref)))
+
+
+def sensitivity(pred: np.ndarray, ref: np.ndarray) -> float:
+    """True-positive rate ``|P∩R| / |R|``; with an empty reference 1 if the prediction is empty, else 0."""
+    return _sensitivity(*_counts(*_pair(pred, ref)))
+
+
+def specificity(pred: np.ndarray, ref: np.ndarray) -> float:
+    """True-negative rate ``|¬P∩¬R| / |¬R|``; 1 when the reference has no negatives."""
+    pred, ref = _pair(pred, ref)
+    return _specificity(*_counts(pred, ref), n_total=ref.size)
+
+
+def _check_spacing(spacing: Spacing, ndim: int) -> tuple[float, ...]:
+    sp = tuple(float(s) for s in spacing)
+    if len(sp) != ndim or not all(s > 0 for s in sp):
+        raise ValueError(f"spacing needs {ndim} positive voxel sizes (mm), got {tuple(spacing)}")
+    return sp
+
+
+def _grow(box: tuple[slice, ...], shape: tuple[int, ...], margin: int = 1) -> tuple[slice, ...]:
+    """Bounding box grown by ``margin`` voxels, clipped to the volume."""
+    return tuple(slice(max(s.start - margin, 0), min(s.stop + margin, n)) for s, n in zip(box, shape))
+
+
+def _surface(mask: np.ndarray) -> np.ndarray:
+    return mask & ~ndimage.binary_erosion(mask, border_value=0)
+
+
+def hd95(pred: np.ndarray, ref: np.ndarray, spacing: Spacing = (1.0, 1.0, 1.0)) -> float:
+    """95th-percentile symmetric Hausdorff distance (mm) between two masks.
+
+    Computed on the bounding box of both masks plus one voxel (exact: every surface voxel
+    lies inside it and the EDT is exact). Both empty -> 0, one empty -> ``HD95_EMPTY``.
+
+    Args:
+        pred: predicted mask.
+        ref: reference mask.
+        spacing: voxel size per axis in mm.
+    """
+    pred, ref = _pair(pred, ref)
+    sp = _check_spacing(spacing, pred.ndim)
+    has_pred, has_ref = bool(pred.any()), bool(ref.any())
+    if not has_pred and not has_ref:
+        return 0.0
+    if has_pred != has_ref:
+        return HD95_EMPTY
+    box = _grow(bounding_box(pred | ref), pred.shape)  # type: ignore[arg-type]
+    surf_pred, surf_ref = _surface(pred[box]), _surface(ref[box])
+    to_ref = ndimage.distance_transform_edt(~surf_ref, sampling=sp)[surf_pred]
+    to_pred = ndimage.distance_transform_edt(~surf_pred, sampling=sp)[surf_ref]
+    return float(max(np.percentile(to_ref, 95), np.percentile(to_pred, 95)))
+
+
+def region_metrics(pred_labels: np.ndarray, ref_labels: np.ndarray,
+                   spacing: Spacing = (1.0, 1.0, 1.0)) -> dict[str, dict[str, float]]:
+    """Dice, HD95, sensitivity and specificity for the BraTS regions WT, TC and ET.
+
+    Args:
+        pred_labels: predicted internal label map (0..3).
+        ref_labels: reference internal label map (0..3), same shape.
+        spacing: voxel size in mm.
+
+    Returns:
+        ``{"WT": {"dice": ..., "hd95": ..., "sensitivity": ..., "specificity": ...}, "TC": ..., "ET": ...}``.
+    """
+    pred_labels = np.asarray(pred_labels)
+    ref_labels = np.asarray(ref_labels)
+    if pred_labels.shape != ref_labels.shape:
+        raise ValueError(f"prediction {pred_labels.shape} and reference {ref_labels.shape} "
+                         "label maps differ in shape")
+    # All regions live inside the tumour bounding box: work there (specificity uses the full count).
+    n_total = ref_labels.size
+    box = bounding_box((pred_labels != 0) | (ref_labels != 0))
+    if box is not None:
+        box = _grow(box, pred_labels.shape)
+        pred_labels, ref_labels = pred_labels[box], ref_labels[box]
+    out: dict[str, dict[str, float]] = {}
+    for region in REGIONS:
+        pred, ref = region_mask(pred_labels, region), region_mask(ref_labels, region)
+        counts = _counts(pred, ref)
+        out[region] = {
+            "dice": _dice(*counts),
+            "hd95": hd95(pred, ref, spacing),
+            "sensitivity": _sensitivity(*counts),
+            "specificity": _specificity(*counts, n_total=n_total),
+        }
+    return out
+
+
+def _class_counts(labels: np.ndarray) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+        raise ValueError("volumes need an internal label map with classes 0..3 "
+                         "(convert with core.labels.to_internal)")
+    return np.bincount(labels.ravel().astype(np.intp, copy=False), minlength=NUM_CLASSES)
+
+
+def _voxel_ml(spacing: Spacing) -> float:
+    return float(np.prod(_check_spacing(spacing, 3))) / 1000.0
+
+
+def class_volumes_ml(labels: np.ndarray, spacing: Spacing = (1.0, 1.0, 1.0)) -> dict[str, float]:
+    """Volume in mL of each tumour class: ``{"NCR": ..., "ED": ..., "ET": ...}``."""
+    counts, voxel = _class_counts(labels), _voxel_ml(spacing)
+    return {CLASS_NAMES[c]: float(counts[c]) * voxel for c in (NCR, ED, ET)}
+
+
+def volumes_ml(labels: np.ndarray, spacing: Spacing = (1.0, 1.0, 1.0)) -> dict[str, float]:
+    """Volume in mL of each BraTS region: ``{"WT": ..., "TC": ..., "ET": ...}`` (voxels x prod(spacing) / 1000)."""
+    counts, voxel = _class_counts(labels), _voxel_ml(spacing)
+    return {r: float(sum(counts[c] for c in REGION_CLASSES[r])) * voxel for r in REGIONS}

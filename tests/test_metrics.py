@@ -1,0 +1,173 @@
+"""Tests for core.metrics: hand-computed Dice/HD95/sensitivity/specificity, BraTS empty rules, volumes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.spatial.distance import cdist
+
+from core import metrics
+from core.metrics import (
+    HD95_EMPTY,
+    class_volumes_ml,
+    dice,
+    hd95,
+    region_metrics,
+    sensitivity,
+    specificity,
+    volumes_ml,
+)
+
+
+def _box(shape: tuple[int, ...], lo: tuple[int, ...], hi: tuple[int, ...]) -> np.ndarray:
+    mask = np.zeros(shape, dtype=bool)
+    mask[tuple(slice(a, b) for a, b in zip(lo, hi))] = True
+    return mask
+
+
+def _brute_hd95(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...]) -> float:
+    """Independent HD95: explicit surface points and all pairwise distances."""
+    def surface_points(mask: np.ndarray) -> np.ndarray:
+        padded = np.pad(mask, 1)
+        core = padded[1:-1, 1:-1, 1:-1].copy()
+        for axis in range(3):
+            for shift in (-1, 1):
+                core &= np.roll(padded, shift, axis=axis)[1:-1, 1:-1, 1:-1]
+        return np.argwhere(mask & ~core) * np.asarray(spacing)
+
+    p, r = surface_points(pred), surface_points(ref)
+    d = cdist(p, r)
+    return float(max(np.percentile(d.min(axis=1), 95), np.percentile(d.min(axis=0), 95)))
+
+
+def test_dice_two_boxes_known_overlap() -> None:
+    a = _box((10, 10, 10), (0, 0, 0), (4, 4, 4))   # 64 voxels
+    b = _box((10, 10, 10), (2, 0, 0), (6, 4, 4))   # 64 voxels, overlap 2*4*4 = 32
+    assert dice(a, b) == pytest.approx(2 * 32 / 128)
+    assert dice(a, a) == 1.0
+    assert dice(a, ~a) == 0.0
+
+
+def test_sensitivity_specificity_by_hand() -> None:
+    ref = _box((10, 10, 10), (0, 0, 0), (5, 2, 2))     # 20 voxels
+    pred = _box((10, 10, 10), (3, 0, 0), (8, 2, 2))    # 20 voxels, 2*2*2 = 8 in ref
+    assert sensitivity(pred, ref) == pytest.approx(8 / 20)
+    # negatives of ref: 1000 - 20 = 980; false positives 12.
+    assert specificity(pred, ref) == pytest.approx((980 - 12) / 980)
+
+
+def test_empty_mask_rules() -> None:
+    empty = np.zeros((6, 6, 6), dtype=bool)
+    some = _box((6, 6, 6), (1, 1, 1), (3, 3, 3))
+    assert dice(empty, empty) == 1.0
+    assert hd95(empty, empty) == 0.0
+    assert dice(some, empty) == 0.0 and dice(empty, some) == 0.0
+    assert hd95(some, empty) == HD95_EMPTY == 373.13
+    assert hd95(empty, some) == HD95_EMPTY
+    assert sensitivity(empty, empty) == 1.0
+    assert sensitivity(some, empty) == 0.0
+    assert sensitivity(empty, some) == 0.0
+    assert specificity(empty, empty) == 1.0
+    full = np.ones((6, 6, 6), dtype=bool)
+    assert specificity(full, full) == 1.0  # no reference negatives
+
+
+def test_hd95_two_points_anisotropic_spacing() -> None:
+    a = np.zeros((8, 8, 8), dtype=bool)
+    b = np.zeros((8, 8, 8), dtype=bool)
+    a[1, 2, 3] = True
+    b[4, 6, 3] = True
+    spacing = (0.5, 2.0, 3.0)
+    expected = float(np.hypot(3 * 0.5, 4 * 2.0))
+    assert hd95(a, b, spacing) == pytest.approx(expected)
+    assert hd95(b, a, spacing) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_hd95_cube_vs_shifted_cube(k: int) -> None:
+    a = _box((20, 16, 16), (4, 4, 4), (10, 10, 10))  # 6^3 cube, 152 surface voxels
+    # The 36 voxels of the leading face (24% > 5% of the surface) are exactly k voxels from
+    # the shifted cube's surface, every other surface voxel is closer: HD95 = k * spacing.
+    b = np.roll(a, k, axis=0)
+    assert hd95(a, b) == pytest.approx(k)
+    assert hd95(a, b, (2.0, 1.0, 1.0)) == pytest.approx(2.0 * k)
+    assert hd95(a, np.roll(a, k, axis=1), (2.0, 1.0, 1.0)) == pytest.approx(k)
+    assert hd95(a, b, (2.0, 1.0, 1.0)) == pytest.approx(_brute_hd95(a, b, (2.0, 1.0, 1.0)))
+    assert hd95(a, a) == 0.0
+
+
+def test_hd95_is_max_of_directed_percentiles() -> None:
+    # ref = one voxel; pred = that voxel + one at distance 10: directed pred->ref = {0, 10}
+    # (95th pct 9.5), ref->pred = {0}. Pooled distances would give 9.0 instead.
+    ref = np.zeros((3, 3, 14), dtype=bool)
+    ref[1, 1, 1] = True
+    pred = ref.copy()
+    pred[1, 1, 11] = True
+    assert hd95(pred, ref) == pytest.approx(9.5)
+
+
+def test_hd95_matches_brute_force_on_random_blobs() -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        a = rng.random((14, 12, 10)) > 0.8
+        b = rng.random((14, 12, 10)) > 0.85
+        spacing = tuple(rng.uniform(0.5, 2.0, 3))
+        assert hd95(a, b, spacing) == pytest.approx(_brute_hd95(a, b, spacing))
+
+
+def test_hd95_mask_touching_volume_border() -> None:
+    # Cropping to the bounding box must not change the result at the volume border.
+    a = _box((10, 10, 10), (0, 0, 0), (10, 3, 3))
+    b = _box((10, 10, 10), (0, 0, 0), (10, 5, 3))
+    assert hd95(a, b) == pytest.approx(_brute_hd95(a, b, (1.0, 1.0, 1.0)))
+
+
+def test_shape_and_spacing_errors() -> None:
+    with pytest.raises(ValueError, match="shapes differ"):
+        dice(np.zeros((2, 2, 2)), np.zeros((2, 2, 3)))
+    with pytest.raises(ValueError, match="spacing"):
+        hd95(np.ones((2, 2, 2)), np.ones((2, 2, 2)), (1.0, 1.0))
+
+
+def test_region_metrics_regions_and_values() -> None:
+    ref = np.zeros((20, 20, 20), dtype=np.uint8)
+    ref[5:15, 5:15, 5:15] = 2          # ED
+    ref[8:12, 8:12, 8:12] = 1          # NCR
+    ref[8:12, 8:12, 10:12] = 3         # ET
+    pred = ref.copy()
+    pred[8:12, 8:12, 10:12] = 1        # ET predicted as NCR: WT and TC unchanged, ET missed
+    pred[0, 0, 0] = 2                  # one false-positive WT voxel far away
+    out = region_metrics(pred, ref, spacing=(1.0, 1.0, 1.0))
+    assert set(out) == {"WT", "TC", "ET"}
+    assert set(out["WT"]) == set(metrics.METRICS)
+    n_wt = 1000
+    assert out["WT"]["dice"] == pytest.approx(2 * n_wt / (2 * n_wt + 1))
+    assert out["WT"]["sensitivity"] == 1.0
+    assert out["WT"]["specificity"] == pytest.approx((8000 - 1000 - 1) / (8000 - 1000))
+    assert out["TC"]["dice"] == 1.0 and out["TC"]["hd95"] == 0.0
+    assert out["ET"]["dice"] == 0.0 and out["ET"]["hd95"] == HD95_EMPTY
+    assert out["ET"]["sensitivity"] == 0.0
+    assert out["ET"]["specificity"] == 1.0
+    # The bounding-box shortcut agrees with the single-mask functions on the full grid.
+    wt_pred, wt_ref = pred > 0, ref > 0
+    assert out["WT"]["hd95"] == pytest.approx(hd95(wt_pred, wt_ref))
+    assert out["WT"]["specificity"] == pytest.approx(specificity(wt_pred, wt_ref))
+
+
+def test_region_metrics_both_empty() -> None:
+    empty = np.zeros((5, 5, 5), dtype=np.uint8)
+    out = region_metrics(empty, empty)
+    for region in ("WT", "TC", "ET"):
+        assert out[region] == {"dice": 1.0, "hd95": 0.0, "sensitivity": 1.0, "specificity": 1.0}
+
+
+def test_volumes_anisotropic_spacing() -> None:
+    labels = np.zeros((10, 10, 10), dtype=np.uint8)
+    labels.flat[:30] = 1   # NCR 30 voxels
+    labels.flat[30:80] = 2  # ED 50
+    labels.flat[80:100] = 3  # ET 20
+    spacing = (0.5, 2.0, 3.0)  # 3 mm^3 per voxel
+    assert class_volumes_ml(labels, spacing) == pytest.approx({"NCR": 0.09, "ED": 0.15, "ET": 0.06})
+    assert volumes_ml(labels, spacing) == pytest.approx({"WT": 0.3, "TC": 0.15, "ET": 0.06})
+    with pytest.raises(ValueError, match="0..3"):
+        volumes_ml(np.full((2, 2, 2), 4, dtype=np.uint8))
