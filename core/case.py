@@ -2,14 +2,32 @@
 
 Like a TorchIO ``Subject``: one object holds the named images, their geometry and where
 they came from. Channel order is fixed: ``MODALITIES = ("t1", "t1ce", "t2", "flair")``.
+
+This module also finds a case's files by name (BraTS 2020/2021, BraTS 2023 or plain names),
+loads and validates a case from a folder, uploaded bytes or a zip, and writes BraTS case
+folders and label maps that keep the source affine and header. Every problem with the input
+is a ``CaseError`` whose message names the offending file and says how to fix it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import io
+import os
+import shutil
+import stat
+import tempfile
+import zipfile
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path, PurePosixPath
 
 import nibabel as nib
 import numpy as np
+
+from core.labels import CONVENTIONS, check_convention, detect_convention, from_internal, to_internal
+from core.nifti import NiftiError, nifti_bytes, read_nifti, save_nifti
 
 MODALITIES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
 
@@ -51,3 +69,493 @@ class Case:
     def modality(self, name: str) -> np.ndarray:
         """One modality volume ``(X, Y, Z)`` by name (``"t1"``, ``"t1ce"``, ``"t2"``, ``"flair"``)."""
         return self.image[MODALITIES.index(name)]
+
+
+# --------------------------------------------------------------------------- errors & names
+
+
+class CaseError(ValueError):
+    """A case cannot be used as given; the message names the offending file and the fix."""
+
+
+SEG = "seg"
+NAMINGS: tuple[str, ...] = ("2020", "2023", "plain")
+NIFTI_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")
+AFFINE_TOLERANCE_MM = 1e-3
+MAX_ZIP_BYTES = 2 * 1024**3  # a BraTS case is ~300 MB uncompressed even stored as float64
+Progress = Callable[[float, str], None]
+
+# File-name token -> (modality, naming). The token is what follows the last "_", "-", "." or
+# space of the name without extension; a name that *is* a token is "plain" naming.
+_TOKENS: dict[str, tuple[str, str]] = {
+    "t1": ("t1", "2020"),
+    "t1ce": ("t1ce", "2020"),
+    "t2": ("t2", "2020"),
+    "flair": ("flair", "2020"),
+    "t1n": ("t1", "2023"),
+    "t1c": ("t1ce", "2023"),
+    "t2w": ("t2", "2023"),
+    "t2f": ("flair", "2023"),
+    SEG: (SEG, "2020"),  # "-seg" is 2023 naming, see identify_file
+}
+# Suffix written per naming and modality (save_case).
+SUFFIXES: dict[str, dict[str, str]] = {
+    "2020": {"t1": "_t1", "t1ce": "_t1ce", "t2": "_t2", "flair": "_flair", SEG: "_seg"},
+    "2023": {"t1": "-t1n", "t1ce": "-t1c", "t2": "-t2w", "flair": "-t2f", SEG: "-seg"},
+}
+_NAMING_HELP = (
+    "name the files <case>_t1/_t1ce/_t2/_flair[/_seg] (BraTS 2020/2021), <case>-t1n/-t1c/-t2w/-t2f[/-seg] "
+    "(BraTS 2023) or t1/t1ce/t2/flair[/seg], each .nii or .nii.gz"
+)
+
+
+def _base_name(file_name: str | os.PathLike) -> str:
+    """Last path component of a file name that may use / or \\ separators."""
+    return str(file_name).replace("\\", "/").rsplit("/", 1)[-1]
+
+
+def _strip_nifti_suffix(name: str) -> str | None:
+    low = name.lower()
+    for suffix in NIFTI_SUFFIXES:
+        if low.endswith(suffix) and len(low) > len(suffix):
+            return low[: -len(suffix)]
+    return None
+
+
+def identify_file(file_name: str | os.PathLike) -> tuple[str, str] | None:
+    """Modality key and naming of a case file name, or ``None`` for an unrelated file.
+
+    Matches on the last name token only, so ``x_t1`` is t1 while ``x_t1ce`` is t1ce, and ``t2`` is
+    never confused with ``t2f``/``t2w``. Letter case is ignored; hidden files (``._x_t1.nii``) are unrelated.
+
+    Returns:
+        ``(key, naming)`` with key in ``MODALITIES`` or ``"seg"`` and naming ``"2020"``, ``"2023"`` or ``"plain"``.
+    """
+    name = _base_name(file_name)
+    stem = None if name.startswith(".") else _strip_nifti_suffix(name)
+    if stem is None:
+        return None
+    cut = max(stem.rfind(sep) for sep in "_-. ")
+    token = stem[cut + 1 :]
+    if token not in _TOKENS:
+        return None
+    key, naming = _TOKENS[token]
+    if cut < 0:
+        naming = "plain"
+    elif key == SEG and stem[cut] == "-":
+        naming = "2023"
+    return key, naming
+
+
+def case_naming(files: Mapping[str, str | os.PathLike]) -> str | None:
+    """Naming convention of a case's files: the most common among them (``None`` if none is recognised)."""
+    found = [ident[1] for f in files.values() if (ident := identify_file(f)) is not None]
+    if not found:
+        return None
+    return max(NAMINGS, key=lambda n: (found.count(n), -NAMINGS.index(n)))
+
+
+def _match_files(names: Sequence[str], where: str) -> dict[str, str]:
+    """Pick the file name of each modality (and the optional seg) among ``names``."""
+    found: dict[str, list[str]] = {}
+    ignored: list[str] = []
+    for name in names:
+        ident = identify_file(name)
+        if ident is None:
+            if _strip_nifti_suffix(_base_name(name)) is not None:
+                ignored.append(name)
+            continue
+        found.setdefault(ident[0], []).append(name)
+    duplicates = {key: group for key, group in found.items() if len(group) > 1}
+    if duplicates:
+        listed = "; ".join(f"{key}: {', '.join(group)}" for key, group in duplicates.items())
+        raise CaseError(
+            f"{where}: more than one file per modality ({listed}); keep exactly one file per modality "
+            "(one case per folder, not both a .nii and a .nii.gz copy)."
+        )
+    missing = [m for m in MODALITIES if m not in found]
+    if missing:
+        have = ", ".join(f"{k}={v[0]}" for k, v in found.items()) or "none"
+        extra = f"; unrecognised NIfTI files: {', '.join(ignored[:8])}" if ignored else ""
+        raise CaseError(f"{where}: missing {', '.join(missing)} (recognised: {have}{extra}); {_NAMING_HELP}.")
+    return {key: group[0] for key, group in found.items()}
+
+
+def find_case_files(folder: str | os.PathLike) -> dict[str, Path]:
+    """The four modality files (and the segmentation if present) of a case folder.
+
+    Recognises BraTS 2020/2021 (``_t1 _t1ce _t2 _flair _seg``), BraTS 2023 (``-t1n -t1c -t2w -t2f
+    -seg``) and plain names (``t1``, ``t1ce``/``t1c``, ``t2``, ``flair``, ``seg``), ``.nii``/``.nii.gz``,
+    any letter case; other files are ignored. ``case_naming`` tells which naming was found.
+
+    Returns:
+        ``{"t1": path, "t1ce": path, "t2": path, "flair": path[, "seg": path]}``.
+
+    Raises:
+        CaseError: not a folder, a modality missing, or two files for one modality.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CaseError(f"{folder}: not a folder; pass the case folder that holds the four modality files.")
+    names = sorted(p.name for p in folder.iterdir() if p.is_file())
+    return {key: folder / name for key, name in _match_files(names, str(folder)).items()}
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _as_3d(data: np.ndarray, file_name: str) -> np.ndarray:
+    """Drop trailing singleton dimensions; raise unless a 3D volume remains."""
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim < 3:
+        raise CaseError(
+            f"{file_name}: {data.ndim}D image of shape {data.shape}; each modality must be a 3D volume (X, Y, Z) - "
+            "export the whole volume, not a single slice."
+        )
+    if data.ndim > 3:
+        raise CaseError(
+            f"{file_name}: {data.ndim}D image of shape {data.shape}; each file must hold one 3D volume - "
+            "split it into one file per modality (e.g. fslsplit, or nibabel slicing)."
+        )
+    return data
+
+
+def _modality_volume(data: np.ndarray, file_name: str) -> np.ndarray:
+    """A modality as float32 after checking it is finite and not empty."""
+    volume = _as_3d(data, file_name).astype(np.float32, copy=False)
+    if not np.isfinite(volume).all():
+        bad = int(np.count_nonzero(~np.isfinite(volume)))
+        raise CaseError(
+            f"{file_name}: {bad} voxels are NaN or Inf; replace them (e.g. numpy.nan_to_num) and save the file again."
+        )
+    if not volume.any():
+        raise CaseError(
+            f"{file_name}: every voxel is 0 (empty volume); the export failed or the wrong file was picked - "
+            "export this modality again."
+        )
+    return volume
+
+
+def _seg_labels(data: np.ndarray, file_name: str) -> tuple[np.ndarray, str | None]:
+    """Internal uint8 labels and the detected convention of a stored segmentation."""
+    data = _as_3d(data, file_name)
+    if data.dtype.kind == "f" and np.isfinite(data).all():
+        lo, hi = float(data.min()), float(data.max())
+        if lo >= 0 and hi <= 255 and np.array_equal(data, np.rint(data)):
+            data = data.astype(np.uint8)  # integral float labels: use the fast integer path
+    try:
+        convention = detect_convention(data)
+        return to_internal(data, convention or "2023"), convention
+    except ValueError as exc:
+        raise CaseError(
+            f"{file_name}: {exc}. A BraTS segmentation holds only 0/1/2/4 (2020) or 0/1/2/3 (2023) - if this is a "
+            "probability map or another label scheme, convert it (argmax / relabel) and save it again."
+        ) from exc
+
+
+@dataclass
+class _Volume:
+    """One checked file: its data (float32 image or internal labels) and geometry."""
+
+    file_name: str
+    data: np.ndarray
+    affine: np.ndarray
+    header: nib.Nifti1Header
+    convention: str | None = None
+
+
+def _load_one(key: str, file_name: str, source: str | os.PathLike | bytes) -> _Volume:
+    """Read one file and run its own checks (runs in a worker thread)."""
+    try:
+        image = read_nifti(source, name=file_name)
+    except NiftiError as exc:
+        raise CaseError(str(exc)) from exc
+    data = np.asanyarray(image.dataobj)
+    if key == SEG:
+        labels, convention = _seg_labels(data, file_name)
+        return _Volume(file_name, labels, image.affine, image.header, convention)
+    return _Volume(file_name, _modality_volume(data, file_name), image.affine, image.header)
+
+
+def _check_same_grid(volume: _Volume, reference: _Volume) -> None:
+    """Raise unless ``volume`` has the shape and affine of ``reference``."""
+    if volume.data.shape != reference.data.shape:
+        raise CaseError(
+            f"{volume.file_name}: shape {volume.data.shape} differs from {reference.file_name} "
+            f"{reference.data.shape}; all files of a case must share one voxel grid - resample/co-register it "
+            f"onto the {reference.file_name} grid."
+        )
+    diff = float(np.max(np.abs(np.asarray(volume.affine, np.float64) - np.asarray(reference.affine, np.float64))))
+    if diff > AFFINE_TOLERANCE_MM:
+        raise CaseError(
+            f"{volume.file_name}: affine (voxel-to-world matrix) differs from {reference.file_name} by up to "
+            f"{diff:.3g} mm; the files are not co-registered - register/resample it onto the {reference.file_name} "
+            "grid (same origin, spacing and orientation)."
+        )
+
+
+def _load_sources(
+    sources: Mapping[str, tuple[str, str | os.PathLike | bytes]],
+    name: str,
+    naming: str | None,
+    progress: Progress | None = None,
+) -> Case:
+    """Read, validate and assemble a case from ``{key: (file name, path or bytes)}``.
+
+    Files are read in parallel threads (gzip decoding releases the GIL), each exactly once.
+    """
+    keys = list(MODALITIES) + ([SEG] if SEG in sources else [])
+    workers = max(1, min(len(keys), os.cpu_count() or 1))
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="load_case")
+    try:
+        futures = {key: pool.submit(_load_one, key, *sources[key]) for key in keys}
+        reference: _Volume | None = None
+        image: np.ndarray | None = None
+        seg: _Volume | None = None
+        for i, key in enumerate(keys):
+            volume = futures.pop(key).result()
+            if reference is None:
+                image = np.empty((len(MODALITIES), *volume.data.shape), dtype=np.float32)
+                image[0] = volume.data
+                reference = replace(volume, data=image[0])  # keep geometry, not a second copy of the voxels
+            else:
+                _check_same_grid(volume, reference)
+            if key == SEG:
+                seg = volume
+            else:
+                image[MODALITIES.index(key)] = volume.data
+            del volume
+            if progress is not None:
+                progress((i + 1) / len(keys), f"loaded {sources[key][0]}")
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    convention = None
+    if seg is not None:  # only 0/1/2 in the file: both conventions agree, trust a BraTS file name
+        seg_naming = identify_file(seg.file_name)
+        convention = seg.convention or (seg_naming[1] if seg_naming and seg_naming[1] in CONVENTIONS else None)
+    return Case(
+        image=image,
+        affine=np.asarray(reference.affine, dtype=np.float64).copy(),
+        header=reference.header.copy(),
+        seg=None if seg is None else seg.data,
+        label_convention=convention,
+        files={key: sources[key][0] for key in keys},
+        naming=naming,
+        name=name,
+    )
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_case(folder: str | os.PathLike, progress: Progress | None = None) -> Case:
+    """Load and validate a case folder (see ``find_case_files`` for the accepted names).
+
+    Returns:
+        A ``Case`` with float32 ``(4, X, Y, Z)`` image, internal-label seg (if present), t1 affine/header.
+
+    Raises:
+        CaseError: naming problems, unreadable files, 2D/4D data, grids that differ (shape or affine
+            beyond 1e-3 mm), NaN/Inf, empty volumes, or unknown segmentation labels.
+    """
+    files = find_case_files(folder)
+    sources = {key: (path.name, path) for key, path in files.items()}
+    return _load_sources(sources, Path(folder).resolve().name, case_naming(files), progress)
+
+
+def load_case_from_bytes(
+    files: Mapping[str, bytes], name: str = "upload", progress: Progress | None = None
+) -> Case:
+    """Load a case from uploaded files ``{file name: bytes}`` (modality told by the file name).
+
+    Same names and checks as ``load_case``; bytes may be gzip-compressed or not.
+    """
+    by_name = {_base_name(file_name): data for file_name, data in files.items()}
+    matched = _match_files([_base_name(f) for f in files], f"upload {name!r}")
+    sources = {key: (file_name, by_name[file_name]) for key, file_name in matched.items()}
+    return _load_sources(sources, name, case_naming(matched), progress)
+
+
+def _unsafe_member(info: zipfile.ZipInfo) -> bool:
+    """True for entries that could land outside the extraction folder (zip-slip) or are links."""
+    name = info.filename.replace("\\", "/")
+    parts = PurePosixPath(name).parts
+    is_link = stat.S_ISLNK(info.external_attr >> 16)
+    return name.startswith("/") or (len(name) > 1 and name[1] == ":") or ".." in parts or is_link
+
+
+def _is_case_member(info: zipfile.ZipInfo) -> bool:
+    """NIfTI files outside ``__MACOSX`` and hidden folders."""
+    parts = PurePosixPath(info.filename.replace("\\", "/")).parts
+    if info.is_dir() or not parts or any(p.startswith(".") or p == "__MACOSX" for p in parts):
+        return False
+    return _strip_nifti_suffix(parts[-1]) is not None
+
+
+def _extract(zf: zipfile.ZipFile, members: Sequence[zipfile.ZipInfo], dest: Path, label: str) -> None:
+    """Copy ``members`` flat (by base name) into ``dest``.
+
+    ``zipfile`` never inflates an entry past its declared size (a lie fails the CRC check), so the
+    declared sizes checked by the caller bound what is written here.
+    """
+    root = dest.resolve()
+    for info in members:
+        target = (dest / _base_name(info.filename)).resolve()
+        if target.parent != root:
+            raise CaseError(
+                f"{label}: unsafe entry {info.filename!r}; the archive is rejected - zip the case folder again."
+            )
+        if info.flag_bits & 0x1:
+            raise CaseError(f"{label}: {info.filename} is password-protected; zip the case without encryption.")
+        try:
+            with zf.open(info) as src, open(target, "wb") as out:
+                shutil.copyfileobj(src, out, 1 << 20)
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
+            raise CaseError(
+                f"{label}: entry {info.filename} is corrupt ({exc}); upload/zip the case folder again."
+            ) from exc
+
+
+def load_case_from_zip(
+    source: str | os.PathLike | bytes,
+    name: str | None = None,
+    max_bytes: int = MAX_ZIP_BYTES,
+    progress: Progress | None = None,
+) -> Case:
+    """Load a case from a zip of its folder (files at the top or inside one folder).
+
+    The NIfTI files are extracted into a temporary folder that is always removed. The whole
+    archive is rejected if any entry could escape that folder (absolute path, ``..``, symlink),
+    or if it would unpack to more than ``max_bytes``.
+
+    Args:
+        source: path of the ``.zip`` or its bytes.
+        name: case name (default: the folder inside the zip, else the zip's stem, else ``"upload"``).
+        max_bytes: cap on the total uncompressed size of the extracted files.
+
+    Raises:
+        CaseError: not a zip, unsafe or encrypted entry, too big, NIfTI files in several folders,
+            or any ``load_case`` problem.
+    """
+    in_memory = isinstance(source, (bytes, bytearray, memoryview))
+    label = "uploaded zip" if in_memory else Path(source).name
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(bytes(source)) if in_memory else source)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise CaseError(f"{label}: not a readable zip archive ({exc}); zip the case folder again.") from exc
+    with zf:
+        infos = zf.infolist()
+        unsafe = [i.filename for i in infos if _unsafe_member(i)]
+        if unsafe:
+            raise CaseError(
+                f"{label}: unsafe entries {', '.join(unsafe[:5])} (absolute path, '..' or link) would be written "
+                "outside the extraction folder; the archive is rejected - zip the case folder again with a normal "
+                "zip tool."
+            )
+        members = [i for i in infos if _is_case_member(i)]
+        folders = sorted({str(PurePosixPath(i.filename.replace("\\", "/")).parent) for i in members})
+        if not members:
+            raise CaseError(f"{label}: no .nii/.nii.gz files inside; zip the case folder with its four modality files.")
+        if len(folders) > 1:
+            raise CaseError(
+                f"{label}: NIfTI files in several folders ({', '.join(folders)}); zip one case folder only."
+            )
+        total = sum(i.file_size for i in members)
+        if total > max_bytes:
+            raise CaseError(
+                f"{label}: unpacks to {total / 1e6:.0f} MB, more than the {max_bytes / 1e6:.0f} MB limit; "
+                "zip only one case folder."
+            )
+        inner = PurePosixPath(folders[0]).name
+        if name is None:
+            name = inner or ("upload" if in_memory else Path(label).stem)
+        with tempfile.TemporaryDirectory(prefix="brats_zip_") as tmp:
+            _extract(zf, members, Path(tmp), label)
+            matched = _match_files(sorted(p.name for p in Path(tmp).iterdir()), label)
+            sources = {key: (file_name, Path(tmp) / file_name) for key, file_name in matched.items()}
+            return _load_sources(sources, name, case_naming(matched), progress)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _label_header(header: nib.Nifti1Header | None) -> nib.Nifti1Header | None:
+    """Copy of ``header`` without the MRI display window (cal_min/cal_max mean nothing for labels)."""
+    if header is None:
+        return None
+    hdr = header.copy()
+    hdr["cal_min"] = hdr["cal_max"] = 0
+    return hdr
+
+
+def _stored_labels(labels_internal: np.ndarray, convention: str) -> np.ndarray:
+    try:
+        return from_internal(labels_internal, convention)
+    except ValueError as exc:
+        raise CaseError(f"label map: {exc}; pass internal labels 0..3 (see core.labels).") from exc
+
+
+def save_label_map(
+    path: str | os.PathLike,
+    labels_internal: np.ndarray,
+    affine: np.ndarray,
+    header: nib.Nifti1Header | None,
+    convention: str,
+) -> Path:
+    """Write an internal label map as uint8 in ``convention`` (``"2020"``: ET=4, ``"2023"``: ET=3).
+
+    Keeps ``affine`` and ``header`` (see ``core.nifti.save_nifti``); ``.nii`` or ``.nii.gz`` by name.
+    """
+    stored = _stored_labels(labels_internal, check_convention(convention))
+    return save_nifti(path, stored, affine, _label_header(header), dtype=np.uint8)
+
+
+def label_map_bytes(
+    labels_internal: np.ndarray, affine: np.ndarray, header: nib.Nifti1Header | None, convention: str
+) -> bytes:
+    """``.nii.gz`` bytes of an internal label map stored in ``convention`` (for downloads)."""
+    stored = _stored_labels(labels_internal, check_convention(convention))
+    return nifti_bytes(stored, affine, _label_header(header), dtype=np.uint8)
+
+
+def case_file_name(name: str, key: str, naming: str) -> str:
+    """BraTS file name of one modality (or ``"seg"``), e.g. ``("X", "t1ce", "2023") -> "X-t1c.nii.gz"``."""
+    if naming not in SUFFIXES:
+        raise ValueError(f"unknown naming {naming!r}; use '2020' or '2023'")
+    return f"{name}{SUFFIXES[naming][key]}.nii.gz"
+
+
+def save_case(
+    case: Case,
+    out_dir: str | os.PathLike,
+    naming: str = "2020",
+    name: str | None = None,
+    progress: Progress | None = None,
+) -> Path:
+    """Write ``case`` as a BraTS case folder ``out_dir/name/`` and return that folder.
+
+    Modalities are written float32, the segmentation (if any) uint8 with the label values of
+    ``naming`` (2020: ET=4, 2023: ET=3); every file keeps the case's affine and header.
+
+    Args:
+        naming: ``"2020"`` (``name_t1.nii.gz`` ...) or ``"2023"`` (``name-t1n.nii.gz`` ...).
+        name: case id used for the folder and file names (default ``case.name``).
+    """
+    if naming not in SUFFIXES:
+        raise ValueError(f"unknown naming {naming!r}; use '2020' or '2023'")
+    name = name or case.name
+    if not name or name in (".", "..") or any(c in name for c in "/\\"):
+        raise CaseError(f"case name {name!r} cannot be a folder name; use letters, digits, '-' and '_'.")
+    folder = Path(out_dir) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    steps = len(MODALITIES) + (case.seg is not None)
+    for i, key in enumerate(MODALITIES):
+        save_nifti(folder / case_file_name(name, key, naming), case.image[i], case.affine, case.header, np.float32)
+        if progress is not None:
+            progress((i + 1) / steps, f"wrote {key}")
+    if case.seg is not None:
+        save_label_map(folder / case_file_name(name, SEG, naming), case.seg, case.affine, case.header, naming)
+        if progress is not None:
+            progress(1.0, "wrote seg")
+    return folder

@@ -67,6 +67,18 @@ def label_values(convention: str) -> tuple[int, ...]:
     return _VALUES[check_convention(convention)]
 
 
+def present_values(seg: np.ndarray) -> set[float]:
+    """Set of the distinct values in ``seg`` (fast path for small non-negative integer label maps)."""
+    seg = np.asarray(seg)
+    if seg.size == 0:
+        return set()
+    if seg.dtype.kind in "biu":
+        lo, hi = int(seg.min()), int(seg.max())
+        if hi - lo <= 8:  # a few equality tests beat sorting a 9M-voxel volume
+            return {v for v in range(lo, hi + 1) if v in (lo, hi) or bool(np.any(seg == v))}
+    return set(np.unique(seg).tolist())
+
+
 def detect_convention(seg: np.ndarray) -> Convention | None:
     """Guess the convention of a stored label map from its values.
 
@@ -76,7 +88,7 @@ def detect_convention(seg: np.ndarray) -> Convention | None:
     Raises:
         ValueError: unknown labels, or both 3 and 4 present.
     """
-    values = set(np.unique(seg).tolist())
+    values = present_values(seg)
     unknown = values - {0, 1, 2, 3, 4}
     if unknown:
         raise ValueError(f"unknown label values {sorted(unknown)}; BraTS uses 0/1/2/4 (2020) or 0/1/2/3 (2023)")
@@ -95,18 +107,24 @@ def to_internal(seg: np.ndarray, convention: str | None = None) -> np.ndarray:
     Args:
         seg: integer label map in the 2020 or 2023 convention.
         convention: the map's convention; detected from the values when ``None``.
+
+    Raises:
+        ValueError: a value that is not a label of the convention (checked before any cast, so
+            e.g. 259 or -1 never wrap around into a valid class).
     """
     seg = np.asarray(seg)
     if convention is None:
         convention = detect_convention(seg) or "2023"
-    check_convention(convention)
+    allowed = label_values(convention)
+    unknown = present_values(seg) - set(allowed)
+    if unknown:
+        shown = sorted(unknown)[:10]
+        raise ValueError(
+            f"label values {shown} are not part of the {convention} convention {'/'.join(map(str, allowed))}"
+        )
     out = seg.astype(np.uint8, copy=True)
     if convention == "2020":
-        if np.any(out == 3):
-            raise ValueError("label 3 is not part of the 2020 convention (0/1/2/4)")
         out[out == 4] = ET
-    elif np.any(out == 4):
-        raise ValueError("label 4 is not part of the 2023 convention (0/1/2/3)")
     return out
 
 
