@@ -278,6 +278,19 @@ def _load_one(key: str, file_name: str, source: str | os.PathLike | bytes) -> _V
     return _Volume(file_name, _modality_volume(data, file_name), image.affine, image.header)
 
 
+def load_label_map(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header, str | None]:
+    """Read one label-map file (either BraTS convention) with the checks ``load_case`` runs on a seg file.
+
+    Returns:
+        ``(internal labels uint8 (X, Y, Z), affine, header, convention found or None)``.
+
+    Raises:
+        CaseError: not a NIfTI, truncated, not 3D, or unknown label values (the message names the file).
+    """
+    volume = _load_one(SEG, Path(path).name, path)
+    return volume.data, volume.affine, volume.header, volume.convention
+
+
 def _check_same_grid(volume: _Volume, reference: _Volume) -> None:
     """Raise unless ``volume`` has the shape and affine of ``reference``."""
     if volume.data.shape != reference.data.shape:

@@ -1,0 +1,222 @@
+"""Whole-case U-Net segmentation: safe model loading, prediction, mirror TTA, postprocessing.
+
+Pipeline of :func:`segment_case` (the app and ``python -m core.segment`` call it):
+
+1. ``core.preprocess.prepare_input``: brain mask, per-channel z-score, crop to the brain and pad
+   to a multiple of the network's down-sampling factor.
+2. One forward pass over the whole cropped volume (~3 GB for a base-16 U-Net on a BraTS brain).
+   Sliding windows with Gaussian blending would cost >= 2x the FLOPs (overlap) on 2 CPU cores.
+3. Optional mirror test-time augmentation: all 8 combinations of flips of the three spatial axes,
+   probabilities averaged (nnU-Net's TTA).
+4. Optional postprocessing of the label map (probabilities stay the raw network output):
+   tumour outside the brain mask is removed, connected tumour components smaller than
+   ``MIN_COMPONENT_ML`` are dropped, and an enhancing tumour smaller than ``MIN_ET_ML`` in total is
+   relabelled NCR (the BraTS-winner trick: a tiny ET is almost always a false positive, and the
+   ET score of an ET-free case is all-or-nothing).
+5. ``CropBox.invert`` maps labels and probabilities back onto the case grid exactly.
+"""
+
+from __future__ import annotations
+
+import time
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from core import unet  # noqa: F401  (registers the loss; enables oneDNN before TF loads)
+from core.case import MODALITIES, Case
+from core.labels import BACKGROUND, ET, NCR, NUM_CLASSES
+from core.preprocess import prepare_input
+from core.weights import ModelLoadError, load_model_card, shipped_path  # noqa: F401  (re-exported API)
+
+import keras  # noqa: E402  (after core.unet set the TF options)
+
+Progress = Callable[[float, str], None]
+
+BRAIN_MARGIN = 4  # voxels of context kept around the brain mask when cropping
+MIN_COMPONENT_ML = 0.1  # tumour (WT) connected components smaller than this are dropped
+MIN_ET_ML = 0.2  # a total enhancing-tumour volume below this is relabelled NCR
+MIRROR_AXES: tuple[tuple[int, ...], ...] = tuple(
+    axes for k in range(4) for axes in combinations((0, 1, 2), k)
+)  # (), (0,), (1,), (2,), (0, 1), ... : the 8 mirror TTA variants
+
+
+@dataclass
+class Segmentation:
+    """Result of :func:`segment_case`.
+
+    Attributes:
+        labels: uint8 ``(X, Y, Z)`` internal labels 0..3 on the case grid (postprocessed if asked).
+        probabilities: float32 ``(4, X, Y, Z)`` softmax (TTA-averaged) on the case grid, before
+            postprocessing; outside the brain crop it is pure background ``(1, 0, 0, 0)``.
+        seconds: wall time of the whole call.
+    """
+
+    labels: np.ndarray
+    probabilities: np.ndarray
+    seconds: float
+
+
+def default_unet_path() -> Path:
+    """Path of the shipped U-Net weights (``weights/unet.keras``)."""
+    return shipped_path("unet")
+
+
+def _check_io(model: keras.Model, name: str) -> None:
+    """Raise ``ModelLoadError`` unless ``model`` maps ``(B, X, Y, Z, 4)`` to ``(B, X, Y, Z, 4)``."""
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise ModelLoadError(f"{name}: expected a model with one input and one output, got "
+                             f"{len(model.inputs)} inputs and {len(model.outputs)} outputs; "
+                             "use a U-Net saved by `python -m train.unet`.")
+    in_shape, out_shape = tuple(model.inputs[0].shape), tuple(model.outputs[0].shape)
+    if len(in_shape) != 5 or in_shape[-1] != len(MODALITIES):
+        raise ModelLoadError(f"{name}: input shape {in_shape} is not (batch, X, Y, Z, {len(MODALITIES)}) "
+                             f"(channels {', '.join(MODALITIES)}); use a U-Net saved by `python -m train.unet`.")
+    if len(out_shape) != 5 or out_shape[-1] != NUM_CLASSES:
+        raise ModelLoadError(f"{name}: output shape {out_shape} is not (batch, X, Y, Z, {NUM_CLASSES}) "
+                             "(background, NCR, ED, ET); use a U-Net saved by `python -m train.unet`.")
+
+
+def load_model(path: str | Path) -> keras.Model:
+    """Load a U-Net from a ``.keras`` file with ``safe_mode=True`` (no code execution).
+
+    Args:
+        path: the ``.keras`` file (e.g. :func:`default_unet_path`).
+
+    Returns:
+        The model, uncompiled (inference only).
+
+    Raises:
+        ModelLoadError: the file is missing, not a ``.keras`` archive, corrupt or unsafe, or the
+            model does not map ``(B, X, Y, Z, 4)`` images to ``(B, X, Y, Z, 4)`` class probabilities.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"U-Net weights not found: {path}. Train them with `python -m train.unet` "
+                             "or pass the path of a .keras file (--weights).")
+    if path.suffix != ".keras" or not zipfile.is_zipfile(path):
+        raise ModelLoadError(f"{path} is not a Keras model file: expected a .keras archive "
+                             "(written by model.save('name.keras'), e.g. by `python -m train.unet`).")
+    try:
+        model = keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as exc:  # corrupt zip members, unknown layers, unsafe lambdas, ...
+        raise ModelLoadError(f"cannot load U-Net from {path}: {type(exc).__name__}: {exc}. "
+                             "Re-export the model with `python -m train.unet` (Keras 3 .keras format).") from exc
+    if not isinstance(model, keras.Model):
+        raise ModelLoadError(f"{path} holds a {type(model).__name__}, not a Keras model.")
+    _check_io(model, str(path))
+    return model
+
+
+def downsampling_factor(model: keras.Model) -> int:
+    """Multiple every spatial input size must have: ``2 ** number of stride-2 poolings``."""
+    return unet.size_multiple(model)
+
+
+def predict_volume(model: keras.Model, volume: np.ndarray, *, tta: bool = False,
+                   progress: Progress | None = None) -> np.ndarray:
+    """Softmax of one channel-last volume ``(X, Y, Z, 4)``, optionally mirror-TTA averaged.
+
+    Args:
+        model: the U-Net; every spatial size of ``volume`` must suit its down-sampling factor.
+        volume: float32 ``(X, Y, Z, 4)`` network input.
+        tta: average over the 8 mirror variants (8x the time).
+        progress: called with ``(fraction, message)`` after every forward pass.
+
+    Returns:
+        float32 ``(X, Y, Z, 4)`` probabilities.
+    """
+    variants = MIRROR_AXES if tta else ((),)
+    total = None
+    for i, axes in enumerate(variants):
+        x = np.flip(volume, axis=axes) if axes else volume
+        probs = np.asarray(model.predict_on_batch(np.ascontiguousarray(x)[None]))[0]
+        probs = np.flip(probs, axis=axes) if axes else probs
+        total = probs.astype(np.float32, copy=True) if total is None else total + probs
+        if progress is not None:
+            progress((i + 1) / len(variants), f"forward pass {i + 1}/{len(variants)}")
+    total /= np.float32(len(variants))
+    return total
+
+
+def _voxels(ml: float, spacing: tuple[float, float, float]) -> int:
+    """Number of voxels of ``spacing`` (mm) that make ``ml`` millilitres."""
+    return int(np.ceil(ml * 1000.0 / float(np.prod(spacing))))
+
+
+def postprocess_labels(labels: np.ndarray, spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
+                       brain: np.ndarray | None = None) -> np.ndarray:
+    """Clean an internal label map (returns a new array).
+
+    1. Tumour outside ``brain`` (if given) becomes background.
+    2. Whole-tumour connected components (26-connectivity) smaller than ``MIN_COMPONENT_ML``
+       become background.
+    3. If the remaining ET is smaller than ``MIN_ET_ML`` in total, it becomes NCR.
+
+    Args:
+        labels: uint8 ``(X, Y, Z)`` internal labels 0..3.
+        spacing: voxel size in mm (thresholds are volumes).
+        brain: optional bool brain mask of the same shape.
+    """
+    out = np.array(labels, dtype=np.uint8, copy=True)
+    if brain is not None:
+        out[~brain] = BACKGROUND
+    tumour = out != BACKGROUND
+    if tumour.any():
+        components, n = ndimage.label(tumour, structure=np.ones((3, 3, 3), dtype=bool))
+        sizes = np.bincount(components.ravel())
+        small = np.flatnonzero(sizes < _voxels(MIN_COMPONENT_ML, spacing))
+        small = small[small != 0]
+        if small.size:
+            out[np.isin(components, small)] = BACKGROUND
+    et = out == ET
+    if 0 < np.count_nonzero(et) < _voxels(MIN_ET_ML, spacing):
+        out[et] = NCR
+    return out
+
+
+def segment_case(case: Case, model: keras.Model, *, tta: bool = False, postprocess: bool = True,
+                 progress: Progress | None = None) -> Segmentation:
+    """Segment a whole case with the U-Net.
+
+    Args:
+        case: the case (image ``(4, X, Y, Z)`` in ``MODALITIES`` order; any grid size).
+        model: a U-Net from :func:`load_model` or ``core.unet.build_unet``.
+        tta: mirror test-time augmentation (8 forward passes, probabilities averaged).
+        postprocess: apply :func:`postprocess_labels` to the label map.
+        progress: ``(fraction, message)`` callback.
+
+    Returns:
+        :class:`Segmentation` with labels and probabilities on the case's own grid.
+    """
+    start = time.perf_counter()
+
+    def report(fraction: float, message: str) -> None:
+        if progress is not None:
+            progress(float(min(max(fraction, 0.0), 1.0)), message)
+
+    image = np.asarray(case.image)
+    if image.ndim != 4 or image.shape[0] != len(MODALITIES):
+        raise ValueError(f"case {case.name!r}: image shape {image.shape} is not (4, X, Y, Z) "
+                         f"with channels {', '.join(MODALITIES)}")
+    report(0.0, "preprocessing")
+    net_input, box, brain = prepare_input(image, multiple=downsampling_factor(model), margin=BRAIN_MARGIN)
+    report(0.1, "predicting")
+    probs = predict_volume(model, net_input, tta=tta,
+                           progress=lambda f, msg: report(0.1 + 0.8 * f, msg))
+    del net_input
+    labels = np.argmax(probs, axis=-1).astype(np.uint8)  # on the crop: cheaper than on the full grid
+    if postprocess:
+        report(0.92, "postprocessing")
+        labels = postprocess_labels(labels, case.spacing, box.apply(brain).astype(bool))
+    background = np.zeros(NUM_CLASSES, dtype=np.float32)
+    background[BACKGROUND] = 1.0
+    probabilities = box.invert(np.moveaxis(probs, -1, 0), fill=background)
+    labels = box.invert(labels, fill=BACKGROUND)
+    report(1.0, "done")
+    return Segmentation(labels=labels, probabilities=probabilities, seconds=time.perf_counter() - start)

@@ -1,0 +1,49 @@
+"""Where the shipped weights live and their JSON model cards (no TensorFlow import).
+
+The app reads paths and cards at start-up without loading Keras; the model loaders in
+``core.inference`` and ``core.generate`` use the same paths. ``BRATS_UNET_WEIGHTS`` and
+``BRATS_CVAE_WEIGHTS`` override the shipped files (tests use tiny models this way).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+WEIGHT_FILES: dict[str, str] = {"unet": "unet.keras", "cvae": "cvae.keras"}
+WEIGHTS_ENV: dict[str, str] = {"unet": "BRATS_UNET_WEIGHTS", "cvae": "BRATS_CVAE_WEIGHTS"}
+
+
+class ModelLoadError(ValueError):
+    """A model file is missing, corrupt or not the expected model; the message names the file."""
+
+
+def shipped_path(kind: str) -> Path:
+    """Path of the shipped weights of ``"unet"`` or ``"cvae"`` in ``weights/``."""
+    if kind not in WEIGHT_FILES:
+        raise ValueError(f"unknown model kind {kind!r}; use one of {sorted(WEIGHT_FILES)}")
+    return WEIGHTS_DIR / WEIGHT_FILES[kind]
+
+
+def weights_path(kind: str) -> tuple[Path, bool]:
+    """Weights file of ``"unet"`` or ``"cvae"``: ``(path, from_env)``, the env override if set."""
+    shipped = shipped_path(kind)
+    override = os.environ.get(WEIGHTS_ENV[kind], "").strip()
+    return (Path(override), True) if override else (shipped, False)
+
+
+def load_model_card(path: str | Path) -> dict | None:
+    """The JSON model card beside a weights file (``unet.keras`` -> ``unet.json``), or ``None``.
+
+    Raises:
+        ModelLoadError: the card exists but is not valid JSON.
+    """
+    card = Path(path).with_suffix(".json")
+    if not card.is_file():
+        return None
+    try:
+        return json.loads(card.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"model card {card} is not valid JSON ({exc}); delete it or re-run training.") from exc

@@ -1,0 +1,191 @@
+"""train.data sampling/augmentation, the train.unet CLI (incl. resume and 2 devices) and train.evaluate."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.case import save_case
+from core.labels import ED, ET, NCR
+from tests.test_inference import toy_case
+from train import data
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def toy_training_case() -> data.TrainingCase:
+    return data.training_case(toy_case((40, 44, 36), seed=4)).index()
+
+
+def test_training_case_is_cropped_to_the_brain_and_zscored(toy_training_case):
+    case = toy_training_case
+    assert case.image.dtype == np.float16 and case.labels.dtype == np.uint8
+    assert case.image.shape[:3] == case.labels.shape and case.image.shape[3] == 4
+    brain = np.any(case.image != 0, axis=-1)
+    for axis in range(3):  # tight crop: the brain touches both ends of every axis
+        others = tuple(a for a in range(3) if a != axis)
+        profile = brain.any(axis=others)
+        assert profile[0] and profile[-1]
+    values = case.image[brain].astype(np.float64)
+    np.testing.assert_allclose(values.mean(axis=0), 0, atol=0.02)
+    np.testing.assert_allclose(values.std(axis=0), 1, atol=0.02)
+    assert set(case.class_voxels) == {NCR, ED, ET}
+
+
+def test_unaugmented_patch_is_the_exact_crop_with_zero_outside(toy_training_case, monkeypatch):
+    case = toy_training_case
+    centre = np.array([3, case.labels.shape[1] // 2, case.labels.shape[2] - 2])  # sticks out on axes 0 and 2
+    monkeypatch.setattr(data, "_patch_centre", lambda *_: centre)
+    image, labels = data.sample_patch(case, 24, np.random.default_rng(0), aug=data.NO_AUGMENTATION)
+    assert image.shape == (24, 24, 24, 4) and labels.shape == (24, 24, 24) and image.dtype == np.float32
+    padded_image = np.pad(case.image.astype(np.float32), [(24, 24)] * 3 + [(0, 0)])
+    padded_labels = np.pad(case.labels, 24)
+    window = tuple(slice(c - 12 + 24, c + 12 + 24) for c in centre)
+    np.testing.assert_array_equal(image, padded_image[window])
+    np.testing.assert_array_equal(labels, padded_labels[window])
+
+
+def test_tumour_centred_patches_are_oversampled(toy_training_case):
+    case = toy_training_case
+    rng = np.random.default_rng(1)
+    centre = (12, 12, 12)
+    tumour_centred = [data.sample_patch(case, 24, rng, fg_fraction=1.0, aug=data.NO_AUGMENTATION)[1][centre] != 0
+                      for _ in range(30)]
+    assert all(tumour_centred)
+    # class-balanced: ET and NCR (small) are picked as often as ED (large)
+    picks = [case.labels[tuple(data._patch_centre(case, True, rng))] for _ in range(300)]
+    counts = np.bincount(picks, minlength=4)[1:]
+    assert counts.min() > 60
+
+
+def test_crop_sticking_out_is_zero_padded():
+    volume = np.arange(5 * 6 * 7, dtype=np.float32).reshape(5, 6, 7) + 1
+    patch = data._crop(volume, np.array([-2, 3, 4]), 4)
+    np.testing.assert_array_equal(patch[2:, :3, :3], volume[0:2, 3:6, 4:7])
+    assert not patch[:2].any() and not patch[:, 3:].any() and not patch[:, :, 3:].any()
+
+
+def test_augmentation_changes_only_the_brain(toy_training_case):
+    rng = np.random.default_rng(2)
+    strong = data.AugmentConfig(p_noise=1, p_blur=1, p_brightness=1, p_contrast=1, p_gamma=1, p_scale_shift=1,
+                                p_low_res=1, p_rotate_scale=1, p_flip=1)
+    image, labels = data.sample_patch(toy_training_case, 32, rng, fg_fraction=1.0, aug=strong)
+    assert np.isfinite(image).all()
+    brain = np.any(image != 0, axis=-1)
+    assert brain.any() and not brain.all()
+    assert np.all(labels[~brain] == 0)
+    plain = np.ones((16, 16, 16, 4), np.float32)
+    mask = np.zeros((16, 16, 16), bool)
+    mask[4:12, 4:12, 4:12] = True
+    out = data.augment_intensity(plain * mask[..., None], mask, rng, strong)
+    assert not out[~mask].any()
+    assert not np.allclose(out[mask], 1.0)
+
+
+def test_training_phantom_seeds_never_reach_the_validation_seeds():
+    spec = data.ProducerSpec(None, seed=data.VALIDATION_SEED_START - 3)
+    with pytest.raises(RuntimeError, match="validation"):
+        data.make_case(spec, worker=1, workers=2, k=1, rng=np.random.default_rng(0))  # seed start + 3
+
+
+class _CountingProducers:
+    def __init__(self):
+        self.made = 0
+
+    def get(self, block=True, timeout=None):
+        self.made += 1
+        return data.TrainingCase(np.zeros((8, 8, 8, 4), np.float16), np.zeros((8, 8, 8), np.uint8), f"c{self.made}")
+
+
+def test_pool_reuses_each_case_for_several_patches():
+    producers = _CountingProducers()
+    pool = data.CasePool(producers, pool_size=3, patches_per_case=5, min_cases=2)
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        pool.draw(rng)
+    # filled to 3 at once, then one new case per 5 draws
+    assert len(pool.cases) == 3
+    assert 3 + 40 // 5 - 1 <= producers.made <= 3 + 40 // 5 + 1
+
+
+# ---------------------------------------------------------------------------------------- CLIs
+
+
+@pytest.fixture(scope="module")
+def toy_cases_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cases")
+    for i in range(2):
+        save_case(toy_case((32, 36, 30), seed=10 + i, name=f"toy-{i}"), root, naming="2023" if i else "2020")
+    save_case(dataclasses.replace(toy_case((32, 36, 30), seed=20), seg=None), root, name="unlabelled")
+    return root
+
+
+def _run(module: str, *args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+TINY = ["--batch", "2", "--patch", "16", "--base", "4", "--depth", "2", "--val-every", "1", "--pool", "2",
+        "--patches-per-case", "2"]
+
+
+def test_training_cli_writes_weights_card_and_resumes(tmp_path, toy_cases_dir):
+    out, run_dir = tmp_path / "w" / "unet.keras", tmp_path / "run"
+
+    def args(steps: int, val_cases: int) -> list[str]:
+        return ["--data", str(toy_cases_dir), "--steps", str(steps), "--val-cases", str(val_cases),
+                "--workers", "1", "--out", str(out), "--run-dir", str(run_dir), *TINY]
+
+    # a producer process loads the cases; validation segments one held-out phantom (seed 1,000,000)
+    proc = _run("train.unet", *args(2, 1))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["step"] in (1, 2) and card["config"]["steps"] == 2 and card["backend"] == "tensorflow"
+    assert [h["step"] for h in card["history"]] == [1, 2][: len(card["history"])]
+    assert "train.unet" in card["command"] and np.isfinite(card["validation"]["loss"])
+    assert set(card["validation"]["dice"]) == {"WT", "TC", "ET"} and "1000000" in card["validation"]["cases"]
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["step"] == 2 and (run_dir / "checkpoint.keras").is_file()
+    from core.inference import load_model
+
+    assert load_model(out).count_params() == card["params"]
+    proc = _run("train.unet", *args(3, 0), "--resume")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["step"] == 3 and [h["step"] for h in state["history"]] == [1, 2, 3]
+
+
+def test_training_on_two_logical_cpu_devices(tmp_path, toy_cases_dir):
+    out = tmp_path / "unet.keras"
+    proc = _run("train.unet", "--data", str(toy_cases_dir), "--steps", "2", "--val-cases", "0", "--workers", "0",
+                "--cpu-devices", "2", "--devices", "2", "--out", str(out), "--run-dir", str(tmp_path / "run"), *TINY)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["devices"] == 2 and "MirroredStrategy" in card["distribution"]
+    assert np.isfinite(card["validation"]["loss"])
+
+
+def test_evaluate_reports_dice_and_hd95_and_skips_unlabelled(tmp_path, toy_cases_dir):
+    from core import unet
+
+    weights = tmp_path / "tiny.keras"
+    unet.build_unet(base_filters=4, depth=2).save(weights)
+    report_path = tmp_path / "report.json"
+    proc = _run("train.evaluate", str(toy_cases_dir), "--out", str(report_path), "--weights", str(weights))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    assert sorted(c["case"] for c in report["cases"]) == ["toy-0", "toy-1"]
+    assert [s["case"] for s in report["skipped"]] == ["unlabelled"]
+    for c in report["cases"]:
+        for region in ("WT", "TC", "ET"):
+            assert 0.0 <= c[region]["dice"] <= 1.0 and c[region]["hd95"] >= 0.0
+    assert report["mean"]["WT"]["dice"] == pytest.approx(np.mean([c["WT"]["dice"] for c in report["cases"]]))

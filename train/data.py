@@ -1,0 +1,461 @@
+"""Training data for the U-Net: case producers, a case pool, patch sampling and augmentation.
+
+Flow (all numpy; nothing here imports TensorFlow, so producer processes start light):
+
+* **Producers** run in worker processes (``spawn``). A producer makes one training case at a time,
+  either a fresh domain-randomised phantom (``core.phantom.generate_phantom``, seeds
+  ``worker, worker + workers, ...`` below :data:`VALIDATION_SEED_START`) or a random case folder
+  of a BraTS data directory, and ships it as a :class:`TrainingCase` (preprocessed exactly as at
+  inference: ``core.preprocess.prepare_input``, cropped to the brain, float16).
+* A :class:`CasePool` in the trainer keeps the last ``pool_size`` cases and swaps in one new case
+  every ``patches_per_case`` patches, so each phantom (2-3 s to make) serves several patches and the
+  producers only use the CPU the trainer can spare.
+* :func:`sample_patch` draws a patch (tumour-centred with probability ``fg_fraction``, the tumour
+  class picked uniformly among those present, nnU-Net style) with spatial augmentation (mirroring,
+  occasional rotation + scaling) and :func:`augment_intensity` (noise, blur, brightness, contrast,
+  gamma, per-channel scale/shift, low-resolution simulation) inside the brain.
+"""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing as mp
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from core.case import Case, CaseError, find_case_files, load_case
+from core.labels import ED, ET, NCR
+from core.preprocess import prepare_input
+
+VALIDATION_SEED_START = 1_000_000  # phantom seeds >= this are held out (never used for training)
+TUMOUR_CLASSES = (NCR, ED, ET)
+FIRST_CASE_TIMEOUT_S = 600
+
+
+# --------------------------------------------------------------------------------------- cases
+
+
+@dataclass
+class TrainingCase:
+    """One preprocessed case, cropped to the brain.
+
+    Attributes:
+        image: float16 ``(X, Y, Z, 4)`` z-scored network input (0 outside the brain).
+        labels: uint8 ``(X, Y, Z)`` internal labels 0..3.
+        name: case id.
+        class_voxels: flat indices of each tumour class present (filled by :meth:`index`).
+    """
+
+    image: np.ndarray
+    labels: np.ndarray
+    name: str
+    class_voxels: dict[int, np.ndarray] = field(default_factory=dict)
+
+    def index(self) -> TrainingCase:
+        """Cache the voxel indices of every tumour class (for tumour-centred sampling)."""
+        flat = self.labels.ravel()
+        self.class_voxels = {c: idx for c in TUMOUR_CLASSES if (idx := np.flatnonzero(flat == c)).size}
+        return self
+
+
+def training_case(case: Case) -> TrainingCase:
+    """Preprocess a labelled case like inference does and crop it tightly to the brain.
+
+    Raises:
+        ValueError: the case has no segmentation.
+    """
+    if case.seg is None:
+        raise ValueError(f"case {case.name!r} has no segmentation; training needs one")
+    net_input, box, _ = prepare_input(case.image, multiple=1, margin=0)
+    labels = box.apply(case.seg).astype(np.uint8)
+    return TrainingCase(net_input.astype(np.float16), labels, case.name)
+
+
+def case_folders(root: str | Path) -> list[Path]:
+    """``root`` itself when it is a case folder, else its sub-folders that look like cases."""
+    root = Path(root)
+    try:
+        find_case_files(root)
+        return [root]
+    except CaseError:
+        pass
+    folders = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        try:
+            find_case_files(folder)
+        except CaseError:
+            continue
+        folders.append(folder)
+    return folders
+
+
+@functools.lru_cache(maxsize=8)
+def find_labelled_cases(root: str | Path) -> tuple[Path, ...]:
+    """Case folders under ``root`` (or ``root`` itself) that hold four modalities and a segmentation."""
+    return tuple(folder for folder in case_folders(root) if "seg" in find_case_files(folder))
+
+
+@dataclass(frozen=True)
+class ProducerSpec:
+    """What a producer process makes: phantoms (``data_dir is None``) or cases of a folder."""
+
+    data_dir: str | None = None
+    seed: int = 0
+    phantom_strength: float = 1.0
+
+
+def make_case(spec: ProducerSpec, worker: int, workers: int, k: int, rng: np.random.Generator) -> TrainingCase:
+    """The ``k``-th case of producer ``worker`` (of ``workers``)."""
+    if spec.data_dir is None:
+        from core.phantom import PhantomConfig, generate_phantom  # heavy (anatomy); only in phantom producers
+
+        seed = spec.seed + worker + k * workers
+        if seed >= VALIDATION_SEED_START:
+            raise RuntimeError("training phantom seeds ran into the held-out validation range")
+        case = generate_phantom(seed, PhantomConfig(strength=spec.phantom_strength))
+    else:
+        folders = find_labelled_cases(spec.data_dir)
+        case = load_case(folders[int(rng.integers(len(folders)))])
+    return training_case(case)
+
+
+def _produce(spec: ProducerSpec, worker: int, workers: int, out: mp.Queue, stop: mp.Event) -> None:
+    """Worker-process loop: make cases and put them on ``out`` until ``stop`` is set."""
+    rng = np.random.default_rng([spec.seed, worker])
+    k = 0
+    while not stop.is_set():
+        item = make_case(spec, worker, workers, k, rng)
+        k += 1
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.5)
+                break
+            except queue.Full:
+                continue
+
+
+class CaseProducers:
+    """Background processes that make training cases (context manager).
+
+    Args:
+        spec: what to make.
+        workers: number of processes (0: make cases in the calling thread, for tests).
+        max_queued: finished cases waiting to be taken, per worker.
+    """
+
+    def __init__(self, spec: ProducerSpec, workers: int = 1, max_queued: int = 1):
+        self.spec, self.workers = spec, workers
+        self._k = 0
+        self._rng = np.random.default_rng([spec.seed, 10_000])
+        ctx = mp.get_context("spawn")  # never fork a process that holds TensorFlow threads
+        self._queue: mp.Queue = ctx.Queue(maxsize=max(1, workers * max_queued))
+        self._stop = ctx.Event()
+        self._procs = [ctx.Process(target=_produce, args=(spec, w, workers, self._queue, self._stop), daemon=True,
+                                   name=f"case-producer-{w}") for w in range(workers)]
+
+    def __enter__(self) -> CaseProducers:
+        for p in self._procs:
+            p.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop and join the worker processes."""
+        self._stop.set()
+        for p in self._procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.terminate()
+        self._queue.close()
+        self._queue.cancel_join_thread()
+
+    def get(self, block: bool = True, timeout: float | None = None) -> TrainingCase | None:
+        """Next finished case (``None`` when none is ready and ``block`` is false)."""
+        if not self._procs:  # in-process mode
+            case = make_case(self.spec, 0, 1, self._k, self._rng)
+            self._k += 1
+            return case.index()
+        for p in self._procs:
+            if not p.is_alive() and p.exitcode not in (0, None):
+                raise RuntimeError(f"case producer {p.name} died (exit code {p.exitcode}); see its traceback above")
+        try:
+            return self._queue.get(block=block, timeout=timeout).index()
+        except queue.Empty:
+            return None
+
+
+class CasePool:
+    """The cases patches are drawn from; one new case replaces the oldest every ``patches_per_case`` draws.
+
+    Args:
+        producers: source of new cases.
+        pool_size: cases kept.
+        patches_per_case: patches drawn between two replacements (each case then gives this many
+            patches on average).
+        min_cases: cases to wait for before the first draw.
+    """
+
+    def __init__(self, producers: CaseProducers, pool_size: int = 12, patches_per_case: int = 16, min_cases: int = 2):
+        self.producers = producers
+        self.pool_size, self.patches_per_case = pool_size, patches_per_case
+        self.cases: list[TrainingCase] = []
+        self._since_swap = 0
+        self.received = 0
+        while len(self.cases) < min(min_cases, pool_size):
+            case = producers.get(block=True, timeout=FIRST_CASE_TIMEOUT_S)
+            if case is None:
+                raise RuntimeError(f"no training case arrived within {FIRST_CASE_TIMEOUT_S} s")
+            self._add(case)
+
+    def _add(self, case: TrainingCase | None) -> None:
+        if case is None:
+            return
+        self.cases.append(case)
+        self.received += 1
+        if len(self.cases) > self.pool_size:
+            self.cases.pop(0)
+
+    def draw(self, rng: np.random.Generator) -> TrainingCase:
+        """A random case of the pool (taking a new one in when it is due and ready)."""
+        self._since_swap += 1
+        due = self._since_swap >= self.patches_per_case or len(self.cases) < self.pool_size
+        if due:
+            case = self.producers.get(block=False)
+            if case is not None:
+                self._add(case)
+                self._since_swap = 0
+        return self.cases[int(rng.integers(len(self.cases)))]
+
+
+# ------------------------------------------------------------------------------------- patches
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Probabilities and ranges of the augmentations (nnU-Net-like defaults).
+
+    Per-channel intensity augmentations act on z-scored values inside the brain only; the
+    background stays exactly 0 as at inference.
+    """
+
+    p_flip: float = 0.5  # per axis
+    p_rotate_scale: float = 0.2
+    max_rotation_deg: float = 15.0
+    scale: tuple[float, float] = (0.85, 1.2)
+    p_noise: float = 0.15
+    noise_std: tuple[float, float] = (0.0, 0.1)
+    p_blur: float = 0.15
+    blur_sigma: tuple[float, float] = (0.5, 1.0)
+    p_brightness: float = 0.15
+    brightness: tuple[float, float] = (0.75, 1.25)
+    p_contrast: float = 0.15
+    contrast: tuple[float, float] = (0.75, 1.25)
+    p_gamma: float = 0.3
+    gamma: tuple[float, float] = (0.7, 1.5)
+    p_scale_shift: float = 0.3
+    channel_scale: tuple[float, float] = (0.9, 1.1)
+    channel_shift: tuple[float, float] = (-0.2, 0.2)
+    p_low_res: float = 0.15
+    low_res_zoom: tuple[float, float] = (0.5, 1.0)
+
+
+NO_AUGMENTATION = AugmentConfig(p_flip=0, p_rotate_scale=0, p_noise=0, p_blur=0, p_brightness=0, p_contrast=0,
+                                p_gamma=0, p_scale_shift=0, p_low_res=0)
+
+
+def _patch_centre(case: TrainingCase, fg: bool, rng: np.random.Generator) -> np.ndarray:
+    """A tumour voxel of a random present class (``fg``) or a uniformly random voxel."""
+    shape = case.labels.shape
+    if fg and case.class_voxels:
+        classes = sorted(case.class_voxels)
+        voxels = case.class_voxels[classes[int(rng.integers(len(classes)))]]
+        return np.array(np.unravel_index(int(voxels[int(rng.integers(voxels.size))]), shape))
+    return np.array([int(rng.integers(n)) for n in shape])
+
+
+def _crop(volume: np.ndarray, start: np.ndarray, size: int) -> np.ndarray:
+    """``size``-cube of ``volume`` starting at ``start`` (may stick out; outside is zero)."""
+    out = np.zeros((size, size, size) + volume.shape[3:], dtype=volume.dtype)
+    src, dst = [], []
+    for axis in range(3):
+        lo, hi = max(int(start[axis]), 0), min(int(start[axis]) + size, volume.shape[axis])
+        if hi <= lo:
+            return out
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - int(start[axis]), hi - int(start[axis])))
+    out[tuple(dst)] = volume[tuple(src)]
+    return out
+
+
+def _rotation_matrix(rng: np.random.Generator, max_deg: float) -> np.ndarray:
+    mat = np.eye(3)
+    for axis in range(3):
+        a = np.deg2rad(rng.uniform(-max_deg, max_deg))
+        i, j = [k for k in range(3) if k != axis]
+        rot = np.eye(3)
+        rot[i, i] = rot[j, j] = np.cos(a)
+        rot[i, j], rot[j, i] = -np.sin(a), np.sin(a)
+        mat = mat @ rot
+    return mat
+
+
+def _warped_patch(case: TrainingCase, centre: np.ndarray, size: int, matrix: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Patch sampled through ``matrix`` (output -> input voxel map about the patch centre)."""
+    half = (size - 1) / 2.0
+    offset = centre - matrix @ np.full(3, half)
+    # Only read the input region the patch can reach (plus interpolation margin).
+    corners = np.array([[i, j, k] for i in (0, size - 1) for j in (0, size - 1) for k in (0, size - 1)], float)
+    reach = corners @ matrix.T + offset
+    lo = np.maximum(np.floor(reach.min(axis=0)).astype(int) - 1, 0)
+    hi = np.minimum(np.ceil(reach.max(axis=0)).astype(int) + 2, case.labels.shape)
+    if np.any(hi <= lo):
+        return (np.zeros((size,) * 3 + (case.image.shape[-1],), np.float32), np.zeros((size,) * 3, np.uint8))
+    region = tuple(slice(a, b) for a, b in zip(lo, hi))
+    offset = offset - lo
+    image = np.stack([ndimage.affine_transform(case.image[region + (c,)].astype(np.float32), matrix, offset,
+                                               output_shape=(size,) * 3, order=1, cval=0.0)
+                      for c in range(case.image.shape[-1])], axis=-1)
+    labels = ndimage.affine_transform(case.labels[region], matrix, offset, output_shape=(size,) * 3, order=0, cval=0)
+    return image, labels
+
+
+def augment_intensity(image: np.ndarray, brain: np.ndarray, rng: np.random.Generator,
+                      aug: AugmentConfig = AugmentConfig()) -> np.ndarray:
+    """Random per-channel intensity changes of a z-scored patch, inside ``brain`` only (in place).
+
+    Args:
+        image: float32 ``(X, Y, Z, C)``.
+        brain: bool ``(X, Y, Z)``; voxels outside stay 0.
+        rng: random generator.
+        aug: probabilities and ranges.
+    """
+    if not brain.any():
+        return image
+    for c in range(image.shape[-1]):
+        ch = image[..., c]
+        if rng.random() < aug.p_low_res:
+            zoom = rng.uniform(*aug.low_res_zoom)
+            small = ndimage.zoom(ch, zoom, order=0)
+            ch = ndimage.zoom(small, np.array(ch.shape) / np.array(small.shape), order=1)  # back to ch.shape
+        if rng.random() < aug.p_blur:
+            ch = ndimage.gaussian_filter(ch, rng.uniform(*aug.blur_sigma))
+        values = ch[brain]
+        if rng.random() < aug.p_gamma:
+            lo, hi = float(values.min()), float(values.max())
+            mean, std = float(values.mean()), float(values.std())
+            span = max(hi - lo, 1e-6)
+            values = ((values - lo) / span) ** rng.uniform(*aug.gamma) * span + lo
+            values = (values - values.mean()) / max(float(values.std()), 1e-6) * std + mean
+        if rng.random() < aug.p_brightness:
+            values = values * rng.uniform(*aug.brightness)
+        if rng.random() < aug.p_contrast:
+            mean = values.mean()
+            values = (values - mean) * rng.uniform(*aug.contrast) + mean
+        if rng.random() < aug.p_scale_shift:
+            values = values * rng.uniform(*aug.channel_scale) + rng.uniform(*aug.channel_shift)
+        if rng.random() < aug.p_noise:
+            values = values + rng.normal(0.0, rng.uniform(*aug.noise_std), values.shape)
+        out = np.zeros(ch.shape, np.float32)
+        out[brain] = values
+        image[..., c] = out
+    return image
+
+
+def sample_patch(case: TrainingCase, size: int, rng: np.random.Generator, fg_fraction: float = 0.5,
+                 aug: AugmentConfig = AugmentConfig()) -> tuple[np.ndarray, np.ndarray]:
+    """One augmented training patch.
+
+    Args:
+        case: indexed :class:`TrainingCase`.
+        size: patch edge (voxels).
+        rng: random generator.
+        fg_fraction: probability of centring the patch on a tumour voxel.
+        aug: augmentation settings (:data:`NO_AUGMENTATION` for none).
+
+    Returns:
+        ``(image, labels)``: float32 ``(size, size, size, 4)`` and uint8 ``(size, size, size)``.
+    """
+    centre = _patch_centre(case, rng.random() < fg_fraction, rng)
+    if rng.random() < aug.p_rotate_scale:
+        matrix = _rotation_matrix(rng, aug.max_rotation_deg) / rng.uniform(*aug.scale)
+        image, labels = _warped_patch(case, centre.astype(float), size, matrix)
+    else:
+        start = centre - size // 2
+        image, labels = _crop(case.image, start, size).astype(np.float32), _crop(case.labels, start, size)
+    for axis in range(3):
+        if rng.random() < aug.p_flip:
+            image, labels = np.flip(image, axis), np.flip(labels, axis)
+    image, labels = np.ascontiguousarray(image), np.ascontiguousarray(labels)
+    brain = np.any(image != 0, axis=-1)
+    return augment_intensity(image, brain, rng, aug), labels
+
+
+def patch_stream(pool: CasePool, size: int, seed: int, fg_fraction: float = 0.5,
+                 aug: AugmentConfig = AugmentConfig()) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Endless ``(image, labels)`` patches from ``pool``."""
+    rng = np.random.default_rng([seed, 20_000])
+    while True:
+        yield sample_patch(pool.draw(rng), size, rng, fg_fraction, aug)
+
+
+class Prefetcher:
+    """Runs an iterator in a daemon thread and buffers its items (numpy work overlaps training)."""
+
+    def __init__(self, source: Iterator, buffer: int = 4):
+        self._queue: queue.Queue = queue.Queue(maxsize=buffer)
+        self._error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(source,), daemon=True, name="patch-prefetch")
+        self._thread.start()
+
+    def _run(self, source: Iterator) -> None:
+        try:
+            for item in source:
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(item, timeout=0.5)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set():
+                    return
+        except BaseException as exc:  # surfaced in __next__
+            self._error = exc
+            self._queue.put(None)
+
+    def __iter__(self) -> Prefetcher:
+        return self
+
+    def __next__(self):
+        item = self._queue.get()
+        if item is None and self._error is not None:
+            raise RuntimeError(f"patch sampling failed: {self._error!r}") from self._error
+        return item
+
+    def close(self) -> None:
+        """Stop the thread (it exits at its next put)."""
+        self._stop.set()
+
+
+def batches(samples: Iterator[tuple[np.ndarray, np.ndarray]], batch_size: int
+            ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Group ``(image, labels)`` samples into stacked batches."""
+    while True:
+        items = [next(samples) for _ in range(batch_size)]
+        yield np.stack([i for i, _ in items]), np.stack([lab for _, lab in items])
+
+
+def held_out_phantoms(count: int, strength: float = 1.0, start: int = VALIDATION_SEED_START) -> list[Case]:
+    """Validation phantoms with seeds ``start .. start + count - 1`` (never used for training)."""
+    from core.phantom import PhantomConfig, generate_phantom
+
+    return [generate_phantom(start + i, PhantomConfig(strength=strength)) for i in range(count)]

@@ -1,0 +1,425 @@
+"""Train the 3D U-Net: ``python -m train.unet``.
+
+Examples::
+
+    # shipped weights: fresh domain-randomised phantoms, validated on held-out phantom seeds
+    python -m train.unet --data phantom --steps 20000 --batch 2 --patch 96 --out weights/unet.keras
+    # a folder of BraTS case folders (2020 or 2023 naming, each with a seg file)
+    python -m train.unet --data /data/BraTS2021 --steps 50000 --out runs/brats/unet.keras
+    # continue an interrupted run from its last checkpoint
+    python -m train.unet --data phantom --steps 20000 --out weights/unet.keras --resume
+
+Every ``--val-every`` steps the trainer segments ``--val-cases`` held-out phantoms (seeds from
+``train.data.VALIDATION_SEED_START`` = 1,000,000 on, never used for training) with the same
+``core.inference.segment_case`` the app uses, logs their Dice (WT/TC/ET), saves a resumable
+checkpoint (model + optimizer, ``RUN_DIR/checkpoint.keras`` + ``RUN_DIR/state.json``), and exports the
+best model so far (mean validation Dice) to ``--out`` without optimizer state, with a JSON model card
+beside it (``unet.keras`` -> ``unet.json``).
+
+Multiple devices (data parallelism; the global ``--batch`` is split across devices):
+
+* TensorFlow backend: ``tf.distribute.MirroredStrategy`` over the visible GPUs (or CPUs); the model is
+  built and compiled in ``strategy.scope()`` and ``fit`` distributes the ``tf.data`` pipeline.
+* JAX backend (``KERAS_BACKEND=jax``): ``keras.distribution.DataParallel`` set globally with
+  ``keras.distribution.set_distribution`` before the model is built.
+* ``--devices N`` uses N devices (0: all visible; default 1: no distribution). ``--cpu-devices N``
+  splits the host CPU into N logical devices first (TF logical devices / XLA's
+  ``--xla_force_host_platform_device_count``): that is how the multi-device path is tested without
+  accelerators, and it must happen before the backend initialises, so the tests run it in a subprocess.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow: errors only on the console
+
+import numpy as np
+
+from core import unet  # first: sets TensorFlow's CPU options before Keras loads the backend
+from core.inference import segment_case
+from core.labels import REGIONS, region_mask
+from core.metrics import dice
+from train.data import (
+    VALIDATION_SEED_START,
+    AugmentConfig,
+    CasePool,
+    CaseProducers,
+    Prefetcher,
+    ProducerSpec,
+    batches,
+    find_labelled_cases,
+    held_out_phantoms,
+    patch_stream,
+)
+
+import keras  # noqa: E402
+
+CHECKPOINT = "checkpoint.keras"
+STATE = "state.json"
+END_LR_FRACTION = 0.02  # polynomial decay ends at lr * this
+CLIP_NORM = 12.0  # gradient-norm clipping (nnU-Net's value)
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (stored in the model card)."""
+
+    data: str = "phantom"
+    steps: int = 20000
+    batch: int = 2
+    patch: int = 96
+    base: int = 16
+    depth: int = 4
+    norm: str = "instance"
+    lr: float = 1e-3
+    seed: int = 0
+    out: str = "weights/unet.keras"
+    run_dir: str = "runs/unet"
+    val_every: int = 500
+    val_cases: int = 4
+    workers: int = 1
+    pool: int = 12
+    patches_per_case: int = 16
+    fg_fraction: float = 0.5
+    phantom_strength: float = 1.0
+    devices: int = 1
+    cpu_devices: int = 0
+    init: str | None = None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line interface of ``python -m train.unet``."""
+    d = TrainConfig()
+    p = argparse.ArgumentParser(prog="python -m train.unet", description="Train the BraTS 3D U-Net.")
+    p.add_argument("--data", default=d.data, help="'phantom' (fresh synthetic cases) or a folder of BraTS case folders")
+    p.add_argument("--steps", type=int, default=d.steps,
+                   help="optimizer steps in total, rounded up to a multiple of --val-every (default %(default)s)")
+    p.add_argument("--batch", type=int, default=d.batch, help="global batch size (default %(default)s)")
+    p.add_argument("--patch", type=int, default=d.patch, help="patch edge in voxels (default %(default)s)")
+    p.add_argument("--base", type=int, default=d.base, help="U-Net base filters (default %(default)s)")
+    p.add_argument("--depth", type=int, default=d.depth, help="U-Net resolution levels (default %(default)s)")
+    p.add_argument("--norm", choices=unet.NORMS, default=d.norm, help="normalisation (default %(default)s)")
+    p.add_argument("--lr", type=float, default=d.lr,
+                   help="initial Adam learning rate, polynomial decay (default %(default)s)")
+    p.add_argument("--seed", type=int, default=d.seed, help="random seed (phantom seeds start here)")
+    p.add_argument("--out", default=d.out, help="exported best model (.keras); card beside it (default %(default)s)")
+    p.add_argument("--run-dir", default=d.run_dir, help="checkpoints and state (default %(default)s)")
+    p.add_argument("--val-every", type=int, default=d.val_every, help="steps between validations (default %(default)s)")
+    p.add_argument("--val-cases", type=int, default=d.val_cases,
+                   help="held-out phantoms validated (default %(default)s)")
+    p.add_argument("--workers", type=int, default=d.workers, help="case-producer processes (0: in-process)")
+    p.add_argument("--pool", type=int, default=d.pool, help="cases kept for patch sampling (default %(default)s)")
+    p.add_argument("--patches-per-case", type=int, default=d.patches_per_case,
+                   help="patches drawn per new case taken into the pool (default %(default)s)")
+    p.add_argument("--fg-fraction", type=float, default=d.fg_fraction,
+                   help="fraction of patches centred on tumour (default %(default)s)")
+    p.add_argument("--phantom-strength", type=float, default=d.phantom_strength,
+                   help="domain-randomisation strength of the phantoms (default %(default)s)")
+    p.add_argument("--devices", type=int, default=d.devices, help="data-parallel devices (0: all; default 1)")
+    p.add_argument("--cpu-devices", type=int, default=d.cpu_devices,
+                   help="split the host CPU into N logical devices first (testing multi-device on CPU)")
+    p.add_argument("--init", default=None,
+                   help="start from the weights of this .keras U-Net (new optimizer and schedule; e.g. a "
+                        "second phase with larger patches)")
+    p.add_argument("--resume", action="store_true", help=f"continue from RUN_DIR/{CHECKPOINT}")
+    return p
+
+
+# ------------------------------------------------------------------------------- distribution
+
+
+def configure_cpu_devices(n: int) -> None:
+    """Split the host CPU into ``n`` logical devices; must run before the backend initialises."""
+    if n <= 1:
+        return
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * n)
+    elif backend == "jax":
+        flags = os.environ.get("XLA_FLAGS", "")
+        if "xla_force_host_platform_device_count" not in flags:
+            raise RuntimeError("with JAX set XLA_FLAGS=--xla_force_host_platform_device_count=N before starting "
+                               "Python (JAX reads it at import)")
+    else:
+        raise RuntimeError(f"--cpu-devices is not supported on the {backend} backend")
+
+
+def distribution_scope(devices: int) -> tuple[contextlib.AbstractContextManager, int, str]:
+    """Set up data parallelism over ``devices`` devices (0: all).
+
+    Returns:
+        ``(scope, n_devices, description)``: build and compile the model inside ``scope``.
+    """
+    backend = keras.backend.backend()
+    if devices == 1:
+        return contextlib.nullcontext(), 1, "single device"
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        kind = "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
+        names = [d.name for d in tf.config.list_logical_devices(kind)]
+        names = names if devices == 0 else names[:devices]
+        if devices > len(names):
+            raise RuntimeError(f"--devices {devices}: only {len(names)} {kind} devices visible "
+                               "(use --cpu-devices N to split the CPU)")
+        strategy = tf.distribute.MirroredStrategy(names)
+        return strategy.scope(), strategy.num_replicas_in_sync, f"tf.distribute.MirroredStrategy({names})"
+    if backend == "jax":
+        all_devices = keras.distribution.list_devices()
+        chosen = all_devices if devices == 0 else all_devices[:devices]
+        if devices > len(all_devices):
+            raise RuntimeError(f"--devices {devices}: only {len(all_devices)} JAX devices visible")
+        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=chosen))
+        return contextlib.nullcontext(), len(chosen), f"keras.distribution.DataParallel({chosen})"
+    raise RuntimeError(f"multi-device training is not supported on the {backend} backend")
+
+
+# ------------------------------------------------------------------------------------ model
+
+
+def compile_model(model: keras.Model, lr: float, steps: int) -> keras.Model:
+    """Adam with polynomial (power 0.9) decay to ``lr * END_LR_FRACTION`` over ``steps``; Dice + CE loss."""
+    schedule = keras.optimizers.schedules.PolynomialDecay(lr, max(steps, 1), lr * END_LR_FRACTION, power=0.9)
+    model.compile(optimizer=keras.optimizers.Adam(schedule, clipnorm=CLIP_NORM), loss=unet.dice_ce_loss)
+    return model
+
+
+def inference_copy(model: keras.Model, config: TrainConfig) -> keras.Model:
+    """Fresh uncompiled U-Net with ``model``'s weights (no optimizer state, no distribution scope)."""
+    copy = unet.build_unet(base_filters=config.base, depth=config.depth, norm=config.norm)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def save_atomic(model: keras.Model, path: Path) -> None:
+    """``model.save`` to a temporary file then rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.keras")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write JSON atomically."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def validate(model: keras.Model, cases: Sequence) -> dict[str, float]:
+    """Mean full-case Dice (WT/TC/ET) of ``model`` over labelled cases, via ``segment_case``."""
+    scores = {r: [] for r in REGIONS}
+    for case in cases:
+        labels = segment_case(case, model).labels
+        for r in REGIONS:
+            scores[r].append(dice(region_mask(labels, r), region_mask(case.seg, r)))
+    return {r: float(np.mean(v)) for r, v in scores.items()}
+
+
+# ------------------------------------------------------------------------------ monitoring
+
+
+class TrainingMonitor(keras.callbacks.Callback):
+    """tqdm progress, periodic validation, checkpoints and the exported best model + card."""
+
+    def __init__(self, config: TrainConfig, state: dict, val_cases: Sequence, bar, info: dict):
+        super().__init__()
+        self.config, self.state, self.val_cases, self.bar, self.info = config, state, val_cases, bar, info
+        self.run_dir, self.out = Path(config.run_dir), Path(config.out)
+        self._start = time.time()
+        self._wall_before = float(state.get("wall_time_s", 0.0))
+        self._last_loss = float("nan")
+        self.case_counter = None  # () -> first case seed not yet used (set by train)
+
+    def step(self) -> int:
+        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+
+    def wall_time(self) -> float:
+        return self._wall_before + time.time() - self._start
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._last_loss = float((logs or {}).get("loss", float("nan")))
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{self._last_loss:.4f}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        step = self.step()
+        t0 = time.time()
+        entry = {"step": step, "loss": float((logs or {}).get("loss", self._last_loss)),
+                 "wall_time_s": round(self.wall_time(), 1)}
+        export = inference_copy(self.model, self.config)
+        if self.val_cases:
+            entry["val_dice"] = validate(export, self.val_cases)
+            entry["val_mean_dice"] = float(np.mean(list(entry["val_dice"].values())))
+            entry["val_seconds"] = round(time.time() - t0, 1)
+        self.state["history"].append(entry)
+        self.state["step"] = step
+        self.state["wall_time_s"] = self.wall_time()
+        if self.case_counter is not None:
+            self.state["next_case_seed"] = int(self.case_counter())
+        save_atomic(self.model, self.run_dir / CHECKPOINT)
+        score = entry.get("val_mean_dice", -entry["loss"])
+        if score >= self.state.get("best_score", -math.inf):
+            self.state["best_score"], self.state["best_step"] = score, step
+            save_atomic(export, self.out)
+            write_json(self.out.with_suffix(".json"), model_card(self.config, self.state, entry, self.info))
+        write_json(self.run_dir / STATE, self.state)
+        dice_text = " ".join(f"{r} {v:.3f}" for r, v in entry.get("val_dice", {}).items())
+        self.bar.write(f"step {step}: loss {entry['loss']:.4f} {dice_text} "
+                       f"(best step {self.state['best_step']}, {time.time() - t0:.0f} s)")
+
+
+def model_card(config: TrainConfig, state: dict, entry: dict, info: dict) -> dict:
+    """JSON model card of the exported model."""
+    return {
+        "model": "3D U-Net (core.unet.build_unet)",
+        "task": "BraTS glioma sub-region segmentation: classes 0 background, 1 NCR, 2 ED, 3 ET (internal labels)",
+        "architecture": {"in_channels": 4, "channels": ["t1", "t1ce", "t2", "flair"], "num_classes": 4,
+                         "base_filters": config.base, "depth": config.depth, "norm": config.norm},
+        "data": ("fresh domain-randomised phantoms (core.phantom), seeds "
+                 f"{config.seed}.. < {VALIDATION_SEED_START}" if config.data == "phantom" else config.data),
+        "preprocessing": "core.preprocess.prepare_input (brain mask, per-channel z-score, crop to brain)",
+        "step": entry["step"],
+        "steps_planned": config.steps,
+        "config": asdict(config),
+        "validation": {
+            "cases": f"{config.val_cases} held-out phantoms, seeds {VALIDATION_SEED_START}.."
+                     f"{VALIDATION_SEED_START + config.val_cases - 1}" if config.val_cases else "none",
+            "dice": entry.get("val_dice"),
+            "loss": entry["loss"],
+        },
+        "history": state["history"],
+        "wall_time_s": round(state["wall_time_s"], 1),
+        "backend": keras.backend.backend(),
+        "keras_version": keras.__version__,
+        **info,
+        "command": state.get("command"),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+# ------------------------------------------------------------------------------------- main
+
+
+def _data_spec(config: TrainConfig, first_seed: int) -> ProducerSpec:
+    if config.data == "phantom":
+        return ProducerSpec(None, first_seed, config.phantom_strength)
+    folder = Path(config.data)
+    if not folder.is_dir():
+        raise SystemExit(f"error: --data {folder}: not a folder (use 'phantom' or a folder of BraTS case folders)")
+    if not find_labelled_cases(folder):
+        raise SystemExit(f"error: --data {folder}: no case folder with t1/t1ce/t2/flair and a seg file found")
+    return ProducerSpec(str(folder), first_seed)
+
+
+def _load_initial_weights(model: keras.Model, path: Path) -> None:
+    """Copy the weights of the U-Net at ``path`` into ``model`` (same architecture required)."""
+    from core.inference import load_model
+
+    source = load_model(path)
+    if [w.shape for w in source.weights] != [w.shape for w in model.weights]:
+        raise SystemExit(f"error: --init {path}: its architecture differs from --base/--depth/--norm")
+    model.set_weights(source.get_weights())
+
+
+def _tf_dataset(samples, config: TrainConfig):
+    import tensorflow as tf
+
+    spec = (tf.TensorSpec((config.patch,) * 3 + (4,), tf.float32), tf.TensorSpec((config.patch,) * 3, tf.uint8))
+    ds = tf.data.Dataset.from_generator(lambda: samples, output_signature=spec)
+    return ds.batch(config.batch, drop_remainder=True).prefetch(1)
+
+
+def train(config: TrainConfig, resume: bool = False, command: str | None = None) -> dict:
+    """Run training; returns the final state (history, best step, ...)."""
+    configure_cpu_devices(config.cpu_devices)
+    _data_spec(config, config.seed)  # fail early on a bad --data
+    if config.val_every < 1 or config.steps < 1 or config.batch < 1:
+        raise SystemExit("error: --steps, --batch and --val-every must be >= 1")
+    if config.patch % 2 ** (config.depth - 1):
+        raise SystemExit(f"error: --patch {config.patch} must be a multiple of 2**(depth-1) = "
+                         f"{2 ** (config.depth - 1)}")
+    run_dir = Path(config.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(config.seed)
+    scope, n_devices, dist_text = distribution_scope(config.devices)
+    if config.batch % n_devices:
+        raise SystemExit(f"error: --batch {config.batch} must be a multiple of the {n_devices} devices")
+
+    state: dict = {"history": [], "step": 0, "wall_time_s": 0.0, "command": command}
+    checkpoint = run_dir / CHECKPOINT
+    with scope:
+        if resume:
+            if not checkpoint.is_file():
+                raise SystemExit(f"error: --resume: no checkpoint {checkpoint}; start without --resume")
+            model = keras.saving.load_model(checkpoint, safe_mode=True)
+            if (run_dir / STATE).is_file():
+                state = json.loads((run_dir / STATE).read_text())
+            state["command"] = command
+        else:
+            model = unet.build_unet(base_filters=config.base, depth=config.depth, norm=config.norm)
+            if config.init:
+                _load_initial_weights(model, Path(config.init))
+            model = compile_model(model, config.lr, config.steps)
+    start_step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+    epochs = math.ceil(config.steps / config.val_every)
+    initial_epoch = start_step // config.val_every
+    if initial_epoch >= epochs:
+        print(f"already trained {start_step} steps >= --steps {config.steps}; nothing to do")
+        return state
+
+    from tqdm import tqdm
+
+    # Phantom seeds continue where the previous run stopped (upper bound of what it had made).
+    first_seed = int(state.get("next_case_seed", config.seed))
+    spec = _data_spec(config, first_seed)
+    val_cases = held_out_phantoms(config.val_cases, config.phantom_strength) if config.val_cases else []
+    info = {"devices": n_devices, "distribution": dist_text, "params": int(model.count_params())}
+    with CaseProducers(spec, workers=config.workers) as producers:
+        pool = CasePool(producers, pool_size=config.pool, patches_per_case=config.patches_per_case)
+        samples = Prefetcher(patch_stream(pool, config.patch, config.seed + start_step, config.fg_fraction,
+                                          AugmentConfig()), buffer=2 * config.batch)
+        data = (_tf_dataset(samples, config) if keras.backend.backend() == "tensorflow"
+                else batches(samples, config.batch))
+        with tqdm(total=epochs * config.val_every, initial=initial_epoch * config.val_every, desc="train U-Net",
+                  unit="step", dynamic_ncols=True, file=sys.stderr) as bar:
+            monitor = TrainingMonitor(config, state, val_cases, bar, info)
+            monitor.case_counter = lambda: first_seed + pool.received + 2 * max(config.workers, 1)
+            try:
+                model.fit(data, steps_per_epoch=config.val_every, epochs=epochs, initial_epoch=initial_epoch,
+                          callbacks=[monitor], verbose=0, shuffle=False)
+            finally:
+                samples.close()
+    return state
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point."""
+    args = build_parser().parse_args(argv)
+    fields = TrainConfig.__dataclass_fields__
+    config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    command = shlex.join([Path(sys.executable).name, "-m", "train.unet", *(sys.argv[1:] if argv is None else argv)])
+    state = train(config, resume=args.resume, command=command)
+    if state.get("history"):
+        last = state["history"][-1]
+        print(f"done: step {last['step']}, best step {state.get('best_step')}, model {config.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
