@@ -1,0 +1,348 @@
+"""Synthetic BraTS cases from a tumour mask with the conditional VAE (``core.cvae``).
+
+API (used by the app)::
+
+    model = load_cvae(default_cvae_path())
+    cases = generate_cases(mask, affine, header, model, n_samples=3, seed=0, temperature=1.0)
+    recon = reconstruct(case, model)
+
+A generated case has the four modalities on the mask's grid (affine and header of the mask),
+intensities ``core.cvae.INTENSITY_OFFSET + INTENSITY_SCALE * z`` inside the brain (about
+0..1000) and exactly 0 outside, and ``.seg`` = the conditioning mask. A bare label map brings
+no brain outline, so the brain is the MNI152 template brain of ``core.anatomy`` (the anatomy
+the phantoms are built from) joined with the tumour; pass ``brain=`` to use another one.
+
+CLI::
+
+    python -m core.generate MASK.nii.gz -o OUT_DIR [--samples N] [--seed S] [--temperature T]
+        [--naming 2020|2023] [--weights P] [--brain BRAIN.nii.gz]
+
+writes ``N`` BraTS case folders (``core.case.save_case``) that ``core.case.load_case`` reads and
+``python -m train.unet --data OUT_DIR`` trains on. The mask may use either label convention.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from core import cvae
+from core.case import MODALITIES, Case, CaseError, load_label_map, save_case
+from core.weights import ModelLoadError, shipped_path
+from core.labels import NUM_CLASSES, to_internal
+from core.preprocess import brain_mask, zscore
+
+import keras  # noqa: E402  (after core.cvae set the TF options)
+
+Progress = Callable[[float, str], None]
+
+SPACING_TOLERANCE = 0.05  # relative deviation from 1 mm voxels that is accepted
+NAME_PATTERNS: dict[str, str] = {"2020": "BraTS20_CVAE_s{seed}_{index:03d}", "2023": "BraTS-CVAE-s{seed}-{index:03d}"}
+
+
+def default_cvae_path() -> Path:
+    """Path of the shipped CVAE weights (``weights/cvae.keras``)."""
+    return shipped_path("cvae")
+
+
+def load_cvae(path: str | Path) -> cvae.ConditionalVAE:
+    """Load a CVAE from a ``.keras`` file with ``safe_mode=True`` (no code execution).
+
+    Raises:
+        ModelLoadError: the file is missing, not a ``.keras`` archive, corrupt or unsafe, or
+            not a ``core.cvae.ConditionalVAE``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"CVAE weights not found: {path}. Train them with `python -m train.cvae` "
+                             "or pass the path of a .keras file (--weights).")
+    if path.suffix != ".keras" or not zipfile.is_zipfile(path):
+        raise ModelLoadError(f"{path} is not a Keras model file: expected a .keras archive "
+                             "(written by `python -m train.cvae`).")
+    try:
+        model = keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as exc:  # corrupt members, unknown classes, unsafe lambdas, ...
+        raise ModelLoadError(f"cannot load the CVAE from {path}: {type(exc).__name__}: {exc}. "
+                             "Re-export it with `python -m train.cvae` (Keras 3 .keras format).") from exc
+    if not isinstance(model, cvae.ConditionalVAE):
+        raise ModelLoadError(f"{path} holds a {type(model).__name__}, not a conditional VAE "
+                             "(core.cvae.ConditionalVAE); is it the U-Net? Use a file saved by `python -m train.cvae`.")
+    return model
+
+
+# ------------------------------------------------------------------------------- validation
+
+
+def check_mask(mask: np.ndarray, name: str = "mask") -> np.ndarray:
+    """The mask as uint8 internal labels; ``CaseError`` for a non-3D map or labels outside 0..3."""
+    mask = np.asarray(mask)
+    if mask.ndim != 3:
+        raise CaseError(f"{name}: shape {mask.shape} is not a 3D label map (X, Y, Z); "
+                        "pass one tumour segmentation volume.")
+    if not (np.issubdtype(mask.dtype, np.integer) or np.issubdtype(mask.dtype, np.bool_)):
+        if not np.array_equal(mask, np.round(mask)):
+            raise CaseError(f"{name}: holds non-integer values; a label map stores the classes 0/1/2/3 (or 0/1/2/4).")
+    values = np.unique(mask)
+    unknown = [v for v in values.tolist() if v not in range(NUM_CLASSES)]
+    if unknown:
+        hint = (" (4 is ET in the 2020 convention: convert with core.labels.to_internal)"
+                if unknown == [4] else "")
+        raise CaseError(f"{name}: unknown labels {unknown}{hint}; internal labels are 0 background, "
+                        "1 NCR, 2 ED, 3 ET.")
+    return mask.astype(np.uint8)
+
+
+def _check_spacing(header: nib.Nifti1Header | None, name: str) -> None:
+    if header is None:
+        return
+    zooms = np.asarray(header.get_zooms()[:3], float)
+    if np.any(np.abs(zooms - 1.0) > SPACING_TOLERANCE):
+        raise CaseError(f"{name}: voxel size {tuple(zooms.round(3))} mm is not 1 mm; the CVAE generates on "
+                        "1 mm grids like BraTS: resample the mask to 1 mm (nearest neighbour) first.")
+
+
+def template_brain(shape: tuple[int, ...], name: str = "mask") -> np.ndarray:
+    """The MNI152 template brain mask on the BraTS grid (``core.anatomy``)."""
+    from core.anatomy import BRATS_SHAPE, load_anatomy
+
+    if tuple(shape) != tuple(BRATS_SHAPE):
+        raise CaseError(f"{name}: shape {tuple(shape)} is not the BraTS grid {BRATS_SHAPE}, so the template brain "
+                        "does not fit; resample the mask to the BraTS grid (SRI-24, 1 mm) or pass a brain mask "
+                        "of the mask's grid (brain= / --brain).")
+    return np.asarray(load_anatomy().brain, bool)
+
+
+def _brain_for(mask: np.ndarray, brain: np.ndarray | None, name: str) -> np.ndarray:
+    if brain is None:
+        brain = template_brain(mask.shape, name)
+    brain = np.asarray(brain, bool)
+    if brain.shape != mask.shape:
+        raise CaseError(f"{name}: brain mask {brain.shape} and label map {mask.shape} differ in shape; "
+                        "both must be on the same grid.")
+    return brain | (mask > 0)
+
+
+def _check_model(model: keras.Model) -> cvae.ConditionalVAE:
+    if not isinstance(model, cvae.ConditionalVAE):
+        raise TypeError(f"expected a core.cvae.ConditionalVAE (load_cvae / build_cvae), got {type(model).__name__}")
+    return model
+
+
+def _image_header(header: nib.Nifti1Header | None, shape: tuple[int, ...], affine: np.ndarray) -> nib.Nifti1Header:
+    """Image header for generated volumes: a copy of the mask's without display window (a label map's
+    cal_max means nothing for an MRI), or a fresh one with the affine's voxel size."""
+    if header is None:
+        hdr = nib.Nifti1Header()
+        hdr.set_data_shape(shape)
+        hdr.set_zooms(tuple(float(z) for z in np.linalg.norm(affine[:3, :3], axis=0)))
+        hdr.set_xyzt_units("mm")
+        hdr.set_qform(affine, code=1)
+        hdr.set_sform(affine, code=1)
+        return hdr
+    hdr = header.copy()
+    hdr["cal_min"] = hdr["cal_max"] = 0
+    return hdr
+
+
+def sample_seed(seed: int, index: int) -> int:
+    """Seed of sample ``index`` of a run with ``seed`` (independent streams, not ``seed + index``)."""
+    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0] % (2**31 - 1))
+
+
+# ------------------------------------------------------------------------------------- API
+
+
+def iter_cases(
+    mask: np.ndarray,
+    affine: np.ndarray,
+    header: nib.Nifti1Header | None,
+    model: cvae.ConditionalVAE,
+    *,
+    n_samples: int = 1,
+    seed: int = 0,
+    temperature: float = 1.0,
+    progress: Progress | None = None,
+    brain: np.ndarray | None = None,
+) -> Iterator[Case]:
+    """Like :func:`generate_cases`, but yields each case as soon as it is made (the CLI writes them one by one).
+
+    The inputs are checked before the first case is yielded.
+    """
+    model = _check_model(model)
+    if n_samples < 1:
+        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    affine = np.asarray(affine, dtype=np.float64)
+    if affine.shape != (4, 4):
+        raise ValueError(f"affine must be a 4x4 matrix, got shape {affine.shape}")
+    report = progress or (lambda fraction, message: None)
+    mask = check_mask(mask)
+    _check_spacing(header, "mask")
+    report(0.0, "preparing the condition")
+    brain = _brain_for(mask, brain, "mask")
+    box, cond, _ = cvae.model_inputs(model.grid, mask, brain)
+    cond = cond[None]
+    header = _image_header(header, mask.shape, affine)
+    return _sample(model, mask, brain, box, cond, affine, header, n_samples, seed, temperature, report)
+
+
+def _sample(model, mask, brain, box, cond, affine, header, n_samples, seed, temperature, report) -> Iterator[Case]:
+    for i in range(n_samples):
+        report(i / n_samples, f"sampling case {i + 1}/{n_samples}")
+        z = model.sample_latent(1, seed=sample_seed(seed, i), temperature=temperature)
+        zscores = keras.ops.convert_to_numpy(model.decode(z, cond))[0]
+        image = cvae.decoded_to_case(model.grid, zscores, box, brain)
+        yield Case(image=image, affine=affine.copy(), header=header.copy(),
+                   seg=mask.copy(), label_convention=None, files={}, naming=None, name=f"cvae-s{seed}-{i:03d}")
+    report(1.0, "done")
+
+
+def generate_cases(
+    mask: np.ndarray,
+    affine: np.ndarray,
+    header: nib.Nifti1Header | None,
+    model: cvae.ConditionalVAE,
+    *,
+    n_samples: int = 1,
+    seed: int = 0,
+    temperature: float = 1.0,
+    progress: Progress | None = None,
+    brain: np.ndarray | None = None,
+) -> list[Case]:
+    """Sample synthetic cases whose tumour is ``mask``.
+
+    Args:
+        mask: uint8 ``(X, Y, Z)`` internal labels 0..3 (1 mm grid; the BraTS grid unless
+            ``brain`` is given).
+        affine: ``(4, 4)`` voxel-to-world matrix of the mask (copied to every case).
+        header: NIfTI header of the mask (copied, without display window), or ``None`` (a fresh one).
+        model: a :class:`core.cvae.ConditionalVAE`.
+        n_samples: number of cases.
+        seed: sample ``i`` uses latent seed :func:`sample_seed` ``(seed, i)``: same seed, same cases.
+        temperature: scale of the prior's standard deviation (0: the mean anatomy; < 1: tamer samples).
+        progress: ``(fraction, message)`` callback.
+        brain: optional bool brain mask of the mask's grid (default: the template brain).
+
+    Returns:
+        ``n_samples`` cases named ``cvae-s{seed}-{i:03d}``, ``.seg`` = ``mask``.
+
+    Raises:
+        CaseError: bad mask (shape, labels, voxel size) or brain mask.
+        ValueError: ``n_samples < 1``, a negative temperature or a bad affine.
+    """
+    return list(iter_cases(mask, affine, header, model, n_samples=n_samples, seed=seed, temperature=temperature,
+                           progress=progress, brain=brain))
+
+
+def reconstruct(case: Case, model: cvae.ConditionalVAE, *, progress: Progress | None = None) -> Case:
+    """Encode ``case`` (image + segmentation) and decode the posterior mean: the model's reconstruction.
+
+    Returns:
+        A case on ``case``'s grid (same affine/header, ``.seg`` = ``case.seg``), named ``{name}-recon``.
+
+    Raises:
+        CaseError: the case has no segmentation, or a bad segmentation.
+    """
+    model = _check_model(model)
+    report = progress or (lambda fraction, message: None)
+    if case.seg is None:
+        raise CaseError(f"case {case.name!r} has no segmentation; the CVAE is conditioned on the tumour mask: "
+                        "load the case with its seg file or segment it first.")
+    if case.image.shape[0] != len(MODALITIES):
+        raise CaseError(f"case {case.name!r}: image shape {case.image.shape} is not (4, X, Y, Z)")
+    labels = check_mask(case.seg, f"case {case.name!r} segmentation")
+    if labels.shape != case.shape:
+        raise CaseError(f"case {case.name!r}: segmentation {labels.shape} and image {case.shape} differ in shape")
+    _check_spacing(case.header, f"case {case.name!r}")
+    report(0.0, "normalising")
+    brain = brain_mask(case.image) | (labels > 0)
+    box, cond, image = cvae.model_inputs(model.grid, labels, brain, zscore(case.image, brain))
+    report(0.3, "encoding")
+    z_mean, _ = model.encode(image[None], cond[None])
+    report(0.6, "decoding")
+    zscores = keras.ops.convert_to_numpy(model.decode(z_mean, cond[None]))[0]
+    out = cvae.decoded_to_case(model.grid, zscores, box, brain)
+    report(1.0, "done")
+    return Case(image=out, affine=np.array(case.affine, copy=True), header=case.header.copy(), seg=labels.copy(),
+                label_convention=case.label_convention, files={}, naming=None, name=f"{case.name}-recon")
+
+
+# ------------------------------------------------------------------------------------- CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line interface of ``python -m core.generate``."""
+    p = argparse.ArgumentParser(prog="python -m core.generate",
+                                description="Generate synthetic BraTS cases from a tumour mask with the CVAE.")
+    p.add_argument("mask", help="tumour label map (.nii/.nii.gz; labels 0/1/2/4 (2020) or 0/1/2/3 (2023))")
+    p.add_argument("-o", "--out", required=True, help="output folder; one BraTS case folder per sample")
+    p.add_argument("--samples", type=int, default=1, help="number of cases (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default %(default)s)")
+    p.add_argument("--temperature", type=float, default=1.0, help="prior temperature (default %(default)s)")
+    p.add_argument("--naming", choices=("2020", "2023"), default="2020",
+                   help="file naming and label values of the written cases (default %(default)s)")
+    p.add_argument("--weights", default=None, help=f"CVAE .keras file (default {default_cvae_path()})")
+    p.add_argument("--brain", default=None,
+                   help="brain mask (non-zero = brain) on the mask's grid (default: the MNI152 template brain, "
+                        "BraTS grid only)")
+    return p
+
+
+def read_mask(path: str | Path) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header]:
+    """``(internal labels, affine, header)`` of a label-map file in either BraTS convention."""
+    labels, affine, header, _ = load_label_map(path)
+    return labels, affine, header
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point; returns the exit status (2 for bad input)."""
+    from tqdm import tqdm
+
+    args = build_parser().parse_args(argv)
+    try:
+        if args.samples < 1:
+            raise ValueError(f"--samples must be >= 1, got {args.samples}")
+        mask, affine, header = read_mask(args.mask)
+        brain = None
+        if args.brain:
+            brain_data, brain_affine, _ = _read_brain(args.brain)
+            if brain_data.shape != mask.shape or not np.allclose(brain_affine, affine, atol=1e-3):
+                raise CaseError(f"{args.brain}: not on the grid of {args.mask} (shape {brain_data.shape} vs "
+                                f"{mask.shape}, or another affine); resample it onto the mask's grid.")
+            brain = brain_data
+        model = load_cvae(args.weights or default_cvae_path())
+        start = time.perf_counter()
+        cases = iter_cases(mask, affine, header, model, n_samples=args.samples, seed=args.seed,
+                           temperature=args.temperature, brain=brain)
+        out = Path(args.out)
+        with tqdm(total=args.samples, desc="generate", unit="case", file=sys.stderr) as bar:
+            for i, case in enumerate(cases):
+                save_case(case, out, naming=args.naming, name=NAME_PATTERNS[args.naming].format(seed=args.seed, index=i))
+                bar.update(1)
+        print(f"wrote {args.samples} case(s) to {out} in {time.perf_counter() - start:.1f} s")
+    except (CaseError, ModelLoadError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _read_brain(path: str | Path) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header]:
+    from core.nifti import NiftiError, read_nifti
+
+    try:
+        image = read_nifti(path)
+    except NiftiError as exc:
+        raise CaseError(str(exc)) from exc
+    return np.asarray(image.dataobj) != 0, np.asarray(image.affine), image.header
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,233 @@
+"""Does CVAE data augmentation help a U-Net trained on few cases? ``python -m train.augment_experiment``.
+
+For each seed, two U-Nets are trained with the same budget (``train.unet.train``: same steps,
+batch, patch and architecture):
+
+* **K only**: ``--k`` labelled cases;
+* **K + M**: the same cases plus ``--m`` CVAE samples conditioned on their masks (each case's own
+  brain mask; every second round of masks is mirrored left-right for more mask variety).
+
+The K cases are phantoms from a seed range the CVAE never saw (``AUGMENT_SEED_START``; optionally
+another randomisation strength, ``--k-strength``), or folders of ``--real DIR`` (K drawn per seed,
+the remaining folders are the test set). Both U-Nets are scored on held-out cases
+(``train.evaluate.evaluate``: Dice WT/TC/ET); the table gives mean ± std over the seeds and is
+printed and saved as JSON + Markdown in ``--work-dir``.
+
+    python -m train.augment_experiment --k 4 --m 16 --seeds 0 1 2 --steps 2000
+    python -m train.augment_experiment --real /data/BraTS2021 --k 8 --m 32 --seeds 0 1 2
+    # tiny (tests): --k 1 --m 1 --seeds 0 1 --steps 1 --patch 16 --base 4 --depth 2 --eval-cases 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from core import cvae  # noqa: F401  (TF options before Keras loads)
+from core.case import Case, load_case, save_case
+from core.generate import default_cvae_path, generate_cases, load_cvae
+from core.inference import load_model
+from core.labels import REGIONS
+from core.preprocess import brain_mask
+from train.data import find_labelled_cases
+from train.evaluate import evaluate
+from train.unet import TrainConfig
+from train.unet import train as train_unet
+
+AUGMENT_SEED_START = 2_000_000  # phantom seeds of the K cases (the CVAE and the U-Net train below 1,000,000)
+EVAL_SEED_START = 2_500_000  # phantom seeds of the test cases
+ARMS = ("K only", "K + M CVAE")
+
+
+@dataclass
+class ExperimentConfig:
+    """Settings of the experiment (saved with the results)."""
+
+    k: int = 4
+    m: int = 16
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    steps: int = 2000
+    batch: int = 2
+    patch: int = 64
+    base: int = 16
+    depth: int = 4
+    lr: float = 1e-3
+    eval_cases: int = 8
+    k_strength: float = 1.0
+    real: str | None = None
+    cvae: str = str(default_cvae_path())
+    temperature: float = 1.0
+    workers: int = 1
+    work_dir: str = "runs/augment"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line interface."""
+    d = ExperimentConfig()
+    p = argparse.ArgumentParser(prog="python -m train.augment_experiment", description=__doc__.split("\n")[0])
+    p.add_argument("--k", type=int, default=d.k, help="labelled training cases (default %(default)s)")
+    p.add_argument("--m", type=int, default=d.m, help="CVAE samples added (default %(default)s)")
+    p.add_argument("--seeds", type=int, nargs="+", default=d.seeds, help="experiment seeds (default %(default)s)")
+    p.add_argument("--steps", type=int, default=d.steps, help="U-Net steps per run (default %(default)s)")
+    p.add_argument("--batch", type=int, default=d.batch)
+    p.add_argument("--patch", type=int, default=d.patch)
+    p.add_argument("--base", type=int, default=d.base)
+    p.add_argument("--depth", type=int, default=d.depth)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--eval-cases", type=int, default=d.eval_cases, help="held-out test phantoms (default %(default)s)")
+    p.add_argument("--k-strength", type=float, default=d.k_strength,
+                   help="randomisation strength of the K and test phantoms (default %(default)s)")
+    p.add_argument("--real", default=None, help="folder of labelled BraTS case folders: K training cases per seed, "
+                                                "the rest is the test set (instead of phantoms)")
+    p.add_argument("--cvae", default=d.cvae, help="CVAE weights (default %(default)s)")
+    p.add_argument("--temperature", type=float, default=d.temperature, help="CVAE sampling temperature")
+    p.add_argument("--workers", type=int, default=d.workers, help="case-loader processes of the U-Net trainer")
+    p.add_argument("--work-dir", default=d.work_dir, help="cases, models and results (default %(default)s)")
+    return p
+
+
+# ------------------------------------------------------------------------------------ data
+
+
+def phantom_cases(start: int, count: int, strength: float) -> list[Case]:
+    """Phantoms with seeds ``start .. start + count - 1``."""
+    from core.phantom import PhantomConfig, generate_phantom
+
+    return [generate_phantom(start + i, PhantomConfig(strength=strength)) for i in range(count)]
+
+
+def split_real(root: str, k: int, seed: int) -> tuple[list[Path], list[Path]]:
+    """K random labelled case folders of ``root`` for training, the others for testing."""
+    folders = find_labelled_cases(root)
+    if len(folders) <= k:
+        raise SystemExit(f"error: --real {root}: {len(folders)} labelled case folders; need more than --k {k} "
+                         "(the rest is the test set)")
+    order = np.random.default_rng(seed).permutation(len(folders))
+    return [folders[i] for i in order[:k]], [folders[i] for i in order[k:]]
+
+
+def cvae_samples(cases: Sequence[Case], m: int, model: cvae.ConditionalVAE, seed: int, temperature: float
+                 ) -> list[Case]:
+    """``m`` CVAE cases conditioned on the masks of ``cases`` in turn (mirrored in X every second round)."""
+    samples = []
+    for j in range(m):
+        source = cases[j % len(cases)]
+        mirror = (j // len(cases)) % 2 == 1
+        seg, brain = source.seg, brain_mask(source.image)
+        if mirror:
+            seg, brain = seg[::-1].copy(), brain[::-1].copy()
+        case = generate_cases(seg, source.affine, source.header, model, n_samples=1, seed=seed * 100_003 + j,
+                              temperature=temperature, brain=brain)[0]
+        case.name = f"cvae-{j:03d}-{source.name}"
+        samples.append(case)
+    return samples
+
+
+def write_cases(cases: Sequence[Case], folder: Path) -> Path:
+    """Save cases as BraTS 2020 folders under ``folder``."""
+    for case in cases:
+        save_case(case, folder, naming="2020", name=case.name)
+    return folder
+
+
+# ------------------------------------------------------------------------------ experiment
+
+
+def unet_config(config: ExperimentConfig, data: Path, out: Path, seed: int) -> TrainConfig:
+    """The U-Net training run of one arm (same budget for both arms)."""
+    return TrainConfig(data=str(data), steps=config.steps, batch=config.batch, patch=config.patch, base=config.base,
+                       depth=config.depth, lr=config.lr, seed=seed, out=str(out / "unet.keras"),
+                       run_dir=str(out / "run"), val_every=config.steps, val_cases=0, workers=config.workers,
+                       pool=8, patches_per_case=4)
+
+
+def run_seed(config: ExperimentConfig, seed: int, model: cvae.ConditionalVAE, eval_root: Path | None) -> dict:
+    """Train and score both arms for one seed; returns ``{arm: {region: dice}}`` (+ case names)."""
+    work = Path(config.work_dir) / f"seed{seed}"
+    if config.real:
+        train_folders, test_folders = split_real(config.real, config.k, seed)
+        k_cases = [load_case(f) for f in train_folders]
+        eval_root = write_links(test_folders, work / "test")
+    else:
+        k_cases = phantom_cases(AUGMENT_SEED_START + seed * 1000, config.k, config.k_strength)
+    assert eval_root is not None
+    samples = cvae_samples(k_cases, config.m, model, seed, config.temperature)
+    arms = {ARMS[0]: write_cases(k_cases, work / "k"), ARMS[1]: write_cases([*k_cases, *samples], work / "k_m")}
+    result: dict = {"k_cases": [c.name for c in k_cases]}
+    for arm, data in arms.items():
+        out = data.parent / f"unet_{data.name}"
+        train_unet(unet_config(config, data, out, seed), command=f"train.augment_experiment seed {seed} {arm}")
+        report = evaluate(eval_root, load_model(out / "unet.keras"), quiet=True)
+        result[arm] = {r: report["mean"][r]["dice"] for r in REGIONS}
+        print(f"seed {seed} {arm}: " + " ".join(f"{r} {v:.3f}" for r, v in result[arm].items()), flush=True)
+    return result
+
+
+def write_links(folders: Sequence[Path], root: Path) -> Path:
+    """A folder of symbolic links to ``folders`` (the test set of ``--real``)."""
+    root.mkdir(parents=True, exist_ok=True)
+    for folder in folders:
+        link = root / folder.name
+        if not link.exists():
+            link.symlink_to(folder.resolve(), target_is_directory=True)
+    return root
+
+
+def summarise(per_seed: Sequence[dict]) -> dict:
+    """Mean and std over seeds of each arm's Dice per region."""
+    return {arm: {r: {"mean": float(np.mean([s[arm][r] for s in per_seed])),
+                      "std": float(np.std([s[arm][r] for s in per_seed]))} for r in REGIONS} for arm in ARMS}
+
+
+def format_table(summary: dict, config: ExperimentConfig) -> str:
+    """Markdown table of the summary."""
+    lines = [f"| training data (K={config.k}, M={config.m}, {len(config.seeds)} seeds, {config.steps} steps) | "
+             + " | ".join(f"{r} Dice" for r in REGIONS) + " |", "|---" * (1 + len(REGIONS)) + "|"]
+    for arm in ARMS:
+        cells = " | ".join(f"{summary[arm][r]['mean']:.3f} ± {summary[arm][r]['std']:.3f}" for r in REGIONS)
+        lines.append(f"| {arm} | {cells} |")
+    return "\n".join(lines)
+
+
+def run(config: ExperimentConfig) -> dict:
+    """The whole experiment; returns (and saves) the results."""
+    if config.k < 1 or config.m < 0 or not config.seeds or config.steps < 1:
+        raise SystemExit("error: need --k >= 1, --m >= 0, --steps >= 1 and at least one seed")
+    work = Path(config.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    model = load_cvae(config.cvae)
+    eval_root = None
+    if not config.real:
+        eval_root = write_cases(phantom_cases(EVAL_SEED_START, config.eval_cases, config.k_strength), work / "test")
+    per_seed = [run_seed(config, seed, model, eval_root) for seed in config.seeds]
+    summary = summarise(per_seed)
+    table = format_table(summary, config)
+    results = {"config": asdict(config), "per_seed": per_seed, "summary": summary, "table": table,
+               "test_set": (f"{config.eval_cases} phantoms, seeds {EVAL_SEED_START}.., strength {config.k_strength}"
+                            if not config.real else "the --real folders not drawn as K cases, per seed"),
+               "wall_time_s": round(time.time() - start, 1)}
+    (work / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (work / "results.md").write_text(table + "\n")
+    print(table)
+    print(f"wrote {work / 'results.json'} and {work / 'results.md'}")
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point."""
+    args = build_parser().parse_args(argv)
+    fields = ExperimentConfig.__dataclass_fields__
+    run(ExperimentConfig(**{k: v for k, v in vars(args).items() if k in fields}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,347 @@
+"""Train the conditional VAE: ``python -m train.cvae``.
+
+Examples::
+
+    # shipped weights: fresh domain-randomised phantoms made by a background worker process
+    python -m train.cvae --steps 4000 --out weights/cvae.keras
+    # a folder of BraTS case folders (2020 or 2023 naming, each with a seg file)
+    python -m train.cvae --data /data/BraTS2021 --steps 20000 --out runs/brats/cvae.keras
+    # continue an interrupted run from its last checkpoint
+    python -m train.cvae --steps 4000 --out weights/cvae.keras --resume
+
+Data come from ``train.data`` (the U-Net's producers and pool): each case is preprocessed like
+at inference (brain mask, per-channel z-score, cropped to the brain), then
+``core.cvae.model_inputs`` centres the brain in the model box and pools it to 2 mm. A training
+sample is one whole brain, mirrored left-right with probability 1/2.
+
+Every ``--ckpt-every`` steps: the reconstruction L1 (posterior mean, inside the brain, at model
+resolution) of ``--val-cases`` held-out phantoms (seeds from ``train.data.VALIDATION_SEED_START``),
+a resumable checkpoint (``RUN_DIR/checkpoint.keras`` + ``state.json``) and the exported model
+(``--out``, no optimizer state) with its JSON model card beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from core import cvae  # first: sets TensorFlow's CPU options before Keras loads the backend
+from train.data import (
+    VALIDATION_SEED_START,
+    CasePool,
+    CaseProducers,
+    Prefetcher,
+    ProducerSpec,
+    TrainingCase,
+    find_labelled_cases,
+    held_out_phantoms,
+    training_case,
+)
+from train.unet import save_atomic, write_json
+
+import keras  # noqa: E402
+
+CHECKPOINT = "checkpoint.keras"
+STATE = "state.json"
+END_LR_FRACTION = 0.05  # cosine decay ends at lr * this
+
+
+@dataclass
+class CvaeTrainConfig:
+    """Everything that defines a CVAE training run (stored in the model card)."""
+
+    data: str = "phantom"
+    steps: int = 4000
+    batch: int = 1
+    lr: float = 1e-3
+    beta: float = 0.1
+    warmup: int = 500
+    latent: int = 8
+    base: int = 16
+    depth: int = 3
+    max_filters: int = 64
+    box: tuple[int, int, int] = cvae.BRATS_BOX_SIZE
+    factor: int = 2
+    seed: int = 0
+    out: str = "weights/cvae.keras"
+    run_dir: str = "runs/cvae"
+    ckpt_every: int = 250
+    val_cases: int = 2
+    workers: int = 1
+    pool: int = 16
+    samples_per_case: int = 6
+    phantom_strength: float = 1.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line interface of ``python -m train.cvae``."""
+    d = CvaeTrainConfig()
+    p = argparse.ArgumentParser(prog="python -m train.cvae", description="Train the BraTS conditional VAE.")
+    p.add_argument("--data", default=d.data, help="'phantom' (fresh synthetic cases) or a folder of BraTS case folders")
+    p.add_argument("--steps", type=int, default=d.steps, help="optimizer steps in total (default %(default)s)")
+    p.add_argument("--batch", type=int, default=d.batch, help="whole brains per step (default %(default)s)")
+    p.add_argument("--lr", type=float, default=d.lr, help="initial Adam learning rate, cosine decay (default %(default)s)")
+    p.add_argument("--beta", type=float, default=d.beta, help="KL weight after warm-up (default %(default)s)")
+    p.add_argument("--warmup", type=int, default=d.warmup, help="KL warm-up steps (default %(default)s)")
+    p.add_argument("--latent", type=int, default=d.latent, help="latent channels (default %(default)s)")
+    p.add_argument("--base", type=int, default=d.base, help="base filters (default %(default)s)")
+    p.add_argument("--depth", type=int, default=d.depth, help="down-samplings to the latent (default %(default)s)")
+    p.add_argument("--max-filters", type=int, default=d.max_filters, help="filter cap per level (default %(default)s)")
+    p.add_argument("--box", type=int, nargs=3, default=list(d.box), metavar=("X", "Y", "Z"),
+                   help="1 mm box around the brain seen by the model (default %(default)s)")
+    p.add_argument("--factor", type=int, default=d.factor,
+                   help="down-sampling of the 1 mm box to the model grid (default %(default)s: 2 mm)")
+    p.add_argument("--seed", type=int, default=d.seed, help="random seed (phantom seeds start here)")
+    p.add_argument("--out", default=d.out, help="exported model (.keras); card beside it (default %(default)s)")
+    p.add_argument("--run-dir", default=d.run_dir, help="checkpoints and state (default %(default)s)")
+    p.add_argument("--ckpt-every", type=int, default=d.ckpt_every, help="steps between checkpoints (default %(default)s)")
+    p.add_argument("--val-cases", type=int, default=d.val_cases, help="held-out phantoms validated (default %(default)s)")
+    p.add_argument("--workers", type=int, default=d.workers, help="case-producer processes (0: in-process)")
+    p.add_argument("--pool", type=int, default=d.pool, help="cases kept in the pool (default %(default)s)")
+    p.add_argument("--samples-per-case", type=int, default=d.samples_per_case,
+                   help="samples drawn per new case taken into the pool (default %(default)s)")
+    p.add_argument("--phantom-strength", type=float, default=d.phantom_strength,
+                   help="domain-randomisation strength of the phantoms (default %(default)s)")
+    p.add_argument("--resume", action="store_true", help=f"continue from RUN_DIR/{CHECKPOINT}")
+    return p
+
+
+# ------------------------------------------------------------------------------------ data
+
+
+def case_arrays(case: TrainingCase, grid: cvae.CvaeGrid, mirror: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """``(image, condition)`` channel-last model-grid arrays of a preprocessed case (optionally mirrored in X)."""
+    image = np.moveaxis(case.image, -1, 0).astype(np.float32)
+    labels = case.labels
+    if mirror:
+        image, labels = image[:, ::-1], labels[::-1]
+    brain = np.any(image != 0, axis=0)
+    _, cond, x = cvae.model_inputs(grid, labels, brain, image)
+    return x, cond
+
+
+def sample_stream(pool: CasePool, grid: cvae.CvaeGrid, seed: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Endless ``(image, condition)`` samples: random pool cases, mirrored with probability 1/2."""
+    rng = np.random.default_rng([seed, 30_000])
+    while True:
+        yield case_arrays(pool.draw(rng), grid, mirror=bool(rng.random() < 0.5))
+
+
+def batch_stream(samples: Iterator, batch: int) -> Iterator[tuple[tuple[np.ndarray, np.ndarray]]]:
+    """``((image, condition),)`` batches as ``Model.fit`` expects inputs without targets."""
+    while True:
+        items = [next(samples) for _ in range(batch)]
+        yield ((np.stack([x for x, _ in items]), np.stack([c for _, c in items])),)
+
+
+def validation_arrays(count: int, grid: cvae.CvaeGrid, strength: float) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Model-grid arrays of ``count`` held-out phantoms."""
+    return [case_arrays(training_case(case), grid) for case in held_out_phantoms(count, strength)]
+
+
+def reconstruction_l1(model: cvae.ConditionalVAE, arrays: Sequence[tuple[np.ndarray, np.ndarray]]) -> float:
+    """Mean L1 (z-score units, inside the brain) of the posterior-mean reconstructions."""
+    errors = []
+    for x, cond in arrays:
+        z_mean, _ = model.encode(x[None], cond[None])
+        recon = keras.ops.convert_to_numpy(model.decode(z_mean, cond[None]))[0]
+        brain = cond[..., -1:]
+        errors.append(float(np.sum(np.abs(recon - x) * brain) / max(np.sum(brain) * x.shape[-1], 1.0)))
+    return float(np.mean(errors)) if errors else float("nan")
+
+
+# ----------------------------------------------------------------------------------- model
+
+
+def build_model(config: CvaeTrainConfig) -> cvae.ConditionalVAE:
+    """The CVAE of ``config``, compiled with Adam (cosine decay, global gradient clipping)."""
+    model = cvae.build_cvae(base_filters=config.base, latent_channels=config.latent, depth=config.depth,
+                            max_filters=config.max_filters, beta=config.beta, kl_warmup_steps=config.warmup,
+                            grid=cvae.CvaeGrid(tuple(config.box), config.factor), seed=config.seed)
+    schedule = keras.optimizers.schedules.CosineDecay(config.lr, max(config.steps, 1), alpha=END_LR_FRACTION)
+    model.compile(optimizer=keras.optimizers.Adam(schedule, global_clipnorm=1.0))
+    return model
+
+
+def inference_copy(model: cvae.ConditionalVAE) -> cvae.ConditionalVAE:
+    """Uncompiled copy with ``model``'s weights (exported without optimizer state)."""
+    copy = cvae.ConditionalVAE.from_config(model.get_config())
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+class CvaeMonitor(keras.callbacks.Callback):
+    """tqdm progress, validation, checkpoints and the exported model + card."""
+
+    def __init__(self, config: CvaeTrainConfig, state: dict, val_arrays: Sequence, bar, info: dict):
+        super().__init__()
+        self.config, self.state, self.val_arrays, self.bar, self.info = config, state, val_arrays, bar, info
+        self.run_dir, self.out = Path(config.run_dir), Path(config.out)
+        self._start = time.time()
+        self._wall_before = float(state.get("wall_time_s", 0.0))
+        self._step_start = time.time()
+        self._step_times: list[float] = []
+        self.case_counter = None  # () -> first phantom seed not yet used
+
+    def step(self) -> int:
+        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+
+    def wall_time(self) -> float:
+        return self._wall_before + time.time() - self._start
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._step_start = time.time()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._step_times.append(time.time() - self._step_start)
+        logs = logs or {}
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{logs.get('loss', float('nan')):.4f}", rec=f"{logs.get('rec', float('nan')):.4f}",
+                             kl=f"{logs.get('kl', float('nan')):.4f}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        step = self.step()
+        export = inference_copy(self.model)
+        entry = {"step": step, **{k: float(logs[k]) for k in ("loss", "rec", "kl") if k in logs},
+                 "kl_weight": float(keras.ops.convert_to_numpy(export.kl_weight())),
+                 "median_step_s": round(float(np.median(self._step_times)), 3) if self._step_times else None,
+                 "wall_time_s": round(self.wall_time(), 1)}
+        self._step_times = []
+        if self.val_arrays:
+            entry["val_rec"] = reconstruction_l1(export, self.val_arrays)
+        self.state["history"].append(entry)
+        self.state["step"] = step
+        self.state["wall_time_s"] = self.wall_time()
+        if self.case_counter is not None:
+            self.state["next_case_seed"] = int(self.case_counter())
+        save_atomic(self.model, self.run_dir / CHECKPOINT)
+        save_atomic(export, self.out)
+        write_json(self.out.with_suffix(".json"), model_card(self.config, self.state, export, self.info))
+        write_json(self.run_dir / STATE, self.state)
+        val = f", val rec {entry['val_rec']:.4f}" if "val_rec" in entry else ""
+        self.bar.write(f"step {step}: loss {entry.get('loss', float('nan')):.4f} rec {entry.get('rec', float('nan')):.4f} "
+                       f"kl {entry.get('kl', float('nan')):.4f}{val} ({entry['median_step_s']} s/step)")
+
+
+def model_card(config: CvaeTrainConfig, state: dict, model: cvae.ConditionalVAE, info: dict) -> dict:
+    """JSON model card of the exported CVAE."""
+    last = state["history"][-1] if state["history"] else {}
+    return {
+        "model": "3D conditional VAE (core.cvae.build_cvae)",
+        "task": "synthetic t1/t1ce/t2/flair (z-scores inside the brain) conditioned on a tumour mask "
+                "(internal labels 0..3) and a brain mask",
+        "architecture": {**{k: v for k, v in model.get_config().items() if k not in ("name", "trainable", "dtype")},
+                         "model_grid": list(model.grid.model_shape), "latent_shape": list(model.latent_shape)},
+        "data": ("fresh domain-randomised phantoms (core.phantom), seeds "
+                 f"{config.seed}.. < {VALIDATION_SEED_START}, strength {config.phantom_strength}"
+                 if config.data == "phantom" else config.data),
+        "preprocessing": "core.preprocess.prepare_input (brain mask, per-channel z-score, crop to brain), then "
+                         f"core.cvae.model_inputs (centred {list(model.grid.box_size)} box, {model.grid.factor}x average pooling); "
+                         "mirrored in X with p=0.5",
+        "step": state["step"],
+        "steps_planned": config.steps,
+        "config": asdict(config),
+        "losses": {k: last.get(k) for k in ("loss", "rec", "kl", "val_rec")},
+        "validation": (f"reconstruction L1 (z-score units, in brain, model grid) of {config.val_cases} held-out "
+                       f"phantoms, seeds {VALIDATION_SEED_START}..{VALIDATION_SEED_START + config.val_cases - 1}"
+                       if config.val_cases else "none"),
+        "history": state["history"],
+        "wall_time_s": round(state["wall_time_s"], 1),
+        "backend": keras.backend.backend(),
+        "keras_version": keras.__version__,
+        **info,
+        "command": state.get("command"),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+# ------------------------------------------------------------------------------------ main
+
+
+def _data_spec(config: CvaeTrainConfig, first_seed: int) -> ProducerSpec:
+    if config.data == "phantom":
+        return ProducerSpec(None, first_seed, config.phantom_strength)
+    folder = Path(config.data)
+    if not folder.is_dir():
+        raise SystemExit(f"error: --data {folder}: not a folder (use 'phantom' or a folder of BraTS case folders)")
+    if not find_labelled_cases(folder):
+        raise SystemExit(f"error: --data {folder}: no case folder with t1/t1ce/t2/flair and a seg file found")
+    return ProducerSpec(str(folder), first_seed)
+
+
+def train(config: CvaeTrainConfig, resume: bool = False, command: str | None = None) -> dict:
+    """Run training; returns the final state (history, wall time, ...)."""
+    _data_spec(config, config.seed)  # fail early on a bad --data
+    if config.ckpt_every < 1 or config.steps < 1 or config.batch < 1:
+        raise SystemExit("error: --steps, --batch and --ckpt-every must be >= 1")
+    run_dir = Path(config.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(config.seed)
+    state: dict = {"history": [], "step": 0, "wall_time_s": 0.0, "command": command}
+    checkpoint = run_dir / CHECKPOINT
+    if resume:
+        if not checkpoint.is_file():
+            raise SystemExit(f"error: --resume: no checkpoint {checkpoint}; start without --resume")
+        model = keras.saving.load_model(checkpoint, safe_mode=True)
+        if (run_dir / STATE).is_file():
+            state = json.loads((run_dir / STATE).read_text())
+        state["command"] = command
+    else:
+        try:
+            model = build_model(config)
+        except ValueError as exc:
+            raise SystemExit(f"error: {exc}") from exc
+    start_step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+    epochs = math.ceil(config.steps / config.ckpt_every)
+    initial_epoch = start_step // config.ckpt_every
+    if initial_epoch >= epochs:
+        print(f"already trained {start_step} steps >= --steps {config.steps}; nothing to do")
+        return state
+
+    from tqdm import tqdm
+
+    first_seed = int(state.get("next_case_seed", config.seed))
+    spec = _data_spec(config, first_seed)
+    val_arrays = validation_arrays(config.val_cases, model.grid, config.phantom_strength) if config.val_cases else []
+    info = {"params": int(model.count_params())}
+    with CaseProducers(spec, workers=config.workers) as producers:
+        pool = CasePool(producers, pool_size=config.pool, patches_per_case=config.samples_per_case)
+        samples = Prefetcher(sample_stream(pool, model.grid, config.seed + start_step), buffer=2 * config.batch)
+        with tqdm(total=epochs * config.ckpt_every, initial=initial_epoch * config.ckpt_every, desc="train CVAE",
+                  unit="step", dynamic_ncols=True, file=sys.stderr) as bar:
+            monitor = CvaeMonitor(config, state, val_arrays, bar, info)
+            monitor.case_counter = lambda: first_seed + pool.received + 2 * max(config.workers, 1)
+            try:
+                model.fit(batch_stream(samples, config.batch), steps_per_epoch=config.ckpt_every, epochs=epochs,
+                          initial_epoch=initial_epoch, callbacks=[monitor], verbose=0, shuffle=False)
+            finally:
+                samples.close()
+    return state
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point."""
+    args = build_parser().parse_args(argv)
+    fields = CvaeTrainConfig.__dataclass_fields__
+    config = CvaeTrainConfig(**{k.replace("-", "_"): v for k, v in vars(args).items() if k in fields})
+    command = shlex.join([Path(sys.executable).name, "-m", "train.cvae", *(sys.argv[1:] if argv is None else argv)])
+    state = train(config, resume=args.resume, command=command)
+    if state.get("history"):
+        last = state["history"][-1]
+        print(f"done: step {last['step']}, loss {last.get('loss', float('nan')):.4f}, model {config.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
