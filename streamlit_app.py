@@ -1,7 +1,27 @@
-"""BraTS Studio entry point (placeholder home page until the app pages land)."""
+"""BraTS Studio: a multipage Streamlit viewer for brain-tumour MRI, segmentation and synthesis.
+
+Run with ``make run`` (``streamlit run streamlit_app.py``). The pages live in ``pages/``; the
+shared state and widgets in ``app_state.py`` and ``pages/_common.py``.
+"""
 
 import streamlit as st
 
-st.set_page_config(page_title="BraTS Studio", layout="wide")
-st.title("BraTS Studio")
-st.write("Brain tumour segmentation (3D U-Net) and synthetic MRI (3D CVAE) for BraTS cases.")
+from pages._common import sidebar
+
+st.set_page_config(page_title="BraTS Studio", page_icon="🧠", layout="wide")
+
+navigation = st.navigation(
+    {
+        "Case": [
+            st.Page("pages/load.py", title="Load", icon=":material/upload_file:", default=True),
+            st.Page("pages/viewer.py", title="Viewer", icon=":material/view_in_ar:"),
+        ],
+        "Models": [
+            st.Page("pages/segment.py", title="Segment", icon=":material/neurology:"),
+            st.Page("pages/edit_mask.py", title="Edit mask", icon=":material/brush:"),
+            st.Page("pages/generate.py", title="Generate", icon=":material/auto_awesome:"),
+        ],
+    }
+)
+navigation.run()
+sidebar()  # after the page, so it shows what the page just did (a new case, a prediction)

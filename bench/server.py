@@ -1,0 +1,136 @@
+"""Start ``streamlit run streamlit_app.py`` on a free local port and drive it with Debian's Chromium.
+
+Shared by the browser test (tests/test_browser_e2e.py), the viewer benchmark and the screenshot
+script. Nothing here is used by the app itself.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class StreamlitServer:
+    """A running app: ``url``, ``process`` and ``startup_seconds`` (until /_stcore/health says ok)."""
+
+    def __init__(self, url: str, process: subprocess.Popen, startup_seconds: float, log: Path) -> None:
+        self.url = url
+        self.process = process
+        self.startup_seconds = startup_seconds
+        self.log = log
+
+
+@contextmanager
+def streamlit_server(env: Mapping[str, str] | None = None, timeout: float = 60.0,
+                     log: Path | None = None) -> Iterator[StreamlitServer]:
+    """Run the app headless on 127.0.0.1 until the ``with`` block ends (then stop it).
+
+    Args:
+        env: extra environment variables (e.g. ``BRATS_UNET_WEIGHTS``).
+        timeout: seconds to wait for the health endpoint.
+        log: file for the server's output (default: a temporary file removed at the end).
+    """
+    port = free_port()
+    own_log = log is None
+    log_path = log or Path(os.environ.get("TMPDIR", "/tmp")) / f"brats_streamlit_{port}.log"
+    command = [sys.executable, "-m", "streamlit", "run", str(ROOT / "streamlit_app.py"),
+               "--server.headless", "true", "--server.address", "127.0.0.1", "--server.port", str(port)]
+    with open(log_path, "w") as out:
+        start = time.perf_counter()
+        process = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                   env={**os.environ, **(env or {})})
+        try:
+            url = f"http://127.0.0.1:{port}"
+            _wait_healthy(url, process, timeout, log_path)
+            yield StreamlitServer(url, process, time.perf_counter() - start, log_path)
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            if own_log:
+                log_path.unlink(missing_ok=True)
+
+
+def _wait_healthy(url: str, process: subprocess.Popen, timeout: float, log: Path) -> None:
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"streamlit exited with code {process.returncode}:\n{log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=1) as response:
+                if response.read().strip() == b"ok":
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"streamlit did not answer {url}/_stcore/health within {timeout:.0f} s")
+
+
+@contextmanager
+def chromium_page(width: int = 1500, height: int = 1100) -> Iterator[object]:
+    """A Playwright page in headless Debian Chromium (``/usr/bin/chromium``, no download)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(viewport={"width": width, "height": height}, accept_downloads=True)
+            yield context.new_page()
+        finally:
+            browser.close()
+
+
+def tiny_models_env(folder: Path, kinds: tuple[str, ...] = ("unet", "cvae")) -> dict[str, str]:
+    """Tiny untrained stand-ins for the shipped weights that are missing; returns the env overrides.
+
+    For layout checks and timings of the app's plumbing only: their outputs are meaningless.
+    """
+    env = {}
+    if "unet" in kinds and not (ROOT / "weights" / "unet.keras").is_file():
+        from core.unet import build_unet
+
+        build_unet(base_filters=4, depth=2).save(folder / "unet.keras")
+        env["BRATS_UNET_WEIGHTS"] = str(folder / "unet.keras")
+    if "cvae" in kinds and not (ROOT / "weights" / "cvae.keras").is_file():
+        from core.cvae import build_cvae
+
+        build_cvae(4, 2, 2).save(folder / "cvae.keras")
+        env["BRATS_CVAE_WEIGHTS"] = str(folder / "cvae.keras")
+    return env
+
+
+def goto_page(page: object, link: str, heading: str | None = None) -> None:
+    """Click a page in the sidebar navigation and wait until its title (default: ``link``) shows."""
+    page.get_by_role("link", name=link, exact=True).first.click()  # type: ignore[attr-defined]
+    page.get_by_role("heading", name=heading or link).first.wait_for(timeout=60_000)  # type: ignore[attr-defined]
+
+
+_BUSY_JS = """() => !document.querySelector('[data-testid=stStatusWidgetRunningIcon],'
+    + '[data-testid=stStatusWidgetRunningManIcon], [data-stale=true]')"""
+
+
+def wait_until_idle(page: object, timeout_ms: float = 120_000, settle_ms: int = 300) -> None:
+    """Wait until the app has finished its script run (no running indicator, no stale elements)."""
+    page.wait_for_timeout(settle_ms)  # type: ignore[attr-defined]
+    page.wait_for_function(_BUSY_JS, timeout=timeout_ms)  # type: ignore[attr-defined]

@@ -1,0 +1,181 @@
+"""Pure mask-editing operations on one slice of a label map, with bounded undo/redo.
+
+Every operation works on a slice in *display orientation* (what the user sees, see
+:mod:`core.render`) and writes through a numpy view into the 3D label map, so screen pixels
+map exactly onto voxels. History entries are per-slice snapshots, so memory stays small
+(one slice before and after per step) whatever the volume size.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from core.labels import NUM_CLASSES
+from core.render import DisplayGeometry, display_view, stroke_to_slice
+
+DEFAULT_HISTORY = 30
+
+
+@dataclass(frozen=True)
+class Edit:
+    """One undoable step: a slice before and after an operation."""
+
+    plane: str
+    index: int
+    before: np.ndarray
+    after: np.ndarray
+    action: str
+
+
+class MaskEditor:
+    """Edits an internal label map (uint8 ``(X, Y, Z)``, classes 0..3) slice by slice.
+
+    Args:
+        labels: starting label map; copied, the caller's array is never modified.
+        geometry: display geometry of the case (from its affine).
+        history_limit: number of undoable steps kept (oldest dropped first).
+    """
+
+    def __init__(self, labels: np.ndarray, geometry: DisplayGeometry, history_limit: int = DEFAULT_HISTORY) -> None:
+        labels = np.asarray(labels)
+        if labels.ndim != 3:
+            raise ValueError(f"label map must be 3D (X, Y, Z), got shape {labels.shape}")
+        if labels.size and int(labels.max()) >= NUM_CLASSES:
+            raise ValueError("label map must hold internal classes 0..3 (convert with core.labels.to_internal)")
+        if history_limit < 1:
+            raise ValueError("history_limit must be at least 1")
+        self._labels = labels.astype(np.uint8, copy=True)
+        self.geometry = geometry
+        self._undo: deque[Edit] = deque(maxlen=history_limit)
+        self._redo: list[Edit] = []
+        self.version = 0  # grows on every change (usable as a cache key)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """The current label map (read-only view; use the editing methods to change it)."""
+        view = self._labels.view()
+        view.flags.writeable = False
+        return view
+
+    @property
+    def history_limit(self) -> int:
+        """Maximum number of undoable steps."""
+        return int(self._undo.maxlen or 0)
+
+    @property
+    def undo_depth(self) -> int:
+        """Number of steps that can be undone now."""
+        return len(self._undo)
+
+    @property
+    def can_undo(self) -> bool:
+        """Whether there is a step to undo."""
+        return bool(self._undo)
+
+    @property
+    def can_redo(self) -> bool:
+        """Whether there is an undone step to redo."""
+        return bool(self._redo)
+
+    def slice(self, plane: str, index: int) -> np.ndarray:
+        """Copy of one slice in display orientation."""
+        return display_view(self._labels, plane, index, self.geometry).copy()
+
+    def _change(self, plane: str, index: int, new_slice: np.ndarray, action: str) -> int:
+        """Write ``new_slice`` into the slice, record the step; returns the number of voxels changed."""
+        view = display_view(self._labels, plane, index, self.geometry)
+        changed = int(np.count_nonzero(view != new_slice))
+        if changed == 0:
+            return 0
+        before = view.copy()
+        view[...] = new_slice
+        self._undo.append(Edit(plane, int(index), before, view.copy(), action))
+        self._redo.clear()
+        self.version += 1
+        return changed
+
+    def paint(self, plane: str, index: int, mask2d: np.ndarray, label: int) -> int:
+        """Set the voxels under a boolean slice mask to ``label`` (0 erases).
+
+        Returns:
+            Number of voxels changed.
+        """
+        label = _check_label(label)
+        current = self.slice(plane, index)
+        if mask2d.shape != current.shape:
+            raise ValueError(f"mask {mask2d.shape} does not match the {plane} slice {current.shape}")
+        current[np.asarray(mask2d, dtype=bool)] = label
+        return self._change(plane, index, current, f"paint {label}")
+
+    def apply_stroke(self, plane: str, index: int, stroke_rgba: np.ndarray, label: int) -> int:
+        """Paint a canvas drawing (RGBA, strokes where alpha > 0) of any size onto a slice.
+
+        The canvas shows the slice resized to the canvas size; each voxel takes the canvas
+        pixel at its centre (see :func:`core.render.stroke_to_slice`).
+        """
+        shape = display_view(self._labels, plane, index, self.geometry).shape
+        return self.paint(plane, index, stroke_to_slice(stroke_rgba, shape), label)
+
+    def fill_holes(self, plane: str, index: int, label: int) -> int:
+        """Fill background holes enclosed by the tumour on a slice with ``label``."""
+        label = _check_label(label)
+        current = self.slice(plane, index)
+        tumour = current > 0
+        holes = ndimage.binary_fill_holes(tumour) & ~tumour
+        current[holes] = label
+        return self._change(plane, index, current, "fill holes")
+
+    def remove_islands(self, plane: str, index: int, min_voxels: int) -> int:
+        """Erase connected tumour pieces (8-connected, any label) smaller than ``min_voxels`` on a slice."""
+        current = self.slice(plane, index)
+        components, count = ndimage.label(current > 0, structure=np.ones((3, 3), dtype=bool))
+        if count == 0:
+            return 0
+        sizes = np.bincount(components.ravel())
+        small = sizes < int(min_voxels)
+        small[0] = False
+        current[small[components]] = 0
+        return self._change(plane, index, current, "remove islands")
+
+    def clear_slice(self, plane: str, index: int) -> int:
+        """Erase all labels on a slice."""
+        current = self.slice(plane, index)
+        current[...] = 0
+        return self._change(plane, index, current, "clear slice")
+
+    def copy_slice(self, plane: str, source: int, target: int) -> int:
+        """Replace slice ``target`` with a copy of slice ``source`` (e.g. a neighbour)."""
+        if source == target:
+            return 0
+        return self._change(plane, target, self.slice(plane, source), f"copy from {source}")
+
+    def undo(self) -> bool:
+        """Revert the last step; returns ``False`` when there is nothing to undo."""
+        if not self._undo:
+            return False
+        edit = self._undo.pop()
+        display_view(self._labels, edit.plane, edit.index, self.geometry)[...] = edit.before
+        self._redo.append(edit)
+        self.version += 1
+        return True
+
+    def redo(self) -> bool:
+        """Re-apply the last undone step; returns ``False`` when there is nothing to redo."""
+        if not self._redo:
+            return False
+        edit = self._redo.pop()
+        display_view(self._labels, edit.plane, edit.index, self.geometry)[...] = edit.after
+        self._undo.append(edit)
+        self.version += 1
+        return True
+
+
+def _check_label(label: int) -> int:
+    label = int(label)
+    if not 0 <= label < NUM_CLASSES:
+        raise ValueError(f"label {label} is not an internal class 0..{NUM_CLASSES - 1}")
+    return label

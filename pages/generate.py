@@ -1,0 +1,85 @@
+"""Generate: synthetic MRI from the current mask with the conditional VAE; fidelity check; download."""
+
+import streamlit as st
+
+import app_state
+from app_state import Layer
+from pages._common import ViewSource, metrics_table, progress_reporter, require_case, show_flash, viewer
+
+st.title("Generate synthetic MRI")
+st.caption("The conditional VAE draws new T1 / T1ce / T2 / FLAIR volumes whose tumour follows a label map.")
+show_flash()
+state = require_case()
+if state is not None:
+    app_state.prefetch_model_code()
+    info = app_state.weights_info("cvae")
+    if not info.exists:
+        st.warning(info.missing_message + " Generation is disabled until then.")
+    layers = state.layers()
+    masks = [n for n in (app_state.EDITED, app_state.PREDICTION, app_state.REFERENCE) if n in layers]
+    if not masks:
+        st.info("Generation needs a tumour mask: segment the case, load one with a segmentation, or draw one "
+                "on the Edit mask page.")
+    cols = st.columns([1.6, 1, 1, 1.4, 1])
+    source = cols[0].selectbox("Mask", masks, key="gen_mask", disabled=not masks)
+    n_samples = cols[1].number_input("Samples", 1, 4, 2, key="gen_n",
+                                     help="Each sample is a full 4-modality volume (~140 MB in memory).")
+    seed = cols[2].number_input("Seed", 0, 2**31 - 1, 0, key="gen_seed")
+    temperature = cols[3].slider("Temperature", 0.0, 1.5, 1.0, 0.05, key="gen_temperature",
+                                 help="Scale of the latent noise: 0 gives the mean image, higher more variety.")
+    if cols[4].button("Generate", type="primary", disabled=not (info.exists and masks), key="gen_run"):
+        bar = st.progress(0.0, text="Loading the CVAE…")
+        try:
+            model = app_state.shipped_model("cvae")
+            samples = app_state.generate_samples(model, source, n_samples=int(n_samples), seed=int(seed),
+                                                 temperature=float(temperature), progress=progress_reporter(bar))
+        except Exception as exc:  # a bad weights file must not end the session
+            bar.empty()
+            st.error(f"Generation failed: {exc}")
+        else:
+            app_state.flash("success", f"Generated {len(samples.cases)} sample(s) in {samples.seconds:.1f} s.")
+            st.rerun()
+
+    samples = state.samples
+    if samples is not None:
+        st.divider()
+        st.subheader("Samples")
+        st.caption(f"From the {samples.source.lower()} · seed {samples.seed} · temperature {samples.temperature:g}")
+        names = [c.name for c in samples.cases]
+        index = st.radio("Sample", range(len(names)), format_func=lambda i: names[i], horizontal=True,
+                         key="gen_sample")
+        sample = samples.cases[index]
+        mask = Layer("Mask", f"{samples.key}:{index}:mask", sample.seg)
+        viewer(ViewSource(f"{samples.key}:{index}", sample, state.geometry, {"Mask": mask}, "Mask", samples.key),
+               "gen", compact=True)
+
+        unet = app_state.weights_info("unet")
+        cols = st.columns([1, 2])
+        if cols[0].button("Check fidelity with the U-Net", disabled=not unet.exists, key="gen_fidelity",
+                          help="Segment this sample and compare with the mask it was generated from."):
+            bar = st.progress(0.0, text="Segmenting the sample…")
+            try:
+                app_state.sample_fidelity(index, app_state.shipped_model("unet"), progress_reporter(bar))
+            except Exception as exc:
+                st.error(f"Segmentation failed: {exc}")
+            bar.empty()
+        if not unet.exists:
+            cols[1].caption("The U-Net weights do not exist yet: no fidelity check.")
+        if index in samples.fidelity:
+            st.markdown("**U-Net on the sample vs. its mask** (high Dice: the tumour looks like the mask says)")
+            st.dataframe(metrics_table(samples.fidelity[index]).style.format("{:.3f}"))
+
+        cols = st.columns([1, 1.5, 1.5])
+        naming = cols[0].selectbox("File names", ("2020", "2023"), key="gen_naming",
+                                   format_func=lambda n: f"BraTS {n}")
+        cols[1].download_button(
+            "Download this sample (.zip)", data=lambda: app_state.cases_zip([sample], naming),
+            file_name=f"{sample.name}.zip", mime="application/zip", on_click="ignore", key="gen_download_one",
+            icon=":material/download:",
+        )
+        all_cases = list(samples.cases)
+        cols[2].download_button(
+            f"Download all {len(all_cases)} samples (.zip)", data=lambda: app_state.cases_zip(all_cases, naming),
+            file_name=f"{state.case.name}-synthetic.zip", mime="application/zip", on_click="ignore",
+            key="gen_download_all", icon=":material/download:",
+        )

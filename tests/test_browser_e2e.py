@@ -1,0 +1,135 @@
+"""End to end in a real headless browser: load the demo, segment, see the overlay, paint, download.
+
+Runs ``streamlit run`` on 127.0.0.1 (free port) and drives Debian's Chromium with Playwright.
+Skipped when ``/usr/bin/chromium`` is absent (CI's ``.ci/run`` installs it). The U-Net is a tiny
+network built here whose head always answers "edema", so its overlay is certain to show.
+
+Set ``BRATS_SCREENSHOTS=DIR`` to save a screenshot of every step into DIR.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+
+from bench.server import CHROMIUM, chromium_page, goto_page, streamlit_server, wait_until_idle
+from core.anatomy import BRATS_AFFINE
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} not installed (apt-get install chromium)")
+playwright = pytest.importorskip("playwright.sync_api")
+
+ED_GREEN = (60, 200, 80)
+
+
+def _always_edema_unet(path: Path) -> None:
+    """Save a tiny U-Net whose softmax head always picks class 2 (ED)."""
+    from core.unet import build_unet
+
+    model = build_unet(base_filters=4, depth=2)
+    head = model.get_layer("head")
+    kernel, bias = head.get_weights()
+    bias[:] = (0.0, 0.0, 8.0, 0.0)
+    head.set_weights([np.zeros_like(kernel), bias])
+    model.save(path)
+
+
+def _shot(page, name: str) -> None:
+    folder = os.environ.get("BRATS_SCREENSHOTS")
+    if folder:
+        wait_until_idle(page)
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(folder) / f"e2e_{name}.png"))
+
+
+def _green_fraction(png: bytes) -> float:
+    """Fraction of pixels tinted by the ED overlay colour (green well above red and blue)."""
+    rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    green = (rgb[..., 1] - rgb[..., 0] > 40) & (rgb[..., 1] - rgb[..., 2] > 40)
+    return float(green.mean())
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    weights = tmp_path_factory.mktemp("weights") / "unet.keras"
+    _always_edema_unet(weights)
+    env = {"BRATS_UNET_WEIGHTS": str(weights), "BRATS_CVAE_WEIGHTS": str(weights.parent / "no_cvae.keras")}
+    with streamlit_server(env) as running:
+        yield running
+
+
+def test_demo_segment_overlay_paint_download(server, tmp_path):
+    with chromium_page() as page:
+        page.goto(server.url)
+        page.get_by_role("heading", name="Load a case").wait_for(timeout=60_000)
+        page.get_by_role("button", name="Load the demo case").click()
+        page.locator("[data-testid=stAlertContentSuccess]").wait_for(timeout=120_000)
+        _shot(page, "1_load")
+
+        goto_page(page, "Segment")
+        page.get_by_role("button", name="Segment", exact=True).click()
+        page.get_by_text("Segmented with unet.keras").wait_for(timeout=180_000)
+        _shot(page, "2_segment")
+
+        goto_page(page, "Viewer")
+        readout = page.get_by_text("Cursor voxel")
+        readout.wait_for(timeout=60_000)
+        assert "Prediction: ED" in readout.inner_text()  # the cursor starts inside the prediction
+        frame = page.frame_locator('iframe[title="streamlit_image_coordinates.streamlit_image_coordinates"]').first
+        image = frame.locator("img")
+        image.wait_for(timeout=30_000)
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('iframe')].some(f => { try { const i = "
+            "f.contentDocument.querySelector('img'); return i && i.complete && i.naturalWidth > 0 } "
+            "catch (e) { return false } })", timeout=30_000)
+        assert _green_fraction(image.screenshot()) > 0.05  # the ED overlay is on screen
+        _shot(page, "3_viewer")
+        # a click on the axial image moves the cursor there (BraTS axial: screen col = x, row = y)
+        z = readout.inner_text().split("(")[1].split(")")[0].split(", ")[2]
+        box = image.bounding_box()
+        page.mouse.click(box["x"] + 0.25 * box["width"], box["y"] + 0.75 * box["height"])
+        page.get_by_text(f"Cursor voxel (60, 180, {z})").wait_for(timeout=30_000)
+
+        goto_page(page, "Edit mask")
+        page.get_by_role("button", name="Start editing").click()
+        canvas = page.locator("canvas.upper-canvas")
+        canvas.wait_for(timeout=60_000)
+        page.locator("[data-testid=stRadio]").filter(has_text="Brush label").get_by_text("ET").click()
+        page.wait_for_timeout(1500)
+        canvas = page.locator("canvas.upper-canvas")
+        box = canvas.bounding_box()
+        slider = page.locator("[data-testid=stSlider]").filter(has_text="Axial slice")
+        slice_index = int(slider.locator("[data-testid=stSliderThumbValue]").inner_text())
+        x0, y0 = box["x"] + 100, box["y"] + 100  # canvas pixels (100, 100) .. (195, 157)
+        page.mouse.move(x0, y0)
+        page.mouse.down()
+        for step in range(1, 20):
+            page.mouse.move(x0 + 5 * step, y0 + 3 * step)
+        page.mouse.up()
+        page.get_by_text("1 / 30 undo steps").wait_for(timeout=60_000)
+        wait_until_idle(page)
+        _shot(page, "4_edit")
+
+        with page.expect_download(timeout=120_000) as download_info:
+            page.get_by_role("button", name="Download the edited mask (.nii.gz)").click()
+        target = tmp_path / "edited.nii.gz"
+        download_info.value.save_as(target)
+
+    image = nib.Nifti1Image.from_bytes(gzip.decompress(target.read_bytes()))
+    assert image.shape == (240, 240, 155)
+    assert np.allclose(image.affine, BRATS_AFFINE)
+    labels = np.asarray(image.dataobj)
+    assert set(np.unique(labels).tolist()) <= {0, 1, 2, 3}  # 2023 values by default
+    et = np.argwhere(labels == 3)
+    assert len(et) > 0  # the stroke
+    # Axial canvas of 600 px for 240 voxels: the stroke covers voxels x = 40..78, y = 40..63 (+ brush radius)
+    # on the shown slice; BraTS axial display has screen col = x and screen row = y.
+    assert set(et[:, 2].tolist()) == {slice_index}
+    assert et[:, 0].min() >= 36 and et[:, 0].max() <= 82
+    assert et[:, 1].min() >= 36 and et[:, 1].max() <= 67
