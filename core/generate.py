@@ -36,7 +36,7 @@ import numpy as np
 from core import cvae
 from core.case import MODALITIES, Case, CaseError, load_label_map, save_case
 from core.weights import ModelLoadError, shipped_path
-from core.labels import NUM_CLASSES, to_internal
+from core.labels import NUM_CLASSES
 from core.preprocess import brain_mask, zscore
 
 import keras  # noqa: E402  (after core.cvae set the TF options)

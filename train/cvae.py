@@ -23,9 +23,7 @@ a resumable checkpoint (``RUN_DIR/checkpoint.keras`` + ``state.json``) and the e
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import shlex
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -41,18 +39,24 @@ from train.data import (
     CasePool,
     CaseProducers,
     Prefetcher,
-    ProducerSpec,
     TrainingCase,
-    find_labelled_cases,
     held_out_phantoms,
     training_case,
 )
-from train.unet import save_atomic, write_json
+from train.common import (
+    CHECKPOINT,
+    STATE,
+    command_line,
+    config_from_args,
+    data_spec,
+    new_state,
+    resume_run,
+    save_atomic,
+    write_json,
+)
 
 import keras  # noqa: E402
 
-CHECKPOINT = "checkpoint.keras"
-STATE = "state.json"
 END_LR_FRACTION = 0.05  # cosine decay ends at lr * this
 
 
@@ -269,34 +273,17 @@ def model_card(config: CvaeTrainConfig, state: dict, model: cvae.ConditionalVAE,
 # ------------------------------------------------------------------------------------ main
 
 
-def _data_spec(config: CvaeTrainConfig, first_seed: int) -> ProducerSpec:
-    if config.data == "phantom":
-        return ProducerSpec(None, first_seed, config.phantom_strength)
-    folder = Path(config.data)
-    if not folder.is_dir():
-        raise SystemExit(f"error: --data {folder}: not a folder (use 'phantom' or a folder of BraTS case folders)")
-    if not find_labelled_cases(folder):
-        raise SystemExit(f"error: --data {folder}: no case folder with t1/t1ce/t2/flair and a seg file found")
-    return ProducerSpec(str(folder), first_seed)
-
-
 def train(config: CvaeTrainConfig, resume: bool = False, command: str | None = None) -> dict:
     """Run training; returns the final state (history, wall time, ...)."""
-    _data_spec(config, config.seed)  # fail early on a bad --data
+    data_spec(config.data, config.seed, config.phantom_strength)  # fail early on a bad --data
     if config.ckpt_every < 1 or config.steps < 1 or config.batch < 1:
         raise SystemExit("error: --steps, --batch and --ckpt-every must be >= 1")
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(config.seed)
-    state: dict = {"history": [], "step": 0, "wall_time_s": 0.0, "command": command}
-    checkpoint = run_dir / CHECKPOINT
+    state = new_state(command)
     if resume:
-        if not checkpoint.is_file():
-            raise SystemExit(f"error: --resume: no checkpoint {checkpoint}; start without --resume")
-        model = keras.saving.load_model(checkpoint, safe_mode=True)
-        if (run_dir / STATE).is_file():
-            state = json.loads((run_dir / STATE).read_text())
-        state["command"] = command
+        model, state = resume_run(run_dir, command)
     else:
         try:
             model = build_model(config)
@@ -312,7 +299,7 @@ def train(config: CvaeTrainConfig, resume: bool = False, command: str | None = N
     from tqdm import tqdm
 
     first_seed = int(state.get("next_case_seed", config.seed))
-    spec = _data_spec(config, first_seed)
+    spec = data_spec(config.data, first_seed, config.phantom_strength)
     val_arrays = validation_arrays(config.val_cases, model.grid, config.phantom_strength) if config.val_cases else []
     info = {"params": int(model.count_params())}
     with CaseProducers(spec, workers=config.workers) as producers:
@@ -333,9 +320,8 @@ def train(config: CvaeTrainConfig, resume: bool = False, command: str | None = N
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point."""
     args = build_parser().parse_args(argv)
-    fields = CvaeTrainConfig.__dataclass_fields__
-    config = CvaeTrainConfig(**{k.replace("-", "_"): v for k, v in vars(args).items() if k in fields})
-    command = shlex.join([Path(sys.executable).name, "-m", "train.cvae", *(sys.argv[1:] if argv is None else argv)])
+    config = config_from_args(CvaeTrainConfig, args)
+    command = command_line("train.cvae", argv)
     state = train(config, resume=args.resume, command=command)
     if state.get("history"):
         last = state["history"][-1]

@@ -32,10 +32,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import os
-import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -51,23 +49,30 @@ from core import unet  # first: sets TensorFlow's CPU options before Keras loads
 from core.inference import segment_case
 from core.labels import REGIONS, region_mask
 from core.metrics import dice
+from train.common import (
+    CHECKPOINT,
+    STATE,
+    command_line,
+    config_from_args,
+    data_spec,
+    new_state,
+    resume_run,
+    save_atomic,
+    write_json,
+)
 from train.data import (
     VALIDATION_SEED_START,
     AugmentConfig,
     CasePool,
     CaseProducers,
     Prefetcher,
-    ProducerSpec,
     batches,
-    find_labelled_cases,
     held_out_phantoms,
     patch_stream,
 )
 
 import keras  # noqa: E402
 
-CHECKPOINT = "checkpoint.keras"
-STATE = "state.json"
 END_LR_FRACTION = 0.02  # polynomial decay ends at lr * this
 CLIP_NORM = 12.0  # gradient-norm clipping (nnU-Net's value)
 
@@ -206,21 +211,6 @@ def inference_copy(model: keras.Model, config: TrainConfig) -> keras.Model:
     return copy
 
 
-def save_atomic(model: keras.Model, path: Path) -> None:
-    """``model.save`` to a temporary file then rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.keras")
-    model.save(tmp)
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Write JSON atomically."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def validate(model: keras.Model, cases: Sequence) -> dict[str, float]:
     """Mean full-case Dice (WT/TC/ET) of ``model`` over labelled cases, via ``segment_case``."""
     scores = {r: [] for r in REGIONS}
@@ -316,17 +306,6 @@ def model_card(config: TrainConfig, state: dict, entry: dict, info: dict) -> dic
 # ------------------------------------------------------------------------------------- main
 
 
-def _data_spec(config: TrainConfig, first_seed: int) -> ProducerSpec:
-    if config.data == "phantom":
-        return ProducerSpec(None, first_seed, config.phantom_strength)
-    folder = Path(config.data)
-    if not folder.is_dir():
-        raise SystemExit(f"error: --data {folder}: not a folder (use 'phantom' or a folder of BraTS case folders)")
-    if not find_labelled_cases(folder):
-        raise SystemExit(f"error: --data {folder}: no case folder with t1/t1ce/t2/flair and a seg file found")
-    return ProducerSpec(str(folder), first_seed)
-
-
 def _load_initial_weights(model: keras.Model, path: Path) -> None:
     """Copy the weights of the U-Net at ``path`` into ``model`` (same architecture required)."""
     from core.inference import load_model
@@ -348,7 +327,7 @@ def _tf_dataset(samples, config: TrainConfig):
 def train(config: TrainConfig, resume: bool = False, command: str | None = None) -> dict:
     """Run training; returns the final state (history, best step, ...)."""
     configure_cpu_devices(config.cpu_devices)
-    _data_spec(config, config.seed)  # fail early on a bad --data
+    data_spec(config.data, config.seed, config.phantom_strength)  # fail early on a bad --data
     if config.val_every < 1 or config.steps < 1 or config.batch < 1:
         raise SystemExit("error: --steps, --batch and --val-every must be >= 1")
     if config.patch % 2 ** (config.depth - 1):
@@ -361,16 +340,10 @@ def train(config: TrainConfig, resume: bool = False, command: str | None = None)
     if config.batch % n_devices:
         raise SystemExit(f"error: --batch {config.batch} must be a multiple of the {n_devices} devices")
 
-    state: dict = {"history": [], "step": 0, "wall_time_s": 0.0, "command": command}
-    checkpoint = run_dir / CHECKPOINT
+    state = new_state(command)
     with scope:
         if resume:
-            if not checkpoint.is_file():
-                raise SystemExit(f"error: --resume: no checkpoint {checkpoint}; start without --resume")
-            model = keras.saving.load_model(checkpoint, safe_mode=True)
-            if (run_dir / STATE).is_file():
-                state = json.loads((run_dir / STATE).read_text())
-            state["command"] = command
+            model, state = resume_run(run_dir, command)
         else:
             model = unet.build_unet(base_filters=config.base, depth=config.depth, norm=config.norm)
             if config.init:
@@ -387,7 +360,7 @@ def train(config: TrainConfig, resume: bool = False, command: str | None = None)
 
     # Phantom seeds continue where the previous run stopped (upper bound of what it had made).
     first_seed = int(state.get("next_case_seed", config.seed))
-    spec = _data_spec(config, first_seed)
+    spec = data_spec(config.data, first_seed, config.phantom_strength)
     val_cases = held_out_phantoms(config.val_cases, config.phantom_strength) if config.val_cases else []
     info = {"devices": n_devices, "distribution": dist_text, "params": int(model.count_params())}
     with CaseProducers(spec, workers=config.workers) as producers:
@@ -411,9 +384,8 @@ def train(config: TrainConfig, resume: bool = False, command: str | None = None)
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point."""
     args = build_parser().parse_args(argv)
-    fields = TrainConfig.__dataclass_fields__
-    config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
-    command = shlex.join([Path(sys.executable).name, "-m", "train.unet", *(sys.argv[1:] if argv is None else argv)])
+    config = config_from_args(TrainConfig, args)
+    command = command_line("train.unet", argv)
     state = train(config, resume=args.resume, command=command)
     if state.get("history"):
         last = state["history"][-1]
