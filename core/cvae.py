@@ -23,11 +23,7 @@ and the KL warm-up counter is a non-trainable variable updated there.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-
-# oneDNN CPU kernels (as core.unet); only effective before TensorFlow is first imported.
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

@@ -39,7 +39,7 @@ from core.weights import ModelLoadError, shipped_path
 from core.labels import NUM_CLASSES
 from core.preprocess import brain_mask, zscore
 
-import keras  # noqa: E402  (after core.cvae set the TF options)
+import keras  # noqa: E402
 
 Progress = Callable[[float, str], None]
 

@@ -28,13 +28,13 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from core import unet  # noqa: F401  (registers the loss; enables oneDNN before TF loads)
+from core import unet  # noqa: F401  (registers the loss for safe loading)
 from core.case import MODALITIES, Case
 from core.labels import BACKGROUND, ET, NCR, NUM_CLASSES
 from core.preprocess import prepare_input
 from core.weights import ModelLoadError, load_model_card, shipped_path  # noqa: F401  (re-exported API)
 
-import keras  # noqa: E402  (after core.unet set the TF options)
+import keras  # noqa: E402
 
 Progress = Callable[[float, str], None]
 

@@ -15,12 +15,7 @@ must be a multiple of ``2 ** (depth - 1)``.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-
-# TensorFlow's oneDNN CPU kernels run Conv3D ~4x faster on this project's CPUs, but this TF build
-# leaves them off unless asked; only effective when set before TensorFlow is first imported.
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 import keras  # noqa: E402
 from keras import layers, ops

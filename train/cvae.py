@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core import cvae  # first: sets TensorFlow's CPU options before Keras loads the backend
+from core import cvae
 from train.data import (
     VALIDATION_SEED_START,
     CasePool,

@@ -45,7 +45,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow: errors only on
 
 import numpy as np
 
-from core import unet  # first: sets TensorFlow's CPU options before Keras loads the backend
+from core import unet
 from core.inference import segment_case
 from core.labels import REGIONS, region_mask
 from core.metrics import dice
