@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -35,7 +34,7 @@ import numpy as np
 
 from core import cvae
 from core.case import MODALITIES, Case, CaseError, load_label_map, save_case
-from core.weights import ModelLoadError, shipped_path
+from core.weights import ModelLoadError, load_keras_file, shipped_path
 from core.labels import NUM_CLASSES
 from core.preprocess import brain_mask, zscore
 
@@ -59,18 +58,7 @@ def load_cvae(path: str | Path) -> cvae.ConditionalVAE:
         ModelLoadError: the file is missing, not a ``.keras`` archive, corrupt or unsafe, or
             not a ``core.cvae.ConditionalVAE``.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ModelLoadError(f"CVAE weights not found: {path}. Train them with `python -m train.cvae` "
-                             "or pass the path of a .keras file (--weights).")
-    if path.suffix != ".keras" or not zipfile.is_zipfile(path):
-        raise ModelLoadError(f"{path} is not a Keras model file: expected a .keras archive "
-                             "(written by `python -m train.cvae`).")
-    try:
-        model = keras.saving.load_model(path, compile=False, safe_mode=True)
-    except Exception as exc:  # corrupt members, unknown classes, unsafe lambdas, ...
-        raise ModelLoadError(f"cannot load the CVAE from {path}: {type(exc).__name__}: {exc}. "
-                             "Re-export it with `python -m train.cvae` (Keras 3 .keras format).") from exc
+    model = load_keras_file(path, "CVAE", "python -m train.cvae")
     if not isinstance(model, cvae.ConditionalVAE):
         raise ModelLoadError(f"{path} holds a {type(model).__name__}, not a conditional VAE "
                              "(core.cvae.ConditionalVAE); is it the U-Net? Use a file saved by `python -m train.cvae`.")

@@ -19,7 +19,6 @@ Pipeline of :func:`segment_case` (the app and ``python -m core.segment`` call it
 from __future__ import annotations
 
 import time
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import combinations
@@ -32,7 +31,7 @@ from core import unet  # noqa: F401  (registers the loss for safe loading)
 from core.case import MODALITIES, Case
 from core.labels import BACKGROUND, ET, NCR, NUM_CLASSES
 from core.preprocess import prepare_input
-from core.weights import ModelLoadError, load_model_card, shipped_path  # noqa: F401  (re-exported API)
+from core.weights import ModelLoadError, load_keras_file, load_model_card, shipped_path  # noqa: F401  (re-exported API)
 
 import keras  # noqa: E402
 
@@ -95,18 +94,7 @@ def load_model(path: str | Path) -> keras.Model:
         ModelLoadError: the file is missing, not a ``.keras`` archive, corrupt or unsafe, or the
             model does not map ``(B, X, Y, Z, 4)`` images to ``(B, X, Y, Z, 4)`` class probabilities.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ModelLoadError(f"U-Net weights not found: {path}. Train them with `python -m train.unet` "
-                             "or pass the path of a .keras file (--weights).")
-    if path.suffix != ".keras" or not zipfile.is_zipfile(path):
-        raise ModelLoadError(f"{path} is not a Keras model file: expected a .keras archive "
-                             "(written by model.save('name.keras'), e.g. by `python -m train.unet`).")
-    try:
-        model = keras.saving.load_model(path, compile=False, safe_mode=True)
-    except Exception as exc:  # corrupt zip members, unknown layers, unsafe lambdas, ...
-        raise ModelLoadError(f"cannot load U-Net from {path}: {type(exc).__name__}: {exc}. "
-                             "Re-export the model with `python -m train.unet` (Keras 3 .keras format).") from exc
+    model = load_keras_file(path, "U-Net", "python -m train.unet")
     if not isinstance(model, keras.Model):
         raise ModelLoadError(f"{path} holds a {type(model).__name__}, not a Keras model.")
     _check_io(model, str(path))

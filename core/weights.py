@@ -47,3 +47,33 @@ def load_model_card(path: str | Path) -> dict | None:
         return json.loads(card.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ModelLoadError(f"model card {card} is not valid JSON ({exc}); delete it or re-run training.") from exc
+
+
+def load_keras_file(path: str | Path, what: str, train_command: str):
+    """Load a ``.keras`` file with ``safe_mode=True`` (no code execution), uncompiled.
+
+    Args:
+        path: the ``.keras`` file.
+        what: the model's name in messages (e.g. ``"U-Net"``).
+        train_command: the command that writes such a file, named in the messages.
+
+    Raises:
+        ModelLoadError: the file is missing, not a ``.keras`` archive, or corrupt/unsafe; the message
+            names the file and the fix.
+    """
+    import zipfile
+
+    import keras
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"{what} weights not found: {path}. Train them with `{train_command}` "
+                             "or pass the path of a .keras file (--weights).")
+    if path.suffix != ".keras" or not zipfile.is_zipfile(path):
+        raise ModelLoadError(f"{path} is not a Keras model file: expected a .keras archive "
+                             f"(written by model.save('name.keras'), e.g. by `{train_command}`).")
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as exc:  # corrupt zip members, unknown layers, unsafe lambdas, ...
+        raise ModelLoadError(f"cannot load the {what} from {path}: {type(exc).__name__}: {exc}. "
+                             f"Re-export it with `{train_command}` (Keras 3 .keras format).") from exc
