@@ -642,30 +642,50 @@ _CANONICAL_MEANS: dict[str, tuple[float, float, float, float]] = {
     "gm": (0.85, 0.88, 1.50, 1.18),
     "deep": (0.93, 0.94, 1.22, 1.08),  # deep grey nuclei: between cortex and white matter
     "csf": (0.35, 0.40, 3.40, 0.40),
-    "ncr": (0.62, 0.66, 2.30, 1.85),
-    "necrosis": (0.42, 0.45, 3.00, 1.45),
-    "et": (0.62, 1.90, 2.20, 1.90),
-    "ed": (0.78, 0.80, 2.10, 2.00),
+    "ncr": (0.52, 0.58, 3.00, 1.75),
+    "necrosis": (0.40, 0.45, 3.40, 1.40),
+    "et": (0.62, 1.90, 2.60, 1.90),
+    "ed": (0.72, 0.72, 2.40, 1.85),
     "vessel": (0.60, 1.90, 0.45, 0.50),  # enhancing vessels / choroid plexus, flow voids on T2/FLAIR
 }
 # (a, b, ratio): enforce a >= ratio * b after randomisation, per modality. Ratios > 1 keep the
 # radiological ordering; ratios < 1 cap the healthy GM/WM contrast at what real scanners show.
+# The tumour core is darker on T1, brighter on T2 and darker on FLAIR than edema (real demo case,
+# medians relative to healthy tissue: NCR 0.53 / 2.65 / 1.81, ED 0.84 / 1.98 / 2.12), so the core
+# stays distinguishable from even the most severe edema.
 _ORDER: dict[int, tuple[tuple[str, str, float], ...]] = {
     0: (("gm", "wm", 0.72), ("wm", "gm", 1.06), ("deep", "gm", 1.0), ("wm", "deep", 1.02), ("gm", "csf", 1.25),
-        ("wm", "ed", 1.05), ("wm", "necrosis", 1.2)),
+        ("wm", "ed", 1.05), ("wm", "necrosis", 1.2), ("ed", "ncr", 1.12), ("ed", "necrosis", 1.3)),
     1: (("gm", "wm", 0.75), ("wm", "gm", 1.04), ("deep", "gm", 1.0), ("wm", "deep", 1.01), ("gm", "csf", 1.2),
-        ("et", "wm", 1.4), ("et", "necrosis", 1.5), ("et", "ncr", 1.4)),
+        ("et", "wm", 1.4), ("et", "necrosis", 1.5), ("et", "ncr", 1.4), ("wm", "ed", 1.08)),
     2: (("wm", "gm", 0.55), ("csf", "gm", 1.3), ("gm", "wm", 1.1), ("gm", "deep", 1.0), ("deep", "wm", 1.03),
-        ("ed", "wm", 1.4), ("ed", "gm", 1.15), ("necrosis", "wm", 1.6), ("ncr", "wm", 1.4)),
+        ("ed", "wm", 1.4), ("ed", "gm", 1.15), ("necrosis", "wm", 1.6), ("ncr", "wm", 1.4),
+        ("ncr", "ed", 1.12), ("necrosis", "ed", 1.25)),
     3: (("wm", "gm", 0.72), ("gm", "wm", 1.03), ("gm", "deep", 1.0), ("deep", "wm", 1.0), ("ed", "wm", 1.35),
-        ("ed", "gm", 1.3), ("wm", "csf", 1.4), ("ed", "csf", 2.5)),
+        ("ed", "gm", 1.3), ("wm", "csf", 1.4), ("ed", "csf", 2.5), ("ed", "ncr", 1.1), ("ed", "necrosis", 1.25)),
 }
 
 
+# Edema severity: per-case factor ** severity (severity in [-0.8, 0.4]) on the edema means, from mild
+# (near-WM T1, moderate T2) to severe vasogenic edema (T1-dark, very T2/FLAIR-bright); per modality.
+_EDEMA_SEVERE_FACTOR: tuple[float, float, float, float] = (0.78, 0.8, 1.3, 1.18)
+
+
+# Log-normal jitter (sd at strength 1) of the tissue means: wider for tumour tissues, whose contrast
+# varies more between tumours and scanners than healthy tissue does.
+_JITTER_HEALTHY = 0.09
+_JITTER_TUMOUR = 0.15
+_TUMOUR_TISSUES = frozenset({"ncr", "necrosis", "et", "ed"})
+
+
 def _tissue_means(rng: np.random.Generator, strength: float) -> np.ndarray:
-    """``(4, n_tissues)`` randomised tissue means (WM = 1): jitter + gamma, radiological ordering kept."""
+    """``(4, n_tissues)`` randomised tissue means (WM = 1): jitter + gamma, edema severity, radiological
+    ordering kept."""
     means = np.array([_CANONICAL_MEANS[t] for t in _TISSUES], dtype=np.float64).T
-    means *= np.exp(rng.normal(0.0, 0.09 * strength, means.shape))
+    severity = rng.uniform(-0.8, 0.4)
+    means[:, _TISSUES.index("ed")] *= np.asarray(_EDEMA_SEVERE_FACTOR) ** severity
+    jitter = np.array([_JITTER_TUMOUR if t in _TUMOUR_TISSUES else _JITTER_HEALTHY for t in _TISSUES])
+    means *= np.exp(rng.normal(0.0, 1.0, means.shape) * jitter * strength)
     gamma = np.exp(rng.normal(0.0, 0.15 * strength, (4, 1)))
     means = means**gamma
     means /= means[:, :1]
@@ -700,7 +720,7 @@ def _tumour_weights(rng: np.random.Generator, labels: np.ndarray, edema_grade: n
     sigma = rng.uniform(0.4, 0.7)
     blur = [ndi.gaussian_filter((sub == k).astype(np.float32), sigma) for k in (NCR, ET, ED)]
     grade = ndi.gaussian_filter(edema_grade[box], sigma)
-    ed = blur[2] * np.minimum(np.float32(rng.uniform(0.55, 0.75)) + np.float32(0.4) * grade, 1.0)
+    ed = blur[2] * np.minimum(np.float32(rng.uniform(0.7, 1.0)) + np.float32(0.4) * grade, 1.0)
     shape = sub.shape
     texture = smooth_noise(rng, shape, rng.uniform(3.0, 6.0)) + np.float32(0.7) * smooth_noise(rng, shape, 8.0)
     enhancing = any(lesion.enhancing for lesion in lesions)

@@ -176,6 +176,31 @@ def test_radiological_contrast(any_phantom):
     assert _mean(t1, seg == NCR) < _mean(t1, near_wm)
 
 
+def test_core_contrast_differs_from_edema(any_phantom):
+    """The core (interior, away from the blurred rim) is darker on T1 and FLAIR and brighter on T2 than edema,
+    as in real gliomas: otherwise severe edema and non-enhancing core look alike."""
+    case, _, _ = any_phantom
+    core = ndi.binary_erosion(case.seg == NCR, iterations=1)
+    edema = case.seg == ED
+    t1, _, t2, flair = (case.modality(m) for m in MODALITIES)
+    assert _mean(t1, core) < _mean(t1, edema)
+    assert _mean(flair, core) < _mean(flair, edema)
+    assert _mean(t2, core) > _mean(t2, edema)
+
+
+@pytest.mark.parametrize("strength", [1.0, 2.0])
+def test_tissue_means_keep_tumour_ordering(strength):
+    rng = np.random.default_rng(0)
+    col = {t: phantom._TISSUES.index(t) for t in ("wm", "ncr", "necrosis", "ed", "et")}
+    for _ in range(200):
+        m = phantom._tissue_means(rng, strength)  # rows t1, t1ce, t2, flair
+        assert m[0, col["ed"]] >= 1.12 * m[0, col["ncr"]] - 1e-6
+        assert m[1, col["wm"]] >= 1.08 * m[1, col["ed"]] - 1e-6
+        assert m[2, col["ncr"]] >= 1.12 * m[2, col["ed"]] - 1e-6
+        assert m[3, col["ed"]] >= 1.1 * m[3, col["ncr"]] - 1e-6
+        assert m[1, col["et"]] >= 1.4 * m[1, col["wm"]] - 1e-6
+
+
 def test_enhancement_contrast(enhancing):
     case, tissue = enhancing
     t1ce = case.modality("t1ce")
