@@ -1,4 +1,5 @@
-"""Plumbing shared by the training CLIs: atomic saves, data source, resumable run state, command line.
+"""Plumbing shared by the training CLIs: atomic saves, data source, resumable run state, command line,
+and the fit loop with its monitor (progress, validation, checkpoints, export + model card).
 
 A run folder holds ``checkpoint.keras`` (model + optimizer) and ``state.json`` (history, wall time,
 next phantom seed, command); ``--resume`` continues from both.
@@ -10,17 +11,20 @@ import json
 import os
 import shlex
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from train.data import ProducerSpec, find_labelled_cases
+import numpy as np
+
+import core  # noqa: F401  (sets the TensorFlow options before Keras loads)
+from train.data import CasePool, CaseProducers, Prefetcher, ProducerSpec, find_labelled_cases
+
+import keras  # noqa: E402  (after core)
 
 CHECKPOINT = "checkpoint.keras"
 STATE = "state.json"
-
-if TYPE_CHECKING:  # keras is imported by the callers, after core set the TensorFlow options
-    import keras
 
 
 def save_atomic(model: "keras.Model", path: Path) -> None:
@@ -68,8 +72,6 @@ def resume_run(run_dir: Path, command: str | None) -> tuple["keras.Model", dict[
     checkpoint = run_dir / CHECKPOINT
     if not checkpoint.is_file():
         raise SystemExit(f"error: --resume: no checkpoint {checkpoint}; start without --resume")
-    import keras
-
     model = keras.saving.load_model(checkpoint, safe_mode=True)
     state = json.loads((run_dir / STATE).read_text()) if (run_dir / STATE).is_file() else new_state(command)
     state["command"] = command
@@ -85,3 +87,134 @@ def config_from_args(config_class: type, args: Any) -> Any:
 def command_line(module: str, argv: Sequence[str] | None) -> str:
     """The command that started this run, for the model card."""
     return shlex.join([Path(sys.executable).name, "-m", module, *(sys.argv[1:] if argv is None else argv)])
+
+
+# --------------------------------------------------------------------------- the fit loop both trainers share
+
+
+class RunMonitor(keras.callbacks.Callback):
+    """Bookkeeping of a training run, shared by the U-Net and CVAE trainers.
+
+    Every epoch (``steps_per_epoch`` steps) it exports an inference copy, validates it, appends a history
+    entry, saves the resumable checkpoint and the run state, and exports the model + its JSON card when
+    :meth:`is_best` says so. A tqdm bar shows progress and the logged ``shown`` values.
+
+    Subclasses implement :meth:`export`, :meth:`validate`, :meth:`card` and may override :meth:`is_best`.
+    """
+
+    shown: tuple[str, ...] = ("loss",)
+
+    def __init__(self, state: dict, run_dir: Path, out: Path, *, desc: str, total: int, initial: int):
+        super().__init__()
+        self.state, self.run_dir, self.out = state, Path(run_dir), Path(out)
+        self.desc, self.total, self.initial = desc, total, initial
+        self.case_counter: Callable[[], int] | None = None  # () -> first phantom seed not yet used
+        self.bar: Any = None
+        self._start = time.time()
+        self._wall_before = float(state.get("wall_time_s", 0.0))
+        self._step_start = time.time()
+        self._step_times: list[float] = []
+
+    # ---- subclass hooks
+    def export(self) -> "keras.Model":
+        """Inference copy of ``self.model`` (no optimizer state)."""
+        raise NotImplementedError
+
+    def validate(self, export: "keras.Model") -> dict[str, Any]:
+        """Validation values merged into the history entry."""
+        return {}
+
+    def card(self, entry: dict, export: "keras.Model") -> dict:
+        """JSON model card written beside the exported model."""
+        raise NotImplementedError
+
+    def is_best(self, entry: dict) -> bool:
+        """Whether this epoch's export replaces the exported model (default: always)."""
+        return True
+
+    def summary(self, entry: dict) -> str:
+        """One line printed under the bar after each epoch."""
+        values = " ".join(f"{k} {entry[k]:.4f}" for k in self.shown if k in entry)
+        return f"step {entry['step']}: {values} ({entry.get('median_step_s')} s/step)"
+
+    # ---- Keras callback
+    def step(self) -> int:
+        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+
+    def wall_time(self) -> float:
+        return self._wall_before + time.time() - self._start
+
+    def on_train_begin(self, logs=None):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=self.total, initial=self.initial, desc=self.desc, unit="step", dynamic_ncols=True,
+                        file=sys.stderr)
+
+    def on_train_end(self, logs=None):
+        if self.bar is not None:
+            self.bar.close()
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._step_start = time.time()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._step_times.append(time.time() - self._step_start)
+        logs = logs or {}
+        self.bar.update(1)
+        self.bar.set_postfix({k: f"{float(logs[k]):.4f}" for k in self.shown if k in logs})
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        t0 = time.time()
+        step = self.step()
+        entry: dict[str, Any] = {"step": step, **{k: float(logs[k]) for k in self.shown if k in logs},
+                                 "median_step_s": round(float(np.median(self._step_times)), 3)
+                                 if self._step_times else None,
+                                 "wall_time_s": round(self.wall_time(), 1)}
+        self._step_times = []
+        export = self.export()
+        entry.update(self.validate(export))
+        entry["val_seconds"] = round(time.time() - t0, 1)
+        self.state["history"].append(entry)
+        self.state["step"] = step
+        self.state["wall_time_s"] = self.wall_time()
+        if self.case_counter is not None:
+            self.state["next_case_seed"] = int(self.case_counter())
+        save_atomic(self.model, self.run_dir / CHECKPOINT)
+        if self.is_best(entry):
+            self.state["best_step"] = step
+            save_atomic(export, self.out)
+            write_json(self.out.with_suffix(".json"), self.card(entry, export))
+        write_json(self.run_dir / STATE, self.state)
+        self.bar.write(self.summary(entry) + f" (best step {self.state.get('best_step')})")
+
+
+def fit_on_pool(model: "keras.Model", monitor: RunMonitor, spec: ProducerSpec, *, workers: int, pool_size: int,
+                uses_per_case: int, stream: Callable[[CasePool], Iterator], batches: Callable[[Prefetcher], Any],
+                buffer: int, steps_per_epoch: int, epochs: int, initial_epoch: int) -> None:
+    """``model.fit`` on cases made by background producers, drawn from a rotating pool.
+
+    Args:
+        model: compiled model.
+        monitor: the run's callback (progress, validation, checkpoints).
+        spec: where the cases come from (phantom seeds or a folder).
+        workers: case-producer processes (0: in-process).
+        pool_size: cases kept in the pool.
+        uses_per_case: samples drawn from a case before it is replaced.
+        stream: the pool -> an endless iterator of training samples.
+        batches: the prefetched samples -> what ``fit`` takes (a tf.data pipeline or a batch generator).
+        buffer: samples prefetched by a background thread.
+        steps_per_epoch: steps between validations.
+        epochs: total epochs (the run stops after ``epochs * steps_per_epoch`` steps).
+        initial_epoch: epochs already done (resume).
+    """
+    first_seed = spec.seed
+    with CaseProducers(spec, workers=workers) as producers:
+        pool = CasePool(producers, pool_size=pool_size, patches_per_case=uses_per_case)
+        samples = Prefetcher(stream(pool), buffer=buffer)
+        monitor.case_counter = lambda: first_seed + pool.received + 2 * max(workers, 1)
+        try:
+            model.fit(batches(samples), steps_per_epoch=steps_per_epoch, epochs=epochs, initial_epoch=initial_epoch,
+                      callbacks=[monitor], verbose=0, shuffle=False)
+        finally:
+            samples.close()

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -37,22 +36,19 @@ from core import cvae
 from train.data import (
     VALIDATION_SEED_START,
     CasePool,
-    CaseProducers,
-    Prefetcher,
     TrainingCase,
     held_out_phantoms,
     training_case,
 )
 from train.common import (
     CHECKPOINT,
-    STATE,
+    RunMonitor,
     command_line,
     config_from_args,
     data_spec,
+    fit_on_pool,
     new_state,
     resume_run,
-    save_atomic,
-    write_json,
 )
 
 import keras  # noqa: E402
@@ -184,58 +180,32 @@ def inference_copy(model: cvae.ConditionalVAE) -> cvae.ConditionalVAE:
     return copy
 
 
-class CvaeMonitor(keras.callbacks.Callback):
-    """tqdm progress, validation, checkpoints and the exported model + card."""
+class CvaeMonitor(RunMonitor):
+    """Validation reconstruction L1 on held-out phantoms; every epoch's model is exported."""
 
-    def __init__(self, config: CvaeTrainConfig, state: dict, val_arrays: Sequence, bar, info: dict):
-        super().__init__()
-        self.config, self.state, self.val_arrays, self.bar, self.info = config, state, val_arrays, bar, info
-        self.run_dir, self.out = Path(config.run_dir), Path(config.out)
-        self._start = time.time()
-        self._wall_before = float(state.get("wall_time_s", 0.0))
-        self._step_start = time.time()
-        self._step_times: list[float] = []
-        self.case_counter = None  # () -> first phantom seed not yet used
+    shown = ("loss", "rec", "kl")
 
-    def step(self) -> int:
-        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+    def __init__(self, config: CvaeTrainConfig, state: dict, val_arrays: Sequence, info: dict, *, total: int,
+                 initial: int):
+        super().__init__(state, Path(config.run_dir), Path(config.out), desc="train CVAE", total=total,
+                         initial=initial)
+        self.config, self.val_arrays, self.info = config, val_arrays, info
 
-    def wall_time(self) -> float:
-        return self._wall_before + time.time() - self._start
+    def export(self) -> cvae.ConditionalVAE:
+        return inference_copy(self.model)
 
-    def on_train_batch_begin(self, batch, logs=None):
-        self._step_start = time.time()
-
-    def on_train_batch_end(self, batch, logs=None):
-        self._step_times.append(time.time() - self._step_start)
-        logs = logs or {}
-        self.bar.update(1)
-        self.bar.set_postfix(loss=f"{logs.get('loss', float('nan')):.4f}", rec=f"{logs.get('rec', float('nan')):.4f}",
-                             kl=f"{logs.get('kl', float('nan')):.4f}")
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
-        step = self.step()
-        export = inference_copy(self.model)
-        entry = {"step": step, **{k: float(logs[k]) for k in ("loss", "rec", "kl") if k in logs},
-                 "kl_weight": float(keras.ops.convert_to_numpy(export.kl_weight())),
-                 "median_step_s": round(float(np.median(self._step_times)), 3) if self._step_times else None,
-                 "wall_time_s": round(self.wall_time(), 1)}
-        self._step_times = []
+    def validate(self, export: cvae.ConditionalVAE) -> dict:
+        values = {"kl_weight": float(keras.ops.convert_to_numpy(export.kl_weight()))}
         if self.val_arrays:
-            entry["val_rec"] = reconstruction_l1(export, self.val_arrays)
-        self.state["history"].append(entry)
-        self.state["step"] = step
-        self.state["wall_time_s"] = self.wall_time()
-        if self.case_counter is not None:
-            self.state["next_case_seed"] = int(self.case_counter())
-        save_atomic(self.model, self.run_dir / CHECKPOINT)
-        save_atomic(export, self.out)
-        write_json(self.out.with_suffix(".json"), model_card(self.config, self.state, export, self.info))
-        write_json(self.run_dir / STATE, self.state)
+            values["val_rec"] = reconstruction_l1(export, self.val_arrays)
+        return values
+
+    def card(self, entry: dict, export: cvae.ConditionalVAE) -> dict:
+        return model_card(self.config, self.state, export, self.info)
+
+    def summary(self, entry: dict) -> str:
         val = f", val rec {entry['val_rec']:.4f}" if "val_rec" in entry else ""
-        self.bar.write(f"step {step}: loss {entry.get('loss', float('nan')):.4f} rec {entry.get('rec', float('nan')):.4f} "
-                       f"kl {entry.get('kl', float('nan')):.4f}{val} ({entry['median_step_s']} s/step)")
+        return super().summary(entry) + val
 
 
 def model_card(config: CvaeTrainConfig, state: dict, model: cvae.ConditionalVAE, info: dict) -> dict:
@@ -296,24 +266,15 @@ def train(config: CvaeTrainConfig, resume: bool = False, command: str | None = N
         print(f"already trained {start_step} steps >= --steps {config.steps}; nothing to do")
         return state
 
-    from tqdm import tqdm
-
-    first_seed = int(state.get("next_case_seed", config.seed))
-    spec = data_spec(config.data, first_seed, config.phantom_strength)
+    spec = data_spec(config.data, int(state.get("next_case_seed", config.seed)), config.phantom_strength)
     val_arrays = validation_arrays(config.val_cases, model.grid, config.phantom_strength) if config.val_cases else []
-    info = {"params": int(model.count_params())}
-    with CaseProducers(spec, workers=config.workers) as producers:
-        pool = CasePool(producers, pool_size=config.pool, patches_per_case=config.samples_per_case)
-        samples = Prefetcher(sample_stream(pool, model.grid, config.seed + start_step), buffer=2 * config.batch)
-        with tqdm(total=epochs * config.ckpt_every, initial=initial_epoch * config.ckpt_every, desc="train CVAE",
-                  unit="step", dynamic_ncols=True, file=sys.stderr) as bar:
-            monitor = CvaeMonitor(config, state, val_arrays, bar, info)
-            monitor.case_counter = lambda: first_seed + pool.received + 2 * max(config.workers, 1)
-            try:
-                model.fit(batch_stream(samples, config.batch), steps_per_epoch=config.ckpt_every, epochs=epochs,
-                          initial_epoch=initial_epoch, callbacks=[monitor], verbose=0, shuffle=False)
-            finally:
-                samples.close()
+    monitor = CvaeMonitor(config, state, val_arrays, {"params": int(model.count_params())},
+                          total=epochs * config.ckpt_every, initial=initial_epoch * config.ckpt_every)
+    fit_on_pool(model, monitor, spec, workers=config.workers, pool_size=config.pool,
+                uses_per_case=config.samples_per_case,
+                stream=lambda pool: sample_stream(pool, model.grid, config.seed + start_step),
+                batches=lambda samples: batch_stream(samples, config.batch), buffer=2 * config.batch,
+                steps_per_epoch=config.ckpt_every, epochs=epochs, initial_epoch=initial_epoch)
     return state
 
 

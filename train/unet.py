@@ -35,7 +35,6 @@ import contextlib
 import math
 import os
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -51,21 +50,17 @@ from core.labels import REGIONS, region_mask
 from core.metrics import dice
 from train.common import (
     CHECKPOINT,
-    STATE,
+    RunMonitor,
     command_line,
     config_from_args,
     data_spec,
+    fit_on_pool,
     new_state,
     resume_run,
-    save_atomic,
-    write_json,
 )
 from train.data import (
     VALIDATION_SEED_START,
     AugmentConfig,
-    CasePool,
-    CaseProducers,
-    Prefetcher,
     batches,
     held_out_phantoms,
     patch_stream,
@@ -224,54 +219,37 @@ def validate(model: keras.Model, cases: Sequence) -> dict[str, float]:
 # ------------------------------------------------------------------------------ monitoring
 
 
-class TrainingMonitor(keras.callbacks.Callback):
-    """tqdm progress, periodic validation, checkpoints and the exported best model + card."""
+class TrainingMonitor(RunMonitor):
+    """Validation Dice on held-out phantoms; the best mean Dice (or lowest loss without validation) is exported."""
 
-    def __init__(self, config: TrainConfig, state: dict, val_cases: Sequence, bar, info: dict):
-        super().__init__()
-        self.config, self.state, self.val_cases, self.bar, self.info = config, state, val_cases, bar, info
-        self.run_dir, self.out = Path(config.run_dir), Path(config.out)
-        self._start = time.time()
-        self._wall_before = float(state.get("wall_time_s", 0.0))
-        self._last_loss = float("nan")
-        self.case_counter = None  # () -> first case seed not yet used (set by train)
+    def __init__(self, config: TrainConfig, state: dict, val_cases: Sequence, info: dict, *, total: int,
+                 initial: int):
+        super().__init__(state, Path(config.run_dir), Path(config.out), desc="train U-Net", total=total,
+                         initial=initial)
+        self.config, self.val_cases, self.info = config, val_cases, info
 
-    def step(self) -> int:
-        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+    def export(self) -> keras.Model:
+        return inference_copy(self.model, self.config)
 
-    def wall_time(self) -> float:
-        return self._wall_before + time.time() - self._start
+    def validate(self, export: keras.Model) -> dict:
+        if not self.val_cases:
+            return {}
+        val_dice = validate(export, self.val_cases)
+        return {"val_dice": val_dice, "val_mean_dice": float(np.mean(list(val_dice.values())))}
 
-    def on_train_batch_end(self, batch, logs=None):
-        self._last_loss = float((logs or {}).get("loss", float("nan")))
-        self.bar.update(1)
-        self.bar.set_postfix(loss=f"{self._last_loss:.4f}")
-
-    def on_epoch_end(self, epoch, logs=None):
-        step = self.step()
-        t0 = time.time()
-        entry = {"step": step, "loss": float((logs or {}).get("loss", self._last_loss)),
-                 "wall_time_s": round(self.wall_time(), 1)}
-        export = inference_copy(self.model, self.config)
-        if self.val_cases:
-            entry["val_dice"] = validate(export, self.val_cases)
-            entry["val_mean_dice"] = float(np.mean(list(entry["val_dice"].values())))
-            entry["val_seconds"] = round(time.time() - t0, 1)
-        self.state["history"].append(entry)
-        self.state["step"] = step
-        self.state["wall_time_s"] = self.wall_time()
-        if self.case_counter is not None:
-            self.state["next_case_seed"] = int(self.case_counter())
-        save_atomic(self.model, self.run_dir / CHECKPOINT)
+    def is_best(self, entry: dict) -> bool:
         score = entry.get("val_mean_dice", -entry["loss"])
-        if score >= self.state.get("best_score", -math.inf):
-            self.state["best_score"], self.state["best_step"] = score, step
-            save_atomic(export, self.out)
-            write_json(self.out.with_suffix(".json"), model_card(self.config, self.state, entry, self.info))
-        write_json(self.run_dir / STATE, self.state)
+        if score < self.state.get("best_score", -math.inf):
+            return False
+        self.state["best_score"] = score
+        return True
+
+    def card(self, entry: dict, export: keras.Model) -> dict:
+        return model_card(self.config, self.state, entry, self.info)
+
+    def summary(self, entry: dict) -> str:
         dice_text = " ".join(f"{r} {v:.3f}" for r, v in entry.get("val_dice", {}).items())
-        self.bar.write(f"step {step}: loss {entry['loss']:.4f} {dice_text} "
-                       f"(best step {self.state['best_step']}, {time.time() - t0:.0f} s)")
+        return f"step {entry['step']}: loss {entry['loss']:.4f} {dice_text} ({entry['median_step_s']} s/step)"
 
 
 def model_card(config: TrainConfig, state: dict, entry: dict, info: dict) -> dict:
@@ -356,28 +334,20 @@ def train(config: TrainConfig, resume: bool = False, command: str | None = None)
         print(f"already trained {start_step} steps >= --steps {config.steps}; nothing to do")
         return state
 
-    from tqdm import tqdm
-
     # Phantom seeds continue where the previous run stopped (upper bound of what it had made).
-    first_seed = int(state.get("next_case_seed", config.seed))
-    spec = data_spec(config.data, first_seed, config.phantom_strength)
+    spec = data_spec(config.data, int(state.get("next_case_seed", config.seed)), config.phantom_strength)
     val_cases = held_out_phantoms(config.val_cases, config.phantom_strength) if config.val_cases else []
     info = {"devices": n_devices, "distribution": dist_text, "params": int(model.count_params())}
-    with CaseProducers(spec, workers=config.workers) as producers:
-        pool = CasePool(producers, pool_size=config.pool, patches_per_case=config.patches_per_case)
-        samples = Prefetcher(patch_stream(pool, config.patch, config.seed + start_step, config.fg_fraction,
-                                          AugmentConfig()), buffer=2 * config.batch)
-        data = (_tf_dataset(samples, config) if keras.backend.backend() == "tensorflow"
-                else batches(samples, config.batch))
-        with tqdm(total=epochs * config.val_every, initial=initial_epoch * config.val_every, desc="train U-Net",
-                  unit="step", dynamic_ncols=True, file=sys.stderr) as bar:
-            monitor = TrainingMonitor(config, state, val_cases, bar, info)
-            monitor.case_counter = lambda: first_seed + pool.received + 2 * max(config.workers, 1)
-            try:
-                model.fit(data, steps_per_epoch=config.val_every, epochs=epochs, initial_epoch=initial_epoch,
-                          callbacks=[monitor], verbose=0, shuffle=False)
-            finally:
-                samples.close()
+    monitor = TrainingMonitor(config, state, val_cases, info, total=epochs * config.val_every,
+                              initial=initial_epoch * config.val_every)
+    fit_on_pool(model, monitor, spec, workers=config.workers, pool_size=config.pool,
+                uses_per_case=config.patches_per_case,
+                stream=lambda pool: patch_stream(pool, config.patch, config.seed + start_step, config.fg_fraction,
+                                                 AugmentConfig()),
+                batches=lambda samples: (_tf_dataset(samples, config) if keras.backend.backend() == "tensorflow"
+                                         else batches(samples, config.batch)),
+                buffer=2 * config.batch, steps_per_epoch=config.val_every, epochs=epochs,
+                initial_epoch=initial_epoch)
     return state
 
 
