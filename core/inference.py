@@ -10,9 +10,11 @@ Pipeline of :func:`segment_case` (the app and ``python -m core.segment`` call it
    probabilities averaged (nnU-Net's TTA).
 4. Optional postprocessing of the label map (probabilities stay the raw network output):
    tumour outside the brain mask is removed, connected tumour components smaller than
-   ``MIN_COMPONENT_ML`` are dropped, and an enhancing tumour smaller than ``MIN_ET_ML`` in total is
-   relabelled NCR (the BraTS-winner trick: a tiny ET is almost always a false positive, and the
-   ET score of an ET-free case is all-or-nothing).
+   ``MIN_COMPONENT_ML`` or than ``MIN_COMPONENT_FRACTION`` of the largest component are dropped
+   (stray specks on vessels and choroid plexus; a real second lesion is rarely that much smaller),
+   and an enhancing tumour smaller than ``MIN_ET_ML`` in total is relabelled NCR (the BraTS-winner
+   trick, 500 voxels in Isensee et al. 2018: a tiny ET is almost always a false positive, and the ET
+   score of an ET-free case is all-or-nothing). Thresholds chosen on held-out tuning phantoms.
 5. ``CropBox.invert`` maps labels and probabilities back onto the case grid exactly.
 """
 
@@ -39,7 +41,8 @@ Progress = Callable[[float, str], None]
 
 BRAIN_MARGIN = 4  # voxels of context kept around the brain mask when cropping
 MIN_COMPONENT_ML = 0.1  # tumour (WT) connected components smaller than this are dropped
-MIN_ET_ML = 0.2  # a total enhancing-tumour volume below this is relabelled NCR
+MIN_COMPONENT_FRACTION = 0.0  # ... and those smaller than this fraction of the largest component
+MIN_ET_ML = 0.5  # a total enhancing-tumour volume below this is relabelled NCR
 MIRROR_AXES: tuple[tuple[int, ...], ...] = tuple(
     axes for k in range(4) for axes in combinations((0, 1, 2), k)
 )  # (), (0,), (1,), (2,), (0, 1), ... : the 8 mirror TTA variants
@@ -138,18 +141,23 @@ def _voxels(ml: float, spacing: tuple[float, float, float]) -> int:
 
 
 def postprocess_labels(labels: np.ndarray, spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
-                       brain: np.ndarray | None = None) -> np.ndarray:
+                       brain: np.ndarray | None = None, *, min_component_ml: float = MIN_COMPONENT_ML,
+                       min_component_fraction: float = MIN_COMPONENT_FRACTION,
+                       min_et_ml: float = MIN_ET_ML) -> np.ndarray:
     """Clean an internal label map (returns a new array).
 
     1. Tumour outside ``brain`` (if given) becomes background.
-    2. Whole-tumour connected components (26-connectivity) smaller than ``MIN_COMPONENT_ML``
-       become background.
-    3. If the remaining ET is smaller than ``MIN_ET_ML`` in total, it becomes NCR.
+    2. Whole-tumour connected components (26-connectivity) smaller than ``min_component_ml``, or
+       than ``min_component_fraction`` times the largest component, become background.
+    3. If the remaining ET is smaller than ``min_et_ml`` in total, it becomes NCR.
 
     Args:
         labels: uint8 ``(X, Y, Z)`` internal labels 0..3.
         spacing: voxel size in mm (thresholds are volumes).
         brain: optional bool brain mask of the same shape.
+        min_component_ml: absolute component threshold (mL).
+        min_component_fraction: relative component threshold (0 turns it off).
+        min_et_ml: total ET volume (mL) below which ET becomes NCR (0 turns it off).
     """
     out = np.array(labels, dtype=np.uint8, copy=True)
     if brain is not None:
@@ -158,12 +166,14 @@ def postprocess_labels(labels: np.ndarray, spacing: tuple[float, float, float] =
     if tumour.any():
         components, n = ndimage.label(tumour, structure=np.ones((3, 3, 3), dtype=bool))
         sizes = np.bincount(components.ravel())
-        small = np.flatnonzero(sizes < _voxels(MIN_COMPONENT_ML, spacing))
+        sizes[0] = 0
+        keep_from = max(_voxels(min_component_ml, spacing), min_component_fraction * sizes.max())
+        small = np.flatnonzero(sizes < keep_from)
         small = small[small != 0]
         if small.size:
             out[np.isin(components, small)] = BACKGROUND
     et = out == ET
-    if 0 < np.count_nonzero(et) < _voxels(MIN_ET_ML, spacing):
+    if 0 < np.count_nonzero(et) < _voxels(min_et_ml, spacing):
         out[et] = NCR
     return out
 

@@ -114,12 +114,25 @@ def test_postprocessing_drops_specks_and_relabels_a_tiny_et():
     assert out[15, 15, 15] == NCR and not np.any(out == ET)
     assert np.array_equal(out[:30, :30, :30], np.where(labels == ET, NCR, labels)[:30, :30, :30])
     # a large ET survives; thresholds are volumes, so bigger voxels keep the speck
-    labels[12:18, 12:18, 12:18] = ET  # 216 voxels = 0.216 mL
-    assert np.count_nonzero(postprocess_labels(labels) == ET) == 216
-    assert postprocess_labels(labels, spacing=(3.0, 3.0, 3.0))[36, 36, 36] == ED
+    labels[11:19, 11:19, 11:19] = ET  # 512 voxels = 0.512 mL >= MIN_ET_ML
+    assert np.count_nonzero(postprocess_labels(labels) == ET) == 512
+    assert np.count_nonzero(postprocess_labels(labels, min_et_ml=0.6) == ET) == 0
+    assert postprocess_labels(labels, spacing=(3.0, 3.0, 3.0), min_component_fraction=0.0)[36, 36, 36] == ED
     brain = np.ones(labels.shape, bool)
     brain[:, :, :10] = False
     assert not postprocess_labels(labels, brain=brain)[:, :, :10].any()
+
+
+def test_postprocessing_drops_components_small_relative_to_the_largest():
+    labels = np.zeros((60, 60, 60), np.uint8)
+    labels[2:22, 2:22, 2:22] = ED  # 8000 voxels: the main lesion
+    labels[40:48, 40:48, 40:48] = ED  # 512 voxels = 6.4 % of the main lesion: above 0.1 mL, dropped
+    labels[30:45, 2:17, 30:45] = ED  # 3375 voxels = 42 %: a second lesion, kept
+    out = postprocess_labels(labels, min_component_fraction=0.1)
+    assert not out[40:48, 40:48, 40:48].any()
+    assert np.array_equal(out[:25], labels[:25]) and np.array_equal(out[30:45, 2:17, 30:45], labels[30:45, 2:17, 30:45])
+    assert postprocess_labels(labels, min_component_fraction=0.05)[44, 44, 44] == ED
+    assert postprocess_labels(labels, min_component_fraction=0.0)[44, 44, 44] == ED
 
 
 def test_load_model_round_trip_and_card(tiny_model_path, tmp_path):
