@@ -185,7 +185,7 @@ def main() -> int:
     if "forward_s" in peer:
         result["peer_comparison"]["time_ratio_ours_over_peer"] = round(ours_same / peer["forward_s"], 2)
         result["peer_comparison"]["gflops_per_s_ratio_ours_over_peer"] = round(
-            (ours_same_flops / ours_same) / peer["gflops_per_s"], 2)
+            (ours_same_flops / ours_same / 1e9) / peer["gflops_per_s"], 2)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
 
