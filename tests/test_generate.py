@@ -224,3 +224,29 @@ def test_augment_summary_is_mean_and_std_over_seeds():
     assert summary[exp.ARMS[0]]["TC"]["std"] == 0.0
     table = exp.format_table(summary, exp.ExperimentConfig(seeds=[0, 1]))
     assert "0.700 ± 0.100" in table and "0.800 ± 0.100" in table and "2 seeds" in table
+
+
+def test_shipped_cvae_gives_each_subregion_its_contrast():
+    """Regression floor for weights/cvae.keras on a held-out phantom mask (skips without shipped weights)."""
+    path = generate.default_cvae_path()
+    if not path.is_file():
+        pytest.skip(f"no shipped CVAE at {path}")
+    from core.phantom import generate_phantom
+    from core.preprocess import brain_mask
+
+    source = generate_phantom(1_100_000)
+    brain = brain_mask(source.image)
+    case = generate.generate_cases(source.seg, source.affine, source.header, generate.load_cvae(path), seed=0,
+                                   brain=brain)[0]
+    assert case.shape == source.shape and np.array_equal(case.affine, source.affine)
+    assert np.array_equal(case.seg, source.seg)
+    t1, t1ce, t2, flair = case.image
+    healthy = brain & (case.seg == 0)
+
+    def z(volume: np.ndarray, region: np.ndarray) -> float:
+        return float((volume[region].mean() - volume[healthy].mean()) / volume[healthy].std())
+
+    assert z(flair, case.seg == ED) > 1.0  # FLAIR-bright edema
+    assert z(t1ce, case.seg == ET) > 1.0  # enhancing rim
+    assert z(t1, case.seg == NCR) < -1.0  # dark necrosis on T1
+    assert z(t2, case.seg == ED) > 0.5
