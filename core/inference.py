@@ -10,11 +10,11 @@ Pipeline of :func:`segment_case` (the app and ``python -m core.segment`` call it
    probabilities averaged (nnU-Net's TTA).
 4. Optional postprocessing of the label map (probabilities stay the raw network output):
    tumour outside the brain mask is removed, connected tumour components smaller than
-   ``MIN_COMPONENT_ML`` or than ``MIN_COMPONENT_FRACTION`` of the largest component are dropped
-   (stray specks on vessels and choroid plexus; a real second lesion is rarely that much smaller),
+   ``MIN_COMPONENT_ML`` are dropped (and, if ``MIN_COMPONENT_FRACTION`` > 0, those smaller than that
+   fraction of the largest one: off by default, it dropped real second lesions on tuning phantoms),
    and an enhancing tumour smaller than ``MIN_ET_ML`` in total is relabelled NCR (the BraTS-winner
    trick, 500 voxels in Isensee et al. 2018: a tiny ET is almost always a false positive, and the ET
-   score of an ET-free case is all-or-nothing). Thresholds chosen on held-out tuning phantoms.
+   score of an ET-free case is all-or-nothing).
 5. ``CropBox.invert`` maps labels and probabilities back onto the case grid exactly.
 """
 
