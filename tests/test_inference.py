@@ -230,5 +230,5 @@ def test_shipped_weights_segment_the_real_case(real_root):
     case = load_case(real_root / "BraTS-GLI-demo-0001")
     labels = segment_case(case, model).labels
     scores = {r: dice(region_mask(labels, r), region_mask(case.seg, r)) for r in ("WT", "TC", "ET")}
-    # measured with the shipped file: WT 0.878, TC 0.661, ET 0.865 (README); floors a little below
-    assert scores["WT"] >= 0.85 and scores["TC"] >= 0.6 and scores["ET"] >= 0.83, scores
+    # measured with the file in weights/: WT 0.855, TC 0.739, ET 0.891 (README); floors a little below
+    assert scores["WT"] >= 0.83 and scores["TC"] >= 0.7 and scores["ET"] >= 0.86, scores
