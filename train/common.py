@@ -8,6 +8,7 @@ next phantom seed, command); ``--resume`` continues from both.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shlex
 import sys
@@ -92,6 +93,16 @@ def command_line(module: str, argv: Sequence[str] | None) -> str:
 # --------------------------------------------------------------------------- the fit loop both trainers share
 
 
+def epoch_plan(model: "keras.Model", steps: int, every: int) -> tuple[int, int, int]:
+    """``(start step, epochs, epochs done)`` of a run of ``steps`` steps validated every ``every`` steps.
+
+    The start step is the (possibly resumed) optimizer's iteration count; ``steps`` is rounded up to a
+    multiple of ``every``.
+    """
+    start_step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+    return start_step, math.ceil(steps / every), start_step // every
+
+
 class RunMonitor(keras.callbacks.Callback):
     """Bookkeeping of a training run, shared by the U-Net and CVAE trainers.
 
@@ -104,10 +115,10 @@ class RunMonitor(keras.callbacks.Callback):
 
     shown: tuple[str, ...] = ("loss",)
 
-    def __init__(self, state: dict, run_dir: Path, out: Path, *, desc: str, total: int, initial: int):
+    def __init__(self, state: dict, run_dir: Path, out: Path, *, desc: str):
         super().__init__()
         self.state, self.run_dir, self.out = state, Path(run_dir), Path(out)
-        self.desc, self.total, self.initial = desc, total, initial
+        self.desc = desc
         self.case_counter: Callable[[], int] | None = None  # () -> first phantom seed not yet used
         self.bar: Any = None
         self._start = time.time()
@@ -147,7 +158,9 @@ class RunMonitor(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         from tqdm import tqdm
 
-        self.bar = tqdm(total=self.total, initial=self.initial, desc=self.desc, unit="step", dynamic_ncols=True,
+        steps = self.params.get("steps")  # per epoch, as given to fit
+        total = self.params["epochs"] * steps if steps else None
+        self.bar = tqdm(total=total, initial=self.step(), desc=self.desc, unit="step", dynamic_ncols=True,
                         file=sys.stderr)
 
     def on_train_end(self, logs=None):

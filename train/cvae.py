@@ -23,7 +23,6 @@ a resumable checkpoint (``RUN_DIR/checkpoint.keras`` + ``state.json``) and the e
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -46,6 +45,7 @@ from train.common import (
     command_line,
     config_from_args,
     data_spec,
+    epoch_plan,
     fit_on_pool,
     new_state,
     resume_run,
@@ -185,10 +185,8 @@ class CvaeMonitor(RunMonitor):
 
     shown = ("loss", "rec", "kl")
 
-    def __init__(self, config: CvaeTrainConfig, state: dict, val_arrays: Sequence, info: dict, *, total: int,
-                 initial: int):
-        super().__init__(state, Path(config.run_dir), Path(config.out), desc="train CVAE", total=total,
-                         initial=initial)
+    def __init__(self, config: CvaeTrainConfig, state: dict, val_arrays: Sequence, info: dict):
+        super().__init__(state, Path(config.run_dir), Path(config.out), desc="train CVAE")
         self.config, self.val_arrays, self.info = config, val_arrays, info
 
     def export(self) -> cvae.ConditionalVAE:
@@ -259,17 +257,14 @@ def train(config: CvaeTrainConfig, resume: bool = False, command: str | None = N
             model = build_model(config)
         except ValueError as exc:
             raise SystemExit(f"error: {exc}") from exc
-    start_step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
-    epochs = math.ceil(config.steps / config.ckpt_every)
-    initial_epoch = start_step // config.ckpt_every
+    start_step, epochs, initial_epoch = epoch_plan(model, config.steps, config.ckpt_every)
     if initial_epoch >= epochs:
         print(f"already trained {start_step} steps >= --steps {config.steps}; nothing to do")
         return state
 
     spec = data_spec(config.data, int(state.get("next_case_seed", config.seed)), config.phantom_strength)
     val_arrays = validation_arrays(config.val_cases, model.grid, config.phantom_strength) if config.val_cases else []
-    monitor = CvaeMonitor(config, state, val_arrays, {"params": int(model.count_params())},
-                          total=epochs * config.ckpt_every, initial=initial_epoch * config.ckpt_every)
+    monitor = CvaeMonitor(config, state, val_arrays, {"params": int(model.count_params())})
     fit_on_pool(model, monitor, spec, workers=config.workers, pool_size=config.pool,
                 uses_per_case=config.samples_per_case,
                 stream=lambda pool: sample_stream(pool, model.grid, config.seed + start_step),

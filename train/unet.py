@@ -54,6 +54,7 @@ from train.common import (
     command_line,
     config_from_args,
     data_spec,
+    epoch_plan,
     fit_on_pool,
     new_state,
     resume_run,
@@ -222,10 +223,8 @@ def validate(model: keras.Model, cases: Sequence) -> dict[str, float]:
 class TrainingMonitor(RunMonitor):
     """Validation Dice on held-out phantoms; the best mean Dice (or lowest loss without validation) is exported."""
 
-    def __init__(self, config: TrainConfig, state: dict, val_cases: Sequence, info: dict, *, total: int,
-                 initial: int):
-        super().__init__(state, Path(config.run_dir), Path(config.out), desc="train U-Net", total=total,
-                         initial=initial)
+    def __init__(self, config: TrainConfig, state: dict, val_cases: Sequence, info: dict):
+        super().__init__(state, Path(config.run_dir), Path(config.out), desc="train U-Net")
         self.config, self.val_cases, self.info = config, val_cases, info
 
     def export(self) -> keras.Model:
@@ -327,9 +326,7 @@ def train(config: TrainConfig, resume: bool = False, command: str | None = None)
             if config.init:
                 _load_initial_weights(model, Path(config.init))
             model = compile_model(model, config.lr, config.steps)
-    start_step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
-    epochs = math.ceil(config.steps / config.val_every)
-    initial_epoch = start_step // config.val_every
+    start_step, epochs, initial_epoch = epoch_plan(model, config.steps, config.val_every)
     if initial_epoch >= epochs:
         print(f"already trained {start_step} steps >= --steps {config.steps}; nothing to do")
         return state
@@ -338,8 +335,7 @@ def train(config: TrainConfig, resume: bool = False, command: str | None = None)
     spec = data_spec(config.data, int(state.get("next_case_seed", config.seed)), config.phantom_strength)
     val_cases = held_out_phantoms(config.val_cases, config.phantom_strength) if config.val_cases else []
     info = {"devices": n_devices, "distribution": dist_text, "params": int(model.count_params())}
-    monitor = TrainingMonitor(config, state, val_cases, info, total=epochs * config.val_every,
-                              initial=initial_epoch * config.val_every)
+    monitor = TrainingMonitor(config, state, val_cases, info)
     fit_on_pool(model, monitor, spec, workers=config.workers, pool_size=config.pool,
                 uses_per_case=config.patches_per_case,
                 stream=lambda pool: patch_stream(pool, config.patch, config.seed + start_step, config.fg_fraction,
