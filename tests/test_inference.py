@@ -214,12 +214,8 @@ def test_cli_bad_input_exits_2_with_a_message(tmp_path, tiny_model_path, problem
     assert {"missing case": "nope", "bad weights": "w.keras", "bad output name": "s.png"}[problem] in proc.stderr
 
 
-def test_shipped_weights_segment_the_real_case(real_root):
-    """Regression floor for weights/unet.keras on the real BraTS case (never trained on)."""
-    from core.case import load_case
-    from core.labels import region_mask
-    from core.metrics import dice
-
+def _shipped_unet() -> keras.Model:
+    """weights/unet.keras, checked against its card; skips the test where the weights are not shipped."""
     path = inference.default_unet_path()
     if not path.is_file():
         pytest.skip(f"no shipped weights at {path}")
@@ -227,24 +223,33 @@ def test_shipped_weights_segment_the_real_case(real_root):
     card = load_model_card(path)
     assert card is not None and card["architecture"]["num_classes"] == 4
     assert model.count_params() == card["params"]
-    case = load_case(real_root / "BraTS-GLI-demo-0001")
+    return model
+
+
+def _region_dice(case: Case, model: keras.Model) -> dict[str, float]:
+    """Dice per region (WT/TC/ET) of ``model``'s segmentation of a labelled case."""
+    from core.labels import region_mask
+    from core.metrics import dice
+
     labels = segment_case(case, model).labels
-    scores = {r: dice(region_mask(labels, r), region_mask(case.seg, r)) for r in ("WT", "TC", "ET")}
+    return {r: dice(region_mask(labels, r), region_mask(case.seg, r)) for r in ("WT", "TC", "ET")}
+
+
+def test_shipped_weights_segment_the_real_case(real_root):
+    """Regression floor for weights/unet.keras on the real BraTS case (never trained on)."""
+    from core.case import load_case
+
+    model = _shipped_unet()
+    scores = _region_dice(load_case(real_root / "BraTS-GLI-demo-0001"), model)
     # measured with the file in weights/: WT 0.855, TC 0.739, ET 0.891 (README); floors a little below
     assert scores["WT"] >= 0.83 and scores["TC"] >= 0.7 and scores["ET"] >= 0.86, scores
 
 
 def test_shipped_weights_segment_a_held_out_phantom():
     """Regression floor for weights/unet.keras on a phantom seed never trained on (runs in every clone)."""
-    from core.labels import region_mask
-    from core.metrics import dice
     from core.phantom import generate_phantom
 
-    path = inference.default_unet_path()
-    if not path.is_file():
-        pytest.skip(f"no shipped weights at {path}")
-    case = generate_phantom(1_000_007)  # held-out seeds start at 1,000,000; training seeds stay below
-    labels = segment_case(case, load_model(path)).labels
-    scores = {r: dice(region_mask(labels, r), region_mask(case.seg, r)) for r in ("WT", "TC", "ET")}
+    model = _shipped_unet()
+    scores = _region_dice(generate_phantom(1_000_007), model)  # held-out seeds start at 1,000,000
     # measured with the file in weights/ (step 2000): WT 0.972, TC 0.956, ET 0.901; floors a little below
     assert scores["WT"] >= 0.95 and scores["TC"] >= 0.93 and scores["ET"] >= 0.88, scores
