@@ -93,13 +93,18 @@ def command_line(module: str, argv: Sequence[str] | None) -> str:
 # --------------------------------------------------------------------------- the fit loop both trainers share
 
 
+def optimizer_step(model: "keras.Model") -> int:
+    """Training steps taken so far: the (possibly resumed) optimizer's iteration count."""
+    return int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+
+
 def epoch_plan(model: "keras.Model", steps: int, every: int) -> tuple[int, int, int]:
     """``(start step, epochs, epochs done)`` of a run of ``steps`` steps validated every ``every`` steps.
 
     The start step is the (possibly resumed) optimizer's iteration count; ``steps`` is rounded up to a
     multiple of ``every``.
     """
-    start_step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+    start_step = optimizer_step(model)
     return start_step, math.ceil(steps / every), start_step // every
 
 
@@ -150,7 +155,7 @@ class RunMonitor(keras.callbacks.Callback):
 
     # ---- Keras callback
     def step(self) -> int:
-        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        return optimizer_step(self.model)
 
     def wall_time(self) -> float:
         return self._wall_before + time.time() - self._start
