@@ -36,7 +36,7 @@ from core.inference import (
     postprocess_labels,
     predict_volume,
 )
-from core.labels import BACKGROUND, REGIONS
+from core.labels import BACKGROUND, NUM_CLASSES, REGIONS
 from core.metrics import region_metrics
 from core.preprocess import prepare_input
 from train.data import case_folders
@@ -66,7 +66,7 @@ def blend_windows(model, volume: np.ndarray, windows: list[Window], size: int, b
     """Gaussian-weighted average of window predictions, over ``prior`` × ``base`` if given."""
     shape = volume.shape[:3]
     weight = gaussian_weight(size)
-    total = base * prior if base is not None else np.zeros(shape + (4,), np.float32)
+    total = base * prior if base is not None else np.zeros(shape + (NUM_CLASSES,), np.float32)
     norm = np.full(shape, prior if base is not None else 1e-6, np.float32)
     for i in range(0, len(windows), batch):
         chunk = windows[i:i + batch]
@@ -106,6 +106,7 @@ def main() -> None:
             case = load_case(folder)
             x, box, brain = prepare_input(np.asarray(case.image), multiple=downsampling_factor(model),
                                           margin=BRAIN_MARGIN)
+            brain_crop = box.apply(brain).astype(bool)
             t = time.perf_counter()
             p_whole = predict_volume(model, x)
             modes = {"whole": (p_whole, time.perf_counter() - t, 0)}
@@ -118,8 +119,7 @@ def main() -> None:
             modes["refine"] = (p_ref, modes["whole"][1] + time.perf_counter() - t, len(chosen))
             row = {}
             for name, (probs, seconds, windows) in modes.items():
-                labels = postprocess_labels(np.argmax(probs, -1).astype(np.uint8), case.spacing,
-                                            box.apply(brain).astype(bool))
+                labels = postprocess_labels(np.argmax(probs, -1).astype(np.uint8), case.spacing, brain_crop)
                 m = region_metrics(box.invert(labels, fill=BACKGROUND), case.seg, case.spacing)
                 row[name] = {**{r: round(float(m[r]["dice"]), 4) for r in REGIONS},
                              "seconds": round(seconds, 2), "windows": windows}
