@@ -53,7 +53,8 @@ def run_cli(case: Path, weights: Path, out: Path) -> tuple[float, float]:
         proc.returncode = os.waitstatus_to_exitcode(status)
         if proc.returncode != 0:
             log.seek(0)
-            raise RuntimeError(f"core.segment failed ({proc.returncode}):\n{log.read().decode(errors='replace')[-2000:]}")
+            tail = log.read().decode(errors="replace")[-2000:]
+            raise RuntimeError(f"core.segment failed ({proc.returncode}):\n{tail}")
     return wall, usage.ru_maxrss / 1024.0  # ru_maxrss is in KiB on Linux
 
 

@@ -62,7 +62,7 @@ def case_row(case: Case, plane: str) -> list[Image.Image]:
     index = _slice_index(case, geometry, plane)
     crop = _fixed_crop(display_view(case.image[0], plane, index, geometry).shape)
     tiles, grey = [], None
-    for m, name in enumerate(MODALITIES):
+    for m in range(len(MODALITIES)):
         low, high = auto_window(case.image[m])
         view = display_view(case.image[m], plane, index, geometry)[crop]
         grey = np.repeat(apply_window(view, low, high)[:, :, None], 3, axis=2)

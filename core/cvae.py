@@ -25,12 +25,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from keras import layers, ops  # noqa: E402
 
 from core.labels import NUM_CLASSES  # noqa: E402
 from core.preprocess import CropBox, bounding_box  # noqa: E402
+
+import keras  # noqa: E402
+from keras import layers, ops  # noqa: E402
 
 PACKAGE = "brats_studio"
 IMAGE_CHANNELS = 4

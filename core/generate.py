@@ -34,9 +34,9 @@ import numpy as np
 
 from core import cvae
 from core.case import MODALITIES, Case, CaseError, load_label_map, save_case
-from core.weights import ModelLoadError, load_keras_file, shipped_path
 from core.labels import NUM_CLASSES
 from core.preprocess import brain_mask, zscore
+from core.weights import ModelLoadError, load_keras_file, shipped_path
 
 import keras  # noqa: E402
 
@@ -313,7 +313,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = Path(args.out)
         with tqdm(total=args.samples, desc="generate", unit="case", file=sys.stderr) as bar:
             for i, case in enumerate(cases):
-                save_case(case, out, naming=args.naming, name=NAME_PATTERNS[args.naming].format(seed=args.seed, index=i))
+                name = NAME_PATTERNS[args.naming].format(seed=args.seed, index=i)
+                save_case(case, out, naming=args.naming, name=name)
                 bar.update(1)
         print(f"wrote {args.samples} case(s) to {out} in {time.perf_counter() - start:.1f} s")
     except (CaseError, ModelLoadError, ValueError) as exc:

@@ -64,7 +64,7 @@ class DisplayGeometry:
     toward_positive: tuple[bool, bool, bool]
 
     @classmethod
-    def from_affine(cls, affine: np.ndarray) -> "DisplayGeometry":
+    def from_affine(cls, affine: np.ndarray) -> DisplayGeometry:
         """Geometry of a volume from its voxel-to-world affine (nearest world axis per voxel axis)."""
         ornt = nib.io_orientation(np.asarray(affine, dtype=float))
         voxel_axis = [0, 0, 0]

@@ -156,7 +156,8 @@ def model_card_summary(card: dict[str, Any]) -> str:
     if isinstance(validation, dict):
         dice = validation.get("dice")
         if isinstance(dice, dict) and dice:
-            parts.append("validation Dice " + ", ".join(f"{region} {float(value):.3f}" for region, value in dice.items()))
+            scores = ", ".join(f"{region} {float(value):.3f}" for region, value in dice.items())
+            parts.append(f"validation Dice {scores}")
         elif isinstance(dice, (int, float)):
             parts.append(f"validation Dice {dice:.3f}")
         if validation.get("cases"):
@@ -327,7 +328,7 @@ def _controls(source: ViewSource, prefix: str, compact: bool) -> ViewSettings:
     names = list(source.layers)
     layer_options = names + [NO_OVERLAY]
     default_layer = names.index(source.default_layer) if source.default_layer in names else len(names)
-    layouts = [l for l in LAYOUTS if l != "Side by side" or len(names) >= 2]
+    layouts = [layout for layout in LAYOUTS if layout != "Side by side" or len(names) >= 2]
     if compact:
         layouts = ["3 planes"]
     cols = st.columns([1.1, 1.6, 1.4, 1.8, 1.2, 1.1] if not compact else [1.1, 1.4, 1.8, 1.2])

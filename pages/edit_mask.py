@@ -31,7 +31,7 @@ state = require_case()
 
 
 def _hex(label: int) -> str:
-    return ERASE_COLOUR if label == 0 else "#%02x%02x%02x" % CLASS_COLOURS[label]
+    return ERASE_COLOUR if label == 0 else "#{:02x}{:02x}{:02x}".format(*CLASS_COLOURS[label])
 
 
 def _run(action: str, *args) -> None:

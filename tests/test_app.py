@@ -131,7 +131,8 @@ def test_demo_case_loads_and_every_viewer_layout_renders(app):
     assert readout and "Reference: " in readout[0]
     expected = volumes_ml(state.case.seg, state.case.spacing)
     table = app.dataframe[0].value
-    assert np.allclose([table.loc[r, "Reference"] for r in ("WT", "TC", "ET")], [expected[r] for r in ("WT", "TC", "ET")])
+    regions = ("WT", "TC", "ET")
+    assert np.allclose([table.loc[r, "Reference"] for r in regions], [expected[r] for r in regions])
     # moving the axial slider moves the shared cursor (z)
     app.slider(key="view_slice_axial").set_value(10).run()
     assert app.session_state["view_cursor"][2] == 10

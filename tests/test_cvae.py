@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import keras
 import numpy as np
 import pytest
-from keras import ops
 
 from core import cvae
 from core.labels import NUM_CLASSES
+
+import keras
+from keras import ops
 
 GRID = cvae.CvaeGrid((32, 32, 16), 2)  # model grid 16x16x8
 

@@ -17,6 +17,7 @@ from core import inference, unet
 from core.case import Case, save_case
 from core.inference import ModelLoadError, load_model, load_model_card, postprocess_labels, segment_case
 from core.labels import BACKGROUND, ED, ET, NCR
+
 import keras  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

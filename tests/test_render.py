@@ -11,7 +11,7 @@ from PIL import Image
 
 from core import render
 from core.labels import CLASS_COLOURS
-from core.render import DisplayGeometry, PLANES
+from core.render import PLANES, DisplayGeometry
 
 BRATS_AFFINE = np.array([[-1.0, 0, 0, 0], [0, -1.0, 0, 239.0], [0, 0, 1.0, 0], [0, 0, 0, 1]])
 SHAPE = (6, 7, 5)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from core import unet
+
 import keras  # noqa: E402  (after core.unet set the backend options)
 
 

@@ -4,8 +4,8 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import nibabel as nib
+import numpy as np
 import pytest
 
 from core.case import CaseError, load_label_map

@@ -28,7 +28,7 @@ CHECKPOINT = "checkpoint.keras"
 STATE = "state.json"
 
 
-def save_atomic(model: "keras.Model", path: Path) -> None:
+def save_atomic(model: keras.Model, path: Path) -> None:
     """``model.save`` to a temporary file then rename, so readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.keras")
@@ -64,7 +64,7 @@ def new_state(command: str | None) -> dict[str, Any]:
     return {"history": [], "step": 0, "wall_time_s": 0.0, "command": command}
 
 
-def resume_run(run_dir: Path, command: str | None) -> tuple["keras.Model", dict[str, Any]]:
+def resume_run(run_dir: Path, command: str | None) -> tuple[keras.Model, dict[str, Any]]:
     """Model (with optimizer) and run state saved in ``run_dir``.
 
     Raises:
@@ -93,12 +93,12 @@ def command_line(module: str, argv: Sequence[str] | None) -> str:
 # --------------------------------------------------------------------------- the fit loop both trainers share
 
 
-def optimizer_step(model: "keras.Model") -> int:
+def optimizer_step(model: keras.Model) -> int:
     """Training steps taken so far: the (possibly resumed) optimizer's iteration count."""
     return int(keras.ops.convert_to_numpy(model.optimizer.iterations))
 
 
-def epoch_plan(model: "keras.Model", steps: int, every: int) -> tuple[int, int, int]:
+def epoch_plan(model: keras.Model, steps: int, every: int) -> tuple[int, int, int]:
     """``(start step, epochs, epochs done)`` of a run of ``steps`` steps validated every ``every`` steps.
 
     The start step is the (possibly resumed) optimizer's iteration count; ``steps`` is rounded up to a
@@ -132,15 +132,15 @@ class RunMonitor(keras.callbacks.Callback):
         self._step_times: list[float] = []
 
     # ---- subclass hooks
-    def export(self) -> "keras.Model":
+    def export(self) -> keras.Model:
         """Inference copy of ``self.model`` (no optimizer state)."""
         raise NotImplementedError
 
-    def validate(self, export: "keras.Model") -> dict[str, Any]:
+    def validate(self, export: keras.Model) -> dict[str, Any]:
         """Validation values merged into the history entry."""
         return {}
 
-    def card(self, entry: dict, export: "keras.Model") -> dict:
+    def card(self, entry: dict, export: keras.Model) -> dict:
         """JSON model card written beside the exported model."""
         raise NotImplementedError
 
@@ -207,7 +207,7 @@ class RunMonitor(keras.callbacks.Callback):
         self.bar.write(self.summary(entry) + f" (best step {self.state.get('best_step')})")
 
 
-def fit_on_pool(model: "keras.Model", monitor: RunMonitor, spec: ProducerSpec, *, workers: int, pool_size: int,
+def fit_on_pool(model: keras.Model, monitor: RunMonitor, spec: ProducerSpec, *, workers: int, pool_size: int,
                 uses_per_case: int, stream: Callable[[CasePool], Iterator], batches: Callable[[Prefetcher], Any],
                 buffer: int, steps_per_epoch: int, epochs: int, initial_epoch: int) -> None:
     """``model.fit`` on cases made by background producers, drawn from a rotating pool.

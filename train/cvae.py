@@ -26,19 +26,12 @@ import argparse
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
 from core import cvae
-from train.data import (
-    VALIDATION_SEED_START,
-    CasePool,
-    TrainingCase,
-    held_out_phantoms,
-    training_case,
-)
 from train.common import (
     CHECKPOINT,
     RunMonitor,
@@ -49,6 +42,13 @@ from train.common import (
     fit_on_pool,
     new_state,
     resume_run,
+)
+from train.data import (
+    VALIDATION_SEED_START,
+    CasePool,
+    TrainingCase,
+    held_out_phantoms,
+    training_case,
 )
 
 import keras  # noqa: E402
@@ -90,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=d.data, help="'phantom' (fresh synthetic cases) or a folder of BraTS case folders")
     p.add_argument("--steps", type=int, default=d.steps, help="optimizer steps in total (default %(default)s)")
     p.add_argument("--batch", type=int, default=d.batch, help="whole brains per step (default %(default)s)")
-    p.add_argument("--lr", type=float, default=d.lr, help="initial Adam learning rate, cosine decay (default %(default)s)")
+    p.add_argument("--lr", type=float, default=d.lr,
+                   help="initial Adam learning rate, cosine decay (default %(default)s)")
     p.add_argument("--beta", type=float, default=d.beta, help="KL weight after warm-up (default %(default)s)")
     p.add_argument("--warmup", type=int, default=d.warmup, help="KL warm-up steps (default %(default)s)")
     p.add_argument("--latent", type=int, default=d.latent, help="latent channels (default %(default)s)")
@@ -104,8 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=d.seed, help="random seed (phantom seeds start here)")
     p.add_argument("--out", default=d.out, help="exported model (.keras); card beside it (default %(default)s)")
     p.add_argument("--run-dir", default=d.run_dir, help="checkpoints and state (default %(default)s)")
-    p.add_argument("--ckpt-every", type=int, default=d.ckpt_every, help="steps between checkpoints (default %(default)s)")
-    p.add_argument("--val-cases", type=int, default=d.val_cases, help="held-out phantoms validated (default %(default)s)")
+    p.add_argument("--ckpt-every", type=int, default=d.ckpt_every,
+                   help="steps between checkpoints (default %(default)s)")
+    p.add_argument("--val-cases", type=int, default=d.val_cases,
+                   help="held-out phantoms validated (default %(default)s)")
     p.add_argument("--workers", type=int, default=d.workers, help="case-producer processes (0: in-process)")
     p.add_argument("--pool", type=int, default=d.pool, help="cases kept in the pool (default %(default)s)")
     p.add_argument("--samples-per-case", type=int, default=d.samples_per_case,
@@ -219,7 +222,8 @@ def model_card(config: CvaeTrainConfig, state: dict, model: cvae.ConditionalVAE,
                  f"{config.seed}.. < {VALIDATION_SEED_START}, strength {config.phantom_strength}"
                  if config.data == "phantom" else config.data),
         "preprocessing": "core.preprocess.prepare_input (brain mask, per-channel z-score, crop to brain), then "
-                         f"core.cvae.model_inputs (centred {list(model.grid.box_size)} box, {model.grid.factor}x average pooling); "
+                         f"core.cvae.model_inputs (centred {list(model.grid.box_size)} box, "
+                         f"{model.grid.factor}x average pooling); "
                          "mirrored in X with p=0.5",
         "step": state["step"],
         "steps_planned": config.steps,
@@ -234,7 +238,7 @@ def model_card(config: CvaeTrainConfig, state: dict, model: cvae.ConditionalVAE,
         "keras_version": keras.__version__,
         **info,
         "command": state.get("command"),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
 

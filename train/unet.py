@@ -37,7 +37,7 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow: errors only on the console
@@ -276,7 +276,7 @@ def model_card(config: TrainConfig, state: dict, entry: dict, info: dict) -> dic
         "keras_version": keras.__version__,
         **info,
         "command": state.get("command"),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
 
