@@ -242,8 +242,8 @@ def test_shipped_weights_segment_the_real_case(real_root):
 
     model = _shipped_unet()
     scores = _region_dice(load_case(real_root / "BraTS-GLI-demo-0001"), model)
-    # measured with the file in weights/: WT 0.855, TC 0.739, ET 0.891 (README); floors a little below
-    assert scores["WT"] >= 0.83 and scores["TC"] >= 0.7 and scores["ET"] >= 0.86, scores
+    # measured with weights/ (phase 3, step 600): WT 0.901, TC 0.816, ET 0.889 (README); floors a little below
+    assert scores["WT"] >= 0.88 and scores["TC"] >= 0.79 and scores["ET"] >= 0.86, scores
 
 
 def test_shipped_weights_segment_a_held_out_phantom():
@@ -252,5 +252,5 @@ def test_shipped_weights_segment_a_held_out_phantom():
 
     model = _shipped_unet()
     scores = _region_dice(generate_phantom(1_000_007), model)  # held-out seeds start at 1,000,000
-    # measured with the file in weights/ (step 2000): WT 0.972, TC 0.956, ET 0.901; floors a little below
-    assert scores["WT"] >= 0.95 and scores["TC"] >= 0.93 and scores["ET"] >= 0.88, scores
+    # measured with the file in weights/ (phase 3, step 600): WT 0.967, TC 0.951, ET 0.893; floors a little below
+    assert scores["WT"] >= 0.95 and scores["TC"] >= 0.93 and scores["ET"] >= 0.87, scores
