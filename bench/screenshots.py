@@ -73,6 +73,7 @@ def take(out: Path, env: dict[str, str]) -> None:
                             box["y"] + (0.40 + 0.006 * step) * box["height"])
         page.mouse.up()
         page.get_by_text("1 / 30 undo steps").wait_for(timeout=60_000)
+        wait_until_idle(page, settle_ms=2000)  # the redrawn canvas loads its toolbar icons last
         _save(page, out, "edit_mask", full_height=1300)
 
         goto_page(page, "Generate", "Generate synthetic MRI")

@@ -178,7 +178,7 @@ def volumes_table(layers: dict[str, Layer], spacing: tuple[float, float, float])
     """Region volumes (mL) of each label layer: rows WT/TC/ET, one column per layer."""
     data = {name: _volumes(layer.key, spacing, layer.labels) for name, layer in layers.items()}
     frame = pd.DataFrame(data, index=list(REGIONS))
-    frame.index.name = "region"
+    frame.index.name = "volume (mL)"  # the header over WT/TC/ET says the unit
     return frame
 
 
@@ -194,7 +194,7 @@ def metrics_table(metrics: dict[str, dict[str, float]]) -> pd.DataFrame:
     frame = pd.DataFrame(metrics).T
     frame = frame.rename(columns={"dice": "Dice", "hd95": "HD95 (mm)", "sensitivity": "Sensitivity",
                                   "specificity": "Specificity"})
-    frame.index.name = "region"
+    frame.index.name = "volume (mL)"  # the header over WT/TC/ET says the unit
     return frame
 
 
