@@ -194,7 +194,7 @@ def metrics_table(metrics: dict[str, dict[str, float]]) -> pd.DataFrame:
     frame = pd.DataFrame(metrics).T
     frame = frame.rename(columns={"dice": "Dice", "hd95": "HD95 (mm)", "sensitivity": "Sensitivity",
                                   "specificity": "Specificity"})
-    frame.index.name = "volume (mL)"  # the header over WT/TC/ET says the unit
+    frame.index.name = "region"
     return frame
 
 

@@ -131,6 +131,7 @@ def test_demo_case_loads_and_every_viewer_layout_renders(app):
     assert readout and "Reference: " in readout[0]
     expected = volumes_ml(state.case.seg, state.case.spacing)
     table = app.dataframe[0].value
+    assert table.index.name == "volume (mL)"  # the table's header carries the unit
     regions = ("WT", "TC", "ET")
     assert np.allclose([table.loc[r, "Reference"] for r in regions], [expected[r] for r in regions])
     # moving the axial slider moves the shared cursor (z)
@@ -193,6 +194,8 @@ def test_segment_with_tiny_unet_and_download(tiny_app):
     assert any("Segmented with unet.keras" in s.value for s in app.success)
     assert "U-Net prediction" in _fresh_sidebar(state)
     assert len(app.dataframe) == 1  # the metrics table
+    metrics = app.dataframe[0].value
+    assert metrics.index.name == "region" and list(metrics.index) == ["WT", "TC", "ET"] and "Dice" in metrics.columns
     assert app.get("download_button")
 
     data = app_state.label_download(prediction.labels, state.case, "2020")
