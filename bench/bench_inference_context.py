@@ -1,8 +1,9 @@
 """Whole-volume vs patch-sized inference: does the U-Net see a brain crop like its training patches?
 
-The U-Net trains on 64³ patches (half centred on tumour) with instance normalisation, but
-``core.inference`` predicts the whole brain crop (~144×192×144) in one pass. This benchmark
-measures what that costs, per case, on labelled case folders:
+A U-Net trained on small patches (phases 1–2: 64³, half centred on tumour) with instance
+normalisation is applied by ``core.inference`` to the whole brain crop (~144×192×144) in one pass.
+This benchmark measures what that costs, per case, on labelled case folders (the committed
+``bench/results/inference_context.json`` is the phase-2 run; the shipped phase-3 file trains on 128³):
 
 * ``whole``: ``core.inference.predict_volume`` (what the app and the CLI do);
 * ``sliding``: Gaussian-blended ``--window``³ windows at ``--overlap`` (nnU-Net style);
