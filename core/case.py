@@ -13,21 +13,20 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 import stat
-import tempfile
 import zipfile
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 import nibabel as nib
 import numpy as np
 
 from core.labels import CONVENTIONS, check_convention, detect_convention, from_internal, to_internal
-from core.nifti import NiftiError, nifti_bytes, read_nifti, save_nifti
+from core.nifti import NiftiError, check_volume_shape, header_warnings, nifti_bytes, read_nifti, save_nifti
 
 MODALITIES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
 
@@ -45,6 +44,8 @@ class Case:
         files: source file name per modality (and ``"seg"``).
         naming: how the files were named: ``"2020"``, ``"2023"``, ``"plain"`` or ``None`` (in memory).
         name: case identifier (usually the folder name).
+        warnings: problems found while loading that did not stop it (header inconsistencies, ...),
+            one sentence each, naming the file.
     """
 
     image: np.ndarray
@@ -55,6 +56,7 @@ class Case:
     files: dict[str, str] = field(default_factory=dict)
     naming: str | None = None
     name: str = "case"
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -63,12 +65,22 @@ class Case:
 
     @property
     def spacing(self) -> tuple[float, float, float]:
-        """Voxel size in mm from the header zooms."""
-        return tuple(float(z) for z in self.header.get_zooms()[:3])  # type: ignore[return-value]
+        """Voxel size in mm of the affine actually used (column norms), not the header's pixdim.
+
+        They agree in a consistent header; where they do not, the affine is what places the voxels
+        in the world (and what viewers use), so volumes computed from it are the true ones.
+        """
+        return affine_spacing(self.affine)
 
     def modality(self, name: str) -> np.ndarray:
         """One modality volume ``(X, Y, Z)`` by name (``"t1"``, ``"t1ce"``, ``"t2"``, ``"flair"``)."""
         return self.image[MODALITIES.index(name)]
+
+
+def affine_spacing(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel size in mm of a ``(4, 4)`` voxel-to-world matrix (norms of its first three columns)."""
+    norms = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
+    return tuple(float(round(z, 6)) for z in norms)  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------- errors & names
@@ -83,6 +95,8 @@ NAMINGS: tuple[str, ...] = ("2020", "2023", "plain")
 NIFTI_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")
 AFFINE_TOLERANCE_MM = 1e-3
 MAX_ZIP_BYTES = 2 * 1024**3  # a BraTS case is ~300 MB uncompressed even stored as float64
+MAX_ZIP_ENTRIES = 256  # a case zip holds 4-5 NIfTI files (plus macOS/__MACOSX clutter)
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 Progress = Callable[[float, str], None]
 
 # File-name token -> (modality, naming). The token is what follows the last "_", "-", "." or
@@ -197,8 +211,32 @@ def find_case_files(folder: str | os.PathLike) -> dict[str, Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise CaseError(f"{folder}: not a folder; pass the case folder that holds the four modality files.")
-    names = sorted(p.name for p in folder.iterdir() if p.is_file())
+    try:
+        entries = sorted(folder.iterdir())
+    except PermissionError as exc:
+        raise CaseError(f"{folder}: permission denied listing the folder; make it readable.") from exc
+    for entry in entries:
+        if entry.is_symlink() and identify_file(entry.name) is not None and not entry.is_file():
+            _raise_bad_link(entry)
+    names = [p.name for p in entries if p.is_file()]
     return {key: folder / name for key, name in _match_files(names, str(folder)).items()}
+
+
+def _raise_bad_link(link: Path) -> None:
+    """``CaseError`` for a case file that is a symbolic link to nothing usable (names the link and its target)."""
+    try:
+        target = os.readlink(link)
+    except OSError:
+        target = "?"
+    try:
+        link.resolve(strict=True)
+        what = "points to a folder, not a file" if link.is_dir() else "points to something that is not a file"
+    except RuntimeError:
+        what = "is part of a symbolic-link loop"
+    except OSError:
+        what = "is broken (its target does not exist)"
+    raise CaseError(f"{link.name}: symbolic link to {target} {what}; copy the real file into {link.parent} or "
+                    "fix the link.")
 
 
 # --------------------------------------------------------------------------- validation
@@ -206,35 +244,44 @@ def find_case_files(folder: str | os.PathLike) -> dict[str, Path]:
 
 def _as_3d(data: np.ndarray, file_name: str) -> np.ndarray:
     """Drop trailing singleton dimensions; raise unless a 3D volume remains."""
-    while data.ndim > 3 and data.shape[-1] == 1:
+    try:
+        check_volume_shape(data.shape, file_name)
+    except NiftiError as exc:
+        raise CaseError(str(exc)) from exc
+    while data.ndim > 3:
         data = data[..., 0]
-    if data.ndim < 3:
-        raise CaseError(
-            f"{file_name}: {data.ndim}D image of shape {data.shape}; each modality must be a 3D volume (X, Y, Z) - "
-            "export the whole volume, not a single slice."
-        )
-    if data.ndim > 3:
-        raise CaseError(
-            f"{file_name}: {data.ndim}D image of shape {data.shape}; each file must hold one 3D volume - "
-            "split it into one file per modality (e.g. fslsplit, or nibabel slicing)."
-        )
     return data
 
 
 def _modality_volume(data: np.ndarray, file_name: str) -> np.ndarray:
-    """A modality as float32 after checking it is finite and not empty."""
-    volume = _as_3d(data, file_name).astype(np.float32, copy=False)
-    if not np.isfinite(volume).all():
-        bad = int(np.count_nonzero(~np.isfinite(volume)))
+    """A modality as float32 after checking it is finite, fits float32 and is not constant."""
+    data = _as_3d(data, file_name)
+    if data.dtype.kind == "f":
+        finite = np.isfinite(data)
+        if not finite.all():
+            bad = int(data.size - np.count_nonzero(finite))
+            raise CaseError(
+                f"{file_name}: {bad} voxels are NaN or Inf; replace them (e.g. numpy.nan_to_num) and save the "
+                "file again."
+            )
+        del finite
+    lo, hi = float(data.min()), float(data.max())
+    if max(abs(lo), abs(hi)) > FLOAT32_MAX:
         raise CaseError(
-            f"{file_name}: {bad} voxels are NaN or Inf; replace them (e.g. numpy.nan_to_num) and save the file again."
+            f"{file_name}: values from {lo:.4g} to {hi:.4g} do not fit 32-bit floats (|x| <= {FLOAT32_MAX:.3g}); "
+            "rescale the intensities (e.g. to 0..10000) and save the file again."
         )
-    if not volume.any():
+    if lo == hi:
+        if lo == 0:
+            raise CaseError(
+                f"{file_name}: every voxel is 0 (empty volume); the export failed or the wrong file was picked - "
+                "export this modality again."
+            )
         raise CaseError(
-            f"{file_name}: every voxel is 0 (empty volume); the export failed or the wrong file was picked - "
-            "export this modality again."
+            f"{file_name}: every voxel is {lo:g} (constant volume, no image); the export failed or the wrong file "
+            "was picked - export this modality again."
         )
-    return volume
+    return data.astype(np.float32, copy=False)
 
 
 def _seg_labels(data: np.ndarray, file_name: str) -> tuple[np.ndarray, str | None]:
@@ -263,31 +310,65 @@ class _Volume:
     affine: np.ndarray
     header: nib.Nifti1Header
     convention: str | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
-def _load_one(key: str, file_name: str, source: str | os.PathLike | bytes) -> _Volume:
-    """Read one file and run its own checks (runs in a worker thread)."""
+@dataclass(frozen=True)
+class _ZipMember:
+    """A NIfTI entry of an open zip archive, read by streaming (never extracted to disk)."""
+
+    archive: zipfile.ZipFile
+    info: zipfile.ZipInfo
+    label: str
+
+
+Source = str | os.PathLike | bytes | _ZipMember
+
+
+def _read(source: Source, file_name: str) -> nib.Nifti1Image:
+    """``read_nifti`` of a path, bytes or zip entry, as a ``CaseError`` on failure."""
     try:
-        image = read_nifti(source, name=file_name)
+        if isinstance(source, _ZipMember):
+            try:
+                with source.archive.open(source.info) as stream:
+                    return read_nifti(stream, name=file_name, volume_3d=True)
+            except (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError) as exc:
+                raise CaseError(f"{source.label}: entry {source.info.filename} is corrupt ({exc}); upload/zip the "
+                                "case folder again.") from exc
+        return read_nifti(source, name=file_name, volume_3d=True)
     except NiftiError as exc:
         raise CaseError(str(exc)) from exc
+
+
+def _load_one(key: str, file_name: str, source: Source) -> _Volume:
+    """Read one file and run its own checks (runs in a worker thread)."""
+    image = _read(source, file_name)
     data = np.asanyarray(image.dataobj)
+    notes = header_warnings(image.header, file_name)
     if key == SEG:
         labels, convention = _seg_labels(data, file_name)
-        return _Volume(file_name, labels, image.affine, image.header, convention)
-    return _Volume(file_name, _modality_volume(data, file_name), image.affine, image.header)
+        return _Volume(file_name, labels, image.affine, image.header, convention, notes)
+    return _Volume(file_name, _modality_volume(data, file_name), image.affine, image.header, warnings=notes)
 
 
-def load_label_map(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header, str | None]:
+def load_label_map(
+    path: str | os.PathLike, warnings: list[str] | None = None
+) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header, str | None]:
     """Read one label-map file (either BraTS convention) with the checks ``load_case`` runs on a seg file.
+
+    Args:
+        path: the label-map file.
+        warnings: if given, header inconsistencies found are appended to it (one sentence each).
 
     Returns:
         ``(internal labels uint8 (X, Y, Z), affine, header, convention found or None)``.
 
     Raises:
-        CaseError: not a NIfTI, truncated, not 3D, or unknown label values (the message names the file).
+        CaseError: not a NIfTI, truncated, not 3D, too large, or unknown label values (the message names the file).
     """
     volume = _load_one(SEG, Path(path).name, path)
+    if warnings is not None:
+        warnings.extend(volume.warnings)
     return volume.data, volume.affine, volume.header, volume.convention
 
 
@@ -309,7 +390,7 @@ def _check_same_grid(volume: _Volume, reference: _Volume) -> None:
 
 
 def _load_sources(
-    sources: Mapping[str, tuple[str, str | os.PathLike | bytes]],
+    sources: Mapping[str, tuple[str, Source]],
     name: str,
     naming: str | None,
     progress: Progress | None = None,
@@ -326,8 +407,10 @@ def _load_sources(
         reference: _Volume | None = None
         image: np.ndarray | None = None
         seg: _Volume | None = None
+        notes: list[str] = []
         for i, key in enumerate(keys):
             volume = futures.pop(key).result()
+            notes.extend(volume.warnings)
             if reference is None:
                 image = np.empty((len(MODALITIES), *volume.data.shape), dtype=np.float32)
                 image[0] = volume.data
@@ -356,6 +439,7 @@ def _load_sources(
         files={key: sources[key][0] for key in keys},
         naming=naming,
         name=name,
+        warnings=notes,
     )
 
 
@@ -406,28 +490,30 @@ def _is_case_member(info: zipfile.ZipInfo) -> bool:
     return _strip_nifti_suffix(parts[-1]) is not None
 
 
-def _extract(zf: zipfile.ZipFile, members: Sequence[zipfile.ZipInfo], dest: Path, label: str) -> None:
-    """Copy ``members`` flat (by base name) into ``dest``.
+_EOCD = b"PK\x05\x06"
 
-    ``zipfile`` never inflates an entry past its declared size (a lie fails the CRC check), so the
-    declared sizes checked by the caller bound what is written here.
-    """
-    root = dest.resolve()
-    for info in members:
-        target = (dest / _base_name(info.filename)).resolve()
-        if target.parent != root:
-            raise CaseError(
-                f"{label}: unsafe entry {info.filename!r}; the archive is rejected - zip the case folder again."
-            )
-        if info.flag_bits & 0x1:
-            raise CaseError(f"{label}: {info.filename} is password-protected; zip the case without encryption.")
-        try:
-            with zf.open(info) as src, open(target, "wb") as out:
-                shutil.copyfileobj(src, out, 1 << 20)
-        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
-            raise CaseError(
-                f"{label}: entry {info.filename} is corrupt ({exc}); upload/zip the case folder again."
-            ) from exc
+
+def _declared_entry_count(stream: BinaryIO) -> int | None:
+    """Entry count of a zip's end-of-central-directory record, read from its tail before parsing the
+    whole central directory (``None`` when not found or a ZIP64 archive: ``zipfile`` then counts)."""
+    try:
+        size = stream.seek(0, os.SEEK_END)
+        tail_size = min(size, 65535 + 22)
+        stream.seek(size - tail_size)
+        tail = stream.read(tail_size)
+        stream.seek(0)
+    except (OSError, ValueError):
+        return None
+    at = tail.rfind(_EOCD)
+    if at < 0 or len(tail) < at + 22:
+        return None
+    total = int.from_bytes(tail[at + 10 : at + 12], "little")
+    return None if total == 0xFFFF else total
+
+
+def _too_many_entries(label: str, count: int, limit: int) -> CaseError:
+    return CaseError(f"{label}: {count} entries, more than the {limit} a case zip may hold; zip only one case "
+                     "folder (its four modality files and the optional segmentation).")
 
 
 def load_case_from_zip(
@@ -435,59 +521,95 @@ def load_case_from_zip(
     name: str | None = None,
     max_bytes: int = MAX_ZIP_BYTES,
     progress: Progress | None = None,
+    max_entries: int = MAX_ZIP_ENTRIES,
 ) -> Case:
     """Load a case from a zip of its folder (files at the top or inside one folder).
 
-    The NIfTI files are extracted into a temporary folder that is always removed. The whole
-    archive is rejected if any entry could escape that folder (absolute path, ``..``, symlink),
-    or if it would unpack to more than ``max_bytes``.
+    Nothing is extracted to disk: each NIfTI entry is streamed from the archive into memory with the
+    checks of ``core.nifti.read_nifti`` (header first, so a header that claims a huge volume is
+    rejected before its voxels are inflated), so no temporary file can be left behind whatever ends
+    the process. Before any entry is read, the archive is rejected if it has more than
+    ``max_entries`` entries (counted from its end record, before the central directory is parsed),
+    if any entry could escape a folder (absolute path, ``..``, symlink), or if its NIfTI entries
+    declare more than ``max_bytes`` in total; an entry that inflates past its declared size fails
+    ``zipfile``'s CRC check and is reported corrupt.
 
     Args:
         source: path of the ``.zip`` or its bytes.
         name: case name (default: the folder inside the zip, else the zip's stem, else ``"upload"``).
-        max_bytes: cap on the total uncompressed size of the extracted files.
+        max_bytes: cap on the total declared uncompressed size of the NIfTI entries.
+        progress: ``(fraction, message)`` callback, once per file read.
+        max_entries: cap on the number of entries of the archive.
 
     Raises:
-        CaseError: not a zip, unsafe or encrypted entry, too big, NIfTI files in several folders,
-            or any ``load_case`` problem.
+        CaseError: not a zip, too many entries, unsafe or encrypted entry, too big, NIfTI files in
+            several folders, or any ``load_case`` problem.
     """
     in_memory = isinstance(source, (bytes, bytearray, memoryview))
     label = "uploaded zip" if in_memory else Path(source).name
     try:
-        zf = zipfile.ZipFile(io.BytesIO(bytes(source)) if in_memory else source)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise CaseError(f"{label}: not a readable zip archive ({exc}); zip the case folder again.") from exc
-    with zf:
-        infos = zf.infolist()
-        unsafe = [i.filename for i in infos if _unsafe_member(i)]
-        if unsafe:
-            raise CaseError(
-                f"{label}: unsafe entries {', '.join(unsafe[:5])} (absolute path, '..' or link) would be written "
-                "outside the extraction folder; the archive is rejected - zip the case folder again with a normal "
-                "zip tool."
-            )
-        members = [i for i in infos if _is_case_member(i)]
-        folders = sorted({str(PurePosixPath(i.filename.replace("\\", "/")).parent) for i in members})
-        if not members:
-            raise CaseError(f"{label}: no .nii/.nii.gz files inside; zip the case folder with its four modality files.")
-        if len(folders) > 1:
-            raise CaseError(
-                f"{label}: NIfTI files in several folders ({', '.join(folders)}); zip one case folder only."
-            )
-        total = sum(i.file_size for i in members)
-        if total > max_bytes:
-            raise CaseError(
-                f"{label}: unpacks to {total / 1e6:.0f} MB, more than the {max_bytes / 1e6:.0f} MB limit; "
-                "zip only one case folder."
-            )
-        inner = PurePosixPath(folders[0]).name
-        if name is None:
-            name = inner or ("upload" if in_memory else Path(label).stem)
-        with tempfile.TemporaryDirectory(prefix="brats_zip_") as tmp:
-            _extract(zf, members, Path(tmp), label)
-            matched = _match_files(sorted(p.name for p in Path(tmp).iterdir()), label)
-            sources = {key: (file_name, Path(tmp) / file_name) for key, file_name in matched.items()}
-            return _load_sources(sources, name, case_naming(matched), progress)
+        stream: BinaryIO = io.BytesIO(source) if in_memory else open(source, "rb")  # noqa: SIM115
+    except OSError as exc:
+        raise CaseError(f"{label}: cannot open the zip ({exc}); check the path.") from exc
+    try:
+        declared = _declared_entry_count(stream)
+        if declared is not None and declared > max_entries:
+            raise _too_many_entries(label, declared, max_entries)
+        try:
+            zf = zipfile.ZipFile(stream)
+        except (zipfile.BadZipFile, OSError, ValueError) as exc:
+            raise CaseError(f"{label}: not a readable zip archive ({exc}); zip the case folder again.") from exc
+        with zf:
+            return _load_zip(zf, label, in_memory, name, max_bytes, max_entries, progress)
+    finally:
+        stream.close()
+
+
+def _load_zip(
+    zf: zipfile.ZipFile,
+    label: str,
+    in_memory: bool,
+    name: str | None,
+    max_bytes: int,
+    max_entries: int,
+    progress: Progress | None,
+) -> Case:
+    """Check the entries of an open archive, then stream its NIfTI entries into a case."""
+    infos = zf.infolist()
+    if len(infos) > max_entries:
+        raise _too_many_entries(label, len(infos), max_entries)
+    unsafe = [i.filename for i in infos if _unsafe_member(i)]
+    if unsafe:
+        raise CaseError(
+            f"{label}: unsafe entries {', '.join(unsafe[:5])} (absolute path, '..' or link) would be written "
+            "outside the extraction folder; the archive is rejected - zip the case folder again with a normal "
+            "zip tool."
+        )
+    members = [i for i in infos if _is_case_member(i)]
+    folders = sorted({str(PurePosixPath(i.filename.replace("\\", "/")).parent) for i in members})
+    if not members:
+        raise CaseError(f"{label}: no .nii/.nii.gz files inside; zip the case folder with its four modality files.")
+    if len(folders) > 1:
+        raise CaseError(
+            f"{label}: NIfTI files in several folders ({', '.join(folders)}); zip one case folder only."
+        )
+    total = sum(i.file_size for i in members)
+    if total > max_bytes:
+        raise CaseError(
+            f"{label}: unpacks to {total / 1e6:.0f} MB, more than the {max_bytes / 1e6:.0f} MB limit; "
+            "zip only one case folder."
+        )
+    by_name = {_base_name(i.filename): i for i in members}
+    matched = _match_files(sorted(by_name), label)
+    for file_name in matched.values():
+        if by_name[file_name].flag_bits & 0x1:
+            raise CaseError(f"{label}: {by_name[file_name].filename} is password-protected; zip the case without "
+                            "encryption.")
+    inner = PurePosixPath(folders[0]).name
+    if name is None:
+        name = inner or ("upload" if in_memory else Path(label).stem)
+    sources = {key: (file_name, _ZipMember(zf, by_name[file_name], label)) for key, file_name in matched.items()}
+    return _load_sources(sources, name, case_naming(matched), progress)
 
 
 # --------------------------------------------------------------------------- writing

@@ -61,10 +61,46 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def brain_mask(image: np.ndarray) -> np.ndarray:
-    """Brain mask of a skull-stripped case: voxels where any modality is non-zero, holes filled.
+BACKGROUND_MIN_FRACTION = 0.5  # a border value is "the background" when it covers this share of the border
 
-    BraTS images are skull-stripped with background exactly 0, so no threshold is needed.
+
+def border_values(volume: np.ndarray) -> np.ndarray:
+    """The voxels on the six faces of a 3-D volume (each face once; edges may repeat)."""
+    volume = np.asarray(volume)
+    if volume.ndim != 3:
+        raise ValueError(f"border_values expects a 3-D volume, got shape {volume.shape}")
+    faces = [volume[0], volume[-1], volume[:, 0], volume[:, -1], volume[:, :, 0], volume[:, :, -1]]
+    return np.concatenate([np.ravel(f) for f in faces])
+
+
+def border_background(volume: np.ndarray, min_fraction: float = BACKGROUND_MIN_FRACTION) -> float | None:
+    """The background value of a skull-stripped volume: the dominant value on its border.
+
+    BraTS volumes have an exact 0 outside the brain, but converters also write -1000, -1024 or
+    -3.4e38 there. The value that covers at least ``min_fraction`` of the border voxels is taken as
+    the background; ``None`` when no value does (noise on the border: not skull-stripped, or a crop).
+    """
+    values, counts = np.unique(border_values(volume), return_counts=True)
+    best = int(np.argmax(counts))
+    if counts[best] < min_fraction * counts.sum():
+        return None
+    return float(values[best])
+
+
+def foreground(volume: np.ndarray, background: float | None = None) -> np.ndarray:
+    """Voxels of one volume that differ from its background (``border_background``; 0 when there is none)."""
+    volume = np.asarray(volume)
+    value = border_background(volume) if background is None else background
+    return volume != (0 if value is None else volume.dtype.type(value))
+
+
+def brain_mask(image: np.ndarray) -> np.ndarray:
+    """Brain mask of a skull-stripped case: voxels where any modality differs from its background.
+
+    Each modality's background is the dominant value on its border (:func:`border_background`):
+    exactly 0 in BraTS files, but -1000 or -3.4e38 from some converters, which would otherwise make
+    the whole field of view "brain". Without a dominant border value the background is 0 (the
+    BraTS convention). Enclosed holes are filled.
 
     Args:
         image: ``(C, X, Y, Z)`` (or a single ``(X, Y, Z)`` volume).
@@ -77,10 +113,10 @@ def brain_mask(image: np.ndarray) -> np.ndarray:
         image = image[None]
     if image.ndim != 4:
         raise ValueError(f"brain_mask expects an image (C, X, Y, Z) or (X, Y, Z), got shape {image.shape}")
-    nonzero = image[0] != 0
+    mask = foreground(image[0])
     for channel in image[1:]:
-        nonzero |= channel != 0
-    return fill_holes(nonzero)
+        mask |= foreground(channel)
+    return fill_holes(mask)
 
 
 def zscore(image: np.ndarray, mask: np.ndarray, eps: float = 1e-8) -> np.ndarray:

@@ -6,6 +6,7 @@ import gzip
 import io
 import stat
 import struct
+import tempfile
 import time
 import zipfile
 from collections.abc import Callable
@@ -15,7 +16,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from core import case as case_mod
 from core.case import (
     MODALITIES,
     Case,
@@ -352,10 +352,10 @@ def case_entries(tmp_path: Path) -> dict[str, bytes]:
 
 @pytest.fixture()
 def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Route tempfile into a folder of our own to check that extraction cleans up."""
+    """Route tempfile into a folder of our own to check that zip loading leaves nothing there."""
     folder = tmp_path / "tempdir"
     folder.mkdir()
-    monkeypatch.setattr(case_mod.tempfile, "tempdir", str(folder))
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
     return folder
 
 
