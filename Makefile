@@ -4,8 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PORT ?= 8501
+API_PORT ?= 8000
 
-.PHONY: run test lint venv clean
+.PHONY: run serve test lint venv clean
 
 venv: $(STAMP)
 
@@ -17,6 +18,9 @@ $(STAMP): requirements.txt
 
 run: $(STAMP)
 	$(PY) -m streamlit run streamlit_app.py --server.port $(PORT)
+
+serve: $(STAMP)
+	$(PY) -m serve.api --port $(API_PORT)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -1,0 +1,4 @@
+"""Serving BraTS Studio: a REST API (``serve.api``) and a Ray batch runner (``serve.batch``).
+
+``serve`` imports ``core``; ``core`` never imports ``serve``, FastAPI or Ray.
+"""

@@ -1,0 +1,160 @@
+"""Bounded work queue and once-loaded models for the REST API.
+
+The API never runs a model on the event loop: every job goes to a small thread pool through a
+:class:`WorkQueue` that holds at most ``workers + max_waiting`` jobs. A job that does not fit is refused
+at once (:class:`QueueFull`, the API answers 429 with ``Retry-After``) instead of piling up, and a
+job that does not finish within the request's time limit is abandoned (:class:`JobTimeout`, 504):
+cancelled if it has not started, otherwise it finishes in the background and keeps its slot until then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+DEFAULT_JOB_SECONDS = 15.0  # Retry-After estimate before any job has finished (one shipped-model segmentation)
+MODEL_KINDS: tuple[str, ...] = ("unet", "cvae")
+
+
+class QueueFull(RuntimeError):
+    """Every slot of the work queue is taken; ``retry_after`` is a wait estimate in seconds."""
+
+    def __init__(self, retry_after: int, capacity: int) -> None:
+        super().__init__(f"the server is busy: all {capacity} job slots are taken; retry in about {retry_after} s")
+        self.retry_after = retry_after
+
+
+class JobTimeout(RuntimeError):
+    """A job did not finish within its time limit."""
+
+
+class WorkQueue:
+    """A thread pool that accepts at most ``workers + max_waiting`` jobs at a time.
+
+    Args:
+        workers: jobs that run at once (model runs are CPU-bound: 1 is right for a few cores).
+        max_waiting: jobs that may wait for a worker; more are refused with :class:`QueueFull`.
+    """
+
+    def __init__(self, workers: int = 1, max_waiting: int = 4) -> None:
+        if workers < 1 or max_waiting < 0:
+            raise ValueError(f"workers must be >= 1 and max_waiting >= 0, got {workers} and {max_waiting}")
+        self.workers = workers
+        self.max_waiting = max_waiting
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="brats-api-job")
+        self._lock = threading.Lock()
+        self._pending = 0  # accepted and not yet finished (running + waiting)
+        self._running = 0
+        self._durations: deque[float] = deque(maxlen=20)
+        self.completed = 0
+        self.refused = 0
+
+    @property
+    def capacity(self) -> int:
+        """Jobs accepted at once (running + waiting)."""
+        return self.workers + self.max_waiting
+
+    def stats(self) -> dict[str, int]:
+        """Counts for ``/health``: running, waiting, capacity, completed, refused."""
+        with self._lock:
+            return {"running": self._running, "waiting": self._pending - self._running, "workers": self.workers,
+                    "max_waiting": self.max_waiting, "completed": self.completed, "refused": self.refused}
+
+    def retry_after(self) -> int:
+        """Seconds until a slot is likely free: mean job time x queued jobs / workers (1..600)."""
+        mean = sum(self._durations) / len(self._durations) if self._durations else DEFAULT_JOB_SECONDS
+        return int(min(600, max(1, math.ceil(mean * max(1, self._pending) / self.workers))))
+
+    def submit(self, fn: Callable[[], T]) -> Future[T]:
+        """Queue ``fn`` or raise :class:`QueueFull` at once when every slot is taken."""
+        with self._lock:
+            if self._pending >= self.capacity:
+                self.refused += 1
+                raise QueueFull(self.retry_after(), self.capacity)
+            self._pending += 1
+        try:
+            future = self._pool.submit(self._timed, fn)
+        except RuntimeError:  # pool shut down
+            self._release(None)
+            raise
+        future.add_done_callback(self._release)  # runs on completion *and* on cancellation
+        return future
+
+    async def run(self, fn: Callable[[], T], timeout: float) -> T:
+        """Run ``fn`` in the pool and await it; :class:`JobTimeout` after ``timeout`` seconds."""
+        future = self.submit(fn)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+        except TimeoutError as exc:
+            future.cancel()  # only succeeds while it waits; a running job keeps its slot until it ends
+            raise JobTimeout(f"the job did not finish within {timeout:g} s") from exc
+
+    def shutdown(self) -> None:
+        """Stop accepting jobs, drop waiting ones and wait for the running ones."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _timed(self, fn: Callable[[], T]) -> T:
+        with self._lock:
+            self._running += 1
+        start = time.perf_counter()
+        try:
+            return fn()
+        finally:
+            with self._lock:
+                self._running -= 1
+                self._durations.append(time.perf_counter() - start)
+                self.completed += 1
+
+    def _release(self, _future: Future | None) -> None:
+        with self._lock:
+            self._pending -= 1
+
+
+class ModelStore:
+    """The U-Net and the CVAE, each loaded once (on first use or by :meth:`preload`) and then kept.
+
+    Paths come from ``core.weights.weights_path`` (``BRATS_UNET_WEIGHTS`` / ``BRATS_CVAE_WEIGHTS`` override
+    the shipped files). A failed load is not remembered: the next request tries again, so fixing the file
+    fixes the server.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._models: dict[str, Any] = {}
+        self.load_seconds: dict[str, float] = {}
+
+    def loaded(self) -> list[str]:
+        """Kinds already in memory."""
+        return sorted(self._models)
+
+    def get(self, kind: str) -> Any:
+        """The model of ``kind`` (``"unet"`` or ``"cvae"``), loading it on first use.
+
+        Raises:
+            ModelLoadError: the weights file is missing, corrupt or the wrong model (message names the file).
+        """
+        if kind not in MODEL_KINDS:
+            raise ValueError(f"unknown model kind {kind!r}; use one of {MODEL_KINDS}")
+        with self._lock:
+            if kind not in self._models:
+                from core.weights import weights_path
+
+                path, _ = weights_path(kind)
+                start = time.perf_counter()
+                if kind == "unet":
+                    from core.inference import load_model
+
+                    self._models[kind] = load_model(path)
+                else:
+                    from core.generate import load_cvae
+
+                    self._models[kind] = load_cvae(path)
+                self.load_seconds[kind] = time.perf_counter() - start
+            return self._models[kind]

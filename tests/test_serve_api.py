@@ -1,0 +1,324 @@
+"""serve.api: the REST API through FastAPI's TestClient and through a real uvicorn process (tiny models)."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import httpx2 as httpx
+import nibabel as nib
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from core import cvae, unet
+from core.case import Case, load_case, save_case
+from core.labels import ED, ET, NCR
+from core.metrics import volumes_ml
+from serve.api import ApiSettings, create_app
+
+import keras  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAPE = (40, 36, 20)
+AFFINE = np.array([[-1.0, 0, 0, 20.5], [0, -1.0, 0, 30.0], [0, 0, 1.0, -7.0], [0, 0, 0, 1]])
+
+
+def small_case(name: str = "BraTS20_Toy_001", seed: int = 0) -> Case:
+    """A 1 mm toy case with an ellipsoid brain (0 outside) and a layered tumour, non-trivial affine."""
+    rng = np.random.default_rng(seed)
+    x, y, z = np.meshgrid(*[np.arange(n) - (n - 1) / 2 for n in SHAPE], indexing="ij")
+    brain = (x / 12.5) ** 2 + (y / 12.5) ** 2 + (z / 7.5) ** 2 < 1
+    r = np.sqrt((x - 2) ** 2 + (y + 1) ** 2 + (2 * z) ** 2)
+    seg = np.zeros(SHAPE, np.uint8)
+    seg[brain & (r < 7)] = ED
+    seg[brain & (r < 4.5)] = ET
+    seg[brain & (r < 2.5)] = NCR
+    means = np.array([[0, 0, 0, 0], [300, 200, 900, 700], [500, 450, 1100, 1200], [550, 1400, 800, 900]], float)
+    image = (means[seg].transpose(3, 0, 1, 2) + 400.0 + rng.normal(0, 20, (4, *SHAPE))) * brain
+    header = nib.Nifti1Header()
+    header.set_data_shape(SHAPE)
+    header.set_zooms((1.0, 1.0, 1.0))
+    header.set_qform(AFFINE, code=1)
+    header.set_sform(AFFINE, code=1)
+    return Case(image=image.astype(np.float32), affine=AFFINE.copy(), header=header, seg=seg, name=name)
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> dict[str, Path]:
+    """Tiny U-Net and CVAE files, used through BRATS_UNET_WEIGHTS / BRATS_CVAE_WEIGHTS."""
+    folder = tmp_path_factory.mktemp("serve_weights")
+    keras.utils.set_random_seed(0)
+    unet.build_unet(base_filters=2, depth=2).save(folder / "unet.keras")
+    cvae.build_cvae(4, 2, 2, grid=cvae.CvaeGrid((32, 32, 16), 2)).save(folder / "cvae.keras")
+    return {"unet": folder / "unet.keras", "cvae": folder / "cvae.keras"}
+
+
+@pytest.fixture(scope="module")
+def case_dir(tmp_path_factory) -> Path:
+    return save_case(small_case(), tmp_path_factory.mktemp("serve_case"), naming="2020")
+
+
+@pytest.fixture(autouse=True)
+def tiny_models(weights, monkeypatch):
+    monkeypatch.setenv("BRATS_UNET_WEIGHTS", str(weights["unet"]))
+    monkeypatch.setenv("BRATS_CVAE_WEIGHTS", str(weights["cvae"]))
+
+
+@pytest.fixture(scope="module")
+def client(weights):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BRATS_UNET_WEIGHTS", str(weights["unet"]))
+        mp.setenv("BRATS_CVAE_WEIGHTS", str(weights["cvae"]))
+        with TestClient(create_app(ApiSettings(preload=("unet",)))) as c:
+            yield c
+
+
+def case_files(folder: Path, keys: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")) -> list[tuple]:
+    """Multipart ``files`` entries of a case folder (only the modality files in ``keys``, + seg if listed)."""
+    out = []
+    for path in sorted(folder.iterdir()):
+        if any(path.name.endswith(f"_{k}.nii.gz") for k in keys):
+            out.append(("files", (path.name, path.read_bytes(), "application/gzip")))
+    return out
+
+
+def assert_json_error(response: httpx.Response, status: int, *needles: str) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert body["status"] == status and body["error"] and isinstance(body["detail"], str)
+    for needle in needles:
+        assert needle in body["detail"], body["detail"]
+    return body
+
+
+def read_label_map(data: bytes) -> nib.Nifti1Image:
+    return nib.Nifti1Image.from_bytes(gzip.decompress(data))
+
+
+# ------------------------------------------------------------------------------------------ TestClient
+
+
+def test_health_and_models(client, weights):
+    health = client.get("/health")
+    assert health.status_code == 200
+    assert health.json()["status"] == "ok" and health.json()["models_loaded"] == ["unet"]
+    models = client.get("/models").json()
+    assert models["unet"]["path"] == str(weights["unet"]) and models["unet"]["from_env"] is True
+    assert models["unet"]["loaded"] is True and models["cvae"]["loaded"] is False
+    assert client.get("/docs").status_code == 200
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/segment", "/segment.json", "/generate", "/health", "/models"} <= set(paths)
+
+
+def test_segment_returns_the_label_map_on_the_source_grid(client, case_dir):
+    response = client.post("/segment", files=case_files(case_dir), params={"labels": "2023"})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/gzip"
+    assert 'filename="BraTS20_Toy_001-seg.nii.gz"' in response.headers["content-disposition"]
+    image = read_label_map(response.content)
+    source = nib.load(case_dir / "BraTS20_Toy_001_t1.nii.gz")
+    np.testing.assert_array_equal(image.affine, source.affine)
+    assert image.header.get_zooms() == source.header.get_zooms()
+    assert image.header["sform_code"] == source.header["sform_code"]
+    data = np.asanyarray(image.dataobj)
+    assert data.dtype == np.uint8 and data.shape == SHAPE and set(np.unique(data)) <= {0, 1, 2, 3}
+    volumes = json.loads(response.headers["X-Volumes-ML"])
+    assert set(volumes) == {"WT", "TC", "ET"}
+    expected = volumes_ml(data, (1.0, 1.0, 1.0))  # 2023 labels are the internal ones
+    assert volumes == pytest.approx(expected, abs=1e-3)
+
+
+def test_segment_json_from_a_zip_with_reference_metrics(client, case_dir):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for path in case_dir.iterdir():
+            zf.write(path, f"{case_dir.name}/{path.name}")
+    response = client.post("/segment.json", files=[("files", ("case.zip", buffer.getvalue(), "application/zip"))],
+                           params={"include_seg": "true"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["case"] == case_dir.name and body["labels"] == "2020" and body["shape"] == list(SHAPE)
+    assert set(body["metrics"]) == {"WT", "TC", "ET"} and 0.0 <= body["metrics"]["WT"]["dice"] <= 1.0
+    labels = np.asanyarray(read_label_map(base64.b64decode(body["seg_nii_gz_base64"])).dataobj)
+    assert set(np.unique(labels)) <= {0, 1, 2, 4}  # 2020 labels
+    assert body["volumes_ml"]["WT"] == pytest.approx(float(np.count_nonzero(labels)) / 1000, abs=1e-3)
+
+
+def test_bad_uploads_get_json_errors_naming_file_and_fix(client, case_dir):
+    missing = client.post("/segment", files=case_files(case_dir, ("t1", "t1ce", "t2")))
+    assert_json_error(missing, 422, "missing flair", "BraTS20_Toy_001_t1.nii.gz")
+    broken = case_files(case_dir, ("t1", "t1ce", "t2")) + [
+        ("files", ("BraTS20_Toy_001_flair.nii.gz", b"this is not an image" * 40, "application/gzip"))]
+    assert_json_error(client.post("/segment", files=broken), 422, "BraTS20_Toy_001_flair.nii.gz", "not a NIfTI")
+    no_files = client.post("/segment", data={"other": "x"})
+    assert_json_error(no_files, 422, "files", "repeated form field 'files'")
+    mixed = case_files(case_dir, ("t1",)) + [("files", ("case.zip", b"PK", "application/zip"))]
+    assert_json_error(client.post("/segment", files=mixed), 422, "case.zip", "not both")
+    assert_json_error(client.post("/segment", files=case_files(case_dir), params={"labels": "2021"}), 422, "labels")
+
+
+def test_upload_limit_answers_413(weights, case_dir):
+    with TestClient(create_app(ApiSettings(preload=(), max_upload_mb=0.01))) as small:
+        body = assert_json_error(small.post("/segment", files=case_files(case_dir)), 413, "upload limit")
+        assert body["error"] == "upload_too_large"
+
+
+def test_upload_limit_also_counts_chunked_bodies():
+    """Without Content-Length the Guard counts the bytes received and answers 413 past the limit."""
+    import asyncio
+
+    from serve.api import Guard
+
+    async def reads_everything(scope, receive, send):
+        while (message := await receive())["type"] == "http.request" and message.get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    chunks = [{"type": "http.request", "body": b"x" * 4096, "more_body": True} for _ in range(5)]
+    chunks.append({"type": "http.request", "body": b"", "more_body": False})
+    sent: list[dict] = []
+
+    async def receive():
+        return chunks.pop(0)
+
+    async def send(message):
+        sent.append(message)
+
+    guard = Guard(reads_everything, ApiSettings(max_upload_mb=10_000 / 1024 / 1024))
+    asyncio.run(guard({"type": "http", "path": "/segment", "headers": []}, receive, send))
+    assert sent[0]["status"] == 413 and json.loads(sent[1]["body"])["error"] == "upload_too_large"
+    assert len(sent) == 2
+
+
+def _blocking_app(**settings) -> tuple[TestClient, threading.Event]:
+    app = create_app(ApiSettings(preload=(), **settings))
+    gate = threading.Event()
+    app.state.queue.submit(lambda: gate.wait(30))  # occupies the only worker
+    return TestClient(app), gate
+
+
+def test_full_queue_answers_429_with_retry_after(case_dir):
+    client, gate = _blocking_app(workers=1, max_waiting=0)
+    try:
+        with client:
+            response = client.post("/segment", files=case_files(case_dir))
+            body = assert_json_error(response, 429, "busy")
+            assert body["error"] == "busy" and int(response.headers["Retry-After"]) >= 1
+            assert client.get("/health").json()["queue"]["refused"] == 1
+            gate.set()
+    finally:
+        gate.set()
+
+
+def test_timeout_answers_504_and_frees_the_waiting_slot(case_dir):
+    client, gate = _blocking_app(workers=1, max_waiting=1, timeout_s=0.3)
+    try:
+        with client:
+            start = time.perf_counter()
+            assert_json_error(client.post("/segment", files=case_files(case_dir)), 504, "did not finish within 0.3 s")
+            assert time.perf_counter() - start < 10
+            queue = client.get("/health").json()["queue"]
+            assert queue["waiting"] == 0 and queue["running"] == 1  # the timed-out job never started
+            gate.set()
+    finally:
+        gate.set()
+
+
+def test_api_key_is_required_when_set(weights):
+    with TestClient(create_app(ApiSettings(preload=(), api_key="s3cret"))) as keyed:
+        assert keyed.get("/health").status_code == 200
+        body = assert_json_error(keyed.get("/models"), 401, "X-API-Key")
+        assert body["error"] == "unauthorized"
+        assert_json_error(keyed.post("/segment", headers={"X-API-Key": "wrong"}), 401)
+        assert keyed.get("/models", headers={"X-API-Key": "s3cret"}).status_code == 200
+
+
+def test_generate_returns_a_zip_of_brats_case_folders(client, case_dir, tmp_path, monkeypatch):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    mask = ("mask", ("BraTS20_Toy_001_seg.nii.gz", (case_dir / "BraTS20_Toy_001_seg.nii.gz").read_bytes(),
+                     "application/gzip"))
+    response = client.post("/generate", files=[mask, *case_files(case_dir)],
+                           params={"samples": 2, "seed": 3, "naming": "2023"})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(response.content)) as zf:
+        names = sorted(zf.namelist())
+        assert names[:5] == sorted(f"BraTS-CVAE-s3-000/BraTS-CVAE-s3-000-{k}.nii.gz"
+                                   for k in ("t1n", "t1c", "t2w", "t2f", "seg"))
+        assert len(names) == 10
+        zf.extractall(tmp_path / "out")
+    generated = load_case(tmp_path / "out" / "BraTS-CVAE-s3-001")
+    source = load_case(case_dir)
+    np.testing.assert_array_equal(generated.affine, source.affine)
+    np.testing.assert_array_equal(generated.seg, source.seg)
+    assert list(scratch.iterdir()) == []  # no temporary file left behind
+    too_many = client.post("/generate", files=[mask], params={"samples": 99})
+    assert_json_error(too_many, 422, "samples=99", "limit")
+    not_brats = client.post("/generate", files=[mask])  # no host case: the template brain needs the BraTS grid
+    assert_json_error(not_brats, 422, "BraTS grid")
+
+
+# ------------------------------------------------------------------------------------------ real uvicorn
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_real_uvicorn_server(weights, case_dir, tmp_path):
+    port = _free_port()
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {**os.environ, "BRATS_UNET_WEIGHTS": str(weights["unet"]), "BRATS_API_KEY": "k3y", "TMPDIR": str(scratch)}
+    log = tmp_path / "server.log"
+    with open(log, "w") as out:
+        server = subprocess.Popen([sys.executable, "-m", "serve.api", "--port", str(port), "--no-preload"],
+                                  cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(base_url=url, timeout=60) as http:
+            deadline = time.monotonic() + 90
+            while True:
+                try:
+                    if http.get("/health").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert server.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.3)
+            assert_json_error(http.post("/segment", files=case_files(case_dir)), 401, "X-API-Key")
+            key = {"X-API-Key": "k3y"}
+            ok = http.post("/segment", files=case_files(case_dir), headers=key)
+            assert ok.status_code == 200, ok.text
+            np.testing.assert_array_equal(read_label_map(ok.content).affine, AFFINE)
+            assert set(json.loads(ok.headers["X-Volumes-ML"])) == {"WT", "TC", "ET"}
+            bad = http.post("/segment", files=[("files", ("x_t1.nii.gz", b"junk", "application/gzip"))], headers=key)
+            assert_json_error(bad, 422, "missing t1ce")
+            assert http.get("/health").json()["models_loaded"] == ["unet"]
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(timeout=10)
+    assert list(scratch.iterdir()) == []
