@@ -6,11 +6,15 @@ API (used by the app)::
     cases = generate_cases(mask, affine, header, model, n_samples=3, seed=0, temperature=1.0)
     recon = reconstruct(case, model)
 
-A generated case has the four modalities on the mask's grid (affine and header of the mask),
+A generated case has the four modalities on the mask's grid (affine and header of the mask, qform and
+sform as in the mask file),
 intensities ``core.cvae.INTENSITY_OFFSET + INTENSITY_SCALE * z`` inside the brain (about
 0..1000) and exactly 0 outside, and ``.seg`` = the conditioning mask. A bare label map brings
 no brain outline, so the brain is the MNI152 template brain of ``core.anatomy`` (the anatomy
-the phantoms are built from) joined with the tumour; pass ``brain=`` to use another one.
+the phantoms are built from) joined with the tumour; pass ``brain=`` to use another one. A mask whose
+voxel axes are flipped or permuted (any orientation other than the BraTS grid's LPS) is turned into
+the model's orientation for generation and the images are turned back (``core.orientation``), so
+the generated brain is upright and overlays the mask in world space.
 
 CLI::
 
@@ -33,8 +37,9 @@ import nibabel as nib
 import numpy as np
 
 from core import cvae
-from core.case import MODALITIES, Case, CaseError, load_label_map, save_case
+from core.case import MODALITIES, Case, CaseError, affine_spacing, load_label_map, save_case
 from core.labels import NUM_CLASSES
+from core.orientation import reorientation
 from core.preprocess import brain_mask, zscore
 from core.weights import ModelLoadError, load_keras_file, shipped_path
 
@@ -87,13 +92,13 @@ def check_mask(mask: np.ndarray, name: str = "mask") -> np.ndarray:
     return mask.astype(np.uint8)
 
 
-def _check_spacing(header: nib.Nifti1Header | None, name: str) -> None:
-    if header is None:
-        return
-    zooms = np.asarray(header.get_zooms()[:3], float)
+def _check_spacing(affine: np.ndarray, name: str) -> None:
+    """``CaseError`` unless the affine (the transform actually used, not pixdim) has ~1 mm voxels."""
+    zooms = np.asarray(affine_spacing(affine))
     if np.any(np.abs(zooms - 1.0) > SPACING_TOLERANCE):
-        raise CaseError(f"{name}: voxel size {tuple(zooms.round(3))} mm is not 1 mm; the CVAE generates on "
-                        "1 mm grids like BraTS: resample the mask to 1 mm (nearest neighbour) first.")
+        raise CaseError(f"{name}: voxel size {' x '.join(f'{float(z):.3g}' for z in zooms)} mm is not 1 mm; the "
+                        "CVAE generates on 1 mm grids like BraTS: resample the mask to 1 mm (nearest neighbour) "
+                        "first.")
 
 
 def template_brain(shape: tuple[int, ...], name: str = "mask") -> np.ndarray:
@@ -101,7 +106,9 @@ def template_brain(shape: tuple[int, ...], name: str = "mask") -> np.ndarray:
     from core.anatomy import BRATS_SHAPE, load_anatomy
 
     if tuple(shape) != tuple(BRATS_SHAPE):
-        raise CaseError(f"{name}: shape {tuple(shape)} is not the BraTS grid {BRATS_SHAPE}, so the template brain "
+        shown = " x ".join(str(int(s)) for s in shape)
+        raise CaseError(f"{name}: shape {shown} (in the BraTS LPS orientation) is not the BraTS grid "
+                        f"{' x '.join(map(str, BRATS_SHAPE))}, so the template brain "
                         "does not fit; resample the mask to the BraTS grid (SRI-24, 1 mm) or pass a brain mask "
                         "of the mask's grid (brain= / --brain).")
     return np.asarray(load_anatomy().brain, bool)
@@ -158,10 +165,12 @@ def iter_cases(
     temperature: float = 1.0,
     progress: Progress | None = None,
     brain: np.ndarray | None = None,
+    name: str = "mask",
 ) -> Iterator[Case]:
     """Like :func:`generate_cases`, but yields each case as soon as it is made (the CLI writes them one by one).
 
-    The inputs are checked before the first case is yielded.
+    The inputs are checked before the first case is yielded; ``name`` (the mask's file name) starts
+    every error message.
     """
     model = _check_model(model)
     if n_samples < 1:
@@ -172,22 +181,31 @@ def iter_cases(
     if affine.shape != (4, 4):
         raise ValueError(f"affine must be a 4x4 matrix, got shape {affine.shape}")
     report = progress or (lambda fraction, message: None)
-    mask = check_mask(mask)
-    _check_spacing(header, "mask")
+    mask = check_mask(mask, name)
+    _check_spacing(affine, name)
     report(0.0, "preparing the condition")
-    brain = _brain_for(mask, brain, "mask")
-    box, cond, _ = cvae.model_inputs(model.grid, mask, brain)
+    turn = reorientation(affine, mask.shape)  # generate in the model's (BraTS) orientation, write on the mask's
+    if brain is not None:
+        brain = np.asarray(brain, bool)
+        if brain.shape != mask.shape:
+            raise CaseError(f"{name}: brain mask {brain.shape} and label map {mask.shape} differ in shape; "
+                            "both must be on the same grid.")
+        brain = turn.to_model(brain)
+    oriented = np.ascontiguousarray(turn.to_model(mask))
+    brain = np.ascontiguousarray(_brain_for(oriented, brain, name))
+    box, cond, _ = cvae.model_inputs(model.grid, oriented, brain)
     cond = cond[None]
     header = _image_header(header, mask.shape, affine)
-    return _sample(model, mask, brain, box, cond, affine, header, n_samples, seed, temperature, report)
+    return _sample(model, mask, brain, box, cond, affine, header, n_samples, seed, temperature, report, turn)
 
 
-def _sample(model, mask, brain, box, cond, affine, header, n_samples, seed, temperature, report) -> Iterator[Case]:
+def _sample(model, mask, brain, box, cond, affine, header, n_samples, seed, temperature, report,
+            turn) -> Iterator[Case]:
     for i in range(n_samples):
         report(i / n_samples, f"sampling case {i + 1}/{n_samples}")
         z = model.sample_latent(1, seed=sample_seed(seed, i), temperature=temperature)
         zscores = keras.ops.convert_to_numpy(model.decode(z, cond))[0]
-        image = cvae.decoded_to_case(model.grid, zscores, box, brain)
+        image = np.ascontiguousarray(turn.to_source(cvae.decoded_to_case(model.grid, zscores, box, brain)))
         yield Case(image=image, affine=affine.copy(), header=header.copy(),
                    seg=mask.copy(), label_convention=None, files={}, naming=None, name=f"cvae-s{seed}-{i:03d}")
     report(1.0, "done")
@@ -204,6 +222,7 @@ def generate_cases(
     temperature: float = 1.0,
     progress: Progress | None = None,
     brain: np.ndarray | None = None,
+    name: str = "mask",
 ) -> list[Case]:
     """Sample synthetic cases whose tumour is ``mask``.
 
@@ -218,6 +237,7 @@ def generate_cases(
         temperature: scale of the prior's standard deviation (0: the mean anatomy; < 1: tamer samples).
         progress: ``(fraction, message)`` callback.
         brain: optional bool brain mask of the mask's grid (default: the template brain).
+        name: the mask's file name, used in error messages.
 
     Returns:
         ``n_samples`` cases named ``cvae-s{seed}-{i:03d}``, ``.seg`` = ``mask``.
@@ -227,7 +247,7 @@ def generate_cases(
         ValueError: ``n_samples < 1``, a negative temperature or a bad affine.
     """
     return list(iter_cases(mask, affine, header, model, n_samples=n_samples, seed=seed, temperature=temperature,
-                           progress=progress, brain=brain))
+                           progress=progress, brain=brain, name=name))
 
 
 def reconstruct(case: Case, model: cvae.ConditionalVAE, *, progress: Progress | None = None) -> Case:
@@ -249,15 +269,19 @@ def reconstruct(case: Case, model: cvae.ConditionalVAE, *, progress: Progress | 
     labels = check_mask(case.seg, f"case {case.name!r} segmentation")
     if labels.shape != case.shape:
         raise CaseError(f"case {case.name!r}: segmentation {labels.shape} and image {case.shape} differ in shape")
-    _check_spacing(case.header, f"case {case.name!r}")
+    _check_spacing(case.affine, f"case {case.name!r}")
     report(0.0, "normalising")
-    brain = brain_mask(case.image) | (labels > 0)
-    box, cond, image = cvae.model_inputs(model.grid, labels, brain, zscore(case.image, brain))
+    turn = reorientation(case.affine, case.shape)  # encode/decode in the model's orientation
+    oriented = np.ascontiguousarray(turn.to_model(labels))
+    case_image = np.ascontiguousarray(turn.to_model(case.image))
+    brain = brain_mask(case_image) | (oriented > 0)
+    box, cond, image = cvae.model_inputs(model.grid, oriented, brain, zscore(case_image, brain))
+    del case_image
     report(0.3, "encoding")
     z_mean, _ = model.encode(image[None], cond[None])
     report(0.6, "decoding")
     zscores = keras.ops.convert_to_numpy(model.decode(z_mean, cond[None]))[0]
-    out = cvae.decoded_to_case(model.grid, zscores, box, brain)
+    out = np.ascontiguousarray(turn.to_source(cvae.decoded_to_case(model.grid, zscores, box, brain)))
     report(1.0, "done")
     return Case(image=out, affine=np.array(case.affine, copy=True), header=case.header.copy(), seg=labels.copy(),
                 label_convention=case.label_convention, files={}, naming=None, name=f"{case.name}-recon")
@@ -284,9 +308,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def read_mask(path: str | Path) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header]:
-    """``(internal labels, affine, header)`` of a label-map file in either BraTS convention."""
-    labels, affine, header, _ = load_label_map(path)
+def read_mask(
+    path: str | Path, warnings: list[str] | None = None
+) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header]:
+    """``(internal labels, affine, header)`` of a label-map file in either BraTS convention.
+
+    Header inconsistencies (qform vs sform, pixdim vs affine) are appended to ``warnings`` if given.
+    """
+    labels, affine, header, _ = load_label_map(path, warnings)
     return labels, affine, header
 
 
@@ -298,7 +327,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.samples < 1:
             raise ValueError(f"--samples must be >= 1, got {args.samples}")
-        mask, affine, header = read_mask(args.mask)
+        notes: list[str] = []
+        mask, affine, header = read_mask(args.mask, notes)
         brain = None
         if args.brain:
             brain_data, brain_affine, _ = _read_brain(args.brain)
@@ -309,7 +339,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         model = load_cvae(args.weights or default_cvae_path())
         start = time.perf_counter()
         cases = iter_cases(mask, affine, header, model, n_samples=args.samples, seed=args.seed,
-                           temperature=args.temperature, brain=brain)
+                           temperature=args.temperature, brain=brain, name=Path(args.mask).name)
+        for note in notes:
+            print(f"warning: {' '.join(note.split())}", file=sys.stderr)
         out = Path(args.out)
         with tqdm(total=args.samples, desc="generate", unit="case", file=sys.stderr) as bar:
             for i, case in enumerate(cases):
@@ -318,7 +350,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 bar.update(1)
         print(f"wrote {args.samples} case(s) to {out} in {time.perf_counter() - start:.1f} s")
     except (CaseError, ModelLoadError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(f"error: {args.mask}: out of memory while generating; use a 1 mm BraTS-sized mask (240 x 240 x 155) "
+              "or free memory.", file=sys.stderr)
         return 2
     return 0
 
@@ -327,7 +363,7 @@ def _read_brain(path: str | Path) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Hea
     from core.nifti import NiftiError, read_nifti
 
     try:
-        image = read_nifti(path)
+        image = read_nifti(path, volume_3d=True)
     except NiftiError as exc:
         raise CaseError(str(exc)) from exc
     return np.asarray(image.dataobj) != 0, np.asarray(image.affine), image.header

@@ -4,8 +4,14 @@ CLI::
 
     python -m core.info CASE_DIR [--json]
 
-prints a table (or JSON with ``--json``); a case that cannot be loaded prints the reason to
-stderr and exits with status 2.
+prints a table (or JSON with ``--json``); a case that cannot be loaded prints one line
+``error: <file>: <problem>; <fix>`` to stderr and exits with status 2. Anything that did not stop
+loading but makes the case unusual (inconsistent header, non-zero background, not skull-stripped,
+a crop, non-1 mm voxels, noise: see ``core.input_check``) is printed as ``warning: ...`` lines on
+stderr (exit status 0) and listed under ``warnings`` in the JSON.
+
+``spacing`` and ``volumes_ml`` come from the affine actually used (sform, else qform), not pixdim;
+``orientation`` is its axis codes (``LPS`` on the BraTS grid).
 
 ``labels`` is the label convention of the segmentation file: ``"2020"`` when it holds label 4,
 ``"2023"`` when it holds label 3. A segmentation with only 0/1/2 reads the same in both
@@ -22,9 +28,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from core.case import MODALITIES, SEG, Case, CaseError, load_case
+from core.input_check import check_case
 from core.labels import REGIONS
 from core.metrics import volumes_ml
 from core.nifti import NiftiError
+from core.orientation import axcodes
 
 
 def case_info(case: Case) -> dict[str, Any]:
@@ -33,18 +41,23 @@ def case_info(case: Case) -> dict[str, Any]:
     Returns:
         ``name``; ``naming`` ("2020"/"2023"/"plain"/None); ``modalities`` (modality -> file name);
         ``seg`` (file name or None); ``shape`` [X, Y, Z]; ``spacing`` [mm x3]; ``labels``
-        (see module docstring); ``volumes_ml`` ({"WT", "TC", "ET"} in mL, or None without a segmentation).
+        (see module docstring); ``volumes_ml`` ({"WT", "TC", "ET"} in mL from the affine's voxel size, or None
+        without a segmentation); ``orientation`` (axis codes of the affine, e.g. "LPS"); ``warnings`` (the
+        loader's and ``core.input_check``'s findings, one sentence each).
     """
     volumes = None if case.seg is None else volumes_ml(case.seg, case.spacing)
+    findings = [f.message for f in check_case(case)]
     return {
         "name": case.name,
         "naming": case.naming,
         "modalities": {m: case.files.get(m) for m in MODALITIES},
         "seg": case.files.get(SEG),
         "shape": list(case.shape),
-        "spacing": [round(s, 6) for s in case.spacing],  # float32 zooms: 1.2 not 1.2000000476837158
+        "spacing": [round(s, 6) for s in case.spacing],  # float32 affines: 1.2 not 1.2000000476837158
+        "orientation": axcodes(case.affine),
         "labels": case.label_convention if case.seg is not None else None,
         "volumes_ml": volumes,
+        "warnings": list(case.warnings) + findings,
     }
 
 
@@ -57,6 +70,7 @@ def format_info(info: dict[str, Any]) -> str:
         ("seg", info["seg"] or "-"),
         ("shape", " x ".join(str(s) for s in info["shape"])),
         ("spacing (mm)", " x ".join(f"{s:g}" for s in info["spacing"])),
+        ("orientation", info["orientation"]),
         ("labels", info["labels"] or "-"),
     ]
     if info["volumes_ml"] is not None:
@@ -74,8 +88,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         info = case_info(load_case(args.case_dir))
     except (CaseError, NiftiError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
+    except MemoryError:
+        print(f"error: {args.case_dir}: out of memory while loading the case; its volumes are too large - resample "
+              "them to about 1 mm (BraTS: 240 x 240 x 155).", file=sys.stderr)
+        return 2
+    for message in info["warnings"]:
+        print(f"warning: {' '.join(message.split())}", file=sys.stderr)
     print(json.dumps(info, indent=2) if args.json else format_info(info))
     return 0
 

@@ -3,10 +3,17 @@
 Usage::
 
     python -m core.segment CASE_DIR -o OUT.nii.gz [--weights weights/unet.keras] [--tta] [--labels 2020|2023]
+        [--force]
 
 The label map is written as uint8 with the input's affine and header (2020 labels 0/1/2/4 by
-default, 2023 labels 0/1/2/3 with ``--labels 2023``). Bad input exits with status 2 and a message
-naming the file and the fix.
+default, 2023 labels 0/1/2/3 with ``--labels 2023``), on the input's voxel grid: a case whose voxel
+axes are not in the model's (BraTS, LPS) orientation is flipped/permuted into it for the network
+and the labels are turned back (:func:`segment_oriented`), so the output aligns with the input in
+world space.
+
+Bad input exits with status 2 and one line on stderr, ``error: <file>: <problem>; <fix>``. Input the
+model would segment unreliably (``core.input_check``) prints ``warning: ...`` lines and exits 0;
+random-noise or constant modalities are errors unless ``--force``.
 """
 
 from __future__ import annotations
@@ -19,12 +26,21 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow: errors only on the console
 
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 from tqdm import tqdm
 
-from core.case import CaseError, load_case, save_label_map
+from core.case import Case, CaseError, load_case, save_label_map
+from core.input_check import ERROR, check_case
 from core.labels import CONVENTIONS, REGIONS
 from core.metrics import volumes_ml
 from core.nifti import NiftiError
+from core.orientation import reorientation
+
+if TYPE_CHECKING:
+    from core.inference import Segmentation
 
 EXIT_BAD_INPUT = 2
 DEFAULT_WEIGHTS = "weights/unet.keras (core.inference.default_unet_path)"
@@ -44,12 +60,43 @@ def build_parser() -> argparse.ArgumentParser:
                         help="label values written: 2020 = 0/1/2/4, 2023 = 0/1/2/3 (default: %(default)s)")
     parser.add_argument("--no-postprocess", action="store_true",
                         help="write the raw argmax (no small-component / small-ET cleanup)")
+    parser.add_argument("--force", action="store_true",
+                        help="segment even a case that fails the plausibility checks (noise, constant modality)")
     return parser
 
 
 def _fail(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {_one_line(message)}", file=sys.stderr)
     return EXIT_BAD_INPUT
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {_one_line(message)}", file=sys.stderr)
+
+
+def _one_line(message: str) -> str:
+    return " ".join(str(message).split())
+
+
+def segment_oriented(case: Case, model: Any, *, tta: bool = False, postprocess: bool = True,
+                     progress: Any = None) -> Segmentation:
+    """``core.inference.segment_case`` in the model's orientation, with the result on the case's own grid.
+
+    The image is flipped/permuted into the BraTS (LPS) voxel orientation the model was trained in
+    (``core.orientation``; no resampling), segmented, and labels and probabilities are turned back,
+    so they overlay ``case`` voxel for voxel and align with it in world space.
+    """
+    from core.inference import Segmentation, segment_case
+
+    turn = reorientation(case.affine, case.shape)
+    if turn.is_identity:
+        return segment_case(case, model, tta=tta, postprocess=postprocess, progress=progress)
+    oriented = replace(case, image=np.ascontiguousarray(turn.to_model(case.image)),
+                       affine=turn.model_affine(case.affine), seg=None, warnings=[])
+    result = segment_case(oriented, model, tta=tta, postprocess=postprocess, progress=progress)
+    return Segmentation(labels=np.ascontiguousarray(turn.to_source(result.labels)),
+                        probabilities=np.ascontiguousarray(turn.to_source(result.probabilities)),
+                        seconds=result.seconds)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -63,13 +110,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.case_dir.is_dir():
         return _fail(f"case folder {args.case_dir} not found (pass a folder holding t1/t1ce/t2/flair NIfTI files)")
     # Keras/TensorFlow load only now, so argument errors answer at once.
-    from core.inference import ModelLoadError, default_unet_path, load_model, segment_case
+    from core.inference import ModelLoadError, default_unet_path, load_model
 
     try:
         case = load_case(args.case_dir)
+        findings = check_case(case)
+        errors = [f.message for f in findings if f.level == ERROR]
+        if errors and not args.force:
+            return _fail(f"{errors[0]} (pass --force to segment it anyway)")
         model = load_model(args.weights or default_unet_path())
     except (CaseError, NiftiError, ModelLoadError) as exc:
         return _fail(str(exc))
+    except MemoryError:
+        return _fail(f"{args.case_dir}: out of memory while loading the case; its volumes are too large - resample "
+                     "them to about 1 mm (BraTS: 240 x 240 x 155).")
+    for message in case.warnings + [f.message for f in findings]:
+        _warn(message)
 
     with tqdm(total=100, desc=f"segment {case.name}", unit="%", file=sys.stderr,
               bar_format="{l_bar}{bar}| {elapsed} {postfix}") as bar:
@@ -77,7 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             bar.update(round(100 * fraction) - bar.n)
             bar.set_postfix_str(message)
 
-        result = segment_case(case, model, tta=args.tta, postprocess=not args.no_postprocess, progress=progress)
+        result = segment_oriented(case, model, tta=args.tta, postprocess=not args.no_postprocess,
+                                  progress=progress)
     save_label_map(out, result.labels, case.affine, case.header, args.labels)
     volumes = volumes_ml(result.labels, case.spacing)
     summary = ", ".join(f"{r} {volumes[r]:.1f} mL" for r in REGIONS)

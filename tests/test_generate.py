@@ -100,10 +100,9 @@ def test_bad_masks_get_clear_errors(model, geometry):
         generate.generate_cases(wrong, affine, header, model, brain=brain)
     with pytest.raises(CaseError, match="3D label map"):
         generate.generate_cases(mask[..., 0], affine, header, model, brain=brain)
-    coarse = header.copy()
-    coarse.set_zooms((2.0, 2.0, 2.0))
-    with pytest.raises(CaseError, match="not 1 mm"):
-        generate.generate_cases(mask, affine, coarse, model, brain=brain)
+    coarse = affine @ np.diag([2.0, 2.0, 2.0, 1.0])  # the affine decides the voxel size, not pixdim
+    with pytest.raises(CaseError, match=r"^mask: voxel size 2 x 2 x 2 mm is not 1 mm"):
+        generate.generate_cases(mask, coarse, header, model, brain=brain)
     with pytest.raises(ValueError, match="n_samples"):
         generate.generate_cases(mask, affine, header, model, n_samples=0, brain=brain)
 
