@@ -1,0 +1,361 @@
+"""Segment every case folder under a root with Ray Data: an actor pool, the U-Net loaded once per actor.
+
+Usage::
+
+    python -m serve.batch ROOT -o OUT [--address ray://HOST:10001|auto] [--workers N] [--cpus-per-worker C]
+                          [--weights P] [--tta] [--labels 2020|2023] [--verbose]
+
+Writes ``OUT/<case>_seg.nii.gz`` (uint8, the case's affine and header) and ``OUT/results.csv`` (one row per
+case: volumes in mL, Dice/HD95 where the case folder holds a reference seg, or the error). Resumable: a case
+whose ``<case>_seg.nii.gz`` exists is skipped (files appear atomically, after their CSV row); failed cases are
+tried again on the next run. One bad case never stops the run; the exit status is 1 when any case failed.
+
+Without ``--address`` a local Ray starts on this machine (and stops at the end); with one, the same command
+runs on a cluster: the project code travels with the job (Ray ``working_dir``), the weights as bytes, and
+every worker reads the case folders at the same path (shared storage). Label maps come back to the driver,
+so ``OUT`` only needs to exist where the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.case import NIFTI_SUFFIXES, CaseError
+from core.labels import CONVENTIONS, REGIONS
+from core.nifti import NiftiError
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = "results.csv"
+SEG_SUFFIX = "_seg.nii.gz"
+CSV_FIELDS: tuple[str, ...] = (
+    "case", "status", "seconds", *(f"{r}_ml" for r in REGIONS), *(f"dice_{r}" for r in REGIONS),
+    *(f"hd95_{r}" for r in REGIONS), "seg_file", "worker", "error",
+)
+CODE_EXCLUDES = [".venv/", ".git/", "docs/", "bench/results/", "tests/", "runs/", "out/", "**/__pycache__/"]
+
+
+# ------------------------------------------------------------------------------------------ planning
+
+
+def _has_nifti(folder: Path) -> bool:
+    return any(p.is_file() and p.name.lower().endswith(NIFTI_SUFFIXES) for p in folder.iterdir())
+
+
+def find_cases(root: str | os.PathLike) -> list[Path]:
+    """``root`` itself when it holds NIfTI files, else its sub-folders that do (sorted by name).
+
+    A folder counts as a case when it holds any ``.nii``/``.nii.gz`` file, so a folder with a missing or
+    misnamed modality is reported as a failed case instead of being passed over.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise CaseError(f"{root}: not a folder; pass the folder that holds the case folders.")
+    if _has_nifti(root):
+        return [root]
+    return sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and _has_nifti(p)),
+                  key=lambda p: p.name)
+
+
+def seg_path(out: Path, case: str) -> Path:
+    """Where the label map of ``case`` goes."""
+    return out / f"{case}{SEG_SUFFIX}"
+
+
+def plan(root: str | os.PathLike, out: str | os.PathLike) -> tuple[list[Path], list[Path]]:
+    """``(to do, already done)``: a case is done when its ``<case>_seg.nii.gz`` exists in ``out``."""
+    todo, done = [], []
+    for folder in find_cases(root):
+        (done if seg_path(Path(out), folder.name).is_file() else todo).append(folder)
+    return todo, done
+
+
+# ------------------------------------------------------------------------------------------ one case
+
+
+def _number(value: float) -> str:
+    return "" if value is None or not np.isfinite(value) else f"{value:.4f}"
+
+
+def segment_one(folder: str | os.PathLike, model: Any, *, tta: bool = False, labels: str = "2020") -> dict[str, Any]:
+    """Segment one case folder; never raises for bad input.
+
+    Returns:
+        A CSV row (``CSV_FIELDS`` as strings) plus ``"seg"``: the ``.nii.gz`` bytes (``b""`` on failure).
+    """
+    from core.case import label_map_bytes, load_case
+    from core.inference import segment_case
+    from core.metrics import region_metrics, volumes_ml
+
+    folder = Path(folder)
+    row: dict[str, Any] = {k: "" for k in CSV_FIELDS}
+    row.update(case=folder.name, worker=f"{os.uname().nodename}:{os.getpid()}", seg=b"")
+    start = time.perf_counter()
+    try:
+        case = load_case(folder)
+        result = segment_case(case, model, tta=tta)
+        row["seg"] = label_map_bytes(result.labels, case.affine, case.header, labels)
+        for region, ml in volumes_ml(result.labels, case.spacing).items():
+            row[f"{region}_ml"] = f"{ml:.3f}"
+        if case.seg is not None:
+            metrics = region_metrics(result.labels, case.seg, case.spacing)
+            for region in REGIONS:
+                row[f"dice_{region}"] = _number(metrics[region]["dice"])
+                row[f"hd95_{region}"] = _number(metrics[region]["hd95"])
+        row.update(status="ok", seg_file=seg_path(Path("."), folder.name).name)
+    except (CaseError, NiftiError, ValueError) as exc:
+        row.update(status="error", error=str(exc))
+    except Exception as exc:  # keep the run going; the message says what broke
+        row.update(status="error", error=f"{type(exc).__name__}: {exc}")
+    row["seconds"] = f"{time.perf_counter() - start:.2f}"
+    return row
+
+
+class SegmentWorker:
+    """Ray Data actor: loads the U-Net once (from bytes), then segments one case folder per call."""
+
+    def __init__(self, model_bytes: bytes, tta: bool, labels: str, threads: int) -> None:
+        import tempfile
+
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(max(1, threads))
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+        from core.inference import load_model
+
+        with tempfile.TemporaryDirectory(prefix="brats_batch_") as tmp:  # load_model reads a .keras path
+            path = Path(tmp) / "unet.keras"
+            path.write_bytes(model_bytes)
+            self.model = load_model(path)
+        self.tta, self.labels = tta, labels
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = [segment_one(str(p), self.model, tta=self.tta, labels=self.labels) for p in batch["path"]]
+        return {key: np.array([r[key] for r in rows], dtype=object) for key in (*CSV_FIELDS, "seg")}
+
+
+# ------------------------------------------------------------------------------------------ results
+
+
+def read_results(path: Path) -> dict[str, dict[str, str]]:
+    """Rows of an existing ``results.csv`` by case (the last row of a case wins)."""
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as f:
+        return {row["case"]: {k: row.get(k, "") or "" for k in CSV_FIELDS} for row in csv.DictReader(f)
+                if row.get("case")}
+
+
+def write_results(path: Path, rows: Iterable[dict[str, str]]) -> None:
+    """Write ``rows`` sorted by case, atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(sorted(rows, key=lambda r: r["case"]))
+    tmp.replace(path)
+
+
+def _append_row(path: Path, row: dict[str, Any]) -> None:
+    new = not path.is_file()
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def _store(out: Path, row: dict[str, Any]) -> None:
+    """Write the label map (atomically, after its CSV row) and append the row."""
+    seg = row.pop("seg", b"")
+    target = seg_path(out, row["case"])
+    tmp = target.with_name(target.name + ".part")
+    if row["status"] == "ok":
+        tmp.write_bytes(seg)
+    _append_row(out / RESULTS, row)
+    if row["status"] == "ok":
+        tmp.replace(target)
+
+
+# ------------------------------------------------------------------------------------------ the run
+
+
+@dataclass
+class BatchSummary:
+    """What a run did."""
+
+    done: int = 0
+    failed: list[str] = field(default_factory=list)
+    skipped: int = 0
+    seconds: float = 0.0
+    workers: int = 0
+
+    @property
+    def cases_per_minute(self) -> float:
+        """Cases segmented (or failed) per minute of wall time."""
+        n = self.done + len(self.failed)
+        return 60.0 * n / self.seconds if self.seconds > 0 else 0.0
+
+
+def _weights_bytes(weights: str | os.PathLike | None) -> tuple[Path, bytes]:
+    from core.weights import ModelLoadError, weights_path
+
+    path = Path(weights) if weights else weights_path("unet")[0]
+    if not path.is_file():
+        raise ModelLoadError(f"U-Net weights not found: {path}. Train them with `python -m train.unet` "
+                             "or pass the path of a .keras file (--weights).")
+    return path, path.read_bytes()
+
+
+def _start_ray(address: str | None, cpus: int | None, verbose: bool) -> None:
+    import ray
+    import ray.data
+
+    env = {"TF_CPP_MIN_LOG_LEVEL": "2"}
+    if address is None:  # this machine: the workers import the code from here
+        runtime_env = {"env_vars": {**env, "PYTHONPATH": str(ROOT)}}
+        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=verbose, runtime_env=runtime_env,
+                 logging_level=logging.INFO if verbose else logging.WARNING)
+    else:  # a cluster: ship the project code with the job
+        runtime_env = {"env_vars": env, "working_dir": str(ROOT), "excludes": CODE_EXCLUDES}
+        ray.init(address=address, log_to_driver=verbose, runtime_env=runtime_env,
+                 logging_level=logging.INFO if verbose else logging.WARNING)
+
+
+def run_batch(root: str | os.PathLike, out: str | os.PathLike, *, address: str | None = None,
+              workers: int | None = None, cpus_per_worker: int | None = None, weights: str | os.PathLike | None = None,
+              tta: bool = False, labels: str = "2020", progress: bool = True, verbose: bool = False) -> BatchSummary:
+    """Segment the pending cases under ``root`` into ``out`` on Ray (see the module docstring).
+
+    Uses the Ray session already running in this process if there is one (and leaves it running);
+    otherwise starts one (local, or at ``address``) and shuts it down at the end.
+
+    Args:
+        workers: actors (model copies); default 1 locally, cluster CPUs // ``cpus_per_worker`` on a cluster.
+        cpus_per_worker: CPUs per actor (TensorFlow's thread count); default all local CPUs // workers,
+            2 on a cluster.
+
+    Raises:
+        CaseError: ``root`` is not a folder. ModelLoadError: no weights file.
+    """
+    from tqdm import tqdm
+
+    start = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    todo, done = plan(root, out)
+    summary = BatchSummary(skipped=len(done))
+    if not todo:
+        return summary
+    _, model_bytes = _weights_bytes(weights)
+    import ray
+    import ray.data
+
+    own = not ray.is_initialized()
+    if own:
+        local_cpus = None if address else (workers or 1) * (cpus_per_worker or 0) or None
+        _start_ray(address, local_cpus, verbose)
+    results = out / RESULTS
+    previous = read_results(results)
+    new_rows: dict[str, dict[str, str]] = {}
+    try:
+        cluster_cpus = int(ray.cluster_resources().get("CPU", 1))
+        if workers is None:
+            workers = 1 if (address is None and own) else max(1, cluster_cpus // (cpus_per_worker or 2))
+        workers = min(workers, len(todo))
+        cpus_per_worker = cpus_per_worker or max(1, cluster_cpus // workers)
+        summary.workers = workers
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = verbose
+        ctx.print_on_execution_start = verbose
+        logging.getLogger("ray.data").setLevel(logging.INFO if verbose else logging.WARNING)
+        items = [{"case": p.name, "path": str(p.resolve())} for p in todo]
+        dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+            SegmentWorker, batch_size=1, batch_format="numpy", num_cpus=cpus_per_worker,
+            compute=ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1),
+            fn_constructor_kwargs={"model_bytes": model_bytes, "tta": tta, "labels": labels,
+                                   "threads": cpus_per_worker})
+        with tqdm(total=len(todo), unit="case", desc="segment", file=sys.stderr, disable=not progress) as bar:
+            for raw in dataset.iter_rows():
+                row = {k: (v.decode() if isinstance(v, bytes) and k != "seg" else v) for k, v in raw.items()}
+                row = {k: ("" if v is None else v) for k, v in row.items()}
+                _store(out, row)
+                new_rows[row["case"]] = row
+                if row["status"] == "ok":
+                    summary.done += 1
+                else:
+                    summary.failed.append(row["case"])
+                    bar.write(f"failed: {row['case']}: {row['error']}")
+                bar.set_postfix_str(f"{row['case']} {row['status']}, {len(summary.failed)} failed")
+                bar.update(1)
+    except Exception as exc:  # a worker crashed (e.g. out of memory): record the unfinished cases, keep the rest
+        for folder in todo:
+            if folder.name not in new_rows:
+                row = {k: "" for k in CSV_FIELDS}
+                row.update(case=folder.name, status="error", error=f"batch stopped: {type(exc).__name__}: {exc}")
+                new_rows[folder.name] = row
+                summary.failed.append(folder.name)
+    finally:
+        write_results(results, {**previous, **new_rows}.values())
+        if own:
+            ray.shutdown()
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line interface of ``python -m serve.batch``."""
+    p = argparse.ArgumentParser(prog="python -m serve.batch",
+                                description="Segment every case folder under ROOT on Ray (resumable).")
+    p.add_argument("root", type=Path, help="folder of case folders (or one case folder)")
+    p.add_argument("-o", "--out", type=Path, required=True, help="output folder (<case>_seg.nii.gz, results.csv)")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster: 'auto' (this node's cluster) or ray://HEAD:10001; default: a local Ray")
+    p.add_argument("--workers", type=int, default=None, help="actors, each with its own model copy")
+    p.add_argument("--cpus-per-worker", type=int, default=None, help="CPUs (TensorFlow threads) per actor")
+    p.add_argument("--weights", type=Path, default=None, help="U-Net .keras file (default: the shipped one)")
+    p.add_argument("--tta", action="store_true", help="mirror test-time augmentation (8x slower)")
+    p.add_argument("--labels", choices=CONVENTIONS, default="2020", help="label values written (default %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--verbose", action="store_true", help="Ray's own logs and progress bars")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; 0 all cases ok, 1 some failed (see results.csv), 2 bad arguments."""
+    from core.weights import ModelLoadError
+
+    args = build_parser().parse_args(argv)
+    for name in ("workers", "cpus_per_worker"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            print(f"error: --{name.replace('_', '-')} must be >= 1", file=sys.stderr)
+            return 2
+    try:
+        summary = run_batch(args.root, args.out, address=args.address, workers=args.workers,
+                            cpus_per_worker=args.cpus_per_worker, weights=args.weights, tta=args.tta,
+                            labels=args.labels, progress=not args.quiet, verbose=args.verbose)
+    except (CaseError, ModelLoadError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    failed = f", {len(summary.failed)} failed ({', '.join(summary.failed[:5])}; see {args.out / RESULTS})" \
+        if summary.failed else ""
+    print(f"{args.out}: segmented {summary.done} case(s){failed}, skipped {summary.skipped} already done, "
+          f"{summary.seconds:.1f} s ({summary.cases_per_minute:.2f} cases/min, {summary.workers} worker(s))")
+    return 1 if summary.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

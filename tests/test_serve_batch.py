@@ -1,0 +1,97 @@
+"""serve.batch: three small cases (and one broken) segmented on a local Ray with a tiny U-Net; resumable."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from core import unet
+from core.case import save_case
+from serve import batch
+from tests.test_serve_api import AFFINE, SHAPE, small_case
+
+import keras  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_unet(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("batch_weights") / "unet.keras"
+    keras.utils.set_random_seed(0)
+    unet.build_unet(base_filters=2, depth=2).save(path)
+    return path
+
+
+@pytest.fixture()
+def cases_root(tmp_path) -> Path:
+    """Three good cases (the last without a reference seg) and one without its flair file."""
+    root = tmp_path / "cases"
+    for i in range(3):
+        case = small_case(f"BraTS-Toy-{i:03d}", seed=i)
+        if i == 2:
+            case.seg = None
+        save_case(case, root, naming="2023")
+    broken = save_case(small_case("BraTS-Toy-bad", seed=9), root, naming="2023")
+    (broken / "BraTS-Toy-bad-t2f.nii.gz").unlink()
+    return root
+
+
+def read_csv(path: Path) -> dict[str, dict[str, str]]:
+    with open(path, newline="") as f:
+        return {row["case"]: row for row in csv.DictReader(f)}
+
+
+def test_plan_finds_cases_and_skips_done_ones(cases_root, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    todo, done = batch.plan(cases_root, out)
+    assert [p.name for p in todo] == ["BraTS-Toy-000", "BraTS-Toy-001", "BraTS-Toy-002", "BraTS-Toy-bad"]
+    batch.seg_path(out, "BraTS-Toy-001").write_bytes(b"x")
+    todo, done = batch.plan(cases_root, out)
+    assert [p.name for p in done] == ["BraTS-Toy-001"] and len(todo) == 3
+    assert batch.find_cases(cases_root / "BraTS-Toy-000") == [cases_root / "BraTS-Toy-000"]
+
+
+def test_batch_on_local_ray_then_resume(cases_root, tmp_path, tiny_unet, capsys):
+    import ray
+
+    out = tmp_path / "out"
+    argv = [str(cases_root), "-o", str(out), "--weights", str(tiny_unet), "--workers", "1", "--cpus-per-worker", "1",
+            "--labels", "2023", "--quiet"]
+    assert batch.main(argv) == 1  # one case failed, the others were segmented
+    assert not ray.is_initialized()  # the local Ray it started is shut down
+    printed = capsys.readouterr().out
+    assert "segmented 3 case(s), 1 failed (BraTS-Toy-bad" in printed
+    rows = read_csv(out / batch.RESULTS)
+    assert sorted(rows) == ["BraTS-Toy-000", "BraTS-Toy-001", "BraTS-Toy-002", "BraTS-Toy-bad"]
+    assert rows["BraTS-Toy-bad"]["status"] == "error" and "missing flair" in rows["BraTS-Toy-bad"]["error"]
+    for name in ("BraTS-Toy-000", "BraTS-Toy-001", "BraTS-Toy-002"):
+        row = rows[name]
+        assert row["status"] == "ok" and row["seg_file"] == f"{name}_seg.nii.gz"
+        image = nib.load(out / row["seg_file"])
+        np.testing.assert_array_equal(image.affine, AFFINE)
+        data = np.asanyarray(image.dataobj)
+        assert data.dtype == np.uint8 and data.shape == SHAPE
+        assert float(row["WT_ml"]) == pytest.approx(np.count_nonzero(data) / 1000, abs=1e-3)
+    assert 0.0 <= float(rows["BraTS-Toy-000"]["dice_WT"]) <= 1.0
+    assert rows["BraTS-Toy-002"]["dice_WT"] == ""  # no reference seg in that folder
+    assert not list(out.glob("*.part"))
+    # Resume: with the broken case fixed away, the three done cases are skipped without starting Ray.
+    for file in (cases_root / "BraTS-Toy-bad").iterdir():
+        file.unlink()
+    (cases_root / "BraTS-Toy-bad").rmdir()
+    assert batch.main(argv) == 0
+    assert "segmented 0 case(s), skipped 3 already done" in capsys.readouterr().out
+    assert sorted(read_csv(out / batch.RESULTS)) == sorted(rows)
+
+
+def test_bad_arguments_exit_2(tmp_path, capsys):
+    assert batch.main([str(tmp_path / "nope"), "-o", str(tmp_path / "out")]) == 2
+    assert "not a folder" in capsys.readouterr().err
+    root = tmp_path / "root"
+    save_case(small_case("c1"), root, naming="2020")
+    assert batch.main([str(root), "-o", str(tmp_path / "out"), "--weights", str(tmp_path / "none.keras")]) == 2
+    assert "U-Net weights not found" in capsys.readouterr().err
