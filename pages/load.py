@@ -3,6 +3,7 @@
 import streamlit as st
 
 import app_state
+from core.input_check import check_case
 from pages._common import progress_reporter, show_flash
 
 st.title("Load a case")
@@ -22,6 +23,8 @@ def _finish(error: str | None, bar) -> None:
     case = app_state.studio().case
     app_state.flash("success", f"Loaded **{case.name}**: {' × '.join(map(str, case.shape))} voxels. "
                                "Open the Viewer to look at it.")
+    for message in case.warnings + [f.message for f in check_case(case)]:  # loaded, but unusual: say so
+        app_state.flash("warning", message)
     st.rerun()
 
 
