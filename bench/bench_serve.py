@@ -1,0 +1,188 @@
+"""Benchmark of the REST API (not a test): N concurrent clients against a running ``serve.api``.
+
+Starts ``python -m serve.api`` on a free loopback port (the U-Net preloaded), sends one warm-up request,
+then ``--clients`` threads each POST ``--requests`` times the same case to ``/segment``. Reports p50/p95/mean
+latency, throughput (requests per minute), errors (any non-200 answer; must be 0: the queue holds every
+client, ``--queue`` = clients), the server's start-up time and its peak RSS (sampled every 0.2 s, the
+server process and its children).
+
+Usage::
+
+    python -m core.phantom /tmp/bench_cases --count 4 --seed 5 --naming 2023
+    python bench/bench_serve.py --case /tmp/bench_cases/<one case> [--clients 4] [--requests 3]
+                                [--weights weights/unet.keras] [--out bench/results/serve.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx2 as httpx
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (loopback)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class PeakRss:
+    """Samples the RSS of a process and its children in a thread; ``peak_mb`` after :meth:`stop`."""
+
+    def __init__(self, pid: int, every: float = 0.2) -> None:
+        self.process = psutil.Process(pid)
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(every,), daemon=True)
+        self._thread.start()
+
+    def _run(self, every: float) -> None:
+        while not self._stop.is_set():
+            try:
+                procs = [self.process, *self.process.children(recursive=True)]
+                rss = sum(p.memory_info().rss for p in procs if p.is_running())
+                self.peak_mb = max(self.peak_mb, rss / 2**20)
+            except psutil.Error:
+                pass
+            self._stop.wait(every)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.peak_mb
+
+
+def case_files(case: Path) -> list[tuple[str, tuple[str, bytes, str]]]:
+    """Multipart ``files`` entries: every NIfTI file of the case folder but the seg."""
+    files = [p for p in sorted(case.iterdir()) if p.name.endswith((".nii.gz", ".nii")) and "seg" not in p.name]
+    return [("files", (p.name, p.read_bytes(), "application/gzip")) for p in files]
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear-interpolated percentile (numpy's default) without numpy."""
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100.0
+    lo, hi = int(pos), min(int(pos) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def run(case: Path, clients: int, requests: int, weights: Path, timeout: float) -> dict:
+    """Start the server, load it with ``clients`` x ``requests`` requests, stop it; the measurements."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "BRATS_UNET_WEIGHTS": str(weights)}
+    env.pop("BRATS_API_KEY", None)
+    command = [sys.executable, "-m", "serve.api", "--port", str(port), "--workers", "1",
+               "--queue", str(clients), "--timeout", str(timeout)]
+    files = case_files(case)
+    upload_mb = sum(len(f[1][1]) for f in files) / 1e6
+    with tempfile.TemporaryFile() as log:
+        start = time.perf_counter()
+        server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        memory = PeakRss(server.pid)
+        try:
+            with httpx.Client(base_url=url, timeout=timeout) as http:
+                while True:
+                    try:
+                        health = http.get("/health")
+                        if health.status_code == 200 and "unet" in health.json()["models_loaded"]:
+                            break
+                    except httpx.TransportError:
+                        pass
+                    if server.poll() is not None or time.perf_counter() - start > 300:
+                        log.seek(0)
+                        raise RuntimeError(f"server did not start:\n{log.read().decode(errors='replace')[-3000:]}")
+                    time.sleep(0.2)
+                startup = time.perf_counter() - start
+                t0 = time.perf_counter()
+                warm = http.post("/segment", files=files)
+                warmup_s = time.perf_counter() - t0
+                if warm.status_code != 200:
+                    raise RuntimeError(f"warm-up request failed: {warm.status_code} {warm.text[:500]}")
+                volumes = json.loads(warm.headers["X-Volumes-ML"])
+            latencies: list[float] = []
+            errors: list[str] = []
+            lock = threading.Lock()
+
+            def client() -> None:
+                with httpx.Client(base_url=url, timeout=timeout) as http:
+                    for _ in range(requests):
+                        t = time.perf_counter()
+                        try:
+                            r = http.post("/segment", files=files)
+                            ok, what = r.status_code == 200, f"{r.status_code} {r.text[:200]}"
+                        except httpx.HTTPError as exc:
+                            ok, what = False, repr(exc)
+                        with lock:
+                            (latencies if ok else errors).append(time.perf_counter() - t if ok else what)
+
+            threads = [threading.Thread(target=client) for _ in range(clients)]
+            t_all = time.perf_counter()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            wall = time.perf_counter() - t_all
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+            peak = memory.stop()
+    return {
+        "clients": clients, "requests_per_client": requests, "upload_mb": round(upload_mb, 1),
+        "server_startup_s": round(startup, 2), "warmup_request_s": round(warmup_s, 2),
+        "latency_s": {"p50": round(percentile(latencies, 50), 2), "p95": round(percentile(latencies, 95), 2),
+                      "mean": round(statistics.fmean(latencies), 2), "min": round(min(latencies), 2),
+                      "max": round(max(latencies), 2)} if latencies else None,
+        "wall_s": round(wall, 2), "throughput_per_min": round(60.0 * len(latencies) / wall, 2),
+        "ok": len(latencies), "errors": len(errors), "error_samples": errors[:3],
+        "server_peak_rss_mb": round(peak, 1), "volumes_ml": volumes,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--case", type=Path, required=True, help="case folder uploaded by every request")
+    p.add_argument("--clients", type=int, default=4)
+    p.add_argument("--requests", type=int, default=3, help="requests per client")
+    p.add_argument("--weights", type=Path, default=ROOT / "weights" / "unet.keras")
+    p.add_argument("--timeout", type=float, default=900.0, help="per-request timeout (server and client)")
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve.json")
+    p.add_argument("--note", default="", help="free text stored with the results (e.g. machine load)")
+    args = p.parse_args()
+    result = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "case": args.case.name,
+              "weights": os.path.relpath(args.weights, ROOT), "cpu_count": os.cpu_count(),
+              "machine": platform.machine(), "note": args.note,
+              **run(args.case, args.clients, args.requests, args.weights, args.timeout)}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    lat = result["latency_s"] or {}
+    print("| clients x requests | p50 s | p95 s | throughput /min | errors | server peak RSS |\n"
+          "|---|---|---|---|---|---|\n"
+          f"| {args.clients} x {args.requests} | {lat.get('p50')} | {lat.get('p95')} | "
+          f"{result['throughput_per_min']} | {result['errors']} | {result['server_peak_rss_mb'] / 1024:.2f} GB |")
+
+
+if __name__ == "__main__":
+    main()
