@@ -50,7 +50,8 @@ from serve.work import MODEL_KINDS, JobTimeout, ModelStore, QueueFull, WorkQueue
 
 log = logging.getLogger("serve.api")
 API_KEY_HEADER = "X-API-Key"
-OPEN_PATHS: frozenset[str] = frozenset({"/health", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"})
+OPEN_PATHS: frozenset[str] = frozenset({"/health", "/docs", "/openapi.json"})
+STATIC_DOCS = "/static/swagger"  # Swagger UI files served from the swagger-ui-bundle wheel: /docs works offline
 Labels = Literal["2020", "2023"]
 Files = Annotated[list[UploadFile], File(description="the four modalities (+ optional seg) or one .zip")]
 
@@ -126,7 +127,9 @@ class Guard:
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         key = self.settings.api_key
-        if key and scope["path"] not in OPEN_PATHS and not secrets.compare_digest(
+        path = scope["path"]
+        is_open = path in OPEN_PATHS or path.startswith(STATIC_DOCS + "/")
+        if key and not is_open and not secrets.compare_digest(
                 headers.get(API_KEY_HEADER.lower(), "").encode(), key.encode()):
             await error_response(401, "unauthorized", f"missing or wrong API key: send the header "
                                  f"'{API_KEY_HEADER}: <key>' with the key the server was started with "
@@ -185,7 +188,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
 
     app = FastAPI(title="BraTS Studio API", version="1.0",
                   description="3D U-Net brain-tumour segmentation and CVAE case generation. " + UPLOAD_HELP + ".",
-                  lifespan=lifespan)
+                  lifespan=lifespan, docs_url=None, redoc_url=None)
+    _add_docs(app)
     app.state.settings = settings
     app.state.models = ModelStore()
     app.state.queue = WorkQueue(settings.workers, settings.max_waiting)
@@ -193,6 +197,22 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     _add_error_handlers(app)
     _add_routes(app)
     return app
+
+
+def _add_docs(app: FastAPI) -> None:
+    """Swagger UI at ``/docs`` from local files (FastAPI's default page loads them from a CDN)."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount(STATIC_DOCS, StaticFiles(directory=swagger_ui_path), name="swagger")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> Response:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - docs",
+                                   swagger_js_url=f"{STATIC_DOCS}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{STATIC_DOCS}/swagger-ui.css",
+                                   swagger_favicon_url=f"{STATIC_DOCS}/favicon-32x32.png")
 
 
 def _add_error_handlers(app: FastAPI) -> None:

@@ -117,7 +117,9 @@ def test_health_and_models(client, weights):
     models = client.get("/models").json()
     assert models["unet"]["path"] == str(weights["unet"]) and models["unet"]["from_env"] is True
     assert models["unet"]["loaded"] is True and models["cvae"]["loaded"] is False
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "/static/swagger/swagger-ui-bundle.js" in docs.text  # no CDN: works offline
+    assert client.get("/static/swagger/swagger-ui-bundle.js").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/segment", "/segment.json", "/generate", "/health", "/models"} <= set(paths)
 
@@ -240,6 +242,7 @@ def test_timeout_answers_504_and_frees_the_waiting_slot(case_dir):
 def test_api_key_is_required_when_set(weights):
     with TestClient(create_app(ApiSettings(preload=(), api_key="s3cret"))) as keyed:
         assert keyed.get("/health").status_code == 200
+        assert keyed.get("/docs").status_code == 200 and keyed.get("/openapi.json").status_code == 200
         body = assert_json_error(keyed.get("/models"), 401, "X-API-Key")
         assert body["error"] == "unauthorized"
         assert_json_error(keyed.post("/segment", headers={"X-API-Key": "wrong"}), 401)
