@@ -79,7 +79,7 @@ class ApiSettings:
             try:
                 return kind(raw) if raw else default
             except ValueError as exc:
-                raise ValueError(f"{name}={raw!r} is not a {kind.__name__}; unset it or give a number") from exc
+                raise ValueError(f"{name}={raw!r} is not a valid {kind.__name__}; unset it or give a number") from exc
 
         return cls(api_key=env.get("BRATS_API_KEY") or None,
                    workers=number("BRATS_API_WORKERS", base.workers, int),

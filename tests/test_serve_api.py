@@ -325,3 +325,23 @@ def test_real_uvicorn_server(weights, case_dir, tmp_path):
             server.kill()
             server.wait(timeout=10)
     assert list(scratch.iterdir()) == []
+
+
+def test_settings_from_env_and_flags():
+    from serve.api import build_parser, settings_from_args
+
+    env = {"BRATS_API_KEY": "k", "BRATS_API_QUEUE": "7", "BRATS_API_TIMEOUT_S": "12.5"}
+    settings = settings_from_args(build_parser().parse_args(["--workers", "2", "--no-preload"]), env)
+    assert (settings.api_key, settings.max_waiting, settings.timeout_s, settings.workers) == ("k", 7, 12.5, 2)
+    assert settings.preload == ()
+    with pytest.raises(ValueError, match="BRATS_API_QUEUE='many' is not a valid int"):
+        ApiSettings.from_env({"BRATS_API_QUEUE": "many"})
+
+
+def test_core_never_imports_serve_fastapi_or_ray():
+    code = ("import sys, pkgutil, importlib, core\n"
+            "for m in pkgutil.iter_modules(core.__path__):\n"
+            "    importlib.import_module('core.' + m.name)\n"
+            "print(sorted(n for n in ('serve', 'fastapi', 'starlette', 'ray', 'uvicorn') if n in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
