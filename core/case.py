@@ -600,7 +600,7 @@ def _load_zip(
             "zip only one case folder."
         )
     by_name = {_base_name(i.filename): i for i in members}
-    matched = _match_files(sorted(by_name), label)
+    matched = _match_files(sorted(_base_name(i.filename) for i in members), label)  # duplicates are reported
     for file_name in matched.values():
         if by_name[file_name].flag_bits & 0x1:
             raise CaseError(f"{label}: {by_name[file_name].filename} is password-protected; zip the case without "

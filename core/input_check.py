@@ -5,6 +5,7 @@ This module looks at the *content* of a loaded case and reports what would make 
 silently wrong, as :class:`Finding` s naming the file and the fix:
 
 errors (``core.segment`` refuses, unless ``--force``):
+    - two modalities with identical voxels (the same file picked twice);
     - a modality that is random noise (neighbouring brain voxels uncorrelated);
     - a modality that is constant inside the brain (a mask saved as an image);
     - no brain at all (every voxel equals the background).
@@ -13,7 +14,8 @@ warnings (the result is computed, but may be unreliable):
     - a background that is not 0 (it is detected and masked; see ``core.preprocess.border_background``);
     - no uniform background on the border, or a "brain" larger than a head: not skull-stripped;
     - a brain or field of view far smaller than a whole brain (a crop);
-    - voxels far from the 1 mm the models were trained on.
+    - voxels far from the 1 mm the models were trained on;
+    - voxel axes rotated far from the world axes (oblique grids are only flipped/permuted, never resampled).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ MAX_BRAIN_ML = 2500.0  # above this the "brain" is a head: not skull-stripped
 MAX_BRAIN_FRACTION = 0.7  # skull-stripped BraTS brains fill ~11-18 % of the 240x240x155 field of view
 MIN_FOV_MM = 100.0  # a brain is ~140 x 170 x 120 mm
 SPACING_TOLERANCE_MM = 0.1  # around the 1 mm the models were trained on
+MAX_OBLIQUE_DEG = 15.0  # phantoms are rotated by up to 6 degrees per axis in training
 _SAMPLE = 4  # correlation computed on every 4th line across the other two axes
 
 
@@ -68,6 +71,13 @@ def neighbour_correlation(volume: np.ndarray, mask: np.ndarray) -> float:
     return 1.0 if denominator == 0 else float((x * y).sum() / denominator)
 
 
+def obliquity_deg(affine: np.ndarray) -> float:
+    """Largest angle (degrees) between a voxel axis of ``affine`` and its nearest world axis (0 when axis-aligned)."""
+    columns = np.asarray(affine, dtype=np.float64)[:3, :3]
+    cosines = np.abs(columns).max(axis=0) / np.linalg.norm(columns, axis=0)
+    return float(np.degrees(np.arccos(np.clip(cosines.min(), -1.0, 1.0))))
+
+
 def check_case(case: Case) -> list[Finding]:
     """Plausibility findings of a loaded case (errors first, then warnings; empty for a BraTS-like case)."""
     errors: list[str] = []
@@ -77,6 +87,12 @@ def check_case(case: Case) -> list[Finding]:
     voxel_ml = float(np.prod(spacing)) / 1000.0
     fov = np.asarray(case.shape, dtype=np.float64) * spacing
     fov_text = " x ".join(f"{v:.0f}" for v in fov)
+    for a in range(image.shape[0]):
+        for b in range(a + 1, image.shape[0]):
+            if np.array_equal(image[a], image[b]):
+                errors.append(f"{_source(case, b)}: identical to {_source(case, a)} voxel for voxel - the same image "
+                              f"was picked for {MODALITIES[a]} and {MODALITIES[b]}; choose the right file for each "
+                              "modality.")
     no_background = []
     for c in range(image.shape[0]):
         value = border_background(image[c])
@@ -114,4 +130,10 @@ def check_case(case: Case) -> list[Finding]:
         notes.append(f"{case.name}: voxel size {' x '.join(f'{s:.3g}' for s in spacing)} mm; the models were "
                      "trained on 1 mm voxels (BraTS), so resample the case to 1 mm isotropic first for reliable "
                      "labels (volumes are computed with this voxel size).")
+    angle = obliquity_deg(case.affine)
+    if angle > MAX_OBLIQUE_DEG:
+        notes.append(f"{case.name}: the voxel axes are rotated {angle:.0f} degrees from the world axes (an oblique "
+                     "grid); the image is only flipped/permuted into the models' orientation, so they see the brain "
+                     f"tilted by up to {angle:.0f} degrees (trained within 6) - resample it onto an axis-aligned 1 mm "
+                     "grid (e.g. register to SRI-24) for reliable labels.")
     return [Finding(ERROR, m) for m in errors] + [Finding(WARNING, m) for m in notes]

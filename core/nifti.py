@@ -124,9 +124,10 @@ def check_volume_shape(shape: tuple[int, ...], name: str) -> None:
     The 4D message names the Medical Segmentation Decathlon layout (all modalities in one file).
     """
     spatial = _spatial_shape(shape)
-    if len(spatial) < 3:
+    if len(spatial) < 3 or sum(s > 1 for s in spatial[:3]) < 3:
+        dims = min(len(spatial), sum(s > 1 for s in spatial[:3]))
         raise NiftiError(
-            f"{name}: {len(spatial)}D image of shape {spatial}; each modality must be a 3D volume (X, Y, Z) - "
+            f"{name}: {dims}D image of shape {spatial}; each modality must be a 3D volume (X, Y, Z) - "
             "export the whole volume, not a single slice."
         )
     if len(spatial) > 3:

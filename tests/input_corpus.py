@@ -176,6 +176,40 @@ def _symlink(folder: Path) -> Path:
     return folder
 
 
+def _symlink_loop(folder: Path) -> Path:
+    write_case(folder)
+    path = folder / file_name("t1")
+    path.unlink()
+    path.symlink_to(folder / "loop_b")
+    (folder / "loop_b").symlink_to(path)
+    return folder
+
+
+def _rotated(degrees: float) -> np.ndarray:
+    t = np.radians(degrees)
+    rotation = np.array([[np.cos(t), -np.sin(t), 0, 0], [np.sin(t), np.cos(t), 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+    return rotation @ AFFINE
+
+
+def _ras(folder: Path) -> Path:
+    """Voxel axes 0 and 1 reversed (RAS), affine adjusted: the same brain in world space."""
+    flip = np.array([[-1.0, 0, 0, SHAPE[0] - 1], [0, -1, 0, SHAPE[1] - 1], [0, 0, 1, 0], [0, 0, 0, 1]])
+    return write_case(folder, image()[:, ::-1, ::-1].copy(), AFFINE @ flip,
+                      brain_and_labels()[1][::-1, ::-1].copy())
+
+
+def _mixed_dtypes(folder: Path) -> Path:
+    write_case(folder)
+    volumes = image()
+    write(folder / file_name("t1"), np.rint(volumes[0]).astype(np.int16))
+    write(folder / file_name("t2"), volumes[2].astype(np.float64))
+    scaled = nib.Nifti1Image(np.rint(volumes[3] / 4).astype(np.int16), AFFINE, header())
+    scaled.header.set_data_dtype(np.int16)
+    scaled.header.set_slope_inter(4.0, 0.0)
+    nib.save(scaled, folder / file_name("flair"))
+    return folder
+
+
 def _msd_4d(folder: Path) -> Path:
     write_case(folder)
     write(folder / file_name("t1"), np.moveaxis(image(), 0, -1))
@@ -201,6 +235,18 @@ CASES: dict[str, Callable[[Path], Path]] = {
     "not skull-stripped": _with_image(_not_skull_stripped),
     "qform != sform": _qform_sform,
     "pixdim != sform": _pixdim_sform,
+    "2 mm voxels": lambda folder: write_case(folder, affine=AFFINE @ np.diag([2.0, 2.0, 2.0, 1.0])),
+    "5 mm slices": lambda folder: write_case(folder, affine=AFFINE @ np.diag([1.0, 1.0, 5.0, 1.0])),
+    "oblique 30 degrees": lambda folder: write_case(folder, affine=_rotated(30.0)),
+    "RAS orientation": _ras,
+    "int16, float64 and scaled int16 files": _mixed_dtypes,
+    "same file for two modalities": _replace("t2", lambda p: write(p, image()[0])),
+    "single slice": _replace("flair", lambda p: write(p, image()[3][:, :, 10:11])),
+    "NIfTI-2 file": _replace("t1ce", lambda p: nib.save(nib.Nifti2Image(image()[1], AFFINE), p)),
+    "empty file": _replace("t2", lambda p: p.write_bytes(b"")),
+    "text named .nii.gz": _replace("t1", lambda p: p.write_text("patient notes, not an image\n" * 20)),
+    "symlink loop": _symlink_loop,
+    "seg label 255": _replace("seg", lambda p: write(p, (brain_and_labels()[1] > 0).astype(np.uint8) * 255)),
     "seg with 3 and 4": _replace("seg", lambda p: write(p, np.where(brain_and_labels()[1] == 1, 4,
                                                                     brain_and_labels()[1]).astype(np.uint8))),
 }
@@ -230,4 +276,17 @@ EXPECTED_INFO: dict[str, tuple[str, str]] = {
     "pixdim != sform": (WARNING, f"{file_name('t1')}: pixdim says 1 x 1 x 1 mm voxels but the sform (the transform "
                                  "used) has 2 x 2 x 2 mm; volumes are computed from the sform"),
     "seg with 3 and 4": (ERROR, f"{file_name('seg')}: labels 3 and 4 both present"),
+    "2 mm voxels": (WARNING, f"{CASE}: voxel size 2 x 2 x 2 mm; the models were trained on 1 mm voxels"),
+    "5 mm slices": (WARNING, f"{CASE}: voxel size 1 x 1 x 5 mm; the models were trained on 1 mm voxels"),
+    "oblique 30 degrees": (WARNING, f"{CASE}: the voxel axes are rotated 30 degrees from the world axes"),
+    "RAS orientation": (WARNING, "this is not a whole-brain volume like BraTS"),
+    "int16, float64 and scaled int16 files": (WARNING, "this is not a whole-brain volume like BraTS"),
+    "same file for two modalities": (WARNING, f"{file_name('t2')}: identical to {file_name('t1')} voxel for voxel"),
+    "single slice": (ERROR, f"{file_name('flair')}: 2D image of shape (32, 36, 1); each modality must be a 3D "
+                            "volume"),
+    "NIfTI-2 file": (ERROR, f"{file_name('t1ce')}: this is a NIfTI-2 file; convert it to NIfTI-1"),
+    "empty file": (ERROR, f"{file_name('t2')}: only 0 bytes, too short for a NIfTI header"),
+    "text named .nii.gz": (ERROR, f"{file_name('t1')}: not a NIfTI file (no NIfTI-1 header)"),
+    "symlink loop": (ERROR, f"{file_name('t1')}: symbolic link to "),
+    "seg label 255": (ERROR, f"{file_name('seg')}: unknown label values [255]"),
 }

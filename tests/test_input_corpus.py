@@ -196,6 +196,7 @@ def _segment(folder: Path, out: Path, weights: Path, *extra: str) -> int:
 @pytest.mark.parametrize("entry, fragment", [
     ("pure noise modality", f"{corpus.file_name('t2')}: neighbouring voxels are uncorrelated"),
     ("mask saved as a modality", f"{corpus.file_name('t1ce')}: constant (1) inside the brain"),
+    ("same file for two modalities", f"{corpus.file_name('t2')}: identical to {corpus.file_name('t1')}"),
 ])
 def test_segment_refuses_noise_and_masks_unless_forced(tmp_path, capsys, tiny_unet, entry, fragment) -> None:
     folder = corpus.CASES[entry](tmp_path / corpus.CASE)
