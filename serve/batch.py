@@ -11,9 +11,9 @@ whose ``<case>_seg.nii.gz`` exists is skipped (files appear atomically, after th
 tried again on the next run. One bad case never stops the run; the exit status is 1 when any case failed.
 
 Without ``--address`` a local Ray starts on this machine (and stops at the end); with one, the same command
-runs on a cluster: the project code travels with the job (Ray ``working_dir``), the weights as bytes, and
-every worker reads the case folders at the same path (shared storage). Label maps come back to the driver,
-so ``OUT`` only needs to exist where the command runs.
+runs on a cluster: the ``core`` and ``serve`` packages travel with the job (Ray ``py_modules``), the weights
+as bytes, and every worker reads the case folders at the same path (shared storage). Label maps come back to
+the driver, so ``OUT`` only needs to exist where the command runs.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ CSV_FIELDS: tuple[str, ...] = (
     "case", "status", "seconds", *(f"{r}_ml" for r in REGIONS), *(f"dice_{r}" for r in REGIONS),
     *(f"hd95_{r}" for r in REGIONS), "seg_file", "worker", "error",
 )
-CODE_EXCLUDES = [".venv/", ".git/", "docs/", "bench/results/", "tests/", "runs/", "out/", "**/__pycache__/"]
+CODE_PACKAGES: tuple[str, ...] = ("core", "serve")  # what a cluster worker imports (shipped with the job)
 
 
 # ------------------------------------------------------------------------------------------ planning
@@ -124,8 +124,11 @@ def segment_one(folder: str | os.PathLike, model: Any, *, tta: bool = False, lab
 class SegmentWorker:
     """Ray Data actor: loads the U-Net once (from bytes), then segments one case folder per call."""
 
-    def __init__(self, model_bytes: bytes, tta: bool, labels: str, threads: int) -> None:
+    def __init__(self, model_ref: list, tta: bool, labels: str, threads: int) -> None:
+        """``model_ref``: ``[ObjectRef of the .keras bytes]`` (in a list so Ray passes the reference, not a copy)."""
         import tempfile
+
+        import ray
 
         import tensorflow as tf
 
@@ -135,7 +138,7 @@ class SegmentWorker:
 
         with tempfile.TemporaryDirectory(prefix="brats_batch_") as tmp:  # load_model reads a .keras path
             path = Path(tmp) / "unet.keras"
-            path.write_bytes(model_bytes)
+            path.write_bytes(ray.get(model_ref[0]))
             self.model = load_model(path)
         self.tta, self.labels = tta, labels
 
@@ -226,8 +229,8 @@ def _start_ray(address: str | None, cpus: int | None, verbose: bool) -> None:
         runtime_env = {"env_vars": {**env, "PYTHONPATH": str(ROOT)}}
         ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=verbose, runtime_env=runtime_env,
                  logging_level=logging.INFO if verbose else logging.WARNING)
-    else:  # a cluster: ship the project code with the job
-        runtime_env = {"env_vars": env, "working_dir": str(ROOT), "excludes": CODE_EXCLUDES}
+    else:  # a cluster: ship the two packages the workers import with the job
+        runtime_env = {"env_vars": env, "py_modules": [str(ROOT / name) for name in CODE_PACKAGES]}
         ray.init(address=address, log_to_driver=verbose, runtime_env=runtime_env,
                  logging_level=logging.INFO if verbose else logging.WARNING)
 
@@ -279,11 +282,12 @@ def run_batch(root: str | os.PathLike, out: str | os.PathLike, *, address: str |
         ctx.enable_progress_bars = verbose
         ctx.print_on_execution_start = verbose
         logging.getLogger("ray.data").setLevel(logging.INFO if verbose else logging.WARNING)
+        model_ref = ray.put(model_bytes)  # one copy in the object store, fetched once per actor
         items = [{"case": p.name, "path": str(p.resolve())} for p in todo]
         dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
             SegmentWorker, batch_size=1, batch_format="numpy", num_cpus=cpus_per_worker,
             compute=ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1),
-            fn_constructor_kwargs={"model_bytes": model_bytes, "tta": tta, "labels": labels,
+            fn_constructor_kwargs={"model_ref": [model_ref], "tta": tta, "labels": labels,
                                    "threads": cpus_per_worker})
         with tqdm(total=len(todo), unit="case", desc="segment", file=sys.stderr, disable=not progress) as bar:
             for raw in dataset.iter_rows():
