@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import csv
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -15,6 +18,8 @@ from serve import batch
 from tests.test_serve_api import AFFINE, SHAPE, small_case
 
 import keras  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -79,13 +84,22 @@ def test_batch_on_local_ray_then_resume(cases_root, tmp_path, tiny_unet, capsys)
     assert 0.0 <= float(rows["BraTS-Toy-000"]["dice_WT"]) <= 1.0
     assert rows["BraTS-Toy-002"]["dice_WT"] == ""  # no reference seg in that folder
     assert not list(out.glob("*.part"))
-    # Resume: with the broken case fixed away, the three done cases are skipped without starting Ray.
-    for file in (cases_root / "BraTS-Toy-bad").iterdir():
-        file.unlink()
-    (cases_root / "BraTS-Toy-bad").rmdir()
-    assert batch.main(argv) == 0
-    assert "segmented 0 case(s), skipped 3 already done" in capsys.readouterr().out
-    assert sorted(read_csv(out / batch.RESULTS)) == sorted(rows)
+    # Resume on a "cluster" reached by address (a Ray started here, the CLI in another process and folder): the
+    # three done cases are skipped, the fixed one is segmented by a worker that got the code through py_modules.
+    save_case(small_case("BraTS-Toy-bad", seed=9), cases_root, naming="2023")
+    context = ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        cli = subprocess.run([sys.executable, "-m", "serve.batch", *argv, "--address",
+                              context.address_info["gcs_address"]], cwd=tmp_path, env=env, capture_output=True,
+                             text=True, timeout=300)
+    finally:
+        ray.shutdown()
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    assert "segmented 1 case(s), skipped 3 already done" in cli.stdout
+    rows = read_csv(out / batch.RESULTS)
+    assert len(rows) == 4 and rows["BraTS-Toy-bad"]["status"] == "ok" and rows["BraTS-Toy-bad"]["error"] == ""
+    assert (out / "BraTS-Toy-bad_seg.nii.gz").is_file()
 
 
 def test_bad_arguments_exit_2(tmp_path, capsys):
