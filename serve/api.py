@@ -51,6 +51,7 @@ from serve.work import MODEL_KINDS, JobTimeout, ModelStore, QueueFull, WorkQueue
 log = logging.getLogger("serve.api")
 API_KEY_HEADER = "X-API-Key"
 OPEN_PATHS: frozenset[str] = frozenset({"/health", "/docs", "/openapi.json"})
+JOB_PATHS: frozenset[str] = frozenset({"/segment", "/segment.json", "/generate"})
 STATIC_DOCS = "/static/swagger"  # Swagger UI files served from the swagger-ui-bundle wheel: /docs works offline
 Labels = Literal["2020", "2023"]
 Files = Annotated[list[UploadFile], File(description="the four modalities (+ optional seg) or one .zip")]
@@ -110,16 +111,25 @@ def error_response(status: int, error: str, detail: str, headers: dict[str, str]
 # ------------------------------------------------------------------------------------------ guard middleware
 
 
-class Guard:
-    """ASGI middleware run before the body is read: API key (401) and upload size (413).
+def busy_message(queue: WorkQueue) -> str:
+    """The 429 message."""
+    return (f"the server is busy: all {queue.capacity} job slots are taken ({queue.workers} running, "
+            f"{queue.max_waiting} waiting); retry after the Retry-After seconds, or start the server with a longer "
+            "queue (--queue / BRATS_API_QUEUE).")
 
-    The size is checked on ``Content-Length`` and again on the bytes actually received (chunked uploads);
-    past the limit the body is cut off and the app's answer replaced by the 413.
+
+class Guard:
+    """ASGI middleware run before the body is read: API key (401), full queue (429) and upload size (413).
+
+    A job request that would find the queue full is refused before its upload is received (the route checks
+    again when it submits). The size is checked on ``Content-Length`` and again on the bytes actually received
+    (chunked uploads); past the limit the body is cut off and the app's answer replaced by the 413.
     """
 
-    def __init__(self, app: ASGIApp, settings: ApiSettings) -> None:
+    def __init__(self, app: ASGIApp, settings: ApiSettings, queue: WorkQueue) -> None:
         self.app = app
         self.settings = settings
+        self.queue = queue
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -134,6 +144,10 @@ class Guard:
             await error_response(401, "unauthorized", f"missing or wrong API key: send the header "
                                  f"'{API_KEY_HEADER}: <key>' with the key the server was started with "
                                  "(BRATS_API_KEY).", {"WWW-Authenticate": API_KEY_HEADER})(scope, receive, send)
+            return
+        if scope.get("method") == "POST" and path in JOB_PATHS and self.queue.full():
+            retry = str(self.queue.refuse())
+            await error_response(429, "busy", busy_message(self.queue), {"Retry-After": retry})(scope, receive, send)
             return
         limit = self.settings.max_upload_bytes
         too_big = error_response(413, "upload_too_large", f"the request body is larger than the "
@@ -193,7 +207,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.models = ModelStore()
     app.state.queue = WorkQueue(settings.workers, settings.max_waiting)
-    app.add_middleware(Guard, settings=settings)
+    app.add_middleware(Guard, settings=settings, queue=app.state.queue)
     _add_error_handlers(app)
     _add_routes(app)
     return app
@@ -257,8 +271,7 @@ async def _run(request: Request, job: Callable[[], Any]) -> Any:
     try:
         return await app.state.queue.run(job, app.state.settings.timeout_s)
     except QueueFull as exc:
-        raise ApiError(429, "busy", f"{exc}; the server runs {app.state.queue.workers} job(s) at once and queues "
-                       f"{app.state.queue.max_waiting}.", {"Retry-After": str(exc.retry_after)}) from exc
+        raise ApiError(429, "busy", busy_message(app.state.queue), {"Retry-After": str(exc.retry_after)}) from exc
     except JobTimeout as exc:
         raise ApiError(504, "timeout", f"{exc} (--timeout / BRATS_API_TIMEOUT_S); retry without tta, or when the "
                        "server is less busy.") from exc

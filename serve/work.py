@@ -67,6 +67,17 @@ class WorkQueue:
             return {"running": self._running, "waiting": self._pending - self._running, "workers": self.workers,
                     "max_waiting": self.max_waiting, "completed": self.completed, "refused": self.refused}
 
+    def full(self) -> bool:
+        """True when a job submitted now would be refused."""
+        with self._lock:
+            return self._pending >= self.capacity
+
+    def refuse(self) -> int:
+        """Count a request refused before submitting (the API's early check); returns :meth:`retry_after`."""
+        with self._lock:
+            self.refused += 1
+            return self.retry_after()
+
     def retry_after(self) -> int:
         """Seconds until a slot is likely free: mean job time x queued jobs / workers (1..600)."""
         mean = sum(self._durations) / len(self._durations) if self._durations else DEFAULT_JOB_SECONDS

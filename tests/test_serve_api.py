@@ -26,6 +26,7 @@ from core.case import Case, load_case, save_case
 from core.labels import ED, ET, NCR
 from core.metrics import volumes_ml
 from serve.api import ApiSettings, create_app
+from serve.work import QueueFull, WorkQueue
 
 import keras  # noqa: E402
 
@@ -199,8 +200,10 @@ def test_upload_limit_also_counts_chunked_bodies():
     async def send(message):
         sent.append(message)
 
-    guard = Guard(reads_everything, ApiSettings(max_upload_mb=10_000 / 1024 / 1024))
-    asyncio.run(guard({"type": "http", "path": "/segment", "headers": []}, receive, send))
+    queue = WorkQueue(1, 0)
+    guard = Guard(reads_everything, ApiSettings(max_upload_mb=10_000 / 1024 / 1024), queue)
+    asyncio.run(guard({"type": "http", "method": "POST", "path": "/segment", "headers": []}, receive, send))
+    queue.shutdown()
     assert sent[0]["status"] == 413 and json.loads(sent[1]["body"])["error"] == "upload_too_large"
     assert len(sent) == 2
 
@@ -219,7 +222,10 @@ def test_full_queue_answers_429_with_retry_after(case_dir):
             response = client.post("/segment", files=case_files(case_dir))
             body = assert_json_error(response, 429, "busy")
             assert body["error"] == "busy" and int(response.headers["Retry-After"]) >= 1
-            assert client.get("/health").json()["queue"]["refused"] == 1
+            assert client.get("/health").json()["queue"]["refused"] == 1  # refused before the upload was read
+            with pytest.raises(QueueFull):  # the route's own check, behind the middleware's early one
+                client.app.state.queue.submit(lambda: None)
+            assert client.get("/health").json()["queue"]["refused"] == 2
             gate.set()
     finally:
         gate.set()
