@@ -223,12 +223,18 @@ class _Source:
             try:
                 self.stream = open(path, "rb")  # noqa: SIM115 - closed by close()
             except FileNotFoundError as exc:
+                if path.is_symlink():
+                    raise NiftiError(f"{self.name}: symbolic link to {os.readlink(path)} is broken (its target does "
+                                     "not exist); copy the real file there or fix the link.") from exc
                 raise NiftiError(f"{self.name}: file not found at {path}; check the path.") from exc
             except IsADirectoryError as exc:
                 raise NiftiError(f"{self.name}: is a folder, not a NIfTI file; pass the .nii/.nii.gz file.") from exc
             except PermissionError as exc:
                 raise NiftiError(f"{self.name}: permission denied reading {path}; make the file readable.") from exc
             except OSError as exc:
+                if path.is_symlink():
+                    raise NiftiError(f"{self.name}: symbolic link to {os.readlink(path)} cannot be followed ({exc}); "
+                                     "copy the real file there or fix the link.") from exc
                 raise NiftiError(f"{self.name}: cannot open {path} ({exc}); check the path.") from exc
             self.owned = True
             self.size = os.fstat(self.stream.fileno()).st_size

@@ -66,6 +66,17 @@ def test_good_corpus_case_has_only_the_crop_warning(tmp_path: Path) -> None:
     assert info["orientation"] == "LPS" and info["spacing"] == [1.0, 1.0, 1.0]
 
 
+def test_broken_mask_link_names_the_link(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from core.generate import main
+
+    link = tmp_path / "mask_link.nii.gz"
+    link.symlink_to(tmp_path / "moved" / "mask.nii.gz")
+    assert main([str(link), "-o", str(tmp_path / "out")]) == 2
+    assert _lines(capsys.readouterr().err) == [
+        f"error: mask_link.nii.gz: symbolic link to {tmp_path / 'moved' / 'mask.nii.gz'} is broken (its target does "
+        "not exist); copy the real file there or fix the link."]
+
+
 def test_nan_message_counts_the_voxels(tmp_path: Path) -> None:
     folder = corpus.CASES["nan"](tmp_path / corpus.CASE)
     bad = int(np.count_nonzero(corpus.image()[0] > 900))
@@ -387,8 +398,21 @@ def test_load_page_shows_warnings_and_clean_errors(tmp_path, monkeypatch) -> Non
     warnings = [w.value for w in app.warning]
     assert sum("the background is -1000" in w for w in warnings) == 4, warnings
     assert any(CROP_WARNING in w for w in warnings)
-    upload(corpus.CASES["rgb24 modality"](tmp_path / "rgb" / corpus.CASE))
-    assert not app.exception
+    rejected = {
+        "rgb24 modality": f"{corpus.file_name('t1ce')}: stores colour (RGB) voxels",
+        "header claims 2000^3": f"{corpus.file_name('t1')}: the header says 2000 x 2000 x 2000 voxels",
+        "4D MSD file": f"{corpus.file_name('t1')}: 4D image of shape (32, 36, 28, 4)",
+    }
+    for entry, fragment in rejected.items():
+        upload(corpus.CASES[entry](tmp_path / entry.replace(" ", "_") / corpus.CASE))
+        assert not app.exception
+        errors = [e.value for e in app.error]
+        assert len(errors) == 1 and errors[0].startswith(fragment), (entry, errors)
+        assert app.session_state["studio"].case.name == corpus.CASE  # the previous case stays
+    many = tmp_path / "many.zip"
+    many.write_bytes(_zip_of(corpus.write_case(tmp_path / "many" / corpus.CASE), extra=300))
+    app.file_uploader(key="upload_files").set_value([("many.zip", many.read_bytes(), "application/zip")])
+    app.run()
+    app.button(key="load_upload").click().run()
     errors = [e.value for e in app.error]
-    assert len(errors) == 1 and errors[0].startswith(f"{corpus.file_name('t1ce')}: stores colour (RGB) voxels")
-    assert app.session_state["studio"].case.name == corpus.CASE  # the previous case stays
+    assert len(errors) == 1 and errors[0].startswith("uploaded zip: 305 entries, more than the 256"), errors
