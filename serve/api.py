@@ -251,13 +251,14 @@ def _add_error_handlers(app: FastAPI) -> None:
         return error_response(exc.status_code, "http_error", detail, getattr(exc, "headers", None))
 
 
-async def _read_uploads(files: Sequence[UploadFile]) -> dict[str, bytes]:
-    """``{file name: bytes}`` of the uploads; a file name sent twice is an error."""
+async def _read_uploads(files: Sequence[UploadFile], form_field: str = "files") -> dict[str, bytes]:
+    """``{file name: bytes}`` of the uploads of ``form_field``; a file name sent twice is an error."""
     uploads: dict[str, bytes] = {}
     for upload in files:
         name = (upload.filename or "").replace("\\", "/").rsplit("/", 1)[-1]
         if not name:
-            raise ApiError(422, "bad_input", f"an upload in 'files' has no file name; {UPLOAD_HELP}.")
+            raise ApiError(422, "bad_input", f"an upload in form field '{form_field}' has no file name; send "
+                           "it as a file with its name (e.g. curl -F 'files=@X_t1.nii.gz').")
         if name in uploads:
             raise ApiError(422, "bad_input", f"{name}: sent twice; send each file once.")
         uploads[name] = await upload.read()
@@ -337,7 +338,7 @@ def _add_routes(app: FastAPI) -> None:
         if samples > limit:
             raise ApiError(422, "bad_input", f"samples={samples} is more than this server's limit of {limit}; "
                            "ask for fewer per request (BRATS_API_MAX_SAMPLES raises it).")
-        mask_uploads = await _read_uploads([mask])
+        mask_uploads = await _read_uploads([mask], "mask")
         host = await _read_uploads(files) if files else None
         (mask_name, mask_bytes), = mask_uploads.items()
         work = partial(_generate, mask_name, mask_bytes, host, samples, seed, temperature, naming)
