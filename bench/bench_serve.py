@@ -1,7 +1,8 @@
 """Benchmark of the REST API (not a test): N concurrent clients against a running ``serve.api``.
 
 Starts ``python -m serve.api`` on a free loopback port (the U-Net preloaded), sends one warm-up request,
-then ``--clients`` threads each POST ``--requests`` times the same case to ``/segment``. Reports p50/p95/mean
+then ``--clients`` threads each POST ``--requests`` times the same case to ``/segment`` (and one ``/generate``
+with the case's seg as the mask at the end, unless ``--no-generate``). Reports p50/p95/mean
 latency, throughput (requests per minute), errors (any non-200 answer; must be 0: the queue holds every
 client, ``--queue`` = clients), the server's start-up time and its peak RSS (sampled every 0.2 s, the
 server process and its children).
@@ -84,7 +85,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
-def run(case: Path, clients: int, requests: int, weights: Path, timeout: float) -> dict:
+def run(case: Path, clients: int, requests: int, weights: Path, timeout: float, with_generate: bool = True) -> dict:
     """Start the server, load it with ``clients`` x ``requests`` requests, stop it; the measurements."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -141,6 +142,17 @@ def run(case: Path, clients: int, requests: int, weights: Path, timeout: float) 
             for t in threads:
                 t.join()
             wall = time.perf_counter() - t_all
+            generate = None
+            seg = [p for p in sorted(case.iterdir()) if "seg" in p.name.lower()]
+            if with_generate and seg:  # one /generate (CVAE, template brain) with the case's own mask
+                with httpx.Client(base_url=url, timeout=timeout) as http:
+                    t = time.perf_counter()
+                    r = http.post("/generate", files=[("mask", (seg[0].name, seg[0].read_bytes(), "application/gzip"))],
+                                  params={"samples": 1, "seed": 0})
+                    generate = {"status": r.status_code, "seconds": round(time.perf_counter() - t, 2),
+                                "zip_mb": round(len(r.content) / 1e6, 1)}
+                    if r.status_code != 200:
+                        errors.append(f"generate {r.status_code} {r.text[:200]}")
         finally:
             server.terminate()
             try:
@@ -157,7 +169,7 @@ def run(case: Path, clients: int, requests: int, weights: Path, timeout: float) 
                       "max": round(max(latencies), 2)} if latencies else None,
         "wall_s": round(wall, 2), "throughput_per_min": round(60.0 * len(latencies) / wall, 2),
         "ok": len(latencies), "errors": len(errors), "error_samples": errors[:3],
-        "server_peak_rss_mb": round(peak, 1), "volumes_ml": volumes,
+        "server_peak_rss_mb": round(peak, 1), "volumes_ml": volumes, "generate_one_sample": generate,
     }
 
 
@@ -169,12 +181,13 @@ def main() -> None:
     p.add_argument("--weights", type=Path, default=ROOT / "weights" / "unet.keras")
     p.add_argument("--timeout", type=float, default=900.0, help="per-request timeout (server and client)")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve.json")
+    p.add_argument("--no-generate", action="store_true", help="skip the one /generate request at the end")
     p.add_argument("--note", default="", help="free text stored with the results (e.g. machine load)")
     args = p.parse_args()
     result = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "case": args.case.name,
               "weights": os.path.relpath(args.weights, ROOT), "cpu_count": os.cpu_count(),
               "machine": platform.machine(), "note": args.note,
-              **run(args.case, args.clients, args.requests, args.weights, args.timeout)}
+              **run(args.case, args.clients, args.requests, args.weights, args.timeout, not args.no_generate)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     lat = result["latency_s"] or {}
