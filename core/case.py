@@ -332,6 +332,10 @@ def _read(source: Source, file_name: str) -> nib.Nifti1Image:
             try:
                 with source.archive.open(source.info) as stream:
                     return read_nifti(stream, name=file_name, volume_3d=True)
+            except NotImplementedError as exc:  # e.g. Deflate64 or zstd entries
+                raise CaseError(f"{source.label}: entry {source.info.filename} uses a compression method Python "
+                                f"cannot read ({exc}); zip the case folder again with standard deflate "
+                                "(zip -r).") from exc
             except (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError) as exc:
                 raise CaseError(f"{source.label}: entry {source.info.filename} is corrupt ({exc}); upload/zip the "
                                 "case folder again.") from exc

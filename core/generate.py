@@ -175,8 +175,8 @@ def iter_cases(
     model = _check_model(model)
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if not (np.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
     affine = np.asarray(affine, dtype=np.float64)
     if affine.shape != (4, 4):
         raise ValueError(f"affine must be a 4x4 matrix, got shape {affine.shape}")
@@ -340,6 +340,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         start = time.perf_counter()
         cases = iter_cases(mask, affine, header, model, n_samples=args.samples, seed=args.seed,
                            temperature=args.temperature, brain=brain, name=Path(args.mask).name)
+        if not mask.any():
+            notes.append(f"{Path(args.mask).name}: no tumour label (every voxel is 0); the generated cases are "
+                         "tumour-free brains - pass a tumour segmentation to get tumours.")
         for note in notes:
             print(f"warning: {' '.join(note.split())}", file=sys.stderr)
         out = Path(args.out)
@@ -351,6 +354,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wrote {args.samples} case(s) to {out} in {time.perf_counter() - start:.1f} s")
     except (CaseError, ModelLoadError, ValueError) as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: cannot write to {args.out} ({exc.strerror or exc}); choose a writable output folder with "
+              "free space.", file=sys.stderr)
         return 2
     except MemoryError:
         print(f"error: {args.mask}: out of memory while generating; use a 1 mm BraTS-sized mask (240 x 240 x 155) "

@@ -91,7 +91,10 @@ def detect_convention(seg: np.ndarray) -> Convention | None:
     values = present_values(seg)
     unknown = values - {0, 1, 2, 3, 4}
     if unknown:
-        raise ValueError(f"unknown label values {sorted(unknown)}; BraTS uses 0/1/2/4 (2020) or 0/1/2/3 (2023)")
+        shown = sorted(unknown)
+        listed = (f"{shown[:10]} ... ({len(shown)} distinct unknown values: an image, not a label map?)"
+                  if len(shown) > 10 else f"{shown}")
+        raise ValueError(f"unknown label values {listed}; BraTS uses 0/1/2/4 (2020) or 0/1/2/3 (2023)")
     if 3 in values and 4 in values:
         raise ValueError("labels 3 and 4 both present: mixes the 2023 (ET=3) and 2020 (ET=4) conventions")
     if 4 in values:

@@ -135,7 +135,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         result = segment_oriented(case, model, tta=args.tta, postprocess=not args.no_postprocess,
                                   progress=progress)
-    save_label_map(out, result.labels, case.affine, case.header, args.labels)
+    try:
+        save_label_map(out, result.labels, case.affine, case.header, args.labels)
+    except OSError as exc:
+        return _fail(f"cannot write {out} ({exc.strerror or exc}); choose a writable output folder with free space.")
     volumes = volumes_ml(result.labels, case.spacing)
     summary = ", ".join(f"{r} {volumes[r]:.1f} mL" for r in REGIONS)
     print(f"{out}: {summary} ({args.labels} labels, {result.seconds:.1f} s)")

@@ -416,3 +416,45 @@ def test_load_page_shows_warnings_and_clean_errors(tmp_path, monkeypatch) -> Non
     app.button(key="load_upload").click().run()
     errors = [e.value for e in app.error]
     assert len(errors) == 1 and errors[0].startswith("uploaded zip: 305 entries, more than the 256"), errors
+
+
+# --------------------------------------------------------------------------- more careless-user input
+
+
+def test_an_image_given_as_label_map_lists_few_values(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from core.generate import main
+
+    path = corpus.write(tmp_path / "t1_as_mask.nii.gz", corpus.image()[0])
+    assert main([str(path), "-o", str(tmp_path / "out")]) == 2
+    lines = _lines(capsys.readouterr().err)
+    assert len(lines) == 1 and lines[0].startswith("error: t1_as_mask.nii.gz: unknown label values [")
+    assert "distinct unknown values: an image, not a label map?" in lines[0] and len(lines[0]) < 600
+
+
+def test_generate_rejects_a_nan_temperature(tiny_cvae) -> None:
+    from core.generate import generate_cases
+
+    mask = np.zeros((40, 36, 20), np.uint8)
+    with pytest.raises(ValueError, match="temperature must be a finite number >= 0, got nan"):
+        generate_cases(mask, corpus.AFFINE, None, tiny_cvae, temperature=float("nan"), brain=mask > 0)
+
+
+def test_segment_reports_an_unwritable_output(tmp_path, capsys, tiny_unet) -> None:
+    folder = corpus.write_case(tmp_path / corpus.CASE)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    (out_dir / "seg.nii.gz").mkdir()  # a folder where the file should go: the final rename fails
+    assert _segment(folder, out_dir / "seg.nii.gz", tiny_unet[1]) == 2
+    lines = [line for line in _lines(capsys.readouterr().err) if not line.startswith("warning: ")]
+    assert len(lines) == 1 and lines[0].startswith(f"error: cannot write {out_dir / 'seg.nii.gz'} (")
+
+
+def test_zip_with_an_unsupported_compression_method(tmp_path: Path) -> None:
+    data = bytearray(_zip_of(corpus.write_case(tmp_path / corpus.CASE)))
+    start = 0
+    while (start := data.find(b"PK\x01\x02", start)) >= 0:  # central directory: method at +10 -> Deflate64 (9)
+        data[start + 10 : start + 12] = (9).to_bytes(2, "little")
+        start += 4
+    with pytest.raises(CaseError, match=r"^uploaded zip: entry Corpus01/Corpus01_\w+\.nii\.gz uses a compression "
+                                        r"method Python cannot read"):
+        load_case_from_zip(bytes(data))
