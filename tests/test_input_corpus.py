@@ -221,14 +221,15 @@ def test_segment_refuses_noise_and_masks_unless_forced(tmp_path, capsys, tiny_un
     assert out.exists()
 
 
-def test_segment_with_background_minus_1000_equals_background_0(tmp_path, capsys, tiny_unet) -> None:
+@pytest.mark.parametrize("entry, shown", [("background -1000", "-1000"), ("background -3.4e38", "-3.40282e+38")])
+def test_segment_with_a_non_zero_background_equals_background_0(tmp_path, capsys, tiny_unet, entry, shown) -> None:
     good = corpus.write_case(tmp_path / "good" / corpus.CASE)
-    odd = corpus.CASES["background -1000"](tmp_path / "odd" / corpus.CASE)
+    odd = corpus.CASES[entry](tmp_path / "odd" / corpus.CASE)
     assert _segment(good, tmp_path / "good.nii.gz", tiny_unet[1]) == 0
     capsys.readouterr()
     assert _segment(odd, tmp_path / "odd.nii.gz", tiny_unet[1]) == 0
     lines = _lines(capsys.readouterr().err)
-    assert sum("the background is -1000" in line for line in lines) == 4  # one per modality
+    assert sum(f"the background is {shown} " in line for line in lines) == 4  # one per modality
     assert any(CROP_WARNING in line for line in lines)
     np.testing.assert_array_equal(np.asarray(nib.load(tmp_path / "odd.nii.gz").dataobj),
                                   np.asarray(nib.load(tmp_path / "good.nii.gz").dataobj))
@@ -297,6 +298,32 @@ def test_generate_any_mask_orientation_aligns_in_world_space(tmp_path, tiny_cvae
     b = generate_cases(mask[::-1, :, ::-1], flipped_affine, None, tiny_cvae, seed=3, brain=brain[::-1, :, ::-1])[0]
     np.testing.assert_array_equal(b.affine, flipped_affine)
     np.testing.assert_allclose(b.image[:, ::-1, :, ::-1], a.image, rtol=0, atol=1e-4)
+
+
+def test_generate_cli_warns_about_an_empty_mask(tmp_path, capsys, tiny_cvae) -> None:
+    from core.generate import main
+
+    weights = tmp_path / "cvae.keras"
+    tiny_cvae.save(weights)
+    shape = (40, 36, 20)
+    brain = np.zeros(shape, np.uint8)
+    brain[6:34, 4:32, 2:18] = 1
+    mask = corpus.write(tmp_path / "empty_seg.nii.gz", np.zeros(shape, np.uint8))
+    brain_file = corpus.write(tmp_path / "brain.nii.gz", brain)
+    assert main([str(mask), "-o", str(tmp_path / "out"), "--weights", str(weights), "--brain", str(brain_file)]) == 0
+    lines = [line for line in _lines(capsys.readouterr().err) if "it/s" not in line and "case/s" not in line]
+    assert lines[0] == ("warning: empty_seg.nii.gz: no tumour label (every voxel is 0); the generated cases are "
+                        "tumour-free brains - pass a tumour segmentation to get tumours.")
+    assert len(list((tmp_path / "out").iterdir())) == 1
+
+
+def test_real_cases_load_without_findings(real_root: Path) -> None:
+    """The real BraTS cases beside the project raise no warning at all (no false alarm on the data it is for)."""
+    for name in ("BraTS-GLI-demo-0001", "Brats18_2013_11_1"):
+        if not (real_root / name).is_dir():
+            continue
+        info = info_cli.case_info(load_case(real_root / name))
+        assert info["warnings"] == [] and info["orientation"] == "LPS", (name, info["warnings"])
 
 
 def test_generate_cli_names_the_mask_file(tmp_path, capsys, tiny_cvae) -> None:
