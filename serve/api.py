@@ -6,8 +6,9 @@ Run::
     python -m serve.api --port 8000 [--host 127.0.0.1] [--workers 1] [--queue 4] [--timeout 600]
                         [--max-upload-mb 1024] [--no-preload]
 
-Routes: ``POST /segment`` (label map ``.nii.gz``, volumes in the ``X-Volumes-ML`` header),
-``POST /segment.json`` (volumes, Dice/HD95 against an uploaded seg), ``POST /generate`` (zip of BraTS
+Routes: ``POST /segment`` (label map ``.nii.gz``, volumes in the ``X-Volumes-ML`` header; the case is checked
+and segmented as ``python -m core.segment`` does, ``force=true`` being its ``--force``),
+``POST /segment.json`` (volumes, Dice/HD95 against an uploaded seg, warnings), ``POST /generate`` (zip of BraTS
 case folders), ``GET /health``, ``GET /models`` (model cards), OpenAPI docs at ``/docs``.
 
 Settings (flags override the environment): ``BRATS_API_KEY`` (when set, every route but ``/health`` and the docs
@@ -297,26 +298,30 @@ def _add_routes(app: FastAPI) -> None:
     key_scheme = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="needed when BRATS_API_KEY is set")
     secured = [Security(key_scheme)]  # documents the header; the Guard middleware enforces it
 
-    async def segment_result(request: Request, files: list[UploadFile], labels: str, tta: bool):
+    async def segment_result(request: Request, files: list[UploadFile], labels: str, tta: bool, force: bool):
         uploads = await _read_uploads(files)
-        return await _run(request, _model_job(request, "unet", partial(_segment, uploads, labels, tta)))
+        return await _run(request, _model_job(request, "unet", partial(_segment, uploads, labels, tta, force)))
 
     @app.post("/segment", dependencies=secured, response_class=Response,
               responses={200: {"content": {"application/gzip": {}}, "description": "label map .nii.gz"}})
-    async def segment(request: Request, files: Files, labels: Labels = "2020", tta: bool = False) -> Response:
-        """Segment a case; returns the uint8 label map (source affine and header), volumes in ``X-Volumes-ML``."""
-        result = await segment_result(request, files, labels, tta)
+    async def segment(request: Request, files: Files, labels: Labels = "2020", tta: bool = False,
+                      force: bool = False) -> Response:
+        """Segment a case; returns the uint8 label map (source affine and header), volumes in ``X-Volumes-ML``,
+        the checks' warnings in ``X-Warnings`` (JSON lists). ``force`` segments a case the checks refuse."""
+        result = await segment_result(request, files, labels, tta, force)
         name = f"{safe_name(result.case)}{'_seg' if labels == '2020' else '-seg'}.nii.gz"
         return Response(result.nii_gz, media_type="application/gzip", headers={
             "Content-Disposition": f'attachment; filename="{name}"',
             "X-Volumes-ML": json.dumps(result.volumes_ml, separators=(",", ":")),
+            "X-Warnings": json.dumps(result.warnings, separators=(",", ":")),
             "X-Case": safe_name(result.case), "X-Labels": labels, "X-Seconds": f"{result.seconds:.3f}"})
 
     @app.post("/segment.json", dependencies=secured)
     async def segment_json(request: Request, files: Files, labels: Labels = "2020", tta: bool = False,
-                           include_seg: bool = False) -> dict[str, Any]:
-        """Segment a case; returns volumes (mL), Dice/HD95 against an uploaded seg, optionally the map (base64)."""
-        result = await segment_result(request, files, labels, tta)
+                           force: bool = False, include_seg: bool = False) -> dict[str, Any]:
+        """Segment a case; returns volumes (mL), Dice/HD95 against an uploaded seg, warnings, optionally the map
+        (base64)."""
+        result = await segment_result(request, files, labels, tta, force)
         body = result.summary()
         if include_seg:
             import base64
@@ -368,8 +373,8 @@ def _add_routes(app: FastAPI) -> None:
         return out
 
 
-def _segment(uploads: dict[str, bytes], labels: str, tta: bool, model: Any):
-    return segment_upload(uploads, model, labels=labels, tta=tta)
+def _segment(uploads: dict[str, bytes], labels: str, tta: bool, force: bool, model: Any):
+    return segment_upload(uploads, model, labels=labels, tta=tta, force=force)
 
 
 def _generate(mask_name: str, mask_bytes: bytes, host: dict[str, bytes] | None, samples: int, seed: int,

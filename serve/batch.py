@@ -40,7 +40,7 @@ RESULTS = "results.csv"
 SEG_SUFFIX = "_seg.nii.gz"
 CSV_FIELDS: tuple[str, ...] = (
     "case", "status", "seconds", *(f"{r}_ml" for r in REGIONS), *(f"dice_{r}" for r in REGIONS),
-    *(f"hd95_{r}" for r in REGIONS), "seg_file", "worker", "error",
+    *(f"hd95_{r}" for r in REGIONS), "seg_file", "worker", "error", "warnings",
 )
 CODE_PACKAGES: tuple[str, ...] = ("core", "serve")  # what a cluster worker imports (shipped with the job)
 
@@ -87,15 +87,16 @@ def _number(value: float) -> str:
     return "" if value is None or not np.isfinite(value) else f"{value:.4f}"
 
 
-def segment_one(folder: str | os.PathLike, model: Any, *, tta: bool = False, labels: str = "2020") -> dict[str, Any]:
-    """Segment one case folder; never raises for bad input.
+def segment_one(folder: str | os.PathLike, model: Any, *, tta: bool = False, labels: str = "2020",
+                force: bool = False) -> dict[str, Any]:
+    """Segment one case folder as ``python -m core.segment`` does (checks, ``--force``); never raises.
 
     Returns:
         A CSV row (``CSV_FIELDS`` as strings) plus ``"seg"``: the ``.nii.gz`` bytes (``b""`` on failure).
     """
     from core.case import label_map_bytes, load_case
-    from core.inference import segment_case
     from core.metrics import region_metrics, volumes_ml
+    from serve.jobs import segment_checked
 
     folder = Path(folder)
     row: dict[str, Any] = {k: "" for k in CSV_FIELDS}
@@ -103,7 +104,8 @@ def segment_one(folder: str | os.PathLike, model: Any, *, tta: bool = False, lab
     start = time.perf_counter()
     try:
         case = load_case(folder)
-        result = segment_case(case, model, tta=tta)
+        result, warnings = segment_checked(case, model, tta=tta, force=force)
+        row["warnings"] = " | ".join(" ".join(w.split()) for w in warnings)
         row["seg"] = label_map_bytes(result.labels, case.affine, case.header, labels)
         for region, ml in volumes_ml(result.labels, case.spacing).items():
             row[f"{region}_ml"] = f"{ml:.3f}"
@@ -124,7 +126,7 @@ def segment_one(folder: str | os.PathLike, model: Any, *, tta: bool = False, lab
 class SegmentWorker:
     """Ray Data actor: loads the U-Net once (from bytes), then segments one case folder per call."""
 
-    def __init__(self, model_ref: list, tta: bool, labels: str, threads: int) -> None:
+    def __init__(self, model_ref: list, tta: bool, labels: str, threads: int, force: bool = False) -> None:
         """``model_ref``: ``[ObjectRef of the .keras bytes]`` (in a list so Ray passes the reference, not a copy)."""
         import tempfile
 
@@ -140,10 +142,11 @@ class SegmentWorker:
             path = Path(tmp) / "unet.keras"
             path.write_bytes(ray.get(model_ref[0]))
             self.model = load_model(path)
-        self.tta, self.labels = tta, labels
+        self.tta, self.labels, self.force = tta, labels, force
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        rows = [segment_one(str(p), self.model, tta=self.tta, labels=self.labels) for p in batch["path"]]
+        rows = [segment_one(str(p), self.model, tta=self.tta, labels=self.labels, force=self.force)
+                for p in batch["path"]]
         return {key: np.array([r[key] for r in rows], dtype=object) for key in (*CSV_FIELDS, "seg")}
 
 
@@ -237,7 +240,8 @@ def _start_ray(address: str | None, cpus: int | None, verbose: bool) -> None:
 
 def run_batch(root: str | os.PathLike, out: str | os.PathLike, *, address: str | None = None,
               workers: int | None = None, cpus_per_worker: int | None = None, weights: str | os.PathLike | None = None,
-              tta: bool = False, labels: str = "2020", progress: bool = True, verbose: bool = False) -> BatchSummary:
+              tta: bool = False, labels: str = "2020", force: bool = False, progress: bool = True,
+              verbose: bool = False) -> BatchSummary:
     """Segment the pending cases under ``root`` into ``out`` on Ray (see the module docstring).
 
     Uses the Ray session already running in this process if there is one (and leaves it running);
@@ -288,7 +292,7 @@ def run_batch(root: str | os.PathLike, out: str | os.PathLike, *, address: str |
             SegmentWorker, batch_size=1, batch_format="numpy", num_cpus=cpus_per_worker,
             compute=ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1),
             fn_constructor_kwargs={"model_ref": [model_ref], "tta": tta, "labels": labels,
-                                   "threads": cpus_per_worker})
+                                   "threads": cpus_per_worker, "force": force})
         with tqdm(total=len(todo), unit="case", desc="segment", file=sys.stderr, disable=not progress) as bar:
             for raw in dataset.iter_rows():
                 row = {k: (v.decode() if isinstance(v, bytes) and k != "seg" else v) for k, v in raw.items()}
@@ -333,6 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", type=Path, default=None, help="U-Net .keras file (default: the shipped one)")
     p.add_argument("--tta", action="store_true", help="mirror test-time augmentation (8x slower)")
     p.add_argument("--labels", choices=CONVENTIONS, default="2020", help="label values written (default %(default)s)")
+    p.add_argument("--force", action="store_true",
+                   help="segment even cases that fail the plausibility checks (as core.segment --force)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--verbose", action="store_true", help="Ray's own logs and progress bars")
     return p
@@ -350,7 +356,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         summary = run_batch(args.root, args.out, address=args.address, workers=args.workers,
                             cpus_per_worker=args.cpus_per_worker, weights=args.weights, tta=args.tta,
-                            labels=args.labels, progress=not args.quiet, verbose=args.verbose)
+                            labels=args.labels, force=args.force, progress=not args.quiet, verbose=args.verbose)
     except (CaseError, ModelLoadError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -2,10 +2,11 @@
 
 Everything is built from ``core``: ``load_case_from_bytes`` / ``load_case_from_zip`` read and validate the
 upload (their ``CaseError`` / ``NiftiError`` messages name the file and the fix, as in the CLIs),
-``segment_case`` predicts, ``label_map_bytes`` writes the label map with the source affine and header,
-``volumes_ml`` / ``region_metrics`` measure it, and ``iter_cases`` + ``save_case`` generate and write cases.
-Nothing is left on disk: the one temporary folder (for writing case folders into the zip and reading the mask)
-is removed when the job ends, also on errors.
+``core.input_check`` and ``core.segment.segment_oriented`` check and segment it as ``python -m core.segment``
+does, ``label_map_bytes`` writes the label map with the source affine and header, ``volumes_ml`` /
+``region_metrics`` measure it, and ``iter_cases`` + ``save_case`` generate and write cases. Nothing is left on
+disk: the one temporary folder (for writing case folders into the zip and reading the mask) is removed when the
+job ends, also on errors.
 """
 
 from __future__ import annotations
@@ -46,13 +47,14 @@ class SegmentResult:
     tta: bool
     metrics: dict[str, dict[str, float]] | None = None
     files: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready description (everything but the file bytes)."""
         return {"case": self.case, "labels": self.labels, "shape": list(self.shape),
                 "spacing_mm": list(self.spacing_mm), "volumes_ml": self.volumes_ml,
                 "class_volumes_ml": self.class_volumes_ml, "metrics": self.metrics, "seconds": round(self.seconds, 3),
-                "tta": self.tta, "files": self.files}
+                "tta": self.tta, "files": self.files, "warnings": self.warnings}
 
 
 def safe_name(name: str, default: str = "upload") -> str:
@@ -96,16 +98,39 @@ def case_from_uploads(uploads: Mapping[str, bytes]) -> Case:
     return load_case_from_bytes(uploads, name=upload_case_name(names))
 
 
-def segment_upload(uploads: Mapping[str, bytes], model: Any, *, labels: str = "2020",
-                   tta: bool = False) -> SegmentResult:
+def segment_checked(case: Case, model: Any, *, tta: bool = False, force: bool = False,
+                    force_hint: str = "--force") -> tuple[Any, list[str]]:
+    """What ``python -m core.segment`` does with a loaded case: plausibility checks, then the segmentation.
+
+    ``core.input_check`` errors (noise, a constant or duplicated modality, no brain) refuse the case unless
+    ``force``; ``core.segment.segment_oriented`` segments in the model's orientation and returns the result
+    on the case's own grid.
+
+    Returns:
+        ``(core.inference.Segmentation, warnings)``: the loader's and the checks' messages.
+
+    Raises:
+        CaseError: a check failed and ``force`` is off (the CLI's message, naming ``force_hint``).
+    """
+    from core.input_check import ERROR, check_case
+    from core.segment import segment_oriented
+
+    findings = check_case(case)
+    errors = [f.message for f in findings if f.level == ERROR]
+    if errors and not force:
+        raise CaseError(f"{errors[0]} (pass {force_hint} to segment it anyway)")
+    result = segment_oriented(case, model, tta=tta)
+    return result, [*case.warnings, *(f.message for f in findings)]
+
+
+def segment_upload(uploads: Mapping[str, bytes], model: Any, *, labels: str = "2020", tta: bool = False,
+                   force: bool = False) -> SegmentResult:
     """Segment an uploaded case: the ``.nii.gz`` label map (source affine/header, ``labels`` values) + volumes.
 
     Dice/HD95 against the upload's own seg file are added when one was sent.
     """
-    from core.inference import segment_case
-
     case = case_from_uploads(uploads)
-    result = segment_case(case, model, tta=tta)
+    result, warnings = segment_checked(case, model, tta=tta, force=force, force_hint="force=true")
     metrics = None
     if case.seg is not None:
         raw = region_metrics(result.labels, case.seg, case.spacing)
@@ -115,7 +140,7 @@ def segment_upload(uploads: Mapping[str, bytes], model: Any, *, labels: str = "2
         shape=case.shape, spacing_mm=case.spacing,
         volumes_ml={k: round(v, 3) for k, v in volumes_ml(result.labels, case.spacing).items()},
         class_volumes_ml={k: round(v, 3) for k, v in class_volumes_ml(result.labels, case.spacing).items()},
-        seconds=result.seconds, tta=tta, metrics=metrics, files=dict(case.files))
+        seconds=result.seconds, tta=tta, metrics=metrics, files=dict(case.files), warnings=warnings)
 
 
 def _finite(value: float) -> float | None:

@@ -137,6 +137,8 @@ def test_segment_returns_the_label_map_on_the_source_grid(client, case_dir):
     assert image.header["sform_code"] == source.header["sform_code"]
     data = np.asanyarray(image.dataobj)
     assert data.dtype == np.uint8 and data.shape == SHAPE and set(np.unique(data)) <= {0, 1, 2, 3}
+    warnings = json.loads(response.headers["X-Warnings"])  # the CLI's warnings: a toy case is not a whole brain
+    assert any("not a whole-brain volume" in w for w in warnings)
     volumes = json.loads(response.headers["X-Volumes-ML"])
     assert set(volumes) == {"WT", "TC", "ET"}
     expected = volumes_ml(data, (1.0, 1.0, 1.0))  # 2023 labels are the internal ones
@@ -170,6 +172,17 @@ def test_bad_uploads_get_json_errors_naming_file_and_fix(client, case_dir):
     mixed = case_files(case_dir, ("t1",)) + [("files", ("case.zip", b"PK", "application/zip"))]
     assert_json_error(client.post("/segment", files=mixed), 422, "case.zip", "not both")
     assert_json_error(client.post("/segment", files=case_files(case_dir), params={"labels": "2021"}), 422, "labels")
+
+
+def test_implausible_case_is_refused_like_the_cli_unless_forced(client, case_dir):
+    files = case_files(case_dir, ("t1", "t1ce", "flair"))
+    files.append(("files", ("BraTS20_Toy_001_t2.nii.gz", (case_dir / "BraTS20_Toy_001_t1.nii.gz").read_bytes(),
+                            "application/gzip")))
+    refused = client.post("/segment.json", files=files)
+    assert_json_error(refused, 422, "BraTS20_Toy_001_t2.nii.gz", "identical to", "pass force=true")
+    forced = client.post("/segment.json", files=files, params={"force": "true"})
+    assert forced.status_code == 200, forced.text
+    assert any("identical to" in w for w in forced.json()["warnings"])
 
 
 def test_upload_limit_answers_413(weights, case_dir):

@@ -83,6 +83,7 @@ def test_batch_on_local_ray_then_resume(cases_root, tmp_path, tiny_unet, capsys)
         assert float(row["WT_ml"]) == pytest.approx(np.count_nonzero(data) / 1000, abs=1e-3)
     assert 0.0 <= float(rows["BraTS-Toy-000"]["dice_WT"]) <= 1.0
     assert rows["BraTS-Toy-002"]["dice_WT"] == ""  # no reference seg in that folder
+    assert "not a whole-brain volume" in rows["BraTS-Toy-000"]["warnings"]  # the CLI's checks ran
     assert not list(out.glob("*.part"))
     # Resume on a "cluster" reached by address (a Ray started here, the CLI in another process and folder): the
     # three done cases are skipped, the fixed one is segmented by a worker that got the code through py_modules.
