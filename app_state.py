@@ -329,8 +329,8 @@ def _import_model_code() -> None:
 
 def segment_current(model: Any, model_name: str, *, tta: bool, progress: Progress | None = None) -> Prediction:
     """Segment the current case, store the result as its prediction (with metrics if a reference exists)."""
-    from core.inference import segment_case
     from core.metrics import region_metrics
+    from core.segment import segment_oriented as segment_case  # model orientation and back (any grid)
 
     state = studio()
     if state.case is None:
@@ -391,8 +391,8 @@ def generate_samples(
 
 def sample_fidelity(index: int, unet: Any, progress: Progress | None = None) -> dict[str, dict[str, float]]:
     """Segment generated sample ``index`` with the U-Net; metrics against the mask it was generated from."""
-    from core.inference import segment_case
     from core.metrics import region_metrics
+    from core.segment import segment_oriented as segment_case  # model orientation and back (any grid)
 
     samples = studio().samples
     if samples is None:
