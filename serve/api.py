@@ -338,7 +338,8 @@ def _add_routes(app: FastAPI) -> None:
         samples: Annotated[int, Query(ge=1)] = 1, seed: int = 0,
         temperature: Annotated[float, Query(ge=0.0, le=5.0)] = 1.0, naming: Labels = "2020",
     ) -> Response:
-        """CVAE cases whose tumour is ``mask``: a zip of ``samples`` BraTS-named case folders."""
+        """CVAE cases whose tumour is ``mask``: a zip of ``samples`` BraTS-named case folders (warnings in
+        ``X-Warnings``)."""
         limit = request.app.state.settings.max_samples
         if samples > limit:
             raise ApiError(422, "bad_input", f"samples={samples} is more than this server's limit of {limit}; "
@@ -347,9 +348,10 @@ def _add_routes(app: FastAPI) -> None:
         host = await _read_uploads(files) if files else None
         (mask_name, mask_bytes), = mask_uploads.items()
         work = partial(_generate, mask_name, mask_bytes, host, samples, seed, temperature, naming)
-        data = await _run(request, _model_job(request, "cvae", work))
+        data, warnings = await _run(request, _model_job(request, "cvae", work))
         return Response(data, media_type="application/zip",
-                        headers={"Content-Disposition": f'attachment; filename="cvae-s{seed}.zip"'})
+                        headers={"Content-Disposition": f'attachment; filename="cvae-s{seed}.zip"',
+                                 "X-Warnings": json.dumps(warnings, separators=(",", ":"))})
 
     @app.get("/health")
     async def health(request: Request) -> dict[str, Any]:
@@ -378,7 +380,7 @@ def _segment(uploads: dict[str, bytes], labels: str, tta: bool, force: bool, mod
 
 
 def _generate(mask_name: str, mask_bytes: bytes, host: dict[str, bytes] | None, samples: int, seed: int,
-              temperature: float, naming: str, model: Any) -> bytes:
+              temperature: float, naming: str, model: Any) -> tuple[bytes, list[str]]:
     return generate_upload(mask_name, mask_bytes, host, model, samples=samples, seed=seed,
                            temperature=temperature, naming=naming)
 

@@ -28,7 +28,6 @@ from core.metrics import class_volumes_ml, region_metrics, volumes_ml
 
 UPLOAD_HELP = ("send the four modalities (t1, t1ce, t2, flair; optional seg) as repeated form field 'files', "
                "named as in a case folder (e.g. X_t1.nii.gz or X-t1n.nii.gz), or one .zip of the case folder")
-GENERATED_NAMES: dict[str, str] = {"2020": "BraTS20_CVAE_s{seed}_{index:03d}", "2023": "BraTS-CVAE-s{seed}-{index:03d}"}
 AFFINE_TOLERANCE_MM = 1e-3
 
 
@@ -148,14 +147,14 @@ def _finite(value: float) -> float | None:
     return round(float(value), 4) if np.isfinite(value) else None
 
 
-def _read_mask(mask_name: str, mask_bytes: bytes, tmp: Path) -> tuple[np.ndarray, np.ndarray, Any]:
+def _read_mask(mask_name: str, mask_bytes: bytes, tmp: Path, notes: list[str]) -> tuple[np.ndarray, np.ndarray, Any]:
     """``(internal labels, affine, header)`` of an uploaded label map, read the way ``core.generate`` reads one."""
     from core.generate import read_mask
 
     path = tmp / safe_name(Path(mask_name.replace("\\", "/")).name, "mask.nii.gz")
     path.write_bytes(mask_bytes)
     try:
-        return read_mask(path)
+        return read_mask(path, notes)
     finally:
         path.unlink(missing_ok=True)
 
@@ -174,34 +173,43 @@ def _check_host(mask_name: str, mask: np.ndarray, affine: np.ndarray, host: Case
 
 
 def generate_upload(mask_name: str, mask_bytes: bytes, host_uploads: Mapping[str, bytes] | None, model: Any, *,
-                    samples: int = 1, seed: int = 0, temperature: float = 1.0, naming: str = "2020") -> bytes:
+                    samples: int = 1, seed: int = 0, temperature: float = 1.0,
+                    naming: str = "2020") -> tuple[bytes, list[str]]:
     """CVAE samples conditioned on an uploaded mask, as a ``.zip`` of BraTS-named case folders.
 
     Without a host case the brain is the MNI152 template (BraTS grid only, as ``python -m core.generate``);
     with one (``host_uploads``, same forms as :func:`case_from_uploads`) the samples take its brain outline,
     affine and header, like the app's Generate page. Case names are those of the CLI.
+
+    Returns:
+        ``(zip bytes, warnings)``: the CLI's warnings (header inconsistencies, a mask without tumour).
     """
     from core.case import save_case
-    from core.generate import iter_cases
+    from core.generate import NAME_PATTERNS, iter_cases
     from core.preprocess import brain_mask
 
     buffer = io.BytesIO()
+    notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="brats_api_") as tmp_name:
         tmp = Path(tmp_name)
-        mask, affine, header = _read_mask(mask_name, mask_bytes, tmp)
+        mask, affine, header = _read_mask(mask_name, mask_bytes, tmp, notes)
         brain = None
         if host_uploads:
             host = case_from_uploads(host_uploads)
             _check_host(mask_name, mask, affine, host)
             affine, header, brain = host.affine, host.header, brain_mask(host.image)
+            notes.extend(host.warnings)
         cases = iter_cases(mask, affine, header, model, n_samples=samples, seed=seed, temperature=temperature,
-                           brain=brain)
+                           brain=brain, name=mask_name)
+        if not mask.any():  # the CLI's note
+            notes.append(f"{mask_name}: no tumour label (every voxel is 0); the generated cases are tumour-free "
+                         "brains - pass a tumour segmentation to get tumours.")
         with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as zf:  # members are gzipped already
             for i, case in enumerate(cases):
-                name = GENERATED_NAMES[naming].format(seed=seed, index=i)
+                name = NAME_PATTERNS[naming].format(seed=seed, index=i)
                 folder = save_case(case, tmp, naming=naming, name=name)
                 for file in sorted(folder.iterdir()):
                     zf.write(file, f"{name}/{file.name}")
                     file.unlink()
                 folder.rmdir()
-    return buffer.getvalue()
+    return buffer.getvalue(), notes

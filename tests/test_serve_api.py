@@ -278,6 +278,7 @@ def test_generate_returns_a_zip_of_brats_case_folders(client, case_dir, tmp_path
                            params={"samples": 2, "seed": 3, "naming": "2023"})
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "application/zip"
+    assert isinstance(json.loads(response.headers["X-Warnings"]), list)
     with zipfile.ZipFile(io.BytesIO(response.content)) as zf:
         names = sorted(zf.namelist())
         assert names[:5] == sorted(f"BraTS-CVAE-s3-000/BraTS-CVAE-s3-000-{k}.nii.gz"
@@ -292,7 +293,14 @@ def test_generate_returns_a_zip_of_brats_case_folders(client, case_dir, tmp_path
     too_many = client.post("/generate", files=[mask], params={"samples": 99})
     assert_json_error(too_many, 422, "samples=99", "limit")
     not_brats = client.post("/generate", files=[mask])  # no host case: the template brain needs the BraTS grid
-    assert_json_error(not_brats, 422, "BraTS grid")
+    assert_json_error(not_brats, 422, "BraTS20_Toy_001_seg.nii.gz", "BraTS grid")
+    empty = small_case()
+    empty.seg[:] = 0
+    empty_dir = save_case(empty, tmp_path / "empty", naming="2020", name="Empty")
+    empty_mask = ("mask", ("Empty_seg.nii.gz", (empty_dir / "Empty_seg.nii.gz").read_bytes(), "application/gzip"))
+    no_tumour = client.post("/generate", files=[empty_mask, *case_files(case_dir)])
+    assert no_tumour.status_code == 200, no_tumour.text
+    assert any("Empty_seg.nii.gz: no tumour label" in w for w in json.loads(no_tumour.headers["X-Warnings"]))
 
 
 # ------------------------------------------------------------------------------------------ real uvicorn
