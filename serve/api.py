@@ -281,6 +281,9 @@ async def _run(request: Request, job: Callable[[], Any]) -> Any:
         raise ApiError(422, "bad_input", str(exc)) from exc
     except ModelLoadError as exc:
         raise ApiError(503, "model_unavailable", str(exc)) from exc
+    except MemoryError as exc:  # the CLI's advice
+        raise ApiError(422, "bad_input", "out of memory while processing the upload; its volumes are too large - "
+                       "resample them to about 1 mm (BraTS: 240 x 240 x 155).") from exc
     except ValueError as exc:
         raise ApiError(422, "bad_input", str(exc)) from exc
     except Exception as exc:  # a bug: log it, answer JSON
