@@ -321,7 +321,8 @@ def test_real_uvicorn_server(weights, case_dir, tmp_path):
     env = {**os.environ, "BRATS_UNET_WEIGHTS": str(weights["unet"]), "BRATS_API_KEY": "k3y", "TMPDIR": str(scratch)}
     log = tmp_path / "server.log"
     with open(log, "w") as out:
-        server = subprocess.Popen([sys.executable, "-m", "serve.api", "--port", str(port), "--no-preload"],
+        server = subprocess.Popen([sys.executable, "-m", "serve.api", "--port", str(port), "--no-preload",
+                                   "--max-upload-mb", "1.5"],
                                   cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -343,6 +344,8 @@ def test_real_uvicorn_server(weights, case_dir, tmp_path):
             assert set(json.loads(ok.headers["X-Volumes-ML"])) == {"WT", "TC", "ET"}
             bad = http.post("/segment", files=[("files", ("x_t1.nii.gz", b"junk", "application/gzip"))], headers=key)
             assert_json_error(bad, 422, "missing t1ce")
+            big = [("files", ("x_t1.nii.gz", b"x" * (2 << 20), "application/gzip"))]
+            assert_json_error(http.post("/segment", files=big, headers=key), 413, "1.5 MB upload limit")
             assert http.get("/health").json()["models_loaded"] == ["unet"]
     finally:
         server.terminate()
