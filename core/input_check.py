@@ -6,6 +6,7 @@ silently wrong, as :class:`Finding` s naming the file and the fix:
 
 errors (``core.segment`` refuses, unless ``--force``):
     - two modalities with identical voxels (the same file picked twice);
+    - a brain region too large for one forward pass in bounded memory (e.g. a 0.5 mm grid);
     - a modality that is random noise (neighbouring brain voxels uncorrelated);
     - a modality that is constant inside the brain (a mask saved as an image);
     - no brain at all (every voxel equals the background).
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from core.case import MODALITIES, Case
-from core.preprocess import border_background, brain_mask
+from core.preprocess import border_background, bounding_box, brain_mask
 
 ERROR = "error"
 WARNING = "warning"
@@ -35,6 +36,7 @@ MAX_BRAIN_ML = 2500.0  # above this the "brain" is a head: not skull-stripped
 MAX_BRAIN_FRACTION = 0.7  # skull-stripped BraTS brains fill ~11-18 % of the 240x240x155 field of view
 MIN_FOV_MM = 100.0  # a brain is ~140 x 170 x 120 mm
 SPACING_TOLERANCE_MM = 0.1  # around the 1 mm the models were trained on
+MAX_BOX_VOXELS = 7_000_000  # network input; ~0.5 GB per million voxels (BraTS crop 3.6 M: 2.4 GB peak in all)
 MAX_OBLIQUE_DEG = 15.0  # phantoms are rotated by up to 6 degrees per axis in training
 _SAMPLE = 4  # correlation computed on every 4th line across the other two axes
 
@@ -106,6 +108,12 @@ def check_case(case: Case) -> list[Finding]:
     if not mask.any():
         return [Finding(ERROR, f"{case.name}: no brain found - every voxel of every modality equals its background "
                                "value; export the modalities again.")]
+    box = tuple(s.stop - s.start for s in bounding_box(mask))
+    if int(np.prod(box)) > MAX_BOX_VOXELS:
+        errors.append(f"{case.name}: the brain region is {' x '.join(map(str, box))} voxels "
+                      f"({np.prod(box) / 1e6:.1f} M), too large for one forward pass within about 4 GB of memory "
+                      f"(limit {MAX_BOX_VOXELS / 1e6:.0f} M; a 1 mm BraTS brain is ~3.6 M) - resample the case to 1 mm "
+                      "and skull-strip it.")
     for c in range(image.shape[0]):
         values = image[c][mask]
         if float(values.min()) == float(values.max()):

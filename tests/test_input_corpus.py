@@ -221,6 +221,19 @@ def test_segment_refuses_noise_and_masks_unless_forced(tmp_path, capsys, tiny_un
     assert out.exists()
 
 
+def test_segment_refuses_a_brain_region_too_large_for_memory(tmp_path, capsys, tiny_unet, monkeypatch) -> None:
+    from core import input_check
+
+    monkeypatch.setattr(input_check, "MAX_BOX_VOXELS", 1000)  # the corpus brain box is 28 x 32 x 24 voxels
+    folder = corpus.write_case(tmp_path / corpus.CASE)
+    assert _segment(folder, tmp_path / "seg.nii.gz", tiny_unet[1]) == 2
+    lines = _lines(capsys.readouterr().err)
+    box = tuple(s.stop - s.start for s in input_check.bounding_box(brain_mask(corpus.image())))
+    assert len(lines) == 1 and lines[0].startswith(
+        f"error: {corpus.CASE}: the brain region is {' x '.join(map(str, box))} voxels"), lines
+    assert "--force" in lines[0]
+
+
 @pytest.mark.parametrize("entry, shown", [("background -1000", "-1000"), ("background -3.4e38", "-3.40282e+38")])
 def test_segment_with_a_non_zero_background_equals_background_0(tmp_path, capsys, tiny_unet, entry, shown) -> None:
     good = corpus.write_case(tmp_path / "good" / corpus.CASE)
