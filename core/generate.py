@@ -38,6 +38,7 @@ import numpy as np
 
 from core import cvae
 from core.case import MODALITIES, Case, CaseError, affine_spacing, load_label_map, save_case
+from core.cli import exit_on_sigterm, fail, warn
 from core.labels import NUM_CLASSES
 from core.orientation import reorientation
 from core.preprocess import brain_mask, zscore
@@ -324,6 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tqdm import tqdm
 
     args = build_parser().parse_args(argv)
+    exit_on_sigterm()  # a SIGTERM still removes a half-written case file (save_nifti's temporary file)
     try:
         if args.samples < 1:
             raise ValueError(f"--samples must be >= 1, got {args.samples}")
@@ -344,7 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             notes.append(f"{Path(args.mask).name}: no tumour label (every voxel is 0); the generated cases are "
                          "tumour-free brains - pass a tumour segmentation to get tumours.")
         for note in notes:
-            print(f"warning: {' '.join(note.split())}", file=sys.stderr)
+            warn(note)
         out = Path(args.out)
         with tqdm(total=args.samples, desc="generate", unit="case", file=sys.stderr) as bar:
             for i, case in enumerate(cases):
@@ -353,16 +355,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 bar.update(1)
         print(f"wrote {args.samples} case(s) to {out} in {time.perf_counter() - start:.1f} s")
     except (CaseError, ModelLoadError, ValueError) as exc:
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
+        return fail(exc)
     except OSError as exc:
-        print(f"error: cannot write to {args.out} ({exc.strerror or exc}); choose a writable output folder with "
-              "free space.", file=sys.stderr)
-        return 2
+        return fail(f"cannot write to {args.out} ({exc.strerror or exc}); choose a writable output folder with "
+                    "free space.")
     except MemoryError:
-        print(f"error: {args.mask}: out of memory while generating; use a 1 mm BraTS-sized mask (240 x 240 x 155) "
-              "or free memory.", file=sys.stderr)
-        return 2
+        return fail(f"{args.mask}: out of memory while generating; use a 1 mm BraTS-sized mask (240 x 240 x 155) "
+                    "or free memory.")
     return 0
 
 

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from core.case import MODALITIES, SEG, Case, CaseError, load_case
+from core.cli import exit_on_sigterm, fail, warn
 from core.input_check import check_case
 from core.labels import REGIONS
 from core.metrics import volumes_ml
@@ -85,17 +86,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("case_dir", help="folder with the four modality files (and optionally the segmentation)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
+    exit_on_sigterm()
     try:
         info = case_info(load_case(args.case_dir))
     except (CaseError, NiftiError) as exc:
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
+        return fail(exc)
     except MemoryError:
-        print(f"error: {args.case_dir}: out of memory while loading the case; its volumes are too large - resample "
-              "them to about 1 mm (BraTS: 240 x 240 x 155).", file=sys.stderr)
-        return 2
+        return fail(f"{args.case_dir}: out of memory while loading the case; its volumes are too large - resample "
+                    "them to about 1 mm (BraTS: 240 x 240 x 155).")
     for message in info["warnings"]:
-        print(f"warning: {' '.join(message.split())}", file=sys.stderr)
+        warn(message)
     print(json.dumps(info, indent=2) if args.json else format_info(info))
     return 0
 

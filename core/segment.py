@@ -33,6 +33,9 @@ import numpy as np
 from tqdm import tqdm
 
 from core.case import Case, CaseError, load_case, save_label_map
+from core.cli import exit_on_sigterm
+from core.cli import fail as _fail
+from core.cli import warn as _warn
 from core.input_check import ERROR, check_case
 from core.labels import CONVENTIONS, REGIONS
 from core.metrics import volumes_ml
@@ -42,7 +45,6 @@ from core.orientation import reorientation
 if TYPE_CHECKING:
     from core.inference import Segmentation
 
-EXIT_BAD_INPUT = 2
 DEFAULT_WEIGHTS = "weights/unet.keras (core.inference.default_unet_path)"
 
 
@@ -63,19 +65,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--force", action="store_true",
                         help="segment even a case that fails the plausibility checks (noise, constant modality)")
     return parser
-
-
-def _fail(message: str) -> int:
-    print(f"error: {_one_line(message)}", file=sys.stderr)
-    return EXIT_BAD_INPUT
-
-
-def _warn(message: str) -> None:
-    print(f"warning: {_one_line(message)}", file=sys.stderr)
-
-
-def _one_line(message: str) -> str:
-    return " ".join(str(message).split())
 
 
 def segment_oriented(case: Case, model: Any, *, tta: bool = False, postprocess: bool = True,
@@ -102,6 +91,7 @@ def segment_oriented(case: Case, model: Any, *, tta: bool = False, postprocess: 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 ok, 2 bad input)."""
     args = build_parser().parse_args(argv)
+    exit_on_sigterm()  # a SIGTERM still removes a half-written output (save_nifti's temporary file)
     out = Path(args.out)
     if not out.name.endswith((".nii.gz", ".nii")):
         return _fail(f"output {out} must end with .nii.gz or .nii")

@@ -498,3 +498,29 @@ def test_zip_with_an_unsupported_compression_method(tmp_path: Path) -> None:
     with pytest.raises(CaseError, match=r"^uploaded zip: entry Corpus01/Corpus01_\w+\.nii\.gz uses a compression "
                                         r"method Python cannot read"):
         load_case_from_zip(bytes(data))
+
+
+def test_sigterm_while_writing_leaves_no_temporary_file(tmp_path: Path) -> None:
+    """A CLI process killed by SIGTERM in the middle of save_nifti removes the half-written temporary file."""
+    out = tmp_path / "out"
+    out.mkdir()
+    code = ("import os, signal, sys, time\n"
+            "import nibabel as nib, numpy as np\n"
+            "from core.cli import exit_on_sigterm\n"
+            "from core.nifti import save_nifti\n"
+            "def slow(self, filename, **kwargs):\n"
+            "    open(filename, 'wb').write(b'partial'); print('writing', flush=True); time.sleep(60)\n"
+            "nib.Nifti1Image.to_filename = slow\n"
+            "exit_on_sigterm()\n"
+            "save_nifti(sys.argv[1], np.zeros((4, 4, 4), np.uint8), np.eye(4))\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(out / "seg.nii.gz")], cwd=ROOT, stdout=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert proc.stdout.readline().strip() == "writing"
+        assert [p.name.startswith(".seg.tmp") for p in out.iterdir()] == [True]  # the temporary file exists
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert list(out.iterdir()) == []
