@@ -15,7 +15,6 @@ import io
 import os
 import stat
 import zipfile
-import zlib
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -329,19 +328,22 @@ def _read(source: Source, file_name: str) -> nib.Nifti1Image:
     """``read_nifti`` of a path, bytes or zip entry, as a ``CaseError`` on failure."""
     try:
         if isinstance(source, _ZipMember):
-            try:
-                with source.archive.open(source.info) as stream:
-                    return read_nifti(stream, name=file_name, volume_3d=True)
-            except NotImplementedError as exc:  # e.g. Deflate64 or zstd entries
-                raise CaseError(f"{source.label}: entry {source.info.filename} uses a compression method Python "
-                                f"cannot read ({exc}); zip the case folder again with standard deflate "
-                                "(zip -r).") from exc
-            except (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError) as exc:
-                raise CaseError(f"{source.label}: entry {source.info.filename} is corrupt ({exc}); upload/zip the "
-                                "case folder again.") from exc
+            with source.archive.open(source.info) as stream:
+                return read_nifti(stream, name=file_name, volume_3d=True)
         return read_nifti(source, name=file_name, volume_3d=True)
     except NiftiError as exc:
         raise CaseError(str(exc)) from exc
+    except MemoryError:
+        raise
+    except NotImplementedError as exc:  # e.g. Deflate64 or zstd entries
+        label, entry = source.label, source.info.filename  # type: ignore[union-attr]
+        raise CaseError(f"{label}: entry {entry} uses a compression method Python cannot read ({exc}); zip the case "
+                        "folder again with standard deflate (zip -r).") from exc
+    except Exception as exc:  # a damaged archive raises BadZipFile, zlib.error, EOFError, OSError, ValueError, ...
+        if not isinstance(source, _ZipMember):
+            raise
+        raise CaseError(f"{source.label}: entry {source.info.filename} is corrupt ({type(exc).__name__}: {exc}); "
+                        "upload/zip the case folder again.") from exc
 
 
 def _load_one(key: str, file_name: str, source: Source) -> _Volume:
@@ -561,7 +563,9 @@ def load_case_from_zip(
             raise _too_many_entries(label, declared, max_entries)
         try:
             zf = zipfile.ZipFile(stream)
-        except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        except MemoryError:
+            raise
+        except Exception as exc:  # BadZipFile, OSError, ValueError, NotImplementedError (a damaged version field), ...
             raise CaseError(f"{label}: not a readable zip archive ({exc}); zip the case folder again.") from exc
         with zf:
             return _load_zip(zf, label, in_memory, name, max_bytes, max_entries, progress)

@@ -524,3 +524,46 @@ def test_sigterm_while_writing_leaves_no_temporary_file(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
     assert list(out.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- fuzzing: never anything but a clean error
+
+
+def test_fuzzed_headers_give_a_volume_or_a_clean_error() -> None:
+    """Random bytes written into the header of a valid file: a read or a NiftiError, nothing else."""
+    data = (np.arange(6 * 7 * 8) % 50).reshape(6, 7, 8).astype(np.int16)
+    base = nib.Nifti1Image(data, corpus.AFFINE).to_bytes()
+    rng = np.random.default_rng(0)
+    outcomes = {"read": 0, "error": 0}
+    for _ in range(400):
+        raw = bytearray(base)
+        for _ in range(int(rng.integers(1, 6))):
+            raw[int(rng.integers(4, 344))] = int(rng.integers(0, 256))
+        try:
+            image = read_nifti(bytes(raw), name="f.nii")
+            np.asarray(image.dataobj).sum()
+            outcomes["read"] += 1
+        except NiftiError as exc:
+            assert str(exc).startswith("f.nii: ")
+            outcomes["error"] += 1
+    assert outcomes["read"] > 0 and outcomes["error"] > 0, outcomes
+
+
+def test_fuzzed_zips_give_a_case_or_a_clean_error(tmp_path: Path) -> None:
+    """Random bytes written into a case zip (headers, directory, data) or a cut: a case or a CaseError only."""
+    base = _zip_of(corpus.write_case(tmp_path / corpus.CASE))
+    rng = np.random.default_rng(2)
+    outcomes = {"case": 0, "error": 0}
+    for _ in range(250):
+        raw = bytearray(base)
+        for _ in range(int(rng.integers(1, 4))):
+            at = int(rng.integers(0, len(raw))) if rng.random() < 0.5 else len(raw) - 1 - int(rng.integers(0, 600))
+            raw[at] = int(rng.integers(0, 256))
+        if rng.random() < 0.1:
+            raw = raw[: int(rng.integers(0, len(raw)))]
+        try:
+            load_case_from_zip(bytes(raw))
+            outcomes["case"] += 1
+        except CaseError:
+            outcomes["error"] += 1
+    assert outcomes["error"] > 0, outcomes
