@@ -26,6 +26,7 @@ import numpy as np
 
 from core.labels import CONVENTIONS, check_convention, detect_convention, from_internal, to_internal
 from core.nifti import NiftiError, check_volume_shape, header_warnings, nifti_bytes, read_nifti, save_nifti
+from core.orientation import axcodes, onto_grid
 
 MODALITIES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
 
@@ -395,6 +396,26 @@ def _check_same_grid(volume: _Volume, reference: _Volume) -> None:
         )
 
 
+def _on_reference_grid(volume: _Volume, reference: _Volume) -> _Volume:
+    """``volume`` on the grid of ``reference``: as is, or exactly flipped/permuted onto it (with a warning).
+
+    Converters store the same grid in different voxel orders (RAS vs LPS); such a file is turned
+    onto the reference grid without resampling. Anything else raises the grid mismatch ``CaseError``.
+    """
+    same_shape = volume.data.shape == reference.data.shape
+    diff = float(np.max(np.abs(np.asarray(volume.affine, np.float64) - np.asarray(reference.affine, np.float64))))
+    if same_shape and diff <= AFFINE_TOLERANCE_MM:
+        return volume
+    moved = onto_grid(volume.data, volume.affine, reference.affine, reference.data.shape, AFFINE_TOLERANCE_MM)
+    if moved is None:
+        _check_same_grid(volume, reference)  # raises the shape / affine message
+    note = (f"{volume.file_name}: voxels stored in {axcodes(volume.affine)} order, {reference.file_name} in "
+            f"{axcodes(reference.affine)}; it was flipped/permuted onto the {reference.file_name} grid (exact, same "
+            "world positions, no resampling).")
+    return replace(volume, data=np.ascontiguousarray(moved), affine=np.asarray(reference.affine),
+                   warnings=[*volume.warnings, note])
+
+
 def _load_sources(
     sources: Mapping[str, tuple[str, Source]],
     name: str,
@@ -416,13 +437,13 @@ def _load_sources(
         notes: list[str] = []
         for i, key in enumerate(keys):
             volume = futures.pop(key).result()
-            notes.extend(volume.warnings)
             if reference is None:
                 image = np.empty((len(MODALITIES), *volume.data.shape), dtype=np.float32)
                 image[0] = volume.data
                 reference = replace(volume, data=image[0])  # keep geometry, not a second copy of the voxels
             else:
-                _check_same_grid(volume, reference)
+                volume = _on_reference_grid(volume, reference)
+            notes.extend(volume.warnings)
             if key == SEG:
                 seg = volume
             else:

@@ -79,3 +79,25 @@ def _apply(array: np.ndarray, ornt: np.ndarray, spatial: tuple[int, int, int]) -
     moved = np.moveaxis(array, range(lead), range(-lead, 0)) if lead else array  # spatial axes first
     out = orientations.apply_orientation(moved, ornt)
     return np.moveaxis(out, range(-lead, 0), range(lead)) if lead else out
+
+
+def onto_grid(data: np.ndarray, affine: np.ndarray, target_affine: np.ndarray, target_shape: tuple[int, ...],
+              tolerance_mm: float = 1e-3) -> np.ndarray | None:
+    """``data`` (a 3D volume with ``affine``) flipped/permuted onto another grid, if that is exact.
+
+    Returns the volume in the voxel order of ``target_affine`` when the two grids hold the same voxels in
+    world space, only stored in another axis order or direction (e.g. one file RAS, the other LPS);
+    ``None`` when they differ otherwise (shape, spacing, origin or rotation beyond ``tolerance_mm``).
+    """
+    affine = np.asarray(affine, dtype=np.float64)
+    target_affine = np.asarray(target_affine, dtype=np.float64)
+    try:
+        transform = orientations.ornt_transform(orientations.io_orientation(affine),
+                                                orientations.io_orientation(target_affine))
+        moved_affine = affine @ orientations.inv_ornt_aff(transform, data.shape[:3])
+    except ValueError:
+        return None
+    if np.max(np.abs(moved_affine - target_affine)) > tolerance_mm:
+        return None
+    moved = orientations.apply_orientation(data, transform)
+    return moved if tuple(moved.shape) == tuple(target_shape) else None

@@ -198,6 +198,16 @@ def _ras(folder: Path) -> Path:
                       brain_and_labels()[1][::-1, ::-1].copy())
 
 
+def _one_file_ras(folder: Path) -> Path:
+    """The t2 file (and the seg) stored in RAS voxel order, the others in LPS: the same grid in world space."""
+    write_case(folder)
+    flip = np.array([[-1.0, 0, 0, SHAPE[0] - 1], [0, -1, 0, SHAPE[1] - 1], [0, 0, 1, 0], [0, 0, 0, 1]])
+    write(folder / file_name("t2"), image()[2][::-1, ::-1].copy(), AFFINE @ flip)
+    seg = brain_and_labels()[1]
+    write(folder / file_name("seg"), np.where(seg == 3, 4, seg).astype(np.uint8)[::-1, ::-1].copy(), AFFINE @ flip)
+    return folder
+
+
 def _mixed_dtypes(folder: Path) -> Path:
     write_case(folder)
     volumes = image()
@@ -240,6 +250,7 @@ CASES: dict[str, Callable[[Path], Path]] = {
     "oblique 30 degrees": lambda folder: write_case(folder, affine=_rotated(30.0)),
     "RAS orientation": _ras,
     "int16, float64 and scaled int16 files": _mixed_dtypes,
+    "one file in RAS order": _one_file_ras,
     "same file for two modalities": _replace("t2", lambda p: write(p, image()[0])),
     "single slice": _replace("flair", lambda p: write(p, image()[3][:, :, 10:11])),
     "NIfTI-2 file": _replace("t1ce", lambda p: nib.save(nib.Nifti2Image(image()[1], AFFINE), p)),
@@ -281,6 +292,8 @@ EXPECTED_INFO: dict[str, tuple[str, str]] = {
     "oblique 30 degrees": (WARNING, f"{CASE}: the voxel axes are rotated 30 degrees from the world axes"),
     "RAS orientation": (WARNING, "this is not a whole-brain volume like BraTS"),
     "int16, float64 and scaled int16 files": (WARNING, "this is not a whole-brain volume like BraTS"),
+    "one file in RAS order": (WARNING, f"{file_name('t2')}: voxels stored in RAS order, {file_name('t1')} in LPS; it "
+                                       f"was flipped/permuted onto the {file_name('t1')} grid (exact"),
     "same file for two modalities": (WARNING, f"{file_name('t2')}: identical to {file_name('t1')} voxel for voxel"),
     "single slice": (ERROR, f"{file_name('flair')}: 2D image of shape (32, 36, 1); each modality must be a 3D "
                             "volume"),

@@ -77,6 +77,14 @@ def test_broken_mask_link_names_the_link(tmp_path: Path, capsys: pytest.CaptureF
         "not exist); copy the real file there or fix the link."]
 
 
+def test_a_file_in_another_voxel_order_is_turned_onto_the_t1_grid(tmp_path: Path) -> None:
+    case = load_case(corpus.CASES["one file in RAS order"](tmp_path / corpus.CASE))
+    np.testing.assert_array_equal(case.image, corpus.image())
+    np.testing.assert_array_equal(case.seg, corpus.brain_and_labels()[1])
+    np.testing.assert_array_equal(case.affine, corpus.AFFINE)
+    assert len(case.warnings) == 2 and case.warnings[1].startswith(f"{corpus.file_name('seg')}: voxels stored in RAS")
+
+
 def test_nan_message_counts_the_voxels(tmp_path: Path) -> None:
     folder = corpus.CASES["nan"](tmp_path / corpus.CASE)
     bad = int(np.count_nonzero(corpus.image()[0] > 900))
