@@ -27,8 +27,10 @@ import numpy as np
 import streamlit as st
 
 from core.case import Case, CaseError, label_map_bytes, load_case, load_case_from_bytes, load_case_from_zip, save_case
+from core.jobs import Job, JobRegistry
 from core.mask_edit import MaskEditor
 from core.render import DisplayGeometry, auto_window
+from core.session_store import SESSION_ENV, SessionStore, valid_id
 from core.weights import WEIGHTS_ENV, ModelLoadError, load_model_card, weights_path
 
 ROOT = Path(__file__).resolve().parent
@@ -89,6 +91,22 @@ class Studio:
     editor_source: str = ""
     samples: Samples | None = None
     flash: list[tuple[str, str]] = field(default_factory=list)
+    editor_rev: int = 0  # last edit revision from the browser viewer applied to ``editor``
+    editor_synced: int = 0  # editor version the browser's drawing layer already shows
+    editor_reloads: int = 0  # bumped when the browser must reload the labels (a change made here)
+    cursor: tuple[int, int, int] | None = None  # one cursor for every page (voxel of the current case)
+    sid: str = ""  # browser session id (in the URL as ?sid=…): the key of the work saved on the server
+    saved_edit_version: int = -1  # editor version last written to the session store
+
+    def cursor_voxel(self) -> tuple[int, int, int]:
+        """The shared cursor; starts at the tumour's centre (or the volume's) for a new case."""
+        if self.case is None:
+            raise RuntimeError("no case loaded")
+        if self.cursor is None:
+            layers = self.layers()
+            name = next((n for n in (EDITED, PREDICTION, REFERENCE) if n in layers), None)
+            self.cursor = initial_cursor(self.case, layers[name].labels if name else None)
+        return self.cursor
 
     def layers(self) -> dict[str, Layer]:
         """Label maps available for the current case, by display name."""
@@ -112,22 +130,193 @@ def studio() -> Studio:
     return st.session_state["studio"]
 
 
-def set_case(case: Case) -> None:
-    """Make ``case`` the current case; drops the previous prediction, edits and samples."""
+def set_case(case: Case, source: dict[str, Any] | None = None, files: dict[str, bytes] | None = None,
+             case_id: str | None = None) -> None:
+    """Make ``case`` the current case (its prediction, edits and samples start empty).
+
+    The previous case's work stays saved on the server (see :func:`recent_cases`); ``source`` says
+    how to load this case again after a browser reload (``files``: uploaded bytes kept for that).
+    """
     state = studio()
     state.case = case
-    state.key = uuid.uuid4().hex[:12]
+    state.key = case_id or uuid.uuid4().hex[:12]
     state.geometry = DisplayGeometry.from_affine(case.affine)
     state.prediction = None
     state.editor = None
     state.editor_key = ""
     state.editor_source = ""
     state.samples = None
+    state.cursor = None
+    state.editor_rev = state.editor_synced = state.editor_reloads = 0
+    store = session_store()
+    if store is not None and source is not None:
+        try:
+            store.save_source(state.key, {**source, "name": case.name}, files)
+            store.set_current(state.key, case.name)
+        except OSError as exc:
+            flash("warning", f"Could not save the session on the server ({exc}): a reload will lose it.")
+
+
+def note_cursor(value: Any) -> None:
+    """Take the browser viewer's cursor (world mm in its value) as the shared cursor."""
+    from core.niivue import world_to_voxel
+
+    state = studio()
+    mm = value.get("cursor_mm") if isinstance(value, dict) else None
+    if state.case is not None and isinstance(mm, list) and len(mm) == 3:
+        state.cursor = world_to_voxel(mm, state.case.affine, state.case.shape)
 
 
 def flash(kind: str, message: str) -> None:
     """Queue a message (``"success"``, ``"info"``, ``"warning"``, ``"error"``) for the next run."""
     studio().flash.append((kind, message))
+
+
+# --------------------------------------------------------------------------- saved sessions
+
+SID_PARAM = "sid"
+
+
+def session_store() -> SessionStore | None:
+    """The server-side store of this browser session's work (``None`` when saving is off)."""
+    sid = studio().sid
+    if not sid or os.environ.get(SESSION_ENV, "").lower() == "off":
+        return None
+    return SessionStore(sid)
+
+
+def ensure_session() -> None:
+    """Give the session its id (kept in the URL, so a reload finds the saved work) and restore that work.
+
+    Call at the top of every run: Streamlit drops query parameters on page changes, so the id is
+    written back each time.
+    """
+    state = studio()
+    if not state.sid:
+        sid = st.query_params.get(SID_PARAM, "")
+        state.sid = sid if valid_id(sid) else uuid.uuid4().hex[:16]
+        store = session_store()
+        if store is not None and state.case is None:
+            current = store.workspace()["current"]
+            if current:
+                error = switch_case(current)
+                if error:
+                    flash("warning", f"Could not restore the saved case: {error}")
+                else:
+                    flash("info", f"Restored your session: **{state.case.name}** with its saved work.")
+    if st.query_params.get(SID_PARAM) != state.sid:
+        st.query_params[SID_PARAM] = state.sid
+    collect_jobs()
+
+
+def _load_saved(store: SessionStore, case_id: str) -> Case:
+    source, files = store.source(case_id)
+    kind = source.get("kind")
+    if kind == "demo":
+        return _demo_case()
+    if kind == "folder":
+        return load_case(source["path"])
+    if kind == "zip":
+        return load_case_from_zip(files[source["file"]], name=None)
+    if kind == "files":
+        return load_case_from_bytes(files, name=source.get("upload_name") or source.get("name", "upload"))
+    raise CaseError(f"unknown saved case kind {kind!r}")
+
+
+def switch_case(case_id: str) -> str | None:
+    """Make a saved case of this session current again, with its prediction, edits and samples.
+
+    Returns:
+        ``None`` on success, else the message to show (the current case stays).
+    """
+    store = session_store()
+    if store is None:
+        return "Saving is off on this server."
+    try:
+        case = _load_saved(store, case_id)
+    except (CaseError, ValueError, OSError, KeyError) as exc:
+        return f"{exc}"
+    set_case(case, case_id=case_id)
+    store.set_current(case_id, case.name)
+    state = studio()
+    saved = store.labels(case_id, "prediction")
+    if saved is not None and saved[0].shape == case.shape:
+        labels, meta = saved
+        state.prediction = Prediction(labels, float(meta.get("seconds", 0.0)), str(meta.get("model_name", "")),
+                                      bool(meta.get("tta", False)), meta.get("metrics"))
+    saved = store.labels(case_id, "edited")
+    if saved is not None and saved[0].shape == case.shape:
+        labels, meta = saved
+        state.editor = MaskEditor(labels, state.geometry)
+        state.editor_key = str(meta.get("editor_key") or uuid.uuid4().hex[:8])
+        state.editor_source = str(meta.get("source", "Empty"))
+        state.editor_rev = int(meta.get("rev", 0))
+        state.saved_edit_version = state.editor.version
+    saved_samples = store.samples(case_id)
+    if saved_samples is not None:
+        images, segs, meta = saved_samples
+        cases = [Case(image, case.affine, case.header, seg, name=name)
+                 for image, seg, name in zip(images, segs, meta["names"])]
+        state.samples = Samples(cases, meta["source"], int(meta["seed"]), float(meta["temperature"]),
+                                float(meta["seconds"]),
+                                fidelity={int(k): v for k, v in (meta.get("fidelity") or {}).items()})
+    return None
+
+
+def recent_cases() -> list[dict[str, Any]]:
+    """Saved cases of this session other than the current one, newest first, with what each holds."""
+    store = session_store()
+    if store is None:
+        return []
+    out = []
+    for entry in store.workspace()["recent"]:
+        if entry.get("case_id") == studio().key:
+            continue
+        try:
+            out.append({**store.summary(entry["case_id"]), "saved": entry.get("saved", 0.0)})
+        except (ValueError, OSError):
+            continue
+    return out
+
+
+def persist_prediction() -> None:
+    """Save the current prediction (called after each segmentation)."""
+    state, store = studio(), session_store()
+    if store is None or state.prediction is None:
+        return
+    p = state.prediction
+    store.save_labels(state.key, "prediction", p.labels,
+                      {"seconds": p.seconds, "model_name": p.model_name, "tta": p.tta, "metrics": p.metrics})
+
+
+def persist_edits() -> None:
+    """Save the edited mask when it changed since the last save (cheap to call after every edit)."""
+    state, store = studio(), session_store()
+    if store is None or state.editor is None or state.editor.version == state.saved_edit_version:
+        return
+    try:
+        store.save_labels(state.key, "edited", state.editor.labels,
+                          {"editor_key": state.editor_key, "source": state.editor_source, "rev": state.editor_rev})
+        state.saved_edit_version = state.editor.version
+    except OSError as exc:
+        flash("warning", f"Could not save the edits on the server: {exc}")
+
+
+def persist_samples(meta_only: bool = False) -> None:
+    """Save the generated samples, or only their metadata (fidelity results) with ``meta_only``."""
+    state, store = studio(), session_store()
+    if store is None or state.samples is None:
+        return
+    s = state.samples
+    meta = {"names": [c.name for c in s.cases], "source": s.source, "seed": s.seed, "temperature": s.temperature,
+            "seconds": s.seconds, "fidelity": {str(k): v for k, v in s.fidelity.items()}}
+    try:
+        if meta_only:
+            store.update_samples_meta(state.key, meta)
+        else:
+            store.save_samples(state.key, [c.image for c in s.cases], [c.seg for c in s.cases], meta)
+    except OSError as exc:
+        flash("warning", f"Could not save the samples on the server: {exc}")
 
 
 # --------------------------------------------------------------------------- loading
@@ -140,8 +329,12 @@ def _demo_case() -> Case:
     return demo_case()
 
 
-def load_into_session(loader: Callable[..., Case], *args: Any, **kwargs: Any) -> str | None:
+def load_into_session(loader: Callable[..., Case], *args: Any, source: dict[str, Any] | None = None,
+                      files: dict[str, bytes] | None = None, **kwargs: Any) -> str | None:
     """Run a case loader and make its result the current case.
+
+    Args:
+        source, files: how to load it again after a reload (see :func:`set_case`).
 
     Returns:
         ``None`` on success, else the message to show; the previous case stays current.
@@ -152,13 +345,17 @@ def load_into_session(loader: Callable[..., Case], *args: Any, **kwargs: Any) ->
         return str(exc)
     except Exception as exc:  # a loader bug must not end the session
         return f"Could not load the case: {type(exc).__name__}: {exc}"
-    set_case(case)
+    previous = studio().case
+    if previous is not None and session_store() is not None:
+        flash("info", f"Your previous case **{previous.name}** and its work are saved: switch back to it under "
+                      "*Recent cases* on the Load page.")
+    set_case(case, source, files)
     return None
 
 
 def load_demo() -> str | None:
     """Load the built-in demo case (a deterministic phantom, generated once per server)."""
-    return load_into_session(_demo_case)
+    return load_into_session(_demo_case, source={"kind": "demo"})
 
 
 def load_uploads(files: dict[str, bytes], progress: Progress | None = None) -> str | None:
@@ -170,8 +367,10 @@ def load_uploads(files: dict[str, bytes], progress: Progress | None = None) -> s
         if len(files) > 1:
             return f"Upload either one .zip ({', '.join(zips)}) or the .nii/.nii.gz files, not both."
         name = zips[0]
-        return load_into_session(load_case_from_zip, files[name], name=None, progress=progress)
-    return load_into_session(load_case_from_bytes, files, name=_upload_name(files), progress=progress)
+        return load_into_session(load_case_from_zip, files[name], name=None, progress=progress,
+                                 source={"kind": "zip", "file": Path(name).name}, files=files)
+    return load_into_session(load_case_from_bytes, files, name=_upload_name(files), progress=progress,
+                             source={"kind": "files", "upload_name": _upload_name(files)}, files=files)
 
 
 def _upload_name(files: dict[str, bytes]) -> str:
@@ -193,7 +392,8 @@ def load_folder(path: str, progress: Progress | None = None) -> str | None:
     folder = Path(path).expanduser()
     if not folder.is_dir():
         return f"{folder}: no such folder on the server; give the path of a folder holding the case files."
-    return load_into_session(load_case, folder, progress=progress)
+    return load_into_session(load_case, folder, progress=progress,
+                             source={"kind": "folder", "path": str(folder.resolve())})
 
 
 # --------------------------------------------------------------------------- models
@@ -302,6 +502,32 @@ def uploaded_unet(data: bytes, file_name: str) -> Any:
     return model
 
 
+_uploaded_models: dict[str, Any] = {}
+_uploaded_lock = threading.Lock()
+
+
+def uploaded_unet_bytes(data: bytes, file_name: str) -> Any:
+    """Load an uploaded ``.keras`` U-Net in safe mode from any thread (the last two files stay loaded)."""
+    digest = hashlib.sha256(data).hexdigest()
+    with _uploaded_lock:
+        if digest in _uploaded_models:
+            return _uploaded_models[digest]
+    from core.inference import load_model
+
+    fd, tmp = tempfile.mkstemp(suffix=".keras", prefix="brats_upload_")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        model = load_model(tmp)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    with _uploaded_lock:
+        while len(_uploaded_models) >= 2:
+            _uploaded_models.pop(next(iter(_uploaded_models)))
+        _uploaded_models[digest] = model
+    return model
+
+
 _prefetch_lock = threading.Lock()
 _prefetch_started = False
 
@@ -344,7 +570,75 @@ def segment_current(model: Any, model_name: str, *, tta: bool, progress: Progres
             progress(1.0, "computing Dice / HD95 against the reference")
         metrics = region_metrics(result.labels, state.case.seg, state.case.spacing)
     state.prediction = Prediction(result.labels, seconds, model_name, tta, metrics)
+    persist_prediction()
     return state.prediction
+
+
+@st.cache_resource(show_spinner=False)
+def job_registry() -> JobRegistry:
+    """The server's background runs (one registry per server process)."""
+    return JobRegistry()
+
+
+def job(kind: str) -> Job | None:
+    """This session's latest job of a kind (``"segment"``, ``"generate"``)."""
+    return job_registry().get(studio().sid, kind)
+
+
+def start_segmentation(load_model: Callable[[], Any], model_name: str, *, tta: bool) -> Job:
+    """Segment the current case in a background run (it goes on if the user leaves the page or reloads).
+
+    ``load_model`` runs in the background too (the first TensorFlow import takes seconds). The
+    result is stored by :func:`collect_jobs` on the next run of any page.
+    """
+    from core.metrics import region_metrics
+    from core.segment import segment_oriented as segment_case  # model orientation and back (any grid)
+
+    state = studio()
+    case = state.case
+    if case is None:
+        raise RuntimeError("no case loaded")
+
+    def run(job: Job) -> Prediction:
+        job.progress(0.01, "loading the model (first time: importing TensorFlow)")
+        model = load_model()
+        start = time.perf_counter()
+        result = segment_case(case, model, tta=tta, progress=job.progress)
+        seconds = time.perf_counter() - start
+        metrics = None
+        if case.seg is not None:
+            job.progress(1.0, "computing Dice / HD95 against the reference")
+            metrics = region_metrics(result.labels, case.seg, case.spacing)
+        return Prediction(result.labels, seconds, model_name, tta, metrics)
+
+    return job_registry().start(state.sid or "local", "segment", state.key, f"{model_name} on {case.name}", run)
+
+
+def collect_jobs() -> list[Job]:
+    """Store the results of this session's finished runs (each once) and queue a message about each."""
+    state = studio()
+    finished = job_registry().collect(state.sid or "local")
+    for done in finished:
+        if done.status == "cancelled":
+            flash("warning", f"The {done.kind} run ({done.label}) was cancelled after {done.elapsed:.0f} s.")
+        elif done.status == "failed":
+            flash("error", f"{'Segmentation' if done.kind == 'segment' else 'Generation'} failed: {done.error}")
+        elif done.kind == "segment":
+            prediction: Prediction = done.result
+            if done.case_id == state.key:
+                state.prediction = prediction
+                persist_prediction()
+                flash("success", f"Segmented with {prediction.model_name} in {prediction.seconds:.1f} s"
+                                 f"{' (TTA)' if prediction.tta else ''}. The prediction is now the Viewer's overlay.")
+            else:  # the user switched cases meanwhile: keep it with its case
+                store = session_store()
+                if store is not None:
+                    store.save_labels(done.case_id, "prediction", prediction.labels,
+                                      {"seconds": prediction.seconds, "model_name": prediction.model_name,
+                                       "tta": prediction.tta, "metrics": prediction.metrics})
+                flash("info", f"The segmentation of another case ({done.label}) finished: it is saved with that "
+                              "case (Load → Recent cases).")
+    return finished
 
 
 def start_editing(source: str) -> None:
@@ -360,6 +654,55 @@ def start_editing(source: str) -> None:
     state.editor = MaskEditor(labels, state.geometry)
     state.editor_key = uuid.uuid4().hex[:8]
     state.editor_source = source if source in layers else "Empty"
+    state.editor_rev = 0
+    state.editor_synced = 0
+    state.editor_reloads = 0
+    state.saved_edit_version = -1
+    persist_edits()
+
+
+def apply_viewer_edits(value: Any) -> int:
+    """Apply the browser viewer's edits not applied yet (each revision exactly once, in order).
+
+    Returns:
+        Number of events applied. A malformed event is skipped with a flash message.
+    """
+    from core.niivue import new_events
+
+    state = studio()
+    editor, case = state.editor, state.case
+    if editor is None or case is None:
+        return 0
+    try:
+        events = new_events(value, state.editor_key, state.editor_rev, case.shape, case.affine)
+    except ValueError as exc:
+        flash("error", f"An edit from the viewer was rejected: {exc}")
+        return 0
+    for event in events:
+        in_sync = editor.version == state.editor_synced
+        if event.op == "paint":
+            editor.paint_voxels(event.voxels, event.values, event.tool or "stroke")
+            if in_sync:  # the browser drew it: no reload needed
+                state.editor_synced = editor.version
+        elif event.op == "undo":
+            editor.undo()
+        else:
+            editor.redo()
+        state.editor_rev = event.rev
+    if events:
+        persist_edits()
+    return len(events)
+
+
+def editor_labels_token() -> str:
+    """Token that changes whenever the browser must reload the edited labels (undo, fill, clear…)."""
+    state = studio()
+    if state.editor is None:
+        return ""
+    if state.editor.version != state.editor_synced:
+        state.editor_reloads += 1
+        state.editor_synced = state.editor.version
+    return f"{state.editor_key}:{state.editor_reloads}"
 
 
 def generate_samples(
@@ -386,6 +729,7 @@ def generate_samples(
     for i, sample in enumerate(cases):
         sample.name = f"{case.name}-synth-s{seed}-{i + 1:02d}"
     state.samples = Samples(cases, source, seed, temperature, time.perf_counter() - start)
+    persist_samples()
     return state.samples
 
 
@@ -400,6 +744,7 @@ def sample_fidelity(index: int, unet: Any, progress: Progress | None = None) -> 
     sample = samples.cases[index]
     result = segment_case(sample, unet, progress=progress)
     samples.fidelity[index] = region_metrics(result.labels, sample.seg, sample.spacing)
+    persist_samples(meta_only=True)
     return samples.fidelity[index]
 
 

@@ -6,9 +6,12 @@ shared state and widgets in ``app_state.py`` and ``pages/_common.py``.
 
 import streamlit as st
 
-from pages._common import sidebar
+import app_state
+from pages._common import keep_shared_settings, sidebar
 
 st.set_page_config(page_title="BraTS Studio", page_icon="🧠", layout="wide")
+keep_shared_settings()
+app_state.ensure_session()  # session id in the URL; restores the saved work after a reload
 
 navigation = st.navigation(
     {

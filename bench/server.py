@@ -19,6 +19,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+# WebGL2 through SwiftShader (software), for the NiiVue viewer; without these flags the app shows PNG images.
+WEBGL_ARGS = ["--headless", "--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
+              "--disable-background-networking"]
 
 
 def free_port() -> int:
@@ -88,12 +91,17 @@ def _wait_healthy(url: str, process: subprocess.Popen, timeout: float, log: Path
 
 
 @contextmanager
-def chromium_page(width: int = 1500, height: int = 1100) -> Iterator[object]:
-    """A Playwright page in headless Debian Chromium (``/usr/bin/chromium``, no download)."""
+def chromium_page(width: int = 1500, height: int = 1100, webgl: bool = False) -> Iterator[object]:
+    """A Playwright page in headless Debian Chromium (``/usr/bin/chromium``, no download).
+
+    Args:
+        webgl: software WebGL2 (SwiftShader) on, so the app shows its NiiVue viewer.
+    """
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM),
+                                             args=WEBGL_ARGS if webgl else CHROMIUM_ARGS)
         try:
             context = browser.new_context(viewport={"width": width, "height": height}, accept_downloads=True)
             yield context.new_page()

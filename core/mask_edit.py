@@ -31,6 +31,16 @@ class Edit:
     action: str
 
 
+@dataclass(frozen=True)
+class VoxelEdit:
+    """One undoable step on scattered voxels (a brush stroke from the 3D viewer): their values before and after."""
+
+    voxels: tuple[np.ndarray, np.ndarray, np.ndarray]
+    before: np.ndarray
+    after: np.ndarray
+    action: str
+
+
 class MaskEditor:
     """Edits an internal label map (uint8 ``(X, Y, Z)``, classes 0..3) slice by slice.
 
@@ -50,8 +60,8 @@ class MaskEditor:
             raise ValueError("history_limit must be at least 1")
         self._labels = labels.astype(np.uint8, copy=True)
         self.geometry = geometry
-        self._undo: deque[Edit] = deque(maxlen=history_limit)
-        self._redo: list[Edit] = []
+        self._undo: deque[Edit | VoxelEdit] = deque(maxlen=history_limit)
+        self._redo: list[Edit | VoxelEdit] = []
         self.version = 0  # grows on every change (usable as a cache key)
 
     @property
@@ -111,6 +121,35 @@ class MaskEditor:
         current[np.asarray(mask2d, dtype=bool)] = label
         return self._change(plane, index, current, f"paint {label}")
 
+    def paint_voxels(self, voxels: tuple[np.ndarray, ...], values: np.ndarray, action: str = "stroke") -> int:
+        """Set scattered voxels (index arrays ``(i, j, k)``) to ``values``: one undoable step.
+
+        Returns:
+            Number of voxels changed (0 records nothing).
+        """
+        voxels = tuple(np.asarray(v, dtype=np.int64) for v in voxels)
+        values = np.asarray(values, dtype=np.uint8)
+        if len(voxels) != 3 or any(v.shape != values.shape for v in voxels):
+            raise ValueError("voxels must be three index arrays of the same length as values")
+        if values.size and int(values.max()) >= NUM_CLASSES:
+            raise ValueError(f"labels must be internal classes 0..{NUM_CLASSES - 1}")
+        if values.size == 0:
+            return 0
+        flat = np.ravel_multi_index(voxels, self._labels.shape)  # raises on indices outside the volume
+        flat, first = np.unique(flat[::-1], return_index=True)  # a voxel listed twice: its last value wins
+        values = values[::-1][first]
+        current = self._labels.reshape(-1)[flat]
+        changed = current != values
+        if not changed.any():
+            return 0
+        flat, before, after = flat[changed], current[changed], values[changed]
+        where = np.unravel_index(flat, self._labels.shape)
+        self._labels[where] = after
+        self._undo.append(VoxelEdit(where, before, after, action))  # type: ignore[arg-type]
+        self._redo.clear()
+        self.version += 1
+        return int(flat.size)
+
     def apply_stroke(self, plane: str, index: int, stroke_rgba: np.ndarray, label: int) -> int:
         """Paint a canvas drawing (RGBA, strokes where alpha > 0) of any size onto a slice.
 
@@ -158,7 +197,7 @@ class MaskEditor:
         if not self._undo:
             return False
         edit = self._undo.pop()
-        display_view(self._labels, edit.plane, edit.index, self.geometry)[...] = edit.before
+        self._write(edit, edit.before)
         self._redo.append(edit)
         self.version += 1
         return True
@@ -168,10 +207,16 @@ class MaskEditor:
         if not self._redo:
             return False
         edit = self._redo.pop()
-        display_view(self._labels, edit.plane, edit.index, self.geometry)[...] = edit.after
+        self._write(edit, edit.after)
         self._undo.append(edit)
         self.version += 1
         return True
+
+    def _write(self, edit: Edit | VoxelEdit, values: np.ndarray) -> None:
+        if isinstance(edit, VoxelEdit):
+            self._labels[edit.voxels] = values
+        else:
+            display_view(self._labels, edit.plane, edit.index, self.geometry)[...] = values
 
 
 def _check_label(label: int) -> int:

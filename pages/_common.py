@@ -86,6 +86,53 @@ def progress_reporter(bar: Any) -> Callable[[float, str], None]:
     return report
 
 
+def follow_job(job: Any) -> None:
+    """Show a background run's progress with a Cancel button until it ends, then rerun to show its result.
+
+    Leaving the page or reloading stops only this display: the run goes on, and any page collects
+    its result (``app_state.collect_jobs``) on its next run.
+    """
+    bar = st.progress(job.fraction, text=f"{job.message} · {job.elapsed:.1f} s")
+    cols = st.columns([1, 4])
+    cols[0].button("Cancel", key=f"cancel_{job.kind}", on_click=job.cancel, icon=":material/cancel:",
+                   disabled=job.cancel_requested)
+    cols[1].caption("Runs on the server: you can leave this page or reload, the result is kept and shown when "
+                    "you come back.")
+    while job.running:
+        bar.progress(job.fraction, text=f"{job.message} · {job.elapsed:.1f} s")
+        time.sleep(0.2)
+    app_state.collect_jobs()
+    st.rerun()
+
+
+def _switch(case_id: str) -> None:
+    error = app_state.switch_case(case_id)
+    if error:
+        app_state.flash("error", f"Could not reopen the case: {error}")
+    else:
+        app_state.flash("success", f"Switched to **{app_state.studio().case.name}** with its saved work.")
+
+
+def recent_cases(entries: list[dict[str, Any]]) -> None:
+    """The session's other saved cases (nothing is lost by loading another case), each with a Switch button."""
+    if not entries:
+        return
+    st.divider()
+    st.subheader("Recent cases in this session")
+    st.caption("Loading a case never discards the previous one: its prediction, edits and samples are saved "
+               "on the server and come back when you switch to it.")
+    for entry in entries:
+        held = [what for what, present in (("prediction", entry["prediction"]), ("edited mask", entry["edited"]))
+                if present]
+        if entry["samples"]:
+            held.append(f"{entry['samples']} sample(s)")
+        cols = st.columns([3, 1])
+        cols[0].markdown(f"**{entry['name']}** · {', '.join(held) or 'no results yet'} · saved "
+                         f"{time.strftime('%H:%M', time.localtime(entry['saved']))}")
+        cols[1].button("Switch to it", key=f"switch_{entry['case_id']}", on_click=_switch, args=(entry["case_id"],),
+                       use_container_width=True)
+
+
 def convention_label(convention: str) -> str:
     """How a label convention reads in a selectbox."""
     return f"BraTS {convention} ({'ET=4' if convention == '2020' else 'ET=3'})"
@@ -119,6 +166,9 @@ def sidebar() -> None:
             if case.files:
                 with st.expander("Files"):
                     st.markdown("  \n".join(f"`{key}`: {name}" for key, name in case.files.items()))
+        for running in app_state.job_registry().running(state.sid or "local"):
+            st.progress(running.fraction, text=f"{running.kind.capitalize()}: {running.message} "
+                                               f"({running.elapsed:.0f} s)")
         st.subheader("Models")
         for kind in ("unet", "cvae"):
             _weights_status(app_state.weights_info(kind))
@@ -505,4 +555,61 @@ def _cursor_readout(source: ViewSource, prefix: str) -> None:
     st.caption(
         f"Cursor voxel ({', '.join(map(str, cursor))}) · world ({', '.join(f'{w:.1f}' for w in world)}) mm · "
         f"{values}" + (f" · {labels}" if labels else "")
+    )
+
+
+# --------------------------------------------------------------------------- NiiVue (WebGL) viewer
+
+NV_KEYS = ("nv_layer", "nv_opacity", "nv_show_1", "nv_show_2", "nv_show_3", "nv_modality")  # shared by all pages
+
+
+def keep_shared_settings() -> None:
+    """Keep the viewer settings alive across pages (Streamlit drops a widget's state on pages without it)."""
+    for key in NV_KEYS:
+        if key in st.session_state:
+            st.session_state[key] = st.session_state[key]
+
+
+def use_niivue() -> bool:
+    """Whether this session gets the NiiVue viewer (else the PNG viewer); the user can opt out."""
+    import niivue_component
+
+    return niivue_component.available()
+
+
+def _on_niivue(key: str) -> None:
+    import niivue_component
+
+    value = st.session_state.get(key)
+    niivue_component.note_webgl(value)
+    app_state.note_cursor(value)
+
+
+def niivue_view(state: Studio, key: str, *, compact: bool = False, height: int = 620) -> None:
+    """The NiiVue viewer of the current case: overlay choice, label toggles and opacity shared by all pages.
+
+    Window/level (right-drag), slices (wheel), zoom, layout and modality are set in the viewer itself.
+    """
+    import niivue_component
+
+    source = studio_source(state)
+    names = list(source.layers)
+    options = names + [NO_OVERLAY]
+    if st.session_state.get("nv_layer") not in options:
+        st.session_state["nv_layer"] = source.default_layer or NO_OVERLAY
+    cols = st.columns([1.6, 2.2, 1.4] if not compact else [1.6, 2.2, 1.4])
+    layer_name = cols[0].selectbox("Overlay", options, key="nv_layer")
+    with cols[1]:
+        st.caption("Labels")
+        toggles = st.columns(3)
+        visible = tuple(label for label, col in zip(LABEL_TOGGLES, toggles)
+                        if col.checkbox(LABEL_TOGGLES[label], value=True, key=f"nv_show_{label}"))
+    opacity = cols[2].slider("Opacity", 0.0, 1.0, 0.5, 0.05, key="nv_opacity")
+    layer = source.layers.get(layer_name)
+    niivue_component.viewer(
+        key=key, case_key=state.key, image=state.case.image, affine=state.case.affine,
+        names=[MODALITY_LABELS[m] for m in MODALITIES], active=MODALITIES.index("flair"),
+        labels=layer.labels if layer else None, labels_key=layer.key if layer else "", labels_token=layer.key if layer
+        else "", opacity=float(opacity), visible=visible, cursor=state.cursor_voxel(), height=height,
+        on_change=functools.partial(_on_niivue, key),
     )

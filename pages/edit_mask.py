@@ -6,6 +6,7 @@ import streamlit as st
 from streamlit_drawable_canvas import CanvasResult, st_canvas
 
 import app_state
+import niivue_component
 from core.case import MODALITIES
 from core.labels import CLASS_COLOURS, CONVENTIONS, ED
 from core.render import PLANES
@@ -34,10 +35,19 @@ def _hex(label: int) -> str:
     return ERASE_COLOUR if label == 0 else "#{:02x}{:02x}{:02x}".format(*CLASS_COLOURS[label])
 
 
+def _target() -> tuple[str, int]:
+    """Plane and slice the slice tools act on: the canvas's, or the 3D viewer's cursor in the chosen plane."""
+    if "edit_nv_plane" in st.session_state and niivue_component.available():
+        current = app_state.studio()
+        plane = st.session_state["edit_nv_plane"]
+        return plane, int(current.cursor_voxel()[current.geometry.axes(plane)[0]])
+    return st.session_state["edit_plane"], st.session_state["edit_slice"]
+
+
 def _run(action: str, *args) -> None:
     """Button callback: one editor operation on the current slice (runs before the page redraws)."""
     editor = app_state.studio().editor
-    plane, index = st.session_state["edit_plane"], st.session_state["edit_slice"]
+    plane, index = _target()
     if action == "undo":
         editor.undo()
     elif action == "redo":
@@ -52,7 +62,8 @@ def _run(action: str, *args) -> None:
         target = index + args[0]
         if 0 <= target < editor.geometry.slice_count(plane, editor.labels.shape):
             editor.copy_slice(plane, index, target)
-            st.session_state["edit_slice"] = target
+            if "edit_slice" in st.session_state:
+                st.session_state["edit_slice"] = target
 
 
 def _apply_stroke(key: str, plane: str, index: int, label: int) -> None:
@@ -142,6 +153,60 @@ def _editing_panel() -> None:
         st.dataframe(volumes_table({app_state.EDITED: layer}, state.case.spacing).style.format("{:.2f}"))
 
 
+def _on_viewer() -> None:
+    """Component callback (runs before the fragment redraws): apply new edits, keep the cursor."""
+    value = st.session_state.get("edit_nv")
+    niivue_component.note_webgl(value)
+    app_state.apply_viewer_edits(value)
+    app_state.note_cursor(value)
+
+
+@st.fragment
+def _niivue_panel() -> None:
+    """The 3D editor: NiiVue with pen / eraser / fill, keys, and the slice tools beside it."""
+    editor = state.editor
+    view, side = st.columns([3.3, 1])
+    with view:
+        niivue_component.viewer(
+            key="edit_nv", case_key=state.key, image=state.case.image, affine=state.case.affine,
+            names=[MODALITY_LABELS[m] for m in MODALITIES], active=int(st.session_state.get("edit_modality", 3)),
+            labels=editor.labels, labels_key=f"{state.key}:edit:{state.editor_key}:{editor.version}",
+            labels_token=app_state.editor_labels_token(), editable=True, epoch=state.editor_key,
+            acked_rev=state.editor_rev, opacity=float(st.session_state.get("edit_opacity", 0.5)),
+            cursor=state.cursor_voxel(), height=600, on_change=_on_viewer,
+        )
+        st.caption("Left-drag paints on any plane · keys: `1` `2` `3` label, `e` eraser, `p` pen, `f` fill (draw an "
+                   "outline), `[` `]` brush size, Ctrl+Z / Ctrl+Y undo / redo, wheel or Page Up/Down slice. "
+                   "Every stroke is saved on the server as soon as you release the mouse.")
+    with side:
+        row = st.columns(2)
+        row[0].button("Undo", on_click=_run, args=("undo",), disabled=not editor.can_undo,
+                      icon=":material/undo:", key="edit_undo", use_container_width=True)
+        row[1].button("Redo", on_click=_run, args=("redo",), disabled=not editor.can_redo,
+                      icon=":material/redo:", key="edit_redo", use_container_width=True)
+        st.caption(f"{editor.undo_depth} / {editor.history_limit} undo steps · {state.editor_rev} strokes received")
+        st.radio("Slice tools act on", PLANES, horizontal=True, key="edit_nv_plane", format_func=str.capitalize)
+        plane, index = _target()
+        st.caption(f"{plane.capitalize()} slice {index} (through the cursor)")
+        row = st.columns(2)
+        row[0].button("◀ Copy to prev.", on_click=_run, args=("copy", -1), key="edit_copy_prev",
+                      use_container_width=True)
+        row[1].button("Copy to next ▶", on_click=_run, args=("copy", 1), key="edit_copy_next",
+                      use_container_width=True)
+        st.selectbox("Fill label", (1, 2, 3), index=1, key="edit_label", format_func=BRUSH_LABELS.get)
+        st.button("Fill holes", on_click=_run, args=("fill",), key="edit_fill", use_container_width=True,
+                  help="Fill background enclosed by the tumour on this slice with the fill label.")
+        row = st.columns([1, 1.4])
+        row[0].number_input("Min voxels", 1, 10000, 20, key="edit_min_island", label_visibility="collapsed")
+        row[1].button("Remove islands", on_click=_run, args=("islands",), key="edit_islands",
+                      use_container_width=True, help="Erase pieces smaller than the number of voxels on this slice.")
+        st.button("Clear slice", on_click=_run, args=("clear",), key="edit_clear", use_container_width=True)
+        st.slider("Label opacity", 0.0, 1.0, 0.5, 0.05, key="edit_opacity")
+        layer = app_state.Layer(app_state.EDITED, f"{state.key}:edit:{state.editor_key}:{editor.version}",
+                                editor.labels)
+        st.dataframe(volumes_table({app_state.EDITED: layer}, state.case.spacing).style.format("{:.2f}"))
+
+
 def _download() -> None:
     """Download of the edited mask, outside the editing fragment so strokes never re-create the button.
 
@@ -171,5 +236,8 @@ if state is not None:
         st.info("Choose the mask to start from: the U-Net prediction, the reference segmentation or an empty mask.")
     else:
         st.caption(f"Editing a copy of: **{state.editor_source}**. The Viewer and Generate pages use the edited mask.")
-        _editing_panel()
+        if niivue_component.available():
+            _niivue_panel()
+        else:
+            _editing_panel()
         _download()

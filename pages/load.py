@@ -4,7 +4,7 @@ import streamlit as st
 
 import app_state
 from core.input_check import check_case
-from pages._common import progress_reporter, show_flash
+from pages._common import progress_reporter, recent_cases, show_flash
 
 st.title("Load a case")
 st.caption(
@@ -60,3 +60,4 @@ if state.case is not None:
     st.divider()
     st.markdown(f"Current case: **{state.case.name}**")
     st.page_link("pages/viewer.py", label="Open the Viewer", icon=":material/view_in_ar:")
+recent_cases(app_state.recent_cases())

@@ -1,16 +1,20 @@
 """Segment: run the 3D U-Net on the current case; Dice/HD95 against a reference; download."""
 
+import functools
+
 import streamlit as st
 
 import app_state
 from core.labels import CONVENTIONS
 from pages._common import (
     convention_label,
+    follow_job,
     metrics_table,
-    progress_reporter,
+    niivue_view,
     require_case,
     show_flash,
     studio_source,
+    use_niivue,
     viewer,
 )
 
@@ -34,22 +38,17 @@ if state is not None:
     tta = cols[0].toggle("Test-time augmentation", value=False, key="seg_tta",
                          help="Average the predictions of the 8 mirror flips of the volume (about 8x slower).")
     ready = (source == choices[0] and info.exists) or upload is not None
-    if cols[1].button("Segment", type="primary", disabled=not ready, key="seg_run"):
-        bar = st.progress(0.0, text="Loading the model…")
-        try:
-            if upload is not None:
-                model = app_state.uploaded_unet(upload.getvalue(), upload.name)
-            else:
-                model = app_state.shipped_model("unet")
-            prediction = app_state.segment_current(model, model_name, tta=tta, progress=progress_reporter(bar))
-        except Exception as exc:  # a bad model file must not end the session
-            bar.empty()
-            st.error(f"Segmentation failed: {exc}")
+    running = app_state.job("segment")
+    running = running if running is not None and running.running else None
+    if cols[1].button("Segment", type="primary", disabled=not ready or running is not None, key="seg_run"):
+        if upload is not None:
+            data, file_name = upload.getvalue(), upload.name
+            load = functools.partial(app_state.uploaded_unet_bytes, data, file_name)
         else:
-            app_state.flash("success", f"Segmented with {model_name} in {prediction.seconds:.1f} s"
-                                       f"{' (TTA)' if prediction.tta else ''}. The prediction is now the "
-                                       "Viewer's overlay.")
-            st.rerun()
+            load = functools.partial(app_state.shipped_model, "unet")
+        running = app_state.start_segmentation(load, model_name, tta=tta)
+    if running is not None:
+        follow_job(running)
 
     prediction = state.prediction
     if prediction is not None:
@@ -61,7 +60,10 @@ if state is not None:
             st.dataframe(metrics_table(prediction.metrics).style.format("{:.3f}"))
         elif state.case.seg is None:
             st.caption("No reference segmentation in this case: no Dice / HD95.")
-        viewer(studio_source(state), "seg", compact=True)
+        if use_niivue():
+            niivue_view(state, "seg_nv", compact=True, height=480)
+        else:
+            viewer(studio_source(state), "seg", compact=True)
         cols = st.columns([1, 2])
         convention = cols[0].selectbox("Label values", CONVENTIONS, index=1, key="seg_convention",
                                        format_func=convention_label)

@@ -2,15 +2,31 @@
 
 import streamlit as st
 
-from pages._common import require_case, show_flash, studio_source, surface_figure, viewer, volumes_table
+from pages._common import (
+    niivue_view,
+    require_case,
+    show_flash,
+    studio_source,
+    surface_figure,
+    use_niivue,
+    viewer,
+    volumes_table,
+)
 
 st.title("Viewer")
 show_flash()
 state = require_case()
 if state is not None:
     source = studio_source(state)
-    st.caption("Click an image to move the cursor; the three planes stay linked.")
-    viewer(source, "view")
+    if use_niivue():
+        niivue_view(state, "view_nv")
+        st.toggle("Classic viewer (PNG images, no WebGL)", key="viewer_classic",
+                  help="The server-rendered viewer: works in any browser, slower to scroll.")
+    else:
+        st.caption("Click an image to move the cursor; the three planes stay linked.")
+        viewer(source, "view")
+        if st.session_state.get("viewer_classic"):
+            st.toggle("Classic viewer (PNG images, no WebGL)", key="viewer_classic")
     surfaces, volumes = st.tabs(["3D surfaces", "Volumes"])
     with surfaces:
         if source.layers:

@@ -90,6 +90,7 @@ def model_dir(tmp_path_factory):
 def app(monkeypatch, model_dir, tmp_path) -> AppTest:
     monkeypatch.setenv("BRATS_UNET_WEIGHTS", str(model_dir / "unet.keras"))
     monkeypatch.setenv("BRATS_CVAE_WEIGHTS", str(tmp_path / "missing_cvae.keras"))
+    monkeypatch.setenv("BRATS_SESSION_DIR", str(tmp_path / "sessions"))
     at = AppTest.from_file(APP, default_timeout=180)
     at.run()
     assert not at.exception

@@ -1,0 +1,189 @@
+"""Per-session work on the server's disk: cases, predictions, edited masks and samples survive a reload.
+
+One folder per browser session id (``<root>/<sid>/``), one sub-folder per case loaded in that
+session (``cases/<case_id>/``), so switching cases never throws work away:
+
+- ``source.json``: how to load the case again (``{"kind": "demo"}``, ``{"kind": "folder", "path"}``
+  or ``{"kind": "files"}`` with the uploaded files kept in ``input/``) and its name;
+- ``prediction.npz`` + ``prediction.json``; ``edited.npz`` + ``edited.json``;
+- ``samples/`` with one ``.npz`` per sample (float16 images) and ``samples.json``.
+
+``workspace.json`` names the current case and the recent ones, newest first. Writes go through a
+temporary file and ``os.replace``, so a crash mid-write leaves the previous version. No streamlit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SESSION_ENV = "BRATS_SESSION_DIR"
+DEFAULT_ROOT = Path(__file__).resolve().parents[1] / "sessions"
+MAX_RECENT = 8
+_SAFE = re.compile(r"^[A-Za-z0-9_-]{6,64}$")
+
+
+def session_root() -> Path:
+    """Folder holding every session (``$BRATS_SESSION_DIR`` or ``sessions/`` in the project)."""
+    return Path(os.environ.get(SESSION_ENV) or DEFAULT_ROOT)
+
+
+def valid_id(value: str) -> bool:
+    """Whether ``value`` is usable as a session or case id (letters, digits, ``_``, ``-``; 6-64 chars)."""
+    return bool(_SAFE.match(value or ""))
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    _atomic_write(path, json.dumps(payload, indent=1, default=float).encode())
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _save_npz(path: Path, **arrays: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+class SessionStore:
+    """The saved work of one browser session."""
+
+    def __init__(self, sid: str, root: Path | None = None) -> None:
+        if not valid_id(sid):
+            raise ValueError(f"invalid session id {sid!r}")
+        self.sid = sid
+        self.folder = (root or session_root()) / sid
+
+    # ------------------------------------------------------------------ workspace
+    def workspace(self) -> dict[str, Any]:
+        """``{"current": case_id | None, "recent": [{"case_id", "name", "saved"}, ...]}``."""
+        data = _read_json(self.folder / "workspace.json")
+        if not isinstance(data, dict):
+            data = {}
+        return {"current": data.get("current"), "recent": list(data.get("recent") or [])}
+
+    def set_current(self, case_id: str, name: str) -> None:
+        """Make ``case_id`` the current case and the newest recent one."""
+        ws = self.workspace()
+        recent = [r for r in ws["recent"] if r.get("case_id") != case_id]
+        recent.insert(0, {"case_id": case_id, "name": name, "saved": time.time()})
+        for old in recent[MAX_RECENT:]:
+            shutil.rmtree(self.case_dir(old["case_id"]), ignore_errors=True)
+        _write_json(self.folder / "workspace.json", {"current": case_id, "recent": recent[:MAX_RECENT]})
+
+    def case_dir(self, case_id: str) -> Path:
+        """Folder of one case of this session."""
+        if not valid_id(case_id):
+            raise ValueError(f"invalid case id {case_id!r}")
+        return self.folder / "cases" / case_id
+
+    def summary(self, case_id: str) -> dict[str, Any]:
+        """What is saved for a case: name, prediction / edits present, number of samples."""
+        folder = self.case_dir(case_id)
+        source = _read_json(folder / "source.json") or {}
+        samples = _read_json(folder / "samples" / "samples.json") or {}
+        return {
+            "case_id": case_id, "name": source.get("name", case_id),
+            "prediction": (folder / "prediction.npz").is_file(), "edited": (folder / "edited.npz").is_file(),
+            "samples": len(samples.get("names") or []),
+        }
+
+    # ------------------------------------------------------------------ case source
+    def save_source(self, case_id: str, source: dict[str, Any], files: dict[str, bytes] | None = None) -> None:
+        """How to load the case again; uploaded ``files`` (name -> bytes) are kept beside it."""
+        folder = self.case_dir(case_id)
+        if files:
+            inputs = folder / "input"
+            inputs.mkdir(parents=True, exist_ok=True)
+            for name, data in files.items():
+                _atomic_write(inputs / Path(name).name, data)
+        _write_json(folder / "source.json", source)
+
+    def source(self, case_id: str) -> tuple[dict[str, Any], dict[str, bytes]]:
+        """The saved source description and uploaded files (empty for demo / folder cases)."""
+        folder = self.case_dir(case_id)
+        source = _read_json(folder / "source.json")
+        if not isinstance(source, dict):
+            raise FileNotFoundError(f"no saved case {case_id}")
+        inputs = folder / "input"
+        files = {p.name: p.read_bytes() for p in sorted(inputs.iterdir())} if inputs.is_dir() else {}
+        return source, files
+
+    # ------------------------------------------------------------------ label maps
+    def save_labels(self, case_id: str, name: str, labels: np.ndarray, meta: dict[str, Any]) -> None:
+        """A label map (``name``: ``"prediction"`` or ``"edited"``) with its JSON metadata."""
+        folder = self.case_dir(case_id)
+        _save_npz(folder / f"{name}.npz", labels=np.asarray(labels, dtype=np.uint8))
+        _write_json(folder / f"{name}.json", meta)
+
+    def labels(self, case_id: str, name: str) -> tuple[np.ndarray, dict[str, Any]] | None:
+        """A saved label map and its metadata, or ``None``."""
+        folder = self.case_dir(case_id)
+        try:
+            with np.load(folder / f"{name}.npz") as data:
+                labels = data["labels"]
+        except (OSError, KeyError, ValueError):
+            return None
+        return labels, _read_json(folder / f"{name}.json") or {}
+
+    def drop(self, case_id: str, name: str) -> None:
+        """Forget a saved label map (``"prediction"`` / ``"edited"``) or ``"samples"``."""
+        folder = self.case_dir(case_id)
+        if name == "samples":
+            shutil.rmtree(folder / "samples", ignore_errors=True)
+        for suffix in (".npz", ".json"):
+            (folder / f"{name}{suffix}").unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ samples
+    def save_samples(self, case_id: str, images: list[np.ndarray], segs: list[np.ndarray],
+                     meta: dict[str, Any]) -> None:
+        """Generated samples (``(4, X, Y, Z)`` images stored as float16, their masks) and their metadata."""
+        folder = self.case_dir(case_id) / "samples"
+        shutil.rmtree(folder, ignore_errors=True)
+        for i, (image, seg) in enumerate(zip(images, segs)):
+            path = folder / f"sample_{i:02d}.npz"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp.npz")
+            np.savez(tmp, image=np.asarray(image, dtype=np.float16), seg=np.asarray(seg, dtype=np.uint8))
+            os.replace(tmp, path)
+        _write_json(folder / "samples.json", meta)
+
+    def update_samples_meta(self, case_id: str, meta: dict[str, Any]) -> None:
+        """Rewrite the samples' metadata (e.g. a fidelity result added)."""
+        _write_json(self.case_dir(case_id) / "samples" / "samples.json", meta)
+
+    def samples(self, case_id: str) -> tuple[list[np.ndarray], list[np.ndarray], dict[str, Any]] | None:
+        """Saved samples (images as float32) and metadata, or ``None``."""
+        folder = self.case_dir(case_id) / "samples"
+        meta = _read_json(folder / "samples.json")
+        if not isinstance(meta, dict):
+            return None
+        images, segs = [], []
+        for i in range(len(meta.get("names") or [])):
+            try:
+                with np.load(folder / f"sample_{i:02d}.npz") as data:
+                    images.append(data["image"].astype(np.float32))
+                    segs.append(data["seg"])
+            except OSError:
+                return None
+        return images, segs, meta

@@ -1,0 +1,501 @@
+// BraTS Studio's NiiVue viewer/editor: a Streamlit custom component (v1 message protocol, no React).
+//
+// Python sends (component arguments): volume URLs (one per modality, fetched over HTTP, not in the
+// websocket message), the label map URL + a token that changes when the server changed the labels,
+// the edit epoch (one per editing session) and the last edit revision Python has applied.
+// The component sends back (component value): every edit not yet acknowledged, each with a revision
+// number, so an edit is resent until Python has it and applied exactly once whatever the timing.
+// Labels are NiiVue's drawing layer (values 0..3 = background, NCR, ED, ET).
+import { Niivue, NVImage, DRAG_MODE, SHOW_RENDER, SLICE_TYPE } from '@niivue/niivue'
+
+const LAYOUTS = {
+  multi: SLICE_TYPE.MULTIPLANAR,
+  axial: SLICE_TYPE.AXIAL,
+  coronal: SLICE_TYPE.CORONAL,
+  sagittal: SLICE_TYPE.SAGITTAL,
+  '3d': SLICE_TYPE.RENDER,
+}
+const LAYOUT_LABELS = { multi: '4-up', axial: 'Axial', coronal: 'Coronal', sagittal: 'Sagittal', '3d': '3D' }
+const TOOLS = { pen: 'Pen', erase: 'Eraser', fill: 'Fill' }
+const NAMES = ['', 'NCR', 'ED', 'ET']
+
+// ------------------------------------------------------------------ Streamlit protocol
+function send(type, data = {}) {
+  window.parent.postMessage({ isStreamlitMessage: true, type, ...data }, '*')
+}
+const setFrameHeight = (height) => send('streamlit:setFrameHeight', { height })
+const setValue = (value) => send('streamlit:setComponentValue', { value, dataType: 'json' })
+
+// ------------------------------------------------------------------ state
+const $ = (id) => document.getElementById(id)
+const canvas = $('gl')
+const state = {
+  nv: null,
+  args: null,
+  volumes: new Map(), // url -> NVImage (each modality fetched once)
+  activeUrl: '',
+  labelsToken: null,
+  epoch: '',
+  rev: 0, // last revision issued in this epoch
+  acked: 0, // last revision Python has applied
+  pending: [], // edits not yet acknowledged, oldest first
+  tool: 'pen',
+  label: 1,
+  brush: 3,
+  layout: 'multi',
+  snapshot: null, // drawing before the current mouse stroke
+  loading: Promise.resolve(),
+  lastCaseKey: '',
+  lastEventAt: 0,
+  timings: {}, // ms since the iframe started, per loading stage (read by the benchmark)
+}
+const mark = (name) => { state.timings[name] = Math.round(performance.now()) }
+
+function storageKey(suffix) {
+  return `brats-studio:${suffix}`
+}
+
+function saveView() {
+  // One cursor and one set of view settings for every page (same origin, so shared by all iframes).
+  const nv = state.nv
+  if (!nv || !state.args) return
+  try {
+    localStorage.setItem(storageKey('view'), JSON.stringify({ layout: state.layout, brush: state.brush, tool: state.tool, label: state.label }))
+    const mm = Array.from(nv.frac2mm(nv.scene.crosshairPos)).slice(0, 3)
+    localStorage.setItem(storageKey(`cursor:${state.args.case_key}`), JSON.stringify(mm))
+  } catch (e) { /* private mode: settings stay per page */ }
+}
+
+function loadView() {
+  try {
+    const view = JSON.parse(localStorage.getItem(storageKey('view')) || '{}')
+    if (view.layout in LAYOUTS) state.layout = view.layout
+    if (view.brush >= 1 && view.brush <= 50) state.brush = view.brush
+    if (view.tool in TOOLS) state.tool = view.tool
+    if ([0, 1, 2, 3].includes(view.label)) state.label = view.label
+  } catch (e) { /* ignore */ }
+}
+
+function savedCursor(caseKey) {
+  try {
+    const mm = JSON.parse(localStorage.getItem(storageKey(`cursor:${caseKey}`)) || 'null')
+    return Array.isArray(mm) && mm.length === 3 ? mm : null
+  } catch (e) { return null }
+}
+
+// ------------------------------------------------------------------ NiiVue set-up
+function hasWebGL2() {
+  try { return !!document.createElement('canvas').getContext('webgl2') } catch (e) { return false }
+}
+
+async function createViewer() {
+  const nv = new Niivue({
+    backColor: [0.055, 0.067, 0.09, 1],
+    crosshairColor: [1, 0.8, 0, 1],
+    isRadiologicalConvention: true, // patient right on screen left, as ITK-SNAP / BraTS viewers show it
+    multiplanarShowRender: SHOW_RENDER.ALWAYS,
+    isOrientationTextVisible: true,
+    showAllOrientationMarkers: true,
+    isNearestInterpolation: true,
+    dragAndDropEnabled: false,
+    dragMode: DRAG_MODE.contrast,
+    mouseEventConfig: {
+      leftButton: { primary: DRAG_MODE.crosshair, withCtrl: DRAG_MODE.pan },
+      rightButton: DRAG_MODE.contrast, // right-drag: window / level
+      centerButton: DRAG_MODE.pan, // middle-drag: pan
+    },
+    penSize: state.brush,
+    maxDrawUndoBitmaps: 2, // history lives in Python (Ctrl+Z / Ctrl+Y)
+    show3Dcrosshair: true,
+    textHeight: 0.035,
+    keyDebounceTime: 10,
+  })
+  await nv.attachToCanvas(canvas)
+  nv.setRadiologicalConvention(true)
+  nv.setSliceType(LAYOUTS[state.layout])
+  nv.onLocationChange = (location) => showLocation(location)
+  return nv
+}
+
+function drawLut(args) {
+  const colours = args.colors || [[0, 0, 0], [255, 64, 64], [60, 200, 80], [255, 220, 40]]
+  const visible = new Set(args.visible || [1, 2, 3])
+  const R = [], G = [], B = [], A = [], I = []
+  for (let i = 0; i < 4; i++) {
+    R.push(colours[i][0]); G.push(colours[i][1]); B.push(colours[i][2])
+    A.push(i > 0 && visible.has(i) ? 255 : 0); I.push(i)
+  }
+  return { R, G, B, A, I, labels: ['', 'NCR', 'ED', 'ET'] }
+}
+
+async function fetchImage(url, name) {
+  const response = await fetch(resolveUrl(url))
+  if (!response.ok) throw new Error(`${name}: HTTP ${response.status}`)
+  const buffer = await response.arrayBuffer()
+  mark(`fetched ${name}`)
+  const image = await NVImage.loadFromUrl({ url: buffer, name })
+  mark(`parsed ${name}`)
+  return image
+}
+
+function resolveUrl(url) {
+  // The iframe lives at <base>/component/<name>/index.html; media URLs are relative to <base>.
+  if (/^https?:/.test(url)) return url
+  const path = window.location.pathname
+  const cut = path.indexOf('/component/')
+  const base = cut >= 0 ? path.slice(0, cut) : ''
+  return `${window.location.origin}${base}${url}`
+}
+
+async function showVolume(args) {
+  const nv = state.nv
+  const spec = args.volumes[args.active] || args.volumes[0]
+  if (!spec || spec.url === state.activeUrl) return
+  setStatus(`Loading ${spec.name}…`, true)
+  let image = state.volumes.get(spec.url)
+  if (!image) {
+    image = await fetchImage(spec.url, `${spec.name}.nii.gz`)
+    state.volumes.set(spec.url, image)
+  }
+  const first = nv.volumes.length === 0
+  if (first) {
+    nv.addVolume(image)
+    mark('volume added')
+  } else {
+    // Swap the background, keep the drawing (same grid) and the crosshair.
+    const crosshair = nv.scene.crosshairPos.slice()
+    const old = nv.volumes[0]
+    nv.addVolume(image)
+    nv.setVolume(image, 0)
+    nv.removeVolume(old)
+    nv.scene.crosshairPos = crosshair
+    if (state.labelsToken !== null) nv.refreshDrawing(true)
+  }
+  state.activeUrl = spec.url
+  if (first) {
+    const mm = savedCursor(args.case_key) || args.cursor_mm
+    if (mm) {
+      nv.scene.crosshairPos = nv.mm2frac(mm)
+    }
+  }
+  nv.updateGLVolume()
+}
+
+async function showLabels(args) {
+  const nv = state.nv
+  if (!args.labels_url) {
+    if (state.labelsToken !== null && nv.drawBitmap) {
+      nv.drawBitmap.fill(0)
+      nv.refreshDrawing(true)
+    }
+    state.labelsToken = null
+    return
+  }
+  if (args.labels_token === state.labelsToken) return
+  setStatus('Loading labels…', true)
+  mark('labels requested')
+  const image = await fetchImage(args.labels_url, 'labels.nii.gz')
+  nv.loadDrawing(image)
+  state.labelsToken = args.labels_token
+  // Edits Python has not applied yet are not in the file: put them back on top.
+  for (const event of state.pending) if (event.op === 'paint') applyPaint(event)
+  nv.refreshDrawing(true)
+}
+
+function applyPaint(event) {
+  const bitmap = state.nv.drawBitmap
+  for (let i = 0; i < event.idx.length; i++) bitmap[event.idx[i]] = event.val[i]
+}
+
+// ------------------------------------------------------------------ editing
+function setTool(tool) {
+  state.tool = tool
+  applyPen()
+  renderBar()
+  saveView()
+}
+
+function applyPen() {
+  const nv = state.nv
+  if (!nv) return
+  const editable = !!(state.args && state.args.editable)
+  nv.setDrawingEnabled(editable)
+  if (!editable) return
+  const value = state.tool === 'erase' ? 0 : state.label
+  nv.setPenValue(value, state.tool === 'fill')
+  nv.opts.penSize = state.brush
+  nv.drawFillOverwrites = true
+}
+
+function setBrush(size) {
+  state.brush = Math.max(1, Math.min(50, size))
+  applyPen()
+  renderBar()
+  saveView()
+}
+
+function setLabel(label) {
+  state.label = label
+  if (state.tool === 'erase') state.tool = 'pen'
+  applyPen()
+  renderBar()
+  saveView()
+}
+
+function startStroke(e) {
+  if (!state.args || !state.args.editable || e.button !== 0 || e.ctrlKey || e.shiftKey) return
+  const bitmap = state.nv && state.nv.drawBitmap
+  state.snapshot = bitmap ? bitmap.slice() : null
+}
+
+function endStroke() {
+  if (!state.snapshot) return
+  const before = state.snapshot
+  state.snapshot = null
+  // NiiVue finishes the stroke (and a filled outline) in its own mouseup handler: diff afterwards.
+  setTimeout(() => {
+    const after = state.nv.drawBitmap
+    if (!after || after.length !== before.length) return
+    const idx = [], val = []
+    for (let i = 0; i < after.length; i++) {
+      if (after[i] !== before[i]) { idx.push(i); val.push(after[i]) }
+    }
+    if (idx.length) queue({ op: 'paint', idx, val, tool: state.tool })
+  }, 0)
+}
+
+function queue(event) {
+  state.rev += 1
+  state.pending.push({ ...event, rev: state.rev, epoch: state.epoch })
+  flush()
+}
+
+function flush() {
+  // Every unacknowledged edit goes out each time: a value that replaces an unread one loses nothing.
+  state.lastEventAt = performance.now()
+  sentCursor = JSON.stringify(cursorMM())
+  setValue({ epoch: state.epoch, events: state.pending, cursor_mm: cursorMM(), sent: Date.now(), webgl: true })
+  renderStatus()
+}
+
+function cursorMM() {
+  const nv = state.nv
+  if (!nv || !nv.volumes.length) return null
+  return Array.from(nv.frac2mm(nv.scene.crosshairPos)).slice(0, 3).map((v) => Math.round(v * 100) / 100)
+}
+
+function undo() { if (state.args && state.args.editable) queue({ op: 'undo' }) }
+function redo() { if (state.args && state.args.editable) queue({ op: 'redo' }) }
+
+// ------------------------------------------------------------------ keys (ITK-SNAP / Slicer habits)
+function onKey(e) {
+  const key = e.key
+  const ctrl = e.ctrlKey || e.metaKey
+  let handled = true
+  if (ctrl && (key === 'z' || key === 'Z') && !e.shiftKey) undo()
+  else if (ctrl && (key === 'y' || key === 'Y' || ((key === 'z' || key === 'Z') && e.shiftKey))) redo()
+  else if (key === '[') setBrush(state.brush - 1)
+  else if (key === ']') setBrush(state.brush + 1)
+  else if (['1', '2', '3'].includes(key)) setLabel(Number(key))
+  else if (key === '0' || key === 'e' || key === 'E') setTool('erase')
+  else if (key === 'p' || key === 'P') setTool('pen')
+  else if (key === 'f' || key === 'F') setTool('fill')
+  else if (key === 'PageUp' || key === 'PageDown') moveSlice(key === 'PageUp' ? 1 : -1)
+  else if (key === 'r' || key === 'R') resetView()
+  else if (ctrl) handled = false
+  else if (['a', 's', 'c', 'm', 'v'].includes(key)) {
+    const next = { a: 'axial', s: 'sagittal', c: 'coronal', m: 'multi', v: '3d' }[key]
+    setLayout(next)
+  } else handled = false
+  if (handled) { e.preventDefault(); e.stopPropagation() }
+}
+
+function moveSlice(step) {
+  // Page Up / Down move the slice of the single view (axial in the 4-up view).
+  const plane = state.layout === 'coronal' ? [0, step, 0] : state.layout === 'sagittal' ? [step, 0, 0] : [0, 0, step]
+  state.nv.moveCrosshairInVox(...plane)
+}
+
+function resetView() {
+  const nv = state.nv
+  nv.scene.pan2Dxyzmm = [0, 0, 0, 1]
+  nv.drawScene()
+}
+
+function setLayout(layout) {
+  state.layout = layout
+  state.nv.setSliceType(LAYOUTS[layout])
+  renderBar()
+  saveView()
+}
+
+function onWheel(e) {
+  // Ctrl + wheel zooms (NiiVue zooms when its drag mode is "pan"); the plain wheel scrolls slices.
+  if (!(e.ctrlKey || e.metaKey) || !state.nv) return
+  const nv = state.nv
+  const previous = nv.opts.dragMode
+  nv.opts.dragMode = DRAG_MODE.pan
+  setTimeout(() => { nv.opts.dragMode = previous }, 0)
+}
+
+// ------------------------------------------------------------------ toolbar and status
+function button(text, on, onClick, title = '', disabled = false) {
+  const b = document.createElement('button')
+  b.innerHTML = text
+  if (on) b.className = 'on'
+  b.title = title
+  b.disabled = disabled
+  b.addEventListener('click', (e) => { e.preventDefault(); onClick(); canvas.focus() })
+  return b
+}
+
+function group(...children) {
+  const g = document.createElement('span')
+  g.className = 'group'
+  children.forEach((c) => g.appendChild(c))
+  return g
+}
+
+function renderBar() {
+  const bar = $('bar')
+  bar.innerHTML = ''
+  const args = state.args || {}
+  const layouts = Object.keys(LAYOUTS).map((l) => button(LAYOUT_LABELS[l], state.layout === l, () => setLayout(l),
+    `${LAYOUT_LABELS[l]} view (key ${{ multi: 'm', axial: 'a', coronal: 'c', sagittal: 's', '3d': 'v' }[l]})`))
+  bar.appendChild(group(...layouts))
+  const volumes = (args.volumes || []).map((v, i) => button(v.name, i === args.active, () => chooseVolume(i), `Show ${v.name}`))
+  if (volumes.length > 1) bar.appendChild(group(...volumes))
+  if (args.editable) {
+    const colours = args.colors || []
+    const labels = [1, 2, 3].map((l) => button(
+      `<span class="swatch" style="background: rgb(${(colours[l] || [0, 0, 0]).join(',')})"></span>${NAMES[l]}`,
+      state.tool !== 'erase' && state.label === l, () => setLabel(l), `Paint ${NAMES[l]} (key ${l})`))
+    bar.appendChild(group(...labels))
+    bar.appendChild(group(
+      button('Pen', state.tool === 'pen', () => setTool('pen'), 'Freehand brush (key p)'),
+      button('Eraser', state.tool === 'erase', () => setTool('erase'), 'Erase to background (key e or 0)'),
+      button('Fill', state.tool === 'fill', () => setTool('fill'), 'Draw an outline: its inside is filled (key f)'),
+    ))
+    const size = document.createElement('span')
+    size.className = 'hint'
+    size.textContent = ` ${state.brush} vox `
+    bar.appendChild(group(button('−', false, () => setBrush(state.brush - 1), 'Smaller brush (key [)'), size,
+      button('+', false, () => setBrush(state.brush + 1), 'Larger brush (key ])')))
+    bar.appendChild(group(button('↶ Undo', false, undo, 'Undo (Ctrl+Z)'), button('↷ Redo', false, redo, 'Redo (Ctrl+Y)')))
+  }
+  const hint = document.createElement('span')
+  hint.className = 'hint'
+  hint.textContent = 'wheel: slice · right-drag: window/level · Ctrl+wheel: zoom · middle/Ctrl-drag: pan · r: reset'
+  bar.appendChild(hint)
+}
+
+function chooseVolume(i) {
+  if (!state.args || i === state.args.active) return
+  state.args = { ...state.args, active: i }
+  renderBar()
+  state.loading = state.loading.then(() => showVolume(state.args)).then(() => renderStatus()).catch(fail)
+}
+
+let locationText = ''
+let cursorTimer = 0
+let sentCursor = ''
+function showLocation(location) {
+  locationText = location && location.string ? location.string : ''
+  renderStatus()
+  saveView()
+  // Python learns the cursor (for its slice tools and read-outs) once the user pauses, not per wheel step.
+  clearTimeout(cursorTimer)
+  cursorTimer = setTimeout(() => {
+    const mm = JSON.stringify(cursorMM())
+    if (mm !== sentCursor && !state.snapshot) { sentCursor = mm; flush() }
+  }, 800)
+}
+
+function setStatus(text, busy = false) {
+  $('status').innerHTML = busy ? `<span class="busy">${text}</span>` : text
+}
+
+function renderStatus() {
+  const unsaved = state.pending.length
+  const sync = state.args && state.args.editable
+    ? (unsaved ? `<span class="busy">saving ${unsaved} edit(s)…</span>` : 'all edits saved')
+    : ''
+  setStatus([locationText, sync].filter(Boolean).join(' · ') || 'Ready')
+}
+
+function fail(error) {
+  console.error(error)
+  setStatus(`Viewer error: ${error && error.message ? error.message : error}`, true)
+}
+
+// ------------------------------------------------------------------ render (new arguments from Python)
+async function onRender(args) {
+  const first = state.args === null
+  state.args = args
+  if (args.epoch !== state.epoch) {
+    state.epoch = args.epoch
+    state.pending = []
+    state.rev = 0
+  }
+  state.acked = Math.max(state.acked, args.acked_rev || 0)
+  state.rev = Math.max(state.rev, state.acked)
+  state.pending = state.pending.filter((e) => e.rev > state.acked)
+  const height = args.height || 600
+  $('viewport').style.height = `${height}px`
+  if (first) {
+    loadView()
+    if (args.layout && args.layout in LAYOUTS && !localStorage.getItem(storageKey('view'))) state.layout = args.layout
+    if (!hasWebGL2()) {
+      $('nogl').style.display = 'block'
+      $('viewport').style.display = 'none'
+      setFrameHeight(document.body.scrollHeight)
+      setValue({ webgl: false, events: [], epoch: args.epoch })
+      return
+    }
+    mark('first render')
+    state.nv = await createViewer()
+    mark('webgl ready')
+    canvas.addEventListener('mousedown', startStroke, true)
+    window.addEventListener('mouseup', endStroke, true)
+    canvas.addEventListener('keydown', onKey, true)
+    canvas.addEventListener('wheel', onWheel, { capture: true, passive: true })
+    canvas.addEventListener('mouseenter', () => canvas.focus({ preventScroll: true }))
+  }
+  renderBar()
+  setFrameHeight(document.body.scrollHeight)
+  const nv = state.nv
+  if (!nv) return
+  nv.setDrawColormap(drawLut(args))
+  nv.setDrawOpacity(args.opacity ?? 0.5)
+  if (args.case_key !== state.lastCaseKey) {
+    // another case: forget its images
+    for (const v of [...nv.volumes]) nv.removeVolume(v)
+    state.volumes.clear()
+    state.activeUrl = ''
+    state.labelsToken = null
+    state.lastCaseKey = args.case_key
+  }
+  state.loading = state.loading
+    .then(() => showVolume(args))
+    .then(() => showLabels(args))
+    .then(() => {
+      applyPen()
+      nv.setSliceType(LAYOUTS[state.layout])
+      nv.drawScene()
+      renderStatus()
+      if (!state.timings.shown) mark('shown')
+      document.body.dataset.ready = '1'
+      document.body.dataset.acked = String(state.acked)
+      document.body.dataset.labelsToken = String(state.labelsToken)
+    })
+    .catch(fail)
+}
+
+window.addEventListener('message', (event) => {
+  const data = event.data
+  if (data && data.type === 'streamlit:render') onRender(data.args || {})
+})
+window.addEventListener('resize', () => setFrameHeight(document.body.scrollHeight))
+// for tests and debugging
+window.bratsViewer = state
+send('streamlit:componentReady', { apiVersion: 1 })
