@@ -40,7 +40,7 @@ from core import cvae
 from core.case import MODALITIES, Case, CaseError, affine_spacing, load_label_map, save_case
 from core.cli import exit_on_sigterm, fail, warn
 from core.labels import NUM_CLASSES
-from core.orientation import reorientation
+from core.orientation import onto_grid, reorientation
 from core.preprocess import brain_mask, zscore
 from core.weights import ModelLoadError, load_keras_file, shipped_path
 
@@ -334,10 +334,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         brain = None
         if args.brain:
             brain_data, brain_affine, _ = _read_brain(args.brain)
-            if brain_data.shape != mask.shape or not np.allclose(brain_affine, affine, atol=1e-3):
-                raise CaseError(f"{args.brain}: not on the grid of {args.mask} (shape {brain_data.shape} vs "
-                                f"{mask.shape}, or another affine); resample it onto the mask's grid.")
-            brain = brain_data
+            brain = onto_grid(brain_data, brain_affine, affine, mask.shape)  # same grid, maybe another voxel order
+            if brain is None:
+                raise CaseError(f"{Path(args.brain).name}: not on the grid of {Path(args.mask).name} (shape "
+                                f"{brain_data.shape} vs {mask.shape}, or another affine); resample it onto the "
+                                "mask's grid.")
         model = load_cvae(args.weights or default_cvae_path())
         start = time.perf_counter()
         cases = iter_cases(mask, affine, header, model, n_samples=args.samples, seed=args.seed,

@@ -330,12 +330,20 @@ def test_generate_cli_warns_about_an_empty_mask(tmp_path, capsys, tiny_cvae) -> 
     brain = np.zeros(shape, np.uint8)
     brain[6:34, 4:32, 2:18] = 1
     mask = corpus.write(tmp_path / "empty_seg.nii.gz", np.zeros(shape, np.uint8))
-    brain_file = corpus.write(tmp_path / "brain.nii.gz", brain)
+    flip = np.array([[-1.0, 0, 0, shape[0] - 1], [0, -1, 0, shape[1] - 1], [0, 0, 1, 0], [0, 0, 0, 1]])
+    brain_file = corpus.write(tmp_path / "brain.nii.gz", brain[::-1, ::-1].copy(), corpus.AFFINE @ flip)  # RAS
     assert main([str(mask), "-o", str(tmp_path / "out"), "--weights", str(weights), "--brain", str(brain_file)]) == 0
     lines = [line for line in _lines(capsys.readouterr().err) if "it/s" not in line and "case/s" not in line]
     assert lines[0] == ("warning: empty_seg.nii.gz: no tumour label (every voxel is 0); the generated cases are "
                         "tumour-free brains - pass a tumour segmentation to get tumours.")
-    assert len(list((tmp_path / "out").iterdir())) == 1
+    (case_dir,) = (tmp_path / "out").iterdir()
+    generated = load_case(case_dir)
+    assert np.array_equal(generated.image[0] != 0, brain.astype(bool))  # the RAS brain file, turned onto the mask
+    small = corpus.write(tmp_path / "small_brain.nii.gz", brain[:-1])
+    assert main([str(mask), "-o", str(tmp_path / "out2"), "--weights", str(weights), "--brain", str(small)]) == 2
+    assert _lines(capsys.readouterr().err) == [
+        "error: small_brain.nii.gz: not on the grid of empty_seg.nii.gz (shape (39, 36, 20) vs (40, 36, 20), or "
+        "another affine); resample it onto the mask's grid."]
 
 
 def test_real_cases_load_without_findings(real_root: Path) -> None:
