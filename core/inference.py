@@ -8,6 +8,10 @@ Pipeline of :func:`segment_case` (the app and ``python -m core.segment`` call it
    Sliding windows with Gaussian blending would cost >= 2x the FLOPs (overlap) on 2 CPU cores.
 3. Optional mirror test-time augmentation: all 8 combinations of flips of the three spatial axes,
    probabilities averaged (nnU-Net's TTA).
+   A region-based U-Net (three sigmoids WT, TC, ET; ``core.unet.build_unet(regions=True)``) is
+   decoded as nnU-Net does: WT > 0.5 is tumour, TC > 0.5 inside it is core (NCR), ET > 0.5 inside
+   the core is ET (:func:`regions_to_labels`); its class probabilities are derived from the nested
+   regions (:func:`region_class_probabilities`).
 4. Optional postprocessing of the label map (probabilities stay the raw network output):
    tumour outside the brain mask is removed, connected tumour components smaller than
    ``MIN_COMPONENT_ML`` are dropped (and, if ``MIN_COMPONENT_FRACTION`` > 0, those smaller than that
@@ -31,7 +35,7 @@ from scipy import ndimage
 
 from core import unet  # noqa: F401  (registers the loss for safe loading)
 from core.case import MODALITIES, Case
-from core.labels import BACKGROUND, ET, NCR, NUM_CLASSES
+from core.labels import BACKGROUND, ED, ET, NCR, NUM_CLASSES
 from core.preprocess import prepare_input
 from core.weights import ModelLoadError, load_keras_file, load_model_card, shipped_path  # noqa: F401  (re-exported API)
 
@@ -69,8 +73,11 @@ def default_unet_path() -> Path:
     return shipped_path("unet")
 
 
+REGION_THRESHOLD = 0.5  # sigmoid threshold of a region-based U-Net (nnU-Net's)
+
+
 def _check_io(model: keras.Model, name: str) -> None:
-    """Raise ``ModelLoadError`` unless ``model`` maps ``(B, X, Y, Z, 4)`` to ``(B, X, Y, Z, 4)``."""
+    """Raise ``ModelLoadError`` unless ``model`` maps ``(B, X, Y, Z, 4)`` to 4 classes or 3 regions."""
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise ModelLoadError(f"{name}: expected a model with one input and one output, got "
                              f"{len(model.inputs)} inputs and {len(model.outputs)} outputs; "
@@ -79,9 +86,10 @@ def _check_io(model: keras.Model, name: str) -> None:
     if len(in_shape) != 5 or in_shape[-1] != len(MODALITIES):
         raise ModelLoadError(f"{name}: input shape {in_shape} is not (batch, X, Y, Z, {len(MODALITIES)}) "
                              f"(channels {', '.join(MODALITIES)}); use a U-Net saved by `python -m train.unet`.")
-    if len(out_shape) != 5 or out_shape[-1] != NUM_CLASSES:
+    if len(out_shape) != 5 or out_shape[-1] not in (NUM_CLASSES, len(unet.REGION_CHANNELS)):
         raise ModelLoadError(f"{name}: output shape {out_shape} is not (batch, X, Y, Z, {NUM_CLASSES}) "
-                             "(background, NCR, ED, ET); use a U-Net saved by `python -m train.unet`.")
+                             "(background, NCR, ED, ET) nor (batch, X, Y, Z, 3) (regions WT, TC, ET); "
+                             "use a U-Net saved by `python -m train.unet`.")
 
 
 def load_model(path: str | Path) -> keras.Model:
@@ -95,7 +103,8 @@ def load_model(path: str | Path) -> keras.Model:
 
     Raises:
         ModelLoadError: the file is missing, not a ``.keras`` archive, corrupt or unsafe, or the
-            model does not map ``(B, X, Y, Z, 4)`` images to ``(B, X, Y, Z, 4)`` class probabilities.
+            model does not map ``(B, X, Y, Z, 4)`` images to ``(B, X, Y, Z, 4)`` class probabilities
+            or ``(B, X, Y, Z, 3)`` region probabilities.
     """
     model = load_keras_file(path, "U-Net", "python -m train.unet")
     if not isinstance(model, keras.Model):
@@ -120,7 +129,7 @@ def predict_volume(model: keras.Model, volume: np.ndarray, *, tta: bool = False,
         progress: called with ``(fraction, message)`` after every forward pass.
 
     Returns:
-        float32 ``(X, Y, Z, 4)`` probabilities.
+        float32 ``(X, Y, Z, K)`` model outputs: class probabilities (K = 4) or region sigmoids (K = 3).
     """
     variants = MIRROR_AXES if tta else ((),)
     total = None
@@ -133,6 +142,35 @@ def predict_volume(model: keras.Model, volume: np.ndarray, *, tta: bool = False,
             progress((i + 1) / len(variants), f"forward pass {i + 1}/{len(variants)}")
     total /= np.float32(len(variants))
     return total
+
+
+def regions_to_labels(regions: np.ndarray, threshold: float = REGION_THRESHOLD) -> np.ndarray:
+    """Internal label map from region probabilities ``(..., 3)`` (WT, TC, ET), nested as in BraTS.
+
+    WT above ``threshold`` is ED, TC above it inside WT is NCR, ET above it inside TC is ET.
+    """
+    wt = regions[..., 0] > threshold
+    tc = wt & (regions[..., 1] > threshold)
+    et = tc & (regions[..., 2] > threshold)
+    labels = np.zeros(regions.shape[:-1], dtype=np.uint8)
+    labels[wt] = ED
+    labels[tc] = NCR
+    labels[et] = ET
+    return labels
+
+
+def region_class_probabilities(regions: np.ndarray) -> np.ndarray:
+    """Class probabilities ``(..., 4)`` (background, NCR, ED, ET) implied by nested region sigmoids.
+
+    P(ED) = WT (1 - TC), P(NCR) = WT TC (1 - ET), P(ET) = WT TC ET; they sum to 1.
+    """
+    wt, tc, et = (regions[..., i].astype(np.float32) for i in range(3))
+    probs = np.empty(regions.shape[:-1] + (NUM_CLASSES,), dtype=np.float32)
+    probs[..., BACKGROUND] = 1.0 - wt
+    probs[..., ED] = wt * (1.0 - tc)
+    probs[..., NCR] = wt * tc * (1.0 - et)
+    probs[..., ET] = wt * tc * et
+    return probs
 
 
 def _voxels(ml: float, spacing: tuple[float, float, float]) -> int:
@@ -208,7 +246,11 @@ def segment_case(case: Case, model: keras.Model, *, tta: bool = False, postproce
     probs = predict_volume(model, net_input, tta=tta,
                            progress=lambda f, msg: report(0.1 + 0.8 * f, msg))
     del net_input
-    labels = np.argmax(probs, axis=-1).astype(np.uint8)  # on the crop: cheaper than on the full grid
+    if unet.is_region_model(model):  # on the crop: cheaper than on the full grid
+        labels = regions_to_labels(probs)
+        probs = region_class_probabilities(probs)
+    else:
+        labels = np.argmax(probs, axis=-1).astype(np.uint8)
     if postprocess:
         report(0.92, "postprocessing")
         labels = postprocess_labels(labels, case.spacing, box.apply(brain).astype(bool))

@@ -2,8 +2,13 @@
 
 Layout follows MONAI's ``basic_unet.py``: a stem ``ConvBlock`` (two conv-norm-LeakyReLU units),
 ``Down`` blocks (max-pool + ``ConvBlock``), ``Up`` blocks (transposed conv + skip concatenation +
-``ConvBlock``) and a 1x1x1 head with a softmax over the four internal classes
-(background, NCR, ED, ET; see ``core.labels``).
+``ConvBlock``) and a 1x1x1 head. Two heads exist:
+
+* **classes** (``regions=False``): a softmax over the four internal classes (background, NCR, ED,
+  ET; see ``core.labels``), trained with :func:`dice_ce_loss`;
+* **regions** (``regions=True``, nnU-Net's BraTS setting): three sigmoids for the nested regions
+  WT, TC, ET (:data:`REGION_CHANNELS`), trained with :func:`region_dice_bce_loss`; the label map is
+  derived from them (``core.inference``), so the 0..3 label contract stays.
 
 The blocks are small typed builders that wire *built-in* Keras layers into a functional model,
 so a saved ``.keras`` file contains no custom layers and loads with ``safe_mode=True`` anywhere.
@@ -88,6 +93,9 @@ def level_filters(base_filters: int, depth: int) -> list[int]:
     return [base_filters * 2**level for level in range(depth)]
 
 
+REGION_CHANNELS: tuple[str, ...] = ("WT", "TC", "ET")  # output channels of a region-based U-Net
+
+
 def build_unet(
     in_channels: int = 4,
     num_classes: int = 4,
@@ -95,6 +103,7 @@ def build_unet(
     depth: int = 4,
     norm: str = "instance",
     name: str = "unet3d",
+    regions: bool = False,
 ) -> keras.Model:
     """Build the 3D U-Net.
 
@@ -106,10 +115,13 @@ def build_unet(
             must be multiples of ``2 ** (depth - 1)``.
         norm: ``"instance"`` (GroupNormalization with groups = channels) or ``"group"``.
         name: model name.
+        regions: three sigmoid outputs (WT, TC, ET; :data:`REGION_CHANNELS`) instead of the
+            ``num_classes`` softmax.
 
     Returns:
         A functional ``keras.Model`` mapping ``(B, X, Y, Z, in_channels)`` to softmax
-        probabilities ``(B, X, Y, Z, num_classes)`` (float32).
+        probabilities ``(B, X, Y, Z, num_classes)``, or with ``regions`` to sigmoid region
+        probabilities ``(B, X, Y, Z, 3)`` (float32 either way, also under a mixed precision policy).
     """
     if depth < 2:
         raise ValueError(f"depth must be >= 2, got {depth}")
@@ -126,9 +138,18 @@ def build_unet(
         skips.append(x)
     for level in range(depth - 2, -1, -1):
         x = Up(filters[level], norm, f"dec{level}")(x, skips[level])
-    logits = layers.Conv3D(num_classes, 1, name="head")(x)
-    probs = layers.Softmax(axis=-1, dtype="float32", name="softmax")(logits)
+    if regions:
+        logits = layers.Conv3D(len(REGION_CHANNELS), 1, name="region_head")(x)
+        probs = layers.Activation("sigmoid", dtype="float32", name="sigmoid")(logits)
+    else:
+        logits = layers.Conv3D(num_classes, 1, name="head")(x)
+        probs = layers.Softmax(axis=-1, dtype="float32", name="softmax")(logits)
     return keras.Model(inputs, probs, name=name)
+
+
+def is_region_model(model: keras.Model) -> bool:
+    """Whether ``model`` outputs the three region sigmoids (WT, TC, ET) rather than class softmax."""
+    return any(layer.name == "region_head" for layer in model.layers)
 
 
 def size_multiple(model: keras.Model) -> int:
@@ -187,3 +208,39 @@ def dice_ce_loss(y_true, y_pred):
     probs = ops.clip(y_pred, 1e-7, 1.0)
     cross_entropy = -ops.mean(ops.sum(target * ops.log(probs), axis=-1))
     return cross_entropy + soft_dice_loss(target, y_pred)
+
+
+def _region_targets(y_true):
+    """Integer internal labels ``(B,X,Y,Z)`` / ``(B,X,Y,Z,1)`` -> float region masks ``(B,X,Y,Z,3)`` (WT, TC, ET).
+
+    Internal labels: 1 NCR, 2 ED, 3 ET; WT = {1,2,3}, TC = {1,3}, ET = {3}.
+    """
+    if len(y_true.shape) == 5:
+        y_true = ops.squeeze(y_true, axis=-1)
+    labels = ops.cast(y_true, "int32")
+    wt = labels > 0
+    et = ops.equal(labels, 3)
+    tc = ops.logical_or(ops.equal(labels, 1), et)
+    return ops.cast(ops.stack([wt, tc, et], axis=-1), "float32")
+
+
+@keras.saving.register_keras_serializable(package="brats_studio", name="region_dice_bce_loss")
+def region_dice_bce_loss(y_true, y_pred):
+    """Soft Dice (batch-pooled) + binary cross-entropy over the three region sigmoids (nnU-Net BraTS).
+
+    Args:
+        y_true: integer internal labels ``(B, X, Y, Z)`` or ``(B, X, Y, Z, 1)``.
+        y_pred: sigmoid probabilities ``(B, X, Y, Z, 3)`` for WT, TC, ET.
+
+    Returns:
+        Scalar loss: ``mean BCE + 1 - mean_r Dice_r``.
+    """
+    y_pred = ops.cast(y_pred, "float32")
+    target = _region_targets(y_true)
+    axes = (0, 1, 2, 3)
+    intersection = ops.sum(target * y_pred, axis=axes)
+    denominator = ops.sum(target, axis=axes) + ops.sum(y_pred, axis=axes)
+    dice = (2.0 * intersection + DICE_SMOOTH) / (denominator + DICE_SMOOTH)
+    probs = ops.clip(y_pred, 1e-7, 1.0 - 1e-7)
+    bce = -ops.mean(target * ops.log(probs) + (1.0 - target) * ops.log(1.0 - probs))
+    return bce + 1.0 - ops.mean(dice)
