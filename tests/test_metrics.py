@@ -171,3 +171,52 @@ def test_volumes_anisotropic_spacing() -> None:
     assert volumes_ml(labels, spacing) == pytest.approx({"WT": 0.3, "TC": 0.15, "ET": 0.06})
     with pytest.raises(ValueError, match="0..3"):
         volumes_ml(np.full((2, 2, 2), 4, dtype=np.uint8))
+
+
+# ------------------------------------------------------------------------------ lesion-wise (BraTS 2023)
+def _cube(mask: np.ndarray, corner: tuple[int, int, int], size: int) -> None:
+    mask[tuple(slice(c, c + size) for c in corner)] = True
+
+
+def test_lesion_wise_scores_missed_and_false_positive_lesions():
+    from core.metrics import HD95_EMPTY, lesion_wise_region
+
+    ref = np.zeros((60, 60, 60), bool)
+    pred = np.zeros_like(ref)
+    _cube(ref, (5, 5, 5), 6)  # found exactly
+    _cube(ref, (40, 40, 40), 6)  # missed
+    _cube(pred, (5, 5, 5), 6)
+    _cube(pred, (5, 40, 40), 5)  # false positive far from any reference lesion
+    out = lesion_wise_region(pred, ref)
+    assert out["lesions"] == 2 and out["false_positives"] == 1
+    assert out["dice"] == pytest.approx(1 / 3)
+    assert out["hd95"] == pytest.approx(2 * HD95_EMPTY / 3)
+
+
+def test_lesion_wise_ignores_small_lesions_and_merges_close_ones():
+    from core.metrics import lesion_wise_region
+
+    ref = np.zeros((50, 50, 50), bool)
+    _cube(ref, (10, 10, 10), 5)
+    _cube(ref, (10, 10, 17), 5)  # 2 voxels apart: merged with the first into one lesion
+    pred = ref.copy()
+    _cube(pred, (40, 40, 40), 3)  # 27 voxels < 50: ignored, not a false positive
+    out = lesion_wise_region(pred, ref)
+    assert out == {"dice": 1.0, "hd95": 0.0, "lesions": 1, "false_positives": 0}
+    empty = np.zeros_like(ref)
+    assert lesion_wise_region(empty, empty)["dice"] == 1.0
+    assert lesion_wise_region(empty, ref)["dice"] == 0.0
+
+
+def test_lesion_wise_metrics_cover_the_three_regions():
+    from core.metrics import lesion_wise_metrics
+
+    ref = np.zeros((30, 30, 30), np.uint8)
+    ref[5:15, 5:15, 5:15] = 2
+    ref[8:12, 8:12, 8:12] = 3
+    pred = ref.copy()
+    pred[8:12, 8:12, 8:12] = 2  # ET called edema: WT perfect, TC and ET missed
+    out = lesion_wise_metrics(pred, ref)
+    assert out["WT"]["dice"] == 1.0 and out["TC"]["dice"] == 0.0 and out["ET"]["dice"] == 0.0
+    with pytest.raises(ValueError, match="differ in shape"):
+        lesion_wise_metrics(pred[:-1], ref)
