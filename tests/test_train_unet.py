@@ -91,7 +91,7 @@ def test_augmentation_changes_only_the_brain(toy_training_case):
 
 
 def test_training_phantom_seeds_never_reach_the_validation_seeds():
-    spec = data.ProducerSpec(None, seed=data.VALIDATION_SEED_START - 3)
+    spec = data.ProducerSpec(seed=data.VALIDATION_SEED_START - 3)
     with pytest.raises(RuntimeError, match="validation"):
         data.make_case(spec, worker=1, workers=2, k=1, rng=np.random.default_rng(0))  # seed start + 3
 
@@ -189,3 +189,136 @@ def test_evaluate_reports_dice_and_hd95_and_skips_unlabelled(tmp_path, toy_cases
         for region in ("WT", "TC", "ET"):
             assert 0.0 <= c[region]["dice"] <= 1.0 and c[region]["hd95"] >= 0.0
     assert report["mean"]["WT"]["dice"] == pytest.approx(np.mean([c["WT"]["dice"] for c in report["cases"]]))
+
+
+def test_evaluate_selects_cases_and_reports_median_worst_and_lesion_wise(tmp_path, toy_cases_dir, capsys):
+    from core import unet
+    from train import evaluate
+
+    weights = tmp_path / "tiny.keras"
+    unet.build_unet(base_filters=4, depth=2).save(weights)
+    ids = tmp_path / "ids.txt"
+    ids.write_text("# validation\ntoy-1\ntoy-0  # both\n")
+    report_path = tmp_path / "report.json"
+    assert evaluate.main([str(toy_cases_dir), "--cases", str(ids), "--out", str(report_path),
+                          "--weights", str(weights)]) == 0
+    report = json.loads(report_path.read_text())
+    assert [c["case"] for c in report["cases"]] == ["toy-1", "toy-0"] and report["case_ids"] == ["toy-1", "toy-0"]
+    dice = [c["WT"]["dice"] for c in report["cases"]]
+    wt = report["summary"]["WT"]["dice"]
+    assert wt["median"] == pytest.approx(np.median(dice)) and wt["worst"] == pytest.approx(min(dice))
+    assert wt["worst_case"] == report["cases"][int(np.argmin(dice))]["case"]
+    hd = [c["ET"]["hd95"] for c in report["cases"]]
+    assert report["summary"]["ET"]["hd95"]["worst"] == pytest.approx(max(hd))
+    for c in report["cases"]:
+        assert 0.0 <= c["TC"]["lesion_dice"] <= 1.0 and c["TC"]["lesion_hd95"] >= 0.0
+    assert "**median**" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="toy-9 not found"):
+        evaluate.main([str(toy_cases_dir), "--cases", "toy-9", "--out", str(report_path), "--weights", str(weights)])
+
+
+# ------------------------------------------------------------------- real data: mixing, validation split, phases
+def test_data_spec_excludes_validation_cases_and_mixes_phantoms(toy_cases_dir):
+    from train.common import DEFAULT_MIX_PHANTOM_FRACTION, data_spec
+
+    spec = data_spec([str(toy_cases_dir)], 0, 1.0, exclude=["toy-0"])
+    assert [Path(f).name for f in spec.folders] == ["toy-1"] and spec.phantom_fraction == 0.0
+    mixed = data_spec([str(toy_cases_dir), "phantom"], 0, 1.0)
+    assert len(mixed.folders) == 2 and mixed.phantom_fraction == DEFAULT_MIX_PHANTOM_FRACTION
+    assert data_spec("phantom", 5, 1.0).folders == ()
+    with pytest.raises(SystemExit, match="needs '--data phantom'"):
+        data_spec([str(toy_cases_dir)], 0, 1.0, phantom_fraction=0.5)
+    with pytest.raises(SystemExit, match="nothing left to train on"):
+        data_spec([str(toy_cases_dir)], 0, 1.0, exclude=["toy-0", "toy-1"])
+
+
+def test_mixed_producer_draws_phantoms_at_the_asked_rate_and_never_an_excluded_case(toy_cases_dir, monkeypatch):
+    from train.common import data_spec
+
+    spec = data_spec([str(toy_cases_dir), "phantom"], 0, 1.0, exclude=["toy-0"], phantom_fraction=0.3)
+    rng = np.random.default_rng(0)
+    draws = [spec.draws_phantom(rng) for _ in range(2000)]
+    assert abs(np.mean(draws) - 0.3) < 0.04
+    assert not any(data.ProducerSpec(seed=0).draws_phantom(rng) is False for _ in range(10))  # no folders: phantoms
+    monkeypatch.setattr(data.ProducerSpec, "draws_phantom", lambda self, rng: False)
+    names = {data.make_case(spec, 0, 1, k, rng).name for k in range(6)}
+    assert names == {"toy-1"}
+
+
+def test_read_case_ids_from_text_or_file(tmp_path):
+    from train.common import read_case_ids
+    from train.unet import parse_val_cases
+
+    ids = tmp_path / "val.txt"
+    ids.write_text("# split\nA_1\n\nB-2  # comment\n")
+    assert read_case_ids(str(ids)) == ["A_1", "B-2"]
+    assert read_case_ids("A_1, B-2") == ["A_1", "B-2"]
+    assert parse_val_cases("4") == 4 and parse_val_cases(0) == 0 and parse_val_cases("A_1") == ["A_1"]
+    with pytest.raises(SystemExit, match="no case id"):
+        read_case_ids(" , ")
+
+
+def test_elastic_patch_without_displacement_is_the_plain_crop(toy_training_case):
+    case = toy_training_case
+    centre = np.array(case.labels.shape) // 2
+    # the warped patch is centred between voxels ((size - 1) / 2); half a voxel back gives the crop's grid
+    image, labels = data._elastic_patch(case, centre - 0.5, 16, np.eye(3), np.zeros((3, 16, 16, 16)))
+    start = centre - 8
+    np.testing.assert_allclose(image, data._crop(case.image, start, 16).astype(np.float32), atol=1e-6)
+    np.testing.assert_array_equal(labels, data._crop(case.labels, start, 16))
+    field = data._displacement_field(16, 8, 3.0, np.random.default_rng(0))
+    assert field.shape == (3, 16, 16, 16) and 1.0 < field.std() < 6.0
+    moved, moved_labels = data._elastic_patch(case, centre - 0.5, 16, np.eye(3), field)
+    assert not np.allclose(moved, image) and set(np.unique(moved_labels)) <= set(np.unique(case.labels))
+
+
+def test_real_data_augmentation_keeps_background_zero_and_applies_a_smooth_bias_field(toy_training_case):
+    bias = data._bias_field((20, 20, 20), 0.3, np.random.default_rng(3))
+    assert (bias > 0).all() and bias.std() > 0.01
+    assert np.abs(np.diff(np.log(bias), axis=0)).max() < 0.2  # smooth: small change between neighbours
+    strong = dataclasses.replace(data.REAL_DATA_AUGMENTATION, p_elastic=1.0, p_bias=1.0)
+    image, labels = data.sample_patch(toy_training_case, 32, np.random.default_rng(5), 1.0, strong)
+    brain = np.any(image != 0, axis=-1)
+    assert np.isfinite(image).all() and brain.any() and not brain.all()
+    assert np.all(labels[~brain] == 0)
+
+
+def test_region_training_on_real_validation_ids_in_phases(tmp_path, toy_cases_dir):
+    from core import unet
+
+    init = tmp_path / "classes.keras"
+    unet.build_unet(base_filters=4, depth=2).save(init)
+    out, run_dir = tmp_path / "w" / "unet.keras", tmp_path / "run"
+    args = ["--data", str(toy_cases_dir), "--data", "phantom", "--phantom-fraction", "0.5", "--val-cases", "toy-1",
+            "--regions", "--precision", "mixed_bfloat16", "--init", str(init), "--steps", "4", "--workers", "0",
+            "--out", str(out), "--run-dir", str(run_dir), *TINY]
+    proc = _run("train.unet", *args, "--stop-at", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["training_cases"] == ["toy-0"] and card["phantom_fraction"] == 0.5
+    assert "toy-1" in card["validation"]["cases"] and set(card["validation"]["dice"]) == {"WT", "TC", "ET"}
+    assert card["architecture"]["dtype_policy"] == "mixed_bfloat16" and "sigmoid" in card["architecture"]["outputs"]
+    assert card["init"]["fresh_layers"] == ["region_head"]
+    assert json.loads((run_dir / "state.json").read_text())["step"] == 2  # stopped at 2 of 4
+    proc = _run("train.unet", *args, "--resume")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((run_dir / "state.json").read_text())["step"] == 4
+    from core.inference import load_model
+
+    assert unet.is_region_model(load_model(out))
+
+
+def test_tune_postprocess_reports_the_best_grid_point(tmp_path, toy_cases_dir):
+    from core import unet
+    from train import tune_postprocess
+
+    weights = tmp_path / "regions.keras"
+    unet.build_unet(base_filters=4, depth=2, regions=True).save(weights)
+    out = tmp_path / "pp.json"
+    assert tune_postprocess.main([str(toy_cases_dir), "--cases", "toy-0,toy-1", "--weights", str(weights),
+                                  "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["region_model"] and report["cases"] == ["toy-0", "toy-1"]
+    assert len(report["all"]) == int(np.prod([len(v) for v in tune_postprocess.GRID.values()]))
+    assert report["best"]["mean_dice"] == pytest.approx(max(r["mean_dice"] for r in report["all"]))
+    assert report["defaults"]["params"] == tune_postprocess.DEFAULTS

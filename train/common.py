@@ -43,20 +43,80 @@ def write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def data_spec(data: str, first_seed: int, phantom_strength: float) -> ProducerSpec:
-    """Training-data source of ``--data``: ``"phantom"`` or a folder of labelled BraTS case folders.
+DEFAULT_MIX_PHANTOM_FRACTION = 0.25  # share of phantoms when --data names both folders and 'phantom'
+
+
+def labelled_case_folders(data: str | Sequence[str], exclude: Sequence[str] = ()) -> list[Path]:
+    """Labelled case folders of the folders in ``data`` (``'phantom'`` entries skipped), minus ``exclude``.
+
+    Args:
+        data: one ``--data`` value or several; each a folder of case folders or one case folder.
+        exclude: case names (folder names) left out, e.g. the validation cases.
 
     Raises:
-        SystemExit: the folder does not exist or holds no labelled case (the message says what to pass).
+        SystemExit: a folder does not exist or holds no labelled case (the message says what to pass).
     """
-    if data == "phantom":
-        return ProducerSpec(None, first_seed, phantom_strength)
-    folder = Path(data)
-    if not folder.is_dir():
-        raise SystemExit(f"error: --data {folder}: not a folder (use 'phantom' or a folder of BraTS case folders)")
-    if not find_labelled_cases(folder):
-        raise SystemExit(f"error: --data {folder}: no case folder with t1/t1ce/t2/flair and a seg file found")
-    return ProducerSpec(str(folder), first_seed)
+    entries = [data] if isinstance(data, str) else list(data)
+    excluded = set(exclude)
+    folders: list[Path] = []
+    for entry in entries:
+        if entry == "phantom":
+            continue
+        folder = Path(entry)
+        if not folder.is_dir():
+            raise SystemExit(f"error: --data {folder}: not a folder (use 'phantom' or a folder of BraTS case folders)")
+        found = find_labelled_cases(folder)
+        if not found:
+            raise SystemExit(f"error: --data {folder}: no case folder with t1/t1ce/t2/flair and a seg file found")
+        folders += [f for f in found if f.name not in excluded]
+    return folders
+
+
+def read_case_ids(value: str) -> list[str]:
+    """Case ids from comma-separated text or from a file with one id per line (``#`` starts a comment).
+
+    Raises:
+        SystemExit: no id given.
+    """
+    path = Path(value)
+    if path.is_file():
+        ids = [line.split("#")[0].strip() for line in path.read_text().splitlines()]
+    else:
+        ids = [part.strip() for part in str(value).split(",")]
+    ids = [i for i in ids if i]
+    if not ids:
+        raise SystemExit(f"error: {value}: no case id given")
+    return ids
+
+
+def data_spec(data: str | Sequence[str], first_seed: int, phantom_strength: float, *, exclude: Sequence[str] = (),
+              phantom_fraction: float | None = None) -> ProducerSpec:
+    """Training-data source of ``--data``: ``"phantom"``, folders of labelled BraTS case folders, or both.
+
+    Args:
+        data: one ``--data`` value or several.
+        first_seed: first phantom seed.
+        phantom_strength: domain randomisation of the phantoms.
+        exclude: case names never trained on (the validation cases).
+        phantom_fraction: share of phantoms when folders and ``'phantom'`` are mixed (default
+            :data:`DEFAULT_MIX_PHANTOM_FRACTION`); without ``'phantom'`` in ``data`` it must be unset or 0.
+
+    Raises:
+        SystemExit: a bad folder, no training case left, or a phantom fraction that contradicts ``data``.
+    """
+    entries = [data] if isinstance(data, str) else list(data)
+    if not entries:
+        raise SystemExit("error: no --data given (use 'phantom' or a folder of BraTS case folders)")
+    folders = labelled_case_folders(entries, exclude)
+    with_phantoms = "phantom" in entries
+    if not with_phantoms and phantom_fraction:
+        raise SystemExit("error: --phantom-fraction needs '--data phantom' among the --data sources")
+    if any(e != "phantom" for e in entries) and not folders:
+        raise SystemExit("error: --data: every labelled case is excluded (--val-cases); nothing left to train on")
+    fraction = 0.0
+    if with_phantoms:
+        fraction = DEFAULT_MIX_PHANTOM_FRACTION if phantom_fraction is None else phantom_fraction
+    return ProducerSpec(tuple(str(f) for f in folders), first_seed, phantom_strength, fraction)
 
 
 def new_state(command: str | None) -> dict[str, Any]:

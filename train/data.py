@@ -4,16 +4,18 @@ Flow (all numpy; nothing here imports TensorFlow, so producer processes start li
 
 * **Producers** run in worker processes (``spawn``). A producer makes one training case at a time,
   either a fresh domain-randomised phantom (``core.phantom.generate_phantom``, seeds
-  ``worker, worker + workers, ...`` below :data:`VALIDATION_SEED_START`) or a random case folder
-  of a BraTS data directory, and ships it as a :class:`TrainingCase` (preprocessed exactly as at
-  inference: ``core.preprocess.prepare_input``, cropped to the brain, float16).
+  ``worker, worker + workers, ...`` below :data:`VALIDATION_SEED_START`) or a random labelled case
+  folder of real BraTS data (or a mix of both, :class:`ProducerSpec`), and ships it as a
+  :class:`TrainingCase` (preprocessed exactly as at inference: ``core.preprocess.prepare_input``,
+  cropped to the brain, float16).
 * A :class:`CasePool` in the trainer keeps the last ``pool_size`` cases and swaps in one new case
   every ``patches_per_case`` patches, so each phantom (2-3 s to make) serves several patches and the
   producers only use the CPU the trainer can spare.
 * :func:`sample_patch` draws a patch (tumour-centred with probability ``fg_fraction``, the tumour
   class picked uniformly among those present, nnU-Net style) with spatial augmentation (mirroring,
-  occasional rotation + scaling) and :func:`augment_intensity` (noise, blur, brightness, contrast,
-  gamma, per-channel scale/shift, low-resolution simulation) inside the brain.
+  occasional rotation + scaling, optional elastic deformation) and :func:`augment_intensity` (bias
+  field, noise, blur, brightness, contrast, gamma, per-channel scale/shift, low-resolution
+  simulation) inside the brain. :data:`REAL_DATA_AUGMENTATION` is the setting for real scans.
 """
 
 from __future__ import annotations
@@ -103,16 +105,35 @@ def find_labelled_cases(root: str | Path) -> tuple[Path, ...]:
 
 @dataclass(frozen=True)
 class ProducerSpec:
-    """What a producer process makes: phantoms (``data_dir is None``) or cases of a folder."""
+    """What a producer process makes: phantoms, real labelled case folders, or a mix of both.
 
-    data_dir: str | None = None
+    Attributes:
+        folders: labelled case folders to draw real cases from (uniformly); empty: phantoms only.
+        seed: first phantom seed and the seed of the case draws.
+        phantom_strength: domain-randomisation strength of the phantoms.
+        phantom_fraction: probability that a new case is a phantom when ``folders`` is not empty
+            (0: real cases only). Ignored without folders (then every case is a phantom).
+    """
+
+    folders: tuple[str, ...] = ()
     seed: int = 0
     phantom_strength: float = 1.0
+    phantom_fraction: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.phantom_fraction <= 1.0:
+            raise ValueError(f"phantom_fraction must be in [0, 1], got {self.phantom_fraction}")
+
+    def draws_phantom(self, rng: np.random.Generator) -> bool:
+        """Whether the next case is a phantom (consumes one draw of ``rng`` when the data is mixed)."""
+        if not self.folders:
+            return True
+        return self.phantom_fraction > 0 and rng.random() < self.phantom_fraction
 
 
 def make_case(spec: ProducerSpec, worker: int, workers: int, k: int, rng: np.random.Generator) -> TrainingCase:
     """The ``k``-th case of producer ``worker`` (of ``workers``)."""
-    if spec.data_dir is None:
+    if spec.draws_phantom(rng):
         from core.phantom import PhantomConfig, generate_phantom  # heavy (anatomy); only in phantom producers
 
         seed = spec.seed + worker + k * workers
@@ -120,8 +141,7 @@ def make_case(spec: ProducerSpec, worker: int, workers: int, k: int, rng: np.ran
             raise RuntimeError("training phantom seeds ran into the held-out validation range")
         case = generate_phantom(seed, PhantomConfig(strength=spec.phantom_strength))
     else:
-        folders = find_labelled_cases(spec.data_dir)
-        case = load_case(folders[int(rng.integers(len(folders)))])
+        case = load_case(spec.folders[int(rng.integers(len(spec.folders)))])
     return training_case(case)
 
 
@@ -265,10 +285,20 @@ class AugmentConfig:
     channel_shift: tuple[float, float] = (-0.2, 0.2)
     p_low_res: float = 0.15
     low_res_zoom: tuple[float, float] = (0.5, 1.0)
+    p_elastic: float = 0.0  # smooth random displacement field (off in the shipped phantom runs)
+    elastic_spacing: int = 32  # control-point spacing of the displacement field (voxels)
+    elastic_std: tuple[float, float] = (1.0, 4.0)  # displacement standard deviation (voxels)
+    p_bias: float = 0.0  # multiplicative low-order (quadratic) bias field, per channel
+    bias_coefficient: float = 0.3  # polynomial coefficients drawn from U(-c, c) (log-field)
+    bias_offset: tuple[float, float] = (1.5, 3.0)  # assumed mean/std of raw intensities (see _bias_field)
 
 
 NO_AUGMENTATION = AugmentConfig(p_flip=0, p_rotate_scale=0, p_noise=0, p_blur=0, p_brightness=0, p_contrast=0,
                                 p_gamma=0, p_scale_shift=0, p_low_res=0)
+
+# nnU-Net-like setting for real scans: all of the above plus elastic deformation and a bias field,
+# more frequent rotation/scaling (nnU-Net: 0.2 each of rotation and scaling, per patch).
+REAL_DATA_AUGMENTATION = AugmentConfig(p_rotate_scale=0.3, p_elastic=0.2, p_bias=0.15)
 
 
 def _patch_centre(case: TrainingCase, fg: bool, rng: np.random.Generator) -> np.ndarray:
@@ -307,6 +337,44 @@ def _rotation_matrix(rng: np.random.Generator, max_deg: float) -> np.ndarray:
     return mat
 
 
+def _displacement_field(size: int, spacing: int, std: float, rng: np.random.Generator) -> np.ndarray:
+    """Smooth random displacements ``(3, size, size, size)`` in voxels (cubic upsampling of a coarse grid)."""
+    coarse = max(2, int(np.ceil(size / spacing)) + 1)
+    field = rng.normal(0.0, std, (3, coarse, coarse, coarse))
+    zoom = size / coarse
+    return np.stack([ndimage.zoom(f, zoom, order=3, mode="nearest", grid_mode=True) for f in field])
+
+
+def _elastic_patch(case: TrainingCase, centre: np.ndarray, size: int, matrix: np.ndarray, displacement: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Patch sampled at ``matrix @ grid + displacement`` around ``centre`` (linear image, nearest labels)."""
+    half = (size - 1) / 2.0
+    grid = np.indices((size,) * 3, dtype=np.float32).reshape(3, -1) - half
+    coords = (matrix @ grid).reshape((3,) + (size,) * 3) + displacement + centre[:, None, None, None]
+    lo = np.maximum(np.floor(coords.reshape(3, -1).min(axis=1)).astype(int) - 1, 0)
+    hi = np.minimum(np.ceil(coords.reshape(3, -1).max(axis=1)).astype(int) + 2, case.labels.shape)
+    if np.any(hi <= lo):
+        return (np.zeros((size,) * 3 + (case.image.shape[-1],), np.float32), np.zeros((size,) * 3, np.uint8))
+    region = tuple(slice(a, b) for a, b in zip(lo, hi))
+    coords = coords - lo[:, None, None, None]
+    image = np.stack([ndimage.map_coordinates(case.image[region + (c,)].astype(np.float32), coords, order=1, cval=0.0)
+                      for c in range(case.image.shape[-1])], axis=-1)
+    labels = ndimage.map_coordinates(case.labels[region], coords, order=0, cval=0)
+    return image, labels.astype(np.uint8)
+
+
+def _bias_field(shape: tuple[int, ...], coefficient: float, rng: np.random.Generator) -> np.ndarray:
+    """Multiplicative field ``exp(p(x))`` with ``p`` a random polynomial of degree <= 2 over [-1, 1]^3."""
+    axes = np.meshgrid(*[np.linspace(-1.0, 1.0, n, dtype=np.float32) for n in shape], indexing="ij")
+    log_field = np.zeros(shape, np.float32)
+    for i in range(3):
+        for j in range(3):
+            for k in range(3):
+                if 0 < i + j + k <= 2:
+                    log_field += rng.uniform(-coefficient, coefficient) * axes[0] ** i * axes[1] ** j * axes[2] ** k
+    return np.exp(log_field)
+
+
 def _warped_patch(case: TrainingCase, centre: np.ndarray, size: int, matrix: np.ndarray
                   ) -> tuple[np.ndarray, np.ndarray]:
     """Patch sampled through ``matrix`` (output -> input voxel map about the patch centre)."""
@@ -342,6 +410,11 @@ def augment_intensity(image: np.ndarray, brain: np.ndarray, rng: np.random.Gener
         return image
     for c in range(image.shape[-1]):
         ch = image[..., c]
+        if rng.random() < aug.p_bias:
+            # The patch is z-scored: a multiplicative field f on raw intensities r = z * std + mean is
+            # z' = (z + m) * f - m with m = mean / std of the channel, drawn from a typical range.
+            offset = rng.uniform(*aug.bias_offset)
+            ch = (ch + offset) * _bias_field(ch.shape, aug.bias_coefficient, rng) - offset
         if rng.random() < aug.p_low_res:
             zoom = rng.uniform(*aug.low_res_zoom)
             small = ndimage.zoom(ch, zoom, order=0)
@@ -385,8 +458,12 @@ def sample_patch(case: TrainingCase, size: int, rng: np.random.Generator, fg_fra
         ``(image, labels)``: float32 ``(size, size, size, 4)`` and uint8 ``(size, size, size)``.
     """
     centre = _patch_centre(case, rng.random() < fg_fraction, rng)
-    if rng.random() < aug.p_rotate_scale:
-        matrix = _rotation_matrix(rng, aug.max_rotation_deg) / rng.uniform(*aug.scale)
+    rotate = rng.random() < aug.p_rotate_scale
+    matrix = _rotation_matrix(rng, aug.max_rotation_deg) / rng.uniform(*aug.scale) if rotate else np.eye(3)
+    if aug.p_elastic > 0 and rng.random() < aug.p_elastic:
+        displacement = _displacement_field(size, aug.elastic_spacing, rng.uniform(*aug.elastic_std), rng)
+        image, labels = _elastic_patch(case, centre.astype(float), size, matrix, displacement)
+    elif rotate:
         image, labels = _warped_patch(case, centre.astype(float), size, matrix)
     else:
         start = centre - size // 2

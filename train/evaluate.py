@@ -2,13 +2,18 @@
 
 Usage::
 
-    python -m train.evaluate CASES_ROOT --out report.json [--weights weights/unet.keras] [--tta]
+    python -m train.evaluate CASES_ROOT [CASES_ROOT ...] --out report.json [--cases IDS|FILE]
+        [--weights weights/unet.keras] [--tta]
+    # the real validation split
+    python -m train.evaluate ../shared/data/brats-real --cases train/splits/brats-real-validation.txt --out val.json
 
-``CASES_ROOT`` is a folder of BraTS case folders (2020 or 2023 naming; e.g. the output of
-``python -m core.phantom``) or one case folder. Every case with a segmentation is segmented with
-``core.inference.segment_case`` and scored with ``core.metrics.region_metrics`` (Dice and HD95 for
-WT/TC/ET); cases without a segmentation (or that fail to load) are skipped with a note. The JSON
-report holds per-case results, means and the seconds per case.
+Each ``CASES_ROOT`` is a folder of BraTS case folders (2020 or 2023 naming; e.g. the output of
+``python -m core.phantom``) or one case folder; ``--cases`` keeps only the named cases
+(comma-separated ids or a file with one id per line). Every case with a segmentation is segmented
+with ``core.inference.segment_case`` and scored with ``core.metrics.region_metrics`` (Dice and HD95
+for WT/TC/ET) and ``core.metrics.lesion_wise_metrics`` (BraTS 2023 lesion-wise Dice/HD95); cases
+without a segmentation (or that fail to load) are skipped with a note. The JSON report holds
+per-case results and, per region, the mean, median and worst case (lowest Dice, highest HD95).
 """
 
 from __future__ import annotations
@@ -30,17 +35,51 @@ from tqdm import tqdm
 from core.case import CaseError, load_case
 from core.inference import ModelLoadError, default_unet_path, load_model, load_model_card, segment_case
 from core.labels import REGIONS
-from core.metrics import region_metrics
+from core.metrics import lesion_wise_metrics, region_metrics
 from core.nifti import NiftiError
+from train.common import read_case_ids
 from train.data import case_folders
 
 REPORTED = ("dice", "hd95")
+LESION_REPORTED = ("lesion_dice", "lesion_hd95")
 
 
-def evaluate(root: Path, model, *, tta: bool = False, quiet: bool = False) -> dict:
-    """Per-case and mean Dice/HD95 (WT, TC, ET) of ``model`` over the labelled cases under ``root``."""
+def select_folders(roots: Sequence[Path], ids: Sequence[str] | None = None) -> list[Path]:
+    """Case folders under ``roots`` (each a folder of cases or one case), optionally only those named ``ids``.
+
+    Raises:
+        SystemExit: an id names no case folder under the roots.
+    """
+    folders = [folder for root in roots for folder in case_folders(root)]
+    if ids is None:
+        return folders
+    by_name = {folder.name: folder for folder in folders}
+    missing = [i for i in ids if i not in by_name]
+    if missing:
+        raise SystemExit(f"error: --cases: {', '.join(missing)} not found under {', '.join(map(str, roots))}")
+    return [by_name[i] for i in ids]
+
+
+def summarise(cases: Sequence[dict]) -> dict:
+    """Per region and metric: mean, median and worst case (lowest Dice, highest HD95) with its case id."""
+    out: dict = {}
+    for region in REGIONS:
+        out[region] = {}
+        for metric in (*REPORTED, *LESION_REPORTED):
+            values = np.array([c[region][metric] for c in cases], dtype=float)
+            worst = int(np.argmax(values) if "hd95" in metric else np.argmin(values))
+            out[region][metric] = {"mean": float(values.mean()), "median": float(np.median(values)),
+                                   "worst": float(values[worst]), "worst_case": cases[worst]["case"]}
+    return out
+
+
+def evaluate(roots: Path | Sequence[Path], model, *, ids: Sequence[str] | None = None, tta: bool = False,
+             quiet: bool = False) -> dict:
+    """Per-case Dice/HD95 (WT, TC, ET, also lesion-wise) of ``model`` over the labelled cases under ``roots``."""
+    roots = [roots] if isinstance(roots, (str, Path)) else list(roots)
     cases, skipped = [], []
-    for folder in tqdm(case_folders(root), desc="evaluate", unit="case", disable=quiet, file=sys.stderr):
+    folders = select_folders([Path(r) for r in roots], ids)
+    for folder in tqdm(folders, desc="evaluate", unit="case", disable=quiet, file=sys.stderr):
         try:
             case = load_case(folder)
         except (CaseError, NiftiError) as exc:
@@ -51,15 +90,21 @@ def evaluate(root: Path, model, *, tta: bool = False, quiet: bool = False) -> di
             continue
         result = segment_case(case, model, tta=tta)
         metrics = region_metrics(result.labels, case.seg, case.spacing)
+        lesions = lesion_wise_metrics(result.labels, case.seg, case.spacing)
         cases.append({
             "case": case.name,
             "seconds": round(result.seconds, 2),
-            **{r: {m: round(float(metrics[r][m]), 4) for m in REPORTED} for r in REGIONS},
+            **{r: {**{m: round(float(metrics[r][m]), 4) for m in REPORTED},
+                   "lesion_dice": round(lesions[r]["dice"], 4), "lesion_hd95": round(lesions[r]["hd95"], 4)}
+               for r in REGIONS},
         })
-    mean = {r: {m: float(np.mean([c[r][m] for c in cases])) for m in REPORTED} for r in REGIONS} if cases else None
+    summary = summarise(cases) if cases else None
+    mean = ({r: {m: summary[r][m]["mean"] for m in (*REPORTED, *LESION_REPORTED)} for r in REGIONS}
+            if summary else None)
     return {
         "cases": cases,
         "mean": mean,
+        "summary": summary,
         "mean_seconds": float(np.mean([c["seconds"] for c in cases])) if cases else None,
         "skipped": skipped,
     }
@@ -73,9 +118,15 @@ def format_report(report: dict) -> str:
     for c in report["cases"]:
         cells = " | ".join(f"{c[r]['dice']:.3f} | {c[r]['hd95']:.1f}" for r in REGIONS)
         rows.append(f"| {c['case']} | {cells} | {c['seconds']:.1f} |")
-    if report["mean"]:
-        cells = " | ".join(f"{report['mean'][r]['dice']:.3f} | {report['mean'][r]['hd95']:.1f}" for r in REGIONS)
-        rows.append(f"| **mean** | {cells} | {report['mean_seconds']:.1f} |")
+    if report["summary"]:
+        for stat in ("mean", "median", "worst"):
+            cells = " | ".join(f"{report['summary'][r]['dice'][stat]:.3f} | {report['summary'][r]['hd95'][stat]:.1f}"
+                               for r in REGIONS)
+            seconds = f"{report['mean_seconds']:.1f}" if stat == "mean" else ""
+            rows.append(f"| **{stat}** | {cells} | {seconds} |")
+        cells = " | ".join(f"{report['mean'][r]['lesion_dice']:.3f} | {report['mean'][r]['lesion_hd95']:.1f}"
+                           for r in REGIONS)
+        rows.append(f"| **mean, lesion-wise** | {cells} | |")
     rows += [f"skipped {s['case']}: {s['reason']}" for s in report["skipped"]]
     return "\n".join(rows)
 
@@ -83,27 +134,32 @@ def format_report(report: dict) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point (exit 2 on bad input)."""
     parser = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__.split("\n")[0])
-    parser.add_argument("cases_root", type=Path, help="folder of case folders, or one case folder")
+    parser.add_argument("cases_root", type=Path, nargs="+", help="folder(s) of case folders, or case folders")
+    parser.add_argument("--cases", default=None,
+                        help="only these case ids (comma-separated, or a file with one id per line)")
     parser.add_argument("--out", type=Path, required=True, help="JSON report")
     parser.add_argument("--weights", type=Path, default=default_unet_path(), help="U-Net .keras (default %(default)s)")
     parser.add_argument("--tta", action="store_true", help="mirror test-time augmentation")
     args = parser.parse_args(argv)
-    if not args.cases_root.is_dir():
-        print(f"error: {args.cases_root} is not a folder", file=sys.stderr)
-        return 2
+    for root in args.cases_root:
+        if not root.is_dir():
+            print(f"error: {root} is not a folder", file=sys.stderr)
+            return 2
     try:
         model = load_model(args.weights)
     except ModelLoadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     start = time.perf_counter()
-    report = evaluate(args.cases_root, model, tta=args.tta)
+    ids = read_case_ids(args.cases) if args.cases else None
+    report = evaluate(args.cases_root, model, ids=ids, tta=args.tta)
     card = load_model_card(args.weights)
     report.update({
         "weights": str(args.weights),
         "weights_step": card.get("step") if card else None,
         "tta": args.tta,
-        "cases_root": str(args.cases_root),
+        "cases_root": [str(r) for r in args.cases_root],
+        "case_ids": ids,
         "wall_time_s": round(time.perf_counter() - start, 1),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     })
@@ -111,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(format_report(report))
     if not report["cases"]:
-        print(f"error: no case with a segmentation under {args.cases_root}", file=sys.stderr)
+        print(f"error: no case with a segmentation under {', '.join(map(str, args.cases_root))}", file=sys.stderr)
         return 2
     return 0
 

@@ -2,14 +2,22 @@
 
 Examples::
 
-    # shipped weights: fresh domain-randomised phantoms, validated on held-out phantom seeds
+    # real BraTS cases (+ a quarter phantoms), region-based head, validated on the fixed real split
+    python -m train.unet --data ../shared/data/brats-real --data phantom --regions \
+        --val-cases train/splits/brats-real-validation.txt --init weights/unet.keras --patch 128 --batch 1
+    # fresh domain-randomised phantoms, validated on held-out phantom seeds
     python -m train.unet --data phantom --steps 20000 --batch 2 --patch 96 --out weights/unet.keras
     # a folder of BraTS case folders (2020 or 2023 naming, each with a seg file)
     python -m train.unet --data /data/BraTS2021 --steps 50000 --out runs/brats/unet.keras
     # continue an interrupted run from its last checkpoint
     python -m train.unet --data phantom --steps 20000 --out weights/unet.keras --resume
 
-Every ``--val-every`` steps the trainer segments ``--val-cases`` held-out phantoms (seeds from
+``--data`` may be given several times: folders of labelled case folders and/or ``phantom`` (mixed with
+``--phantom-fraction``). ``--val-cases`` is either a number of held-out phantoms or real validation
+cases: comma-separated case ids or a file with one id per line; those cases are looked up in the
+``--data`` folders and are never trained on.
+
+Every ``--val-every`` steps the trainer segments the validation cases (phantoms: seeds from
 ``train.data.VALIDATION_SEED_START`` = 1,000,000 on, never used for training) with the same
 ``core.inference.segment_case`` the app uses, logs their Dice (WT/TC/ET), saves a resumable
 checkpoint (model + optimizer, ``RUN_DIR/checkpoint.keras`` + ``RUN_DIR/state.json``), and exports the
@@ -45,6 +53,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow: errors only on
 import numpy as np
 
 from core import unet
+from core.case import load_case
 from core.inference import segment_case
 from core.labels import REGIONS, region_mask
 from core.metrics import dice
@@ -56,10 +65,13 @@ from train.common import (
     data_spec,
     epoch_plan,
     fit_on_pool,
+    labelled_case_folders,
     new_state,
+    read_case_ids,
     resume_run,
 )
 from train.data import (
+    REAL_DATA_AUGMENTATION,
     VALIDATION_SEED_START,
     AugmentConfig,
     batches,
@@ -77,7 +89,7 @@ CLIP_NORM = 12.0  # gradient-norm clipping (nnU-Net's value)
 class TrainConfig:
     """Everything that defines a training run (stored in the model card)."""
 
-    data: str = "phantom"
+    data: str | list[str] = "phantom"
     steps: int = 20000
     batch: int = 2
     patch: int = 96
@@ -89,7 +101,7 @@ class TrainConfig:
     out: str = "weights/unet.keras"
     run_dir: str = "runs/unet"
     val_every: int = 500
-    val_cases: int = 4
+    val_cases: int | str = 4
     workers: int = 1
     pool: int = 12
     patches_per_case: int = 16
@@ -98,13 +110,24 @@ class TrainConfig:
     devices: int = 1
     cpu_devices: int = 0
     init: str | None = None
+    regions: bool = False
+    precision: str = "float32"
+    phantom_fraction: float | None = None
+    augment: str = "auto"
+    stop_at: int | None = None
+
+
+PRECISIONS = ("float32", "mixed_bfloat16")
+AUGMENTATIONS = {"phantom": AugmentConfig(), "real": REAL_DATA_AUGMENTATION}
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line interface of ``python -m train.unet``."""
     d = TrainConfig()
     p = argparse.ArgumentParser(prog="python -m train.unet", description="Train the BraTS 3D U-Net.")
-    p.add_argument("--data", default=d.data, help="'phantom' (fresh synthetic cases) or a folder of BraTS case folders")
+    p.add_argument("--data", action="append", default=None,
+                   help="'phantom' (fresh synthetic cases) or a folder of BraTS case folders; repeat to mix "
+                        "(default: phantom)")
     p.add_argument("--steps", type=int, default=d.steps,
                    help="optimizer steps in total, rounded up to a multiple of --val-every (default %(default)s)")
     p.add_argument("--batch", type=int, default=d.batch, help="global batch size (default %(default)s)")
@@ -118,8 +141,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=d.out, help="exported best model (.keras); card beside it (default %(default)s)")
     p.add_argument("--run-dir", default=d.run_dir, help="checkpoints and state (default %(default)s)")
     p.add_argument("--val-every", type=int, default=d.val_every, help="steps between validations (default %(default)s)")
-    p.add_argument("--val-cases", type=int, default=d.val_cases,
-                   help="held-out phantoms validated (default %(default)s)")
+    p.add_argument("--val-cases", default=d.val_cases,
+                   help="a number of held-out phantoms, or real validation case ids (comma-separated, or a file "
+                        "with one id per line) found in the --data folders and never trained on "
+                        "(default %(default)s phantoms)")
+    p.add_argument("--phantom-fraction", type=float, default=None,
+                   help="share of phantoms among the training cases when --data mixes folders and 'phantom' "
+                        "(default 0.25)")
+    p.add_argument("--regions", action="store_true",
+                   help="region-based head: sigmoids for WT, TC, ET with Dice + BCE (nnU-Net's BraTS setting)")
+    p.add_argument("--precision", choices=PRECISIONS, default=d.precision,
+                   help="Keras dtype policy for training and the exported model (default %(default)s)")
+    p.add_argument("--augment", choices=("auto", *AUGMENTATIONS), default=d.augment,
+                   help="augmentation setting: 'real' adds elastic deformation and a bias field; auto: 'real' "
+                        "when any --data is a folder (default %(default)s)")
     p.add_argument("--workers", type=int, default=d.workers, help="case-producer processes (0: in-process)")
     p.add_argument("--pool", type=int, default=d.pool, help="cases kept for patch sampling (default %(default)s)")
     p.add_argument("--patches-per-case", type=int, default=d.patches_per_case,
@@ -134,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", default=None,
                    help="start from the weights of this .keras U-Net (new optimizer and schedule; e.g. a "
                         "second phase with larger patches)")
+    p.add_argument("--stop-at", type=int, default=None,
+                   help="stop after this step (a multiple of --val-every), keeping the --steps learning-rate "
+                        "schedule: a phase of a longer run that --resume continues")
     p.add_argument("--resume", action="store_true", help=f"continue from RUN_DIR/{CHECKPOINT}")
     return p
 
@@ -193,16 +231,27 @@ def distribution_scope(devices: int) -> tuple[contextlib.AbstractContextManager,
 # ------------------------------------------------------------------------------------ model
 
 
-def compile_model(model: keras.Model, lr: float, steps: int) -> keras.Model:
-    """Adam with polynomial (power 0.9) decay to ``lr * END_LR_FRACTION`` over ``steps``; Dice + CE loss."""
+def compile_model(model: keras.Model, lr: float, steps: int, loss=unet.dice_ce_loss) -> keras.Model:
+    """Adam with polynomial (power 0.9) decay to ``lr * END_LR_FRACTION`` over ``steps``; ``loss`` (Dice + CE)."""
     schedule = keras.optimizers.schedules.PolynomialDecay(lr, max(steps, 1), lr * END_LR_FRACTION, power=0.9)
-    model.compile(optimizer=keras.optimizers.Adam(schedule, clipnorm=CLIP_NORM), loss=unet.dice_ce_loss)
+    model.compile(optimizer=keras.optimizers.Adam(schedule, clipnorm=CLIP_NORM), loss=loss)
     return model
+
+
+def build_model(config: TrainConfig) -> keras.Model:
+    """An untrained U-Net of ``config``'s architecture (class or region head)."""
+    return unet.build_unet(base_filters=config.base, depth=config.depth, norm=config.norm, regions=config.regions)
+
+
+def compile_for(model: keras.Model, config: TrainConfig) -> keras.Model:
+    """Compile ``model`` for ``config`` (region loss for a region head)."""
+    loss = unet.region_dice_bce_loss if config.regions else unet.dice_ce_loss
+    return compile_model(model, config.lr, config.steps, loss)
 
 
 def inference_copy(model: keras.Model, config: TrainConfig) -> keras.Model:
     """Fresh uncompiled U-Net with ``model``'s weights (no optimizer state, no distribution scope)."""
-    copy = unet.build_unet(base_filters=config.base, depth=config.depth, norm=config.norm)
+    copy = build_model(config)
     copy.set_weights(model.get_weights())
     return copy
 
@@ -256,17 +305,18 @@ def model_card(config: TrainConfig, state: dict, entry: dict, info: dict) -> dic
     return {
         "model": "3D U-Net (core.unet.build_unet)",
         "task": "BraTS glioma sub-region segmentation: classes 0 background, 1 NCR, 2 ED, 3 ET (internal labels)",
-        "architecture": {"in_channels": 4, "channels": ["t1", "t1ce", "t2", "flair"], "num_classes": 4,
-                         "base_filters": config.base, "depth": config.depth, "norm": config.norm},
-        "data": ("fresh domain-randomised phantoms (core.phantom), seeds "
-                 f"{config.seed}.. < {VALIDATION_SEED_START}" if config.data == "phantom" else config.data),
+        "architecture": {"in_channels": 4, "channels": ["t1", "t1ce", "t2", "flair"],
+                         "outputs": (f"sigmoid regions {list(unet.REGION_CHANNELS)}" if config.regions
+                                     else "softmax classes [background, NCR, ED, ET]"),
+                         "base_filters": config.base, "depth": config.depth, "norm": config.norm,
+                         "dtype_policy": config.precision},
+        "data": info.get("data_description"),
         "preprocessing": "core.preprocess.prepare_input (brain mask, per-channel z-score, crop to brain)",
         "step": entry["step"],
         "steps_planned": config.steps,
         "config": asdict(config),
         "validation": {
-            "cases": f"{config.val_cases} held-out phantoms, seeds {VALIDATION_SEED_START}.."
-                     f"{VALIDATION_SEED_START + config.val_cases - 1}" if config.val_cases else "none",
+            "cases": info.get("validation_description"),
             "dice": entry.get("val_dice"),
             "loss": entry["loss"],
         },
@@ -283,14 +333,54 @@ def model_card(config: TrainConfig, state: dict, entry: dict, info: dict) -> dic
 # ------------------------------------------------------------------------------------- main
 
 
-def _load_initial_weights(model: keras.Model, path: Path) -> None:
-    """Copy the weights of the U-Net at ``path`` into ``model`` (same architecture required)."""
+def _load_initial_weights(model: keras.Model, path: Path) -> list[str]:
+    """Copy the weights of the U-Net at ``path`` into ``model``, layer by layer (matched by name).
+
+    The architecture (base, depth, norm) must match; a class head and a region head differ, so
+    starting a region-based model from a class model keeps every layer but the head.
+
+    Returns:
+        Names of the layers that kept their fresh initialisation.
+    """
     from core.inference import load_model
 
-    source = load_model(path)
-    if [w.shape for w in source.weights] != [w.shape for w in model.weights]:
-        raise SystemExit(f"error: --init {path}: its architecture differs from --base/--depth/--norm")
-    model.set_weights(source.get_weights())
+    source = {layer.name: layer for layer in load_model(path).layers}
+    fresh = []
+    for layer in model.layers:
+        weights = layer.get_weights()
+        if not weights:
+            continue
+        donor = source.get(layer.name)
+        if donor is None or [w.shape for w in donor.get_weights()] != [w.shape for w in weights]:
+            fresh.append(layer.name)
+            continue
+        layer.set_weights(donor.get_weights())
+    heads = {"head", "region_head"}
+    if set(fresh) - heads:
+        raise SystemExit(f"error: --init {path}: its architecture differs from --base/--depth/--norm "
+                         f"(layers {', '.join(sorted(set(fresh) - heads))})")
+    return fresh
+
+
+def parse_val_cases(value: int | str) -> int | list[str]:
+    """``--val-cases``: a phantom count, or real case ids (comma-separated, or a file of ids, one per line)."""
+    if isinstance(value, int):
+        return value
+    text = str(value).strip()
+    return int(text) if text.isdigit() else read_case_ids(text)
+
+
+def real_validation_cases(data: str | Sequence[str], ids: Sequence[str]) -> list:
+    """Load the labelled validation cases named ``ids`` from the ``--data`` folders.
+
+    Raises:
+        SystemExit: an id is not a labelled case folder in any ``--data`` folder.
+    """
+    by_name = {folder.name: folder for folder in labelled_case_folders(data)}
+    missing = [i for i in ids if i not in by_name]
+    if missing:
+        raise SystemExit(f"error: --val-cases: {', '.join(missing)} not found among the labelled cases of --data")
+    return [load_case(by_name[i]) for i in ids]
 
 
 def _tf_dataset(samples, config: TrainConfig):
@@ -301,10 +391,31 @@ def _tf_dataset(samples, config: TrainConfig):
     return ds.batch(config.batch, drop_remainder=True).prefetch(1)
 
 
+def _augmentation(config: TrainConfig, spec) -> AugmentConfig:
+    if config.augment == "auto":
+        return REAL_DATA_AUGMENTATION if spec.folders else AugmentConfig()
+    return AUGMENTATIONS[config.augment]
+
+
+def _describe_data(spec, strength: float) -> str:
+    parts = []
+    if spec.folders:
+        names = sorted(Path(f).name for f in spec.folders)
+        parts.append(f"{len(names)} real labelled cases: {', '.join(names)}")
+    if not spec.folders or spec.phantom_fraction > 0:
+        share = 1.0 if not spec.folders else spec.phantom_fraction
+        parts.append(f"fresh domain-randomised phantoms (core.phantom, strength {strength}, seeds < "
+                     f"{VALIDATION_SEED_START}), {share:.0%} of the cases")
+    return "; ".join(parts)
+
+
 def train(config: TrainConfig, resume: bool = False, command: str | None = None) -> dict:
     """Run training; returns the final state (history, best step, ...)."""
     configure_cpu_devices(config.cpu_devices)
-    data_spec(config.data, config.seed, config.phantom_strength)  # fail early on a bad --data
+    val_spec = parse_val_cases(config.val_cases)
+    val_ids = [] if isinstance(val_spec, int) else val_spec
+    data_spec(config.data, config.seed, config.phantom_strength, exclude=val_ids,
+              phantom_fraction=config.phantom_fraction)  # fail early on a bad --data
     if config.val_every < 1 or config.steps < 1 or config.batch < 1:
         raise SystemExit("error: --steps, --batch and --val-every must be >= 1")
     if config.patch % 2 ** (config.depth - 1):
@@ -313,33 +424,51 @@ def train(config: TrainConfig, resume: bool = False, command: str | None = None)
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(config.seed)
+    keras.mixed_precision.set_global_policy(config.precision)
     scope, n_devices, dist_text = distribution_scope(config.devices)
     if config.batch % n_devices:
         raise SystemExit(f"error: --batch {config.batch} must be a multiple of the {n_devices} devices")
 
     state = new_state(command)
+    fresh: list[str] = []
     with scope:
         if resume:
             model, state = resume_run(run_dir, command)
         else:
-            model = unet.build_unet(base_filters=config.base, depth=config.depth, norm=config.norm)
+            model = build_model(config)
             if config.init:
-                _load_initial_weights(model, Path(config.init))
-            model = compile_model(model, config.lr, config.steps)
+                fresh = _load_initial_weights(model, Path(config.init))
+            model = compile_for(model, config)
     start_step, epochs, initial_epoch = epoch_plan(model, config.steps, config.val_every)
+    if config.stop_at is not None:
+        epochs = min(epochs, math.ceil(config.stop_at / config.val_every))
     if initial_epoch >= epochs:
-        print(f"already trained {start_step} steps >= --steps {config.steps}; nothing to do")
+        print(f"already trained {start_step} steps (--steps {config.steps}, --stop-at {config.stop_at}); nothing to do")
         return state
 
     # Phantom seeds continue where the previous run stopped (upper bound of what it had made).
-    spec = data_spec(config.data, int(state.get("next_case_seed", config.seed)), config.phantom_strength)
-    val_cases = held_out_phantoms(config.val_cases, config.phantom_strength) if config.val_cases else []
-    info = {"devices": n_devices, "distribution": dist_text, "params": int(model.count_params())}
+    spec = data_spec(config.data, int(state.get("next_case_seed", config.seed)), config.phantom_strength,
+                     exclude=val_ids, phantom_fraction=config.phantom_fraction)
+    if val_ids:
+        val_cases = real_validation_cases(config.data, val_ids)
+        val_text = f"{len(val_ids)} real cases (model selection only, never trained on): {', '.join(val_ids)}"
+    else:
+        val_cases = held_out_phantoms(val_spec, config.phantom_strength) if val_spec else []
+        val_text = (f"{val_spec} held-out phantoms, seeds {VALIDATION_SEED_START}.."
+                    f"{VALIDATION_SEED_START + val_spec - 1}" if val_spec else "none")
+    info = {"devices": n_devices, "distribution": dist_text, "params": int(model.count_params()),
+            "data_description": _describe_data(spec, config.phantom_strength),
+            "training_cases": sorted(Path(f).name for f in spec.folders),
+            "phantom_fraction": spec.phantom_fraction if spec.folders else 1.0,
+            "validation_description": val_text}
+    if config.init:
+        info["init"] = {"weights": config.init, "fresh_layers": fresh}
     monitor = TrainingMonitor(config, state, val_cases, info)
+    augment = _augmentation(config, spec)
     fit_on_pool(model, monitor, spec, workers=config.workers, pool_size=config.pool,
                 uses_per_case=config.patches_per_case,
                 stream=lambda pool: patch_stream(pool, config.patch, config.seed + start_step, config.fg_fraction,
-                                                 AugmentConfig()),
+                                                 augment),
                 batches=lambda samples: (_tf_dataset(samples, config) if keras.backend.backend() == "tensorflow"
                                          else batches(samples, config.batch)),
                 buffer=2 * config.batch, steps_per_epoch=config.val_every, epochs=epochs,
@@ -350,6 +479,7 @@ def train(config: TrainConfig, resume: bool = False, command: str | None = None)
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point."""
     args = build_parser().parse_args(argv)
+    args.data = args.data or ["phantom"]
     config = config_from_args(TrainConfig, args)
     command = command_line("train.unet", argv)
     state = train(config, resume=args.resume, command=command)
