@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import os
 import struct
 import zlib
@@ -39,6 +40,7 @@ class NiftiError(ValueError):
 
 # Limits checked from the header before any voxel is read (see README "What input is accepted").
 MAX_VOXELS = 2**25  # 33.5 M voxels per 3D volume (BraTS 240x240x155 = 8.9 M; 320^3 = 32.8 M)
+MAX_VOLUMES = 64  # 4D+ files: volumes per file (read_nifti without volume_3d)
 MAX_HEADER_BYTES = 1 << 20  # header + extensions (vox_offset) larger than this is a damaged header
 _CHUNK = 1 << 22
 _SCALAR_KINDS = "iuf"
@@ -312,9 +314,11 @@ def _read_open(src: _Source, name: str, max_voxels: int, volume_3d: bool) -> nib
         if not shape or min(shape) <= 0:
             raise NiftiError(f"{name}: the header says shape {shape}, which holds no voxels; export the image "
                              "again.")
-        spatial = int(np.prod(shape[:3], dtype=np.int64))
-        volumes = int(np.prod(shape[3:], dtype=np.int64)) if len(shape) > 3 else 1
-        if spatial > max_voxels or volumes > 64:
+        spatial, volumes = math.prod(shape[:3]), math.prod(shape[3:])  # Python ints: no overflow
+        if volumes > MAX_VOLUMES:
+            raise NiftiError(f"{name}: the header says shape {describe_shape(shape)}: {volumes} volumes in one file, "
+                             f"more than {MAX_VOLUMES}; save one 3D volume per file (or the header is damaged).")
+        if spatial > max_voxels:
             raise NiftiError(
                 f"{name}: the header says {describe_shape(shape)} voxels ({spatial * volumes / 1e6:.4g} M, "
                 f"{spatial * volumes * dtype.itemsize / 1e9:.3g} GB), more than the limit of {max_voxels / 1e6:.3g} M "
