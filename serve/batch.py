@@ -196,6 +196,10 @@ def _store(out: Path, row: dict[str, Any]) -> None:
 # ------------------------------------------------------------------------------------------ the run
 
 
+class BatchError(RuntimeError):
+    """The run cannot start (no Ray to connect to); the message says what to do."""
+
+
 @dataclass
 class BatchSummary:
     """What a run did."""
@@ -253,7 +257,7 @@ def run_batch(root: str | os.PathLike, out: str | os.PathLike, *, address: str |
             2 on a cluster.
 
     Raises:
-        CaseError: ``root`` is not a folder. ModelLoadError: no weights file.
+        CaseError: ``root`` is not a folder. ModelLoadError: no weights file. BatchError: no Ray to connect to.
     """
     from tqdm import tqdm
 
@@ -271,7 +275,12 @@ def run_batch(root: str | os.PathLike, out: str | os.PathLike, *, address: str |
     own = not ray.is_initialized()
     if own:
         local_cpus = None if address else (workers or 1) * (cpus_per_worker or 0) or None
-        _start_ray(address, local_cpus, verbose)
+        try:
+            _start_ray(address, local_cpus, verbose)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            where = f"the Ray cluster at {address}" if address else "a local Ray"
+            raise BatchError(f"cannot start or reach {where}: {exc}; start the cluster with `ray start --head` "
+                             "(then --address auto), check the address, or leave --address out to run here.") from exc
     results = out / RESULTS
     previous = read_results(results)
     new_rows: dict[str, dict[str, str]] = {}
@@ -357,7 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary = run_batch(args.root, args.out, address=args.address, workers=args.workers,
                             cpus_per_worker=args.cpus_per_worker, weights=args.weights, tta=args.tta,
                             labels=args.labels, force=args.force, progress=not args.quiet, verbose=args.verbose)
-    except (CaseError, ModelLoadError) as exc:
+    except (CaseError, ModelLoadError, BatchError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     failed = f", {len(summary.failed)} failed ({', '.join(summary.failed[:5])}; see {args.out / RESULTS})" \

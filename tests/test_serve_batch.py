@@ -103,10 +103,18 @@ def test_batch_on_local_ray_then_resume(cases_root, tmp_path, tiny_unet, capsys)
     assert (out / "BraTS-Toy-bad_seg.nii.gz").is_file()
 
 
-def test_bad_arguments_exit_2(tmp_path, capsys):
+def test_bad_arguments_exit_2(tmp_path, capsys, monkeypatch):
+    import ray
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
     assert batch.main([str(tmp_path / "nope"), "-o", str(tmp_path / "out")]) == 2
     assert "not a folder" in capsys.readouterr().err
     root = tmp_path / "root"
     save_case(small_case("c1"), root, naming="2020")
     assert batch.main([str(root), "-o", str(tmp_path / "out"), "--weights", str(tmp_path / "none.keras")]) == 2
     assert "U-Net weights not found" in capsys.readouterr().err
+    weights = tmp_path / "w.keras"
+    weights.write_bytes(b"PK")  # read as bytes only; never loaded, the connection fails first
+    assert not ray.is_initialized()  # and no cluster runs here: "auto" finds nothing
+    assert batch.main([str(root), "-o", str(tmp_path / "out"), "--weights", str(weights), "--address", "auto"]) == 2
+    assert "cannot start or reach the Ray cluster at auto" in capsys.readouterr().err
