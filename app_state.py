@@ -600,6 +600,11 @@ def start_segmentation(load_model: Callable[[], Any], model_name: str, *, tta: b
         raise RuntimeError("no case loaded")
 
     def run(job: Job) -> Prediction:
+        from core.input_check import ERROR, check_case
+
+        refused = [f.message for f in check_case(case) if f.level == ERROR]  # noise, constant, too large, ...
+        if refused:  # what `python -m core.segment` refuses without --force (the Load page showed it already)
+            raise CaseError(refused[0])
         job.progress(0.01, "loading the model (first time: importing TensorFlow)")
         model = load_model()
         start = time.perf_counter()

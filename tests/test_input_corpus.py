@@ -583,3 +583,31 @@ def test_fuzzed_zips_give_a_case_or_a_clean_error(tmp_path: Path) -> None:
         except CaseError:
             outcomes["error"] += 1
     assert outcomes["error"] > 0, outcomes
+
+
+def test_app_segment_refuses_what_the_cli_refuses(tmp_path, monkeypatch, tiny_unet) -> None:
+    """The app's Segment run fails with the CLI's message for a noise modality (Load only warned)."""
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("BRATS_UNET_WEIGHTS", str(tiny_unet[1]))
+    monkeypatch.setenv("BRATS_CVAE_WEIGHTS", str(tmp_path / "none_cvae.keras"))
+    app = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120)
+    app.run()
+    folder = corpus.CASES["pure noise modality"](tmp_path / corpus.CASE)
+    files = [(p.name, p.read_bytes(), "application/octet-stream") for p in sorted(folder.iterdir())]
+    app.file_uploader(key="upload_files").set_value(files)
+    app.run()
+    app.button(key="load_upload").click().run()
+    assert any("neighbouring voxels are uncorrelated" in w.value for w in app.warning)
+    app.switch_page("pages/segment.py").run()
+    app.toggle(key="seg_tta").set_value(False)
+    app.button(key="seg_run").click().run()
+    for _ in range(3):
+        errors = [e.value for e in app.error]
+        if errors:
+            break
+        app.run()
+    assert not app.exception
+    assert any(e.startswith(f"Segmentation failed: {corpus.file_name('t2')}: neighbouring voxels are uncorrelated")
+               for e in errors), errors
+    assert app.session_state["studio"].prediction is None
