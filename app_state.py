@@ -730,6 +730,7 @@ def generate_samples(
     cases = generate_cases(
         np.ascontiguousarray(mask), case.affine, case.header, model,
         n_samples=n_samples, seed=seed, temperature=temperature, progress=progress, brain=brain_mask(case.image),
+        name=f"{source} label map of {case.name}",  # errors name what was picked, not "mask"
     )
     for i, sample in enumerate(cases):
         sample.name = f"{case.name}-synth-s{seed}-{i + 1:02d}"
