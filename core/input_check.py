@@ -136,8 +136,8 @@ def check_case(case: Case) -> list[Finding]:
                      "trained on whole brains, so labels of a crop are unreliable - segment the whole brain.")
     if np.any(np.abs(spacing - 1.0) > SPACING_TOLERANCE_MM):
         notes.append(f"{case.name}: voxel size {' x '.join(f'{s:.3g}' for s in spacing)} mm; the models were "
-                     "trained on 1 mm voxels (BraTS), so resample the case to 1 mm isotropic first for reliable "
-                     "labels (volumes are computed with this voxel size).")
+                     "trained on 1 mm voxels (BraTS), so labels at this voxel size are less reliable - resample the "
+                     "case to 1 mm isotropic if you can (volumes are computed with this voxel size).")
     angle = obliquity_deg(case.affine)
     if angle > MAX_OBLIQUE_DEG:
         notes.append(f"{case.name}: the voxel axes are rotated {angle:.0f} degrees from the world axes (an oblique "
