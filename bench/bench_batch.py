@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_serve import PeakRss  # noqa: E402
+from bench.bench_serve import PeakRss, weights_info  # noqa: E402
 
 
 def plain_loop(root: Path, out: Path, weights: Path) -> dict:
@@ -103,7 +103,7 @@ def main() -> None:
     n_cases = len(find_cases(args.root))
     runs = [measure(mode, args.root, args.weights, n_cases) for mode in ["loop", *args.ray]]
     result = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "cases": n_cases, "root": args.root.name,
-              "weights": os.path.relpath(args.weights, ROOT), "cpu_count": os.cpu_count(),
+              "weights": os.path.relpath(args.weights, ROOT), **weights_info(args.weights), "cpu_count": os.cpu_count(),
               "machine": platform.machine(), "note": args.note, "runs": runs}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -71,6 +71,17 @@ class PeakRss:
         return self.peak_mb
 
 
+def weights_info(path: Path) -> dict:
+    """Which weights were measured: sha256 prefix and the model card's step and date."""
+    import hashlib
+
+    from core.weights import load_model_card
+
+    card = load_model_card(path) or {}
+    return {"weights_sha256": hashlib.sha256(path.read_bytes()).hexdigest()[:16],
+            "weights_step": card.get("step"), "weights_created": card.get("created")}
+
+
 def case_files(case: Path) -> list[tuple[str, tuple[str, bytes, str]]]:
     """Multipart ``files`` entries: every NIfTI file of the case folder but the seg."""
     files = [p for p in sorted(case.iterdir()) if p.name.endswith((".nii.gz", ".nii")) and "seg" not in p.name]
@@ -185,7 +196,7 @@ def main() -> None:
     p.add_argument("--note", default="", help="free text stored with the results (e.g. machine load)")
     args = p.parse_args()
     result = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "case": args.case.name,
-              "weights": os.path.relpath(args.weights, ROOT), "cpu_count": os.cpu_count(),
+              "weights": os.path.relpath(args.weights, ROOT), **weights_info(args.weights), "cpu_count": os.cpu_count(),
               "machine": platform.machine(), "note": args.note,
               **run(args.case, args.clients, args.requests, args.weights, args.timeout, not args.no_generate)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
