@@ -101,10 +101,12 @@ def main() -> None:
     from serve.batch import find_cases
 
     n_cases = len(find_cases(args.root))
+    load_start = os.getloadavg()[0]
     runs = [measure(mode, args.root, args.weights, n_cases) for mode in ["loop", *args.ray]]
     result = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "cases": n_cases, "root": args.root.name,
               "weights": os.path.relpath(args.weights, ROOT), **weights_info(args.weights), "cpu_count": os.cpu_count(),
-              "machine": platform.machine(), "note": args.note, "runs": runs}
+              "machine": platform.machine(), "note": args.note, "runs": runs,
+              "loadavg_1min": {"start": load_start, "end": os.getloadavg()[0]}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print("| mode | cases | wall s | cases/min | failed | peak RSS (tree) |\n|---|---|---|---|---|---|")

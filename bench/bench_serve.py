@@ -195,10 +195,12 @@ def main() -> None:
     p.add_argument("--no-generate", action="store_true", help="skip the one /generate request at the end")
     p.add_argument("--note", default="", help="free text stored with the results (e.g. machine load)")
     args = p.parse_args()
+    load_start = os.getloadavg()[0]
     result = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "case": args.case.name,
               "weights": os.path.relpath(args.weights, ROOT), **weights_info(args.weights), "cpu_count": os.cpu_count(),
               "machine": platform.machine(), "note": args.note,
-              **run(args.case, args.clients, args.requests, args.weights, args.timeout, not args.no_generate)}
+              **run(args.case, args.clients, args.requests, args.weights, args.timeout, not args.no_generate),
+              "loadavg_1min": {"start": load_start, "end": os.getloadavg()[0]}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     lat = result["latency_s"] or {}
