@@ -98,6 +98,11 @@ class Studio:
     sid: str = ""  # browser session id (in the URL as ?sid=…): the key of the work saved on the server
     saved_edit_version: int = -1  # editor version last written to the session store
 
+    def edit_layer_key(self) -> str:
+        """Cache key of the edited mask's current content (unique per editor object and version)."""
+        assert self.editor is not None
+        return f"{self.key}:edit:{self.editor_key}:{self.editor.uid}:{self.editor.version}"
+
     def cursor_voxel(self) -> tuple[int, int, int]:
         """The shared cursor; starts at the tumour's centre (or the volume's) for a new case."""
         if self.case is None:
@@ -118,7 +123,7 @@ class Studio:
         if self.prediction is not None:
             out[PREDICTION] = Layer(PREDICTION, f"{self.key}:pred:{self.prediction.key}", self.prediction.labels)
         if self.editor is not None:
-            key = f"{self.key}:edit:{self.editor_key}:{self.editor.version}"
+            key = self.edit_layer_key()
             out[EDITED] = Layer(EDITED, key, self.editor.labels)
         return out
 

@@ -59,7 +59,9 @@ def media_url(data: bytes, coordinates: str, mimetype: str = "application/gzip")
 @st.cache_resource(show_spinner=False, max_entries=8)
 def _volume_files(case_key: str, _image: np.ndarray, _affine: np.ndarray) -> list[bytes]:
     """The four modalities as 8-bit ``.nii.gz`` (computed once per case per server)."""
-    return [display_volume_bytes(_image[c], _affine) for c in range(_image.shape[0])]
+    from core.render import auto_window
+
+    return [display_volume_bytes(_image[c], _affine, auto_window(_image[c])) for c in range(_image.shape[0])]
 
 
 @st.cache_resource(show_spinner=False, max_entries=32)

@@ -8,6 +8,7 @@ map exactly onto voxels. History entries are per-slice snapshots, so memory stay
 
 from __future__ import annotations
 
+import uuid
 from collections import deque
 from dataclasses import dataclass
 
@@ -62,7 +63,8 @@ class MaskEditor:
         self.geometry = geometry
         self._undo: deque[Edit | VoxelEdit] = deque(maxlen=history_limit)
         self._redo: list[Edit | VoxelEdit] = []
-        self.version = 0  # grows on every change (usable as a cache key)
+        self.version = 0  # grows on every change (usable as a cache key with ``uid``)
+        self.uid = uuid.uuid4().hex[:12]  # tells editors apart (a restored editor starts at version 0 again)
 
     @property
     def labels(self) -> np.ndarray:

@@ -25,20 +25,24 @@ from core.labels import NUM_CLASSES
 DISPLAY_PERCENTILE = 99.9  # intensities above this percentile of the brain saturate in the 8-bit copy
 
 
-def _gz_nifti(data: np.ndarray, affine: np.ndarray, slope: float = 1.0, inter: float = 0.0) -> bytes:
+def _gz_nifti(data: np.ndarray, affine: np.ndarray, slope: float = 1.0, inter: float = 0.0,
+              window: tuple[float, float] | None = None) -> bytes:
     image = nib.Nifti1Image(np.asarray(data), np.asarray(affine, dtype=float))
     image.header.set_xyzt_units("mm")
     image.header.set_slope_inter(slope, inter)
+    if window is not None:  # NiiVue trusts cal_min/cal_max: the initial window, no histogram pass in the browser
+        image.header["cal_min"], image.header["cal_max"] = window
     image.header.set_qform(np.asarray(affine, dtype=float), code=1)
     image.header.set_sform(np.asarray(affine, dtype=float), code=1)
     return gzip.compress(image.to_bytes(), compresslevel=1)
 
 
-def display_volume_bytes(volume: np.ndarray, affine: np.ndarray) -> bytes:
+def display_volume_bytes(volume: np.ndarray, affine: np.ndarray, window: tuple[float, float] | None = None) -> bytes:
     """An 8-bit ``.nii.gz`` of one modality for display (scl_slope/inter restore the intensities).
 
     8 bits cover the display range (minimum to the 99.9th percentile of non-zero voxels) in 256
     steps: a quarter of float32's size before compression, and NiiVue windows it the same way.
+    ``window`` (intensities) becomes the header's cal_min/cal_max, the viewer's initial window.
     """
     volume = np.asarray(volume, dtype=np.float32)
     low = float(volume.min())
@@ -48,7 +52,7 @@ def display_volume_bytes(volume: np.ndarray, affine: np.ndarray) -> bytes:
         high = low + 1.0
     slope = (high - low) / 255.0
     codes = np.clip(np.rint((volume - low) / slope), 0, 255).astype(np.uint8)
-    return _gz_nifti(codes, affine, slope, low)
+    return _gz_nifti(codes, affine, slope, low, window)
 
 
 def label_volume_bytes(labels: np.ndarray, affine: np.ndarray) -> bytes:

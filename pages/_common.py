@@ -133,6 +133,15 @@ def recent_cases(entries: list[dict[str, Any]]) -> None:
                        use_container_width=True)
 
 
+def default_convention(state: Studio) -> str:
+    """Label convention offered first for downloads: the loaded case's own (its seg file or names), else 2023."""
+    case = state.case
+    for candidate in (case.label_convention if case else None, case.naming if case else None):
+        if candidate in ("2020", "2023"):
+            return candidate
+    return "2023"
+
+
 def convention_label(convention: str) -> str:
     """How a label convention reads in a selectbox."""
     return f"BraTS {convention} ({'ET=4' if convention == '2020' else 'ET=3'})"
@@ -224,10 +233,13 @@ def model_card_summary(card: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- tables
 
 
+VOLUME_ROWS = (*REGIONS, "NCR", "ED")
+
+
 def volumes_table(layers: dict[str, Layer], spacing: tuple[float, float, float]) -> pd.DataFrame:
-    """Region volumes (mL) of each label layer: rows WT/TC/ET, one column per layer."""
+    """Volumes (mL) of each label layer: rows WT/TC/ET and the NCR / ED sub-regions, one column per layer."""
     data = {name: _volumes(layer.key, spacing, layer.labels) for name, layer in layers.items()}
-    frame = pd.DataFrame(data, index=list(REGIONS))
+    frame = pd.DataFrame(data, index=list(VOLUME_ROWS))
     frame.index.name = "volume (mL)"  # the header over WT/TC/ET says the unit
     return frame
 
@@ -236,7 +248,26 @@ def volumes_table(layers: dict[str, Layer], spacing: tuple[float, float, float])
 def _volumes(layer_key: str, spacing: tuple[float, float, float], _labels: np.ndarray) -> dict[str, float]:
     from core.metrics import volumes_ml
 
-    return volumes_ml(_labels, spacing)
+    volume_ml = float(np.prod(spacing)) / 1000.0
+    counts = np.bincount(np.asarray(_labels, dtype=np.uint8).ravel(), minlength=4)
+    return {**volumes_ml(_labels, spacing), "NCR": float(counts[1]) * volume_ml, "ED": float(counts[2]) * volume_ml}
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _dice_vs_reference(layer_key: str, _labels: np.ndarray, _reference: np.ndarray) -> dict[str, float]:
+    from core.labels import region_mask
+    from core.metrics import dice
+
+    return {region: dice(region_mask(_labels, region), region_mask(_reference, region)) for region in REGIONS}
+
+
+def dice_against_reference(state: Studio, layer: Layer) -> None:
+    """A one-row table: Dice of a label layer (e.g. the edited mask) against the case's reference."""
+    if state.case is None or state.case.seg is None:
+        return
+    scores = _dice_vs_reference(layer.key, layer.labels, state.case.seg)
+    frame = pd.DataFrame([scores], index=["Dice vs reference"])
+    st.dataframe(frame.style.format("{:.3f}"))
 
 
 def metrics_table(metrics: dict[str, dict[str, float]]) -> pd.DataFrame:
@@ -273,13 +304,14 @@ def surface_figure(case_key: str, case: Case, layer: Layer) -> Any:
     if brain is not None:
         verts, faces = brain
         fig.add_trace(_mesh(go, verts, faces, (180, 180, 190), 0.08, "brain"))
-    opacity = {"WT": 0.25, "TC": 0.55, "ET": 0.9}
+    opacity = {"WT": 0.2, "TC": 0.85, "ET": 0.35}  # ET is a rim around the core: see-through, so TC shows
     for region, (verts, faces) in _surfaces(layer.key, layer.labels, case.affine).items():
         fig.add_trace(_mesh(go, verts, faces, REGION_COLOURS[region], opacity[region], region))
     fig.update_layout(
         height=520,
         margin=dict(l=0, r=0, t=0, b=0),
-        scene=dict(aspectmode="data", xaxis_title="x (mm)", yaxis_title="y (mm)", zaxis_title="z (mm)",
+        scene=dict(aspectmode="data", xaxis_title="L ← x (mm) → R", yaxis_title="P ← y (mm) → A",
+                   zaxis_title="I ← z (mm) → S",
                    camera=dict(eye=dict(x=-1.2, y=0.9, z=0.55))),
         legend=dict(orientation="h"),
     )
@@ -352,6 +384,9 @@ def viewer(source: ViewSource, prefix: str, *, compact: bool = False) -> None:
         compact: fewer controls (for previews on the Segment and Generate pages).
     """
     group = source.cursor_group or source.key
+    state = app_state.studio()
+    shared = source.key == state.key  # the current case: one cursor for every page
+    st.session_state[f"{prefix}_shared"] = shared
     if st.session_state.get(f"{prefix}_source") != group:
         st.session_state[f"{prefix}_source"] = group
         labels = source.layers[source.default_layer].labels if source.default_layer else None
@@ -359,7 +394,15 @@ def viewer(source: ViewSource, prefix: str, *, compact: bool = False) -> None:
         layer_key = f"{prefix}_layer"
         if layer_key in st.session_state and st.session_state[layer_key] not in source.layers:
             del st.session_state[layer_key]
+    if shared:
+        st.session_state[cursor_key(prefix)] = state.cursor_voxel()
     _viewer_fragment(source, prefix, compact)
+
+
+def _set_cursor(prefix: str, cursor: tuple[int, int, int]) -> None:
+    st.session_state[cursor_key(prefix)] = cursor
+    if st.session_state.get(f"{prefix}_shared"):
+        app_state.studio().cursor = tuple(int(c) for c in cursor)  # type: ignore[assignment]
 
 
 @st.fragment
@@ -488,7 +531,7 @@ def _on_click(prefix: str, key: str, plane: str, index: int, slice_shape: tuple[
     if not value or "x" not in value:
         return
     row, col = screen_to_slice(value["x"], value["y"], value["width"], value["height"], slice_shape)
-    st.session_state[cursor_key(prefix)] = geometry.display_to_voxel(plane, index, row, col, shape)
+    _set_cursor(prefix, geometry.display_to_voxel(plane, index, row, col, shape))
 
 
 def _slice_slider(source: ViewSource, prefix: str, plane: str, label: str | None = None) -> None:
@@ -504,7 +547,7 @@ def _slice_slider(source: ViewSource, prefix: str, plane: str, label: str | None
 def _on_slider(prefix: str, key: str, axis: int) -> None:
     cursor = list(st.session_state[cursor_key(prefix)])
     cursor[axis] = int(st.session_state[key])
-    st.session_state[cursor_key(prefix)] = tuple(cursor)
+    _set_cursor(prefix, tuple(cursor))
 
 
 def _three_planes(source: ViewSource, prefix: str, settings: ViewSettings) -> None:

@@ -8,11 +8,13 @@ from streamlit_drawable_canvas import CanvasResult, st_canvas
 import app_state
 import niivue_component
 from core.case import MODALITIES
-from core.labels import CLASS_COLOURS, CONVENTIONS, ED
+from core.labels import CLASS_COLOURS, CLASS_NAMES, CONVENTIONS, ED
 from core.render import PLANES
 from pages._common import (
     MODALITY_LABELS,
     convention_label,
+    default_convention,
+    dice_against_reference,
     label_chip,
     plane_png,
     plane_size,
@@ -53,7 +55,8 @@ def _run(action: str, *args) -> None:
     elif action == "redo":
         editor.redo()
     elif action == "fill":
-        editor.fill_holes(plane, index, st.session_state["edit_label"] or ED)
+        fill = st.session_state.get("edit_fill_label") if "edit_nv_plane" in st.session_state else None
+        editor.fill_holes(plane, index, fill or st.session_state.get("edit_label") or ED)
     elif action == "islands":
         editor.remove_islands(plane, index, st.session_state["edit_min_island"])
     elif action == "clear":
@@ -64,6 +67,7 @@ def _run(action: str, *args) -> None:
             editor.copy_slice(plane, index, target)
             if "edit_slice" in st.session_state:
                 st.session_state["edit_slice"] = target
+    app_state.persist_edits()
 
 
 def _apply_stroke(key: str, plane: str, index: int, label: int) -> None:
@@ -79,6 +83,7 @@ def _apply_stroke(key: str, plane: str, index: int, label: int) -> None:
     if stroke is not None and stroke[..., 3].any():
         app_state.studio().editor.apply_stroke(plane, index, stroke, label)
         st.session_state["edit_strokes"] = st.session_state.get("edit_strokes", 0) + 1
+        app_state.persist_edits()
 
 
 def _start(source: str) -> None:
@@ -151,6 +156,7 @@ def _editing_panel() -> None:
         st.slider("Label opacity", 0.0, 1.0, 0.45, 0.05, key="edit_opacity")
         st.caption(f"{editor.undo_depth} / {editor.history_limit} undo steps")
         st.dataframe(volumes_table({app_state.EDITED: layer}, state.case.spacing).style.format("{:.2f}"))
+        dice_against_reference(state, layer)
 
 
 def _on_viewer() -> None:
@@ -170,7 +176,7 @@ def _niivue_panel() -> None:
         niivue_component.viewer(
             key="edit_nv", case_key=state.key, image=state.case.image, affine=state.case.affine,
             names=[MODALITY_LABELS[m] for m in MODALITIES], active=int(st.session_state.get("edit_modality", 3)),
-            labels=editor.labels, labels_key=f"{state.key}:edit:{state.editor_key}:{editor.version}",
+            labels=editor.labels, labels_key=state.edit_layer_key(),
             labels_token=app_state.editor_labels_token(), editable=True, epoch=state.editor_key,
             acked_rev=state.editor_rev, opacity=float(st.session_state.get("edit_opacity", 0.5)),
             cursor=state.cursor_voxel(), height=600, on_change=_on_viewer,
@@ -193,7 +199,7 @@ def _niivue_panel() -> None:
                       use_container_width=True)
         row[1].button("Copy to next ▶", on_click=_run, args=("copy", 1), key="edit_copy_next",
                       use_container_width=True)
-        st.selectbox("Fill label", (1, 2, 3), index=1, key="edit_label", format_func=BRUSH_LABELS.get)
+        st.selectbox("Fill label", (1, 2, 3), index=1, key="edit_fill_label", format_func=CLASS_NAMES.get)
         st.button("Fill holes", on_click=_run, args=("fill",), key="edit_fill", use_container_width=True,
                   help="Fill background enclosed by the tumour on this slice with the fill label.")
         row = st.columns([1, 1.4])
@@ -202,9 +208,9 @@ def _niivue_panel() -> None:
                       use_container_width=True, help="Erase pieces smaller than the number of voxels on this slice.")
         st.button("Clear slice", on_click=_run, args=("clear",), key="edit_clear", use_container_width=True)
         st.slider("Label opacity", 0.0, 1.0, 0.5, 0.05, key="edit_opacity")
-        layer = app_state.Layer(app_state.EDITED, f"{state.key}:edit:{state.editor_key}:{editor.version}",
-                                editor.labels)
+        layer = app_state.Layer(app_state.EDITED, state.edit_layer_key(), editor.labels)
         st.dataframe(volumes_table({app_state.EDITED: layer}, state.case.spacing).style.format("{:.2f}"))
+        dice_against_reference(state, layer)
 
 
 def _download() -> None:
@@ -212,10 +218,11 @@ def _download() -> None:
 
     The data callable reads the mask when clicked, so it holds every stroke drawn so far.
     """
-    cols = st.columns([1.2, 1.2, 2])
-    convention = cols[0].selectbox("Label values", CONVENTIONS, index=1, key="edit_convention",
-                                   format_func=convention_label)
     live = app_state.studio()
+    cols = st.columns([1.2, 1.2, 2])
+    convention = cols[0].selectbox("Label values", CONVENTIONS, key="edit_convention",
+                                   index=CONVENTIONS.index(default_convention(live)),
+                                   format_func=convention_label)
     cols[1].download_button(
         "Download the edited mask (.nii.gz)",
         data=lambda: app_state.label_download(live.editor.labels, live.case, convention),

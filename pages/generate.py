@@ -4,7 +4,15 @@ import streamlit as st
 
 import app_state
 from app_state import Layer
-from pages._common import ViewSource, metrics_table, progress_reporter, require_case, show_flash, viewer
+from pages._common import (
+    ViewSource,
+    default_convention,
+    metrics_table,
+    progress_reporter,
+    require_case,
+    show_flash,
+    viewer,
+)
 
 st.title("Generate synthetic MRI")
 st.caption("The conditional VAE draws new T1 / T1ce / T2 / FLAIR volumes whose tumour follows a label map.")
@@ -70,8 +78,11 @@ if state is not None:
             st.dataframe(metrics_table(samples.fidelity[index]).style.format("{:.3f}"))
 
         cols = st.columns([1, 1.5, 1.5])
-        naming = cols[0].selectbox("File names", ("2020", "2023"), key="gen_naming",
-                                   format_func=lambda n: f"BraTS {n}")
+        naming = cols[0].selectbox("Files", ("2020", "2023"), key="gen_naming",
+                                   index=("2020", "2023").index(default_convention(state)),
+                                   format_func=lambda n: f"BraTS {n} ({'ET=4' if n == '2020' else 'ET=3'})",
+                                   help="BraTS 2020 names (_t1, _t1ce, _t2, _flair, _seg) go with 2020 label values "
+                                        "(ET=4); BraTS 2023 names (-t1n, -t1c, -t2w, -t2f, -seg) with ET=3.")
         cols[1].download_button(
             "Download this sample (.zip)", data=lambda: app_state.cases_zip([sample], naming),
             file_name=f"{sample.name}.zip", mime="application/zip", on_click="ignore", key="gen_download_one",

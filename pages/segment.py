@@ -8,6 +8,7 @@ import app_state
 from core.labels import CONVENTIONS
 from pages._common import (
     convention_label,
+    default_convention,
     follow_job,
     metrics_table,
     niivue_view,
@@ -65,7 +66,8 @@ if state is not None:
         else:
             viewer(studio_source(state), "seg", compact=True)
         cols = st.columns([1, 2])
-        convention = cols[0].selectbox("Label values", CONVENTIONS, index=1, key="seg_convention",
+        convention = cols[0].selectbox("Label values", CONVENTIONS, key="seg_convention",
+                                   index=CONVENTIONS.index(default_convention(state)),
                                        format_func=convention_label)
         case, labels = state.case, prediction.labels
         cols[1].download_button(

@@ -138,6 +138,7 @@ def test_demo_case_loads_and_every_viewer_layout_renders(app):
     # moving the axial slider moves the shared cursor (z)
     app.slider(key="view_slice_axial").set_value(10).run()
     assert app.session_state["view_cursor"][2] == 10
+    assert state.cursor[2] == 10  # the one cursor every page starts from
     for layout in ("4 modalities",):
         app.radio(key="view_layout").set_value(layout).run()
         assert not app.exception, layout
@@ -198,7 +199,7 @@ def test_segment_with_tiny_unet_and_download(tiny_app):
     metrics = app.dataframe[0].value
     assert metrics.index.name == "region" and list(metrics.index) == ["WT", "TC", "ET"] and "Dice" in metrics.columns
     assert app.get("download_button")
-
+    assert app.selectbox(key="seg_convention").value == "2020"  # follows the loaded case (2020 files)
     data = app_state.label_download(prediction.labels, state.case, "2020")
     image = _nifti(data)
     assert np.allclose(image.affine, TINY_AFFINE) and image.shape == TINY_SHAPE
@@ -269,6 +270,39 @@ def test_edit_mask_tools_and_download(tiny_app):
 
     app.switch_page("pages/viewer.py").run()
     assert app.selectbox(key="view_layer").value == "Edited mask"
+
+
+def test_work_survives_a_reload_and_another_case(tiny_app, monkeypatch):
+    """A new browser session with the same ?sid= gets the case and edits back; loading another case keeps them."""
+    app = tiny_app
+    state = app.session_state["studio"]
+    sid = state.sid
+    assert app.query_params.get("sid") == sid
+    app.switch_page("pages/edit_mask.py").run()
+    app.selectbox(key="edit_start").set_value("Reference").run()
+    app.button(key="edit_start_button").click().run()
+    assert any("Dice vs reference" in list(d.value.index) for d in app.dataframe)  # edited mask vs reference
+    app.button(key="edit_clear").click().run()  # an edit (saved on the server at once)
+    edited = state.editor.labels.copy()
+    assert not np.array_equal(edited, state.case.seg)
+
+    reloaded = AppTest.from_file(APP, default_timeout=180)
+    reloaded.query_params["sid"] = sid
+    reloaded.run()
+    assert not reloaded.exception
+    restored = reloaded.session_state["studio"]
+    assert restored.case.name == state.case.name and restored.editor is not None
+    assert np.array_equal(restored.editor.labels, edited)
+    assert any("Restored your session" in i.value for i in reloaded.info)
+
+    reloaded.button(key="load_demo").click().run()  # another case: the tiny one is kept
+    assert reloaded.session_state["studio"].case.name != state.case.name
+    assert any("are saved" in i.value for i in reloaded.info)
+    switch = [b for b in reloaded.button if b.key and b.key.startswith("switch_")]
+    assert len(switch) == 1
+    switch[0].click().run()
+    back = reloaded.session_state["studio"]
+    assert back.case.name == state.case.name and np.array_equal(back.editor.labels, edited)
 
 
 def test_generate_page_explains_missing_weights(tiny_app):

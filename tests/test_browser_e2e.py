@@ -1,4 +1,7 @@
-"""End to end in a real headless browser: load the demo, segment, see the overlay, paint, download.
+"""End to end in a real headless browser with the classic (PNG) viewer: load, segment, overlay, paint, download.
+
+The NiiVue (WebGL) path has its own test (tests/test_browser_niivue.py); here ``BRATS_VIEWER=classic``
+forces the fallback that browsers without WebGL2 get.
 
 Runs ``streamlit run`` on 127.0.0.1 (free port) and drives Debian's Chromium with Playwright.
 Skipped when ``/usr/bin/chromium`` is absent (CI's ``.ci/run`` installs it). The U-Net is a tiny
@@ -59,7 +62,9 @@ def _green_fraction(png: bytes) -> float:
 def server(tmp_path_factory):
     weights = tmp_path_factory.mktemp("weights") / "unet.keras"
     _always_edema_unet(weights)
-    env = {"BRATS_UNET_WEIGHTS": str(weights), "BRATS_CVAE_WEIGHTS": str(weights.parent / "no_cvae.keras")}
+    env = {"BRATS_UNET_WEIGHTS": str(weights), "BRATS_CVAE_WEIGHTS": str(weights.parent / "no_cvae.keras"),
+           "BRATS_VIEWER": "classic",  # this test covers the PNG viewer and canvas editor (the fallback)
+           "BRATS_SESSION_DIR": str(weights.parent / "sessions")}
     with streamlit_server(env) as running:
         yield running
 

@@ -154,6 +154,9 @@ async function showVolume(args) {
   setStatus(`Loading ${spec.name}…`, true)
   let image = state.volumes.get(spec.url)
   if (!image) {
+    if (args.labels_url && args.labels_token !== state.labelsToken && !state.labelsPrefetch) {
+      state.labelsPrefetch = fetchImage(args.labels_url, 'labels.nii.gz') // in parallel with the volume
+    }
     image = await fetchImage(spec.url, `${spec.name}.nii.gz`)
     state.volumes.set(spec.url, image)
   }
@@ -194,7 +197,9 @@ async function showLabels(args) {
   if (args.labels_token === state.labelsToken) return
   setStatus('Loading labels…', true)
   mark('labels requested')
-  const image = await fetchImage(args.labels_url, 'labels.nii.gz')
+  const prefetched = state.labelsPrefetch
+  state.labelsPrefetch = null
+  const image = await (prefetched || fetchImage(args.labels_url, 'labels.nii.gz'))
   nv.loadDrawing(image)
   state.labelsToken = args.labels_token
   // Edits Python has not applied yet are not in the file: put them back on top.
@@ -270,8 +275,23 @@ function queue(event) {
   flush()
 }
 
+function storePending() {
+  try {
+    if (state.pending.length) localStorage.setItem(storageKey(`pending:${state.epoch}`), JSON.stringify(state.pending))
+    else localStorage.removeItem(storageKey(`pending:${state.epoch}`))
+  } catch (e) { /* storage full or off: the edits are still resent while the page lives */ }
+}
+
+function restorePending(epoch, acked) {
+  try {
+    const saved = JSON.parse(localStorage.getItem(storageKey(`pending:${epoch}`)) || '[]')
+    return Array.isArray(saved) ? saved.filter((e) => e.rev > acked && e.epoch === epoch) : []
+  } catch (e) { return [] }
+}
+
 function flush() {
   // Every unacknowledged edit goes out each time: a value that replaces an unread one loses nothing.
+  storePending()
   state.lastEventAt = performance.now()
   sentCursor = JSON.stringify(cursorMM())
   setValue({ epoch: state.epoch, events: state.pending, cursor_mm: cursorMM(), sent: Date.now(), webgl: true })
@@ -434,12 +454,14 @@ async function onRender(args) {
   state.args = args
   if (args.epoch !== state.epoch) {
     state.epoch = args.epoch
-    state.pending = []
-    state.rev = 0
+    state.pending = restorePending(args.epoch, args.acked_rev || 0) // edits a reload cut off before Python had them
+    state.rev = state.pending.length ? state.pending[state.pending.length - 1].rev : 0
   }
   state.acked = Math.max(state.acked, args.acked_rev || 0)
   state.rev = Math.max(state.rev, state.acked)
+  const before = state.pending.length
   state.pending = state.pending.filter((e) => e.rev > state.acked)
+  if (state.pending.length !== before) storePending()
   const height = args.height || 600
   $('viewport').style.height = `${height}px`
   if (first) {
@@ -457,9 +479,10 @@ async function onRender(args) {
     mark('webgl ready')
     canvas.addEventListener('mousedown', startStroke, true)
     window.addEventListener('mouseup', endStroke, true)
-    canvas.addEventListener('keydown', onKey, true)
+    window.addEventListener('keydown', onKey, true) // any focus inside the viewer (canvas or its toolbar)
     canvas.addEventListener('wheel', onWheel, { capture: true, passive: true })
-    canvas.addEventListener('mouseenter', () => canvas.focus({ preventScroll: true }))
+    canvas.addEventListener('mouseenter', () => { window.focus(); canvas.focus({ preventScroll: true }) })
+    document.body.addEventListener('mousedown', (e) => { if (e.target !== canvas) canvas.focus({ preventScroll: true }) })
   }
   renderBar()
   setFrameHeight(document.body.scrollHeight)
@@ -483,7 +506,10 @@ async function onRender(args) {
       nv.setSliceType(LAYOUTS[state.layout])
       nv.drawScene()
       renderStatus()
-      if (!state.timings.shown) mark('shown')
+      if (!state.timings.shown) {
+        mark('shown')
+        if (state.pending.length) flush() // resend what a reload interrupted
+      }
       document.body.dataset.ready = '1'
       document.body.dataset.acked = String(state.acked)
       document.body.dataset.labelsToken = String(state.labelsToken)
