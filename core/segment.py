@@ -75,7 +75,7 @@ def segment_oriented(case: Case, model: Any, *, tta: bool = False, postprocess: 
     (``core.orientation``; no resampling), segmented, and labels and probabilities are turned back,
     so they overlay ``case`` voxel for voxel and align with it in world space.
     """
-    from core.inference import Segmentation, segment_case
+    from core.inference import segment_case
 
     turn = reorientation(case.affine, case.shape)
     if turn.is_identity:
@@ -83,9 +83,8 @@ def segment_oriented(case: Case, model: Any, *, tta: bool = False, postprocess: 
     oriented = replace(case, image=np.ascontiguousarray(turn.to_model(case.image)),
                        affine=turn.model_affine(case.affine), seg=None, warnings=[])
     result = segment_case(oriented, model, tta=tta, postprocess=postprocess, progress=progress)
-    return Segmentation(labels=np.ascontiguousarray(turn.to_source(result.labels)),
-                        probabilities=np.ascontiguousarray(turn.to_source(result.probabilities)),
-                        seconds=result.seconds)
+    return replace(result, labels=np.ascontiguousarray(turn.to_source(result.labels)),  # other fields kept
+                   probabilities=np.ascontiguousarray(turn.to_source(result.probabilities)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
