@@ -28,7 +28,8 @@ def _finish(error: str | None, bar) -> None:
     st.rerun()
 
 
-demo, upload, folder = st.tabs(["Demo case", "Upload", "Folder on the server"])
+# A keyed tab bar remembers the open tab across reruns (it jumped back to "Demo case" after a load).
+demo, upload, folder = st.tabs(["Demo case", "Upload", "Folder on the server"], key="load_tab", on_change="rerun")
 with demo:
     st.markdown(
         "A synthetic glioma case on the BraTS grid (240 × 240 × 155, 1 mm) with a reference segmentation, "
@@ -50,8 +51,10 @@ with upload:
 
 with folder:
     path = st.text_input("Case folder on the server", key="load_path",
-                         placeholder="/data/BraTS2021/BraTS2021_00000")
-    if st.button("Open the folder", type="primary", key="load_folder"):
+                         placeholder="/data/BraTS2021/BraTS2021_00000",
+                         on_change=lambda: st.session_state.__setitem__("load_path_entered", True))
+    entered = st.session_state.pop("load_path_entered", False) and bool(path.strip())  # Enter opens it too
+    if st.button("Open the folder", type="primary", key="load_folder") or entered:
         bar = st.progress(0.0, text="Reading the case folder…")
         _finish(app_state.load_folder(path, progress_reporter(bar)), bar)
 

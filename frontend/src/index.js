@@ -330,6 +330,8 @@ function onKey(e) {
   if (handled) { e.preventDefault(); e.stopPropagation() }
 }
 
+const OWN_KEYS = new Set(['[', ']', '0', '1', '2', '3', 'e', 'E', 'p', 'P', 'f', 'F', 'r', 'R', 'a', 's', 'c', 'm', 'v'])
+
 function moveSlice(step) {
   // Page Up / Down move the slice of the single view (axial in the 4-up view).
   const plane = state.layout === 'coronal' ? [0, step, 0] : state.layout === 'sagittal' ? [step, 0, 0] : [0, 0, step]
@@ -480,6 +482,7 @@ async function onRender(args) {
     canvas.addEventListener('mousedown', startStroke, true)
     window.addEventListener('mouseup', endStroke, true)
     window.addEventListener('keydown', onKey, true) // any focus inside the viewer (canvas or its toolbar)
+    window.addEventListener('keyup', (e) => { if (OWN_KEYS.has(e.key)) e.stopPropagation() }, true) // not NiiVue's too
     canvas.addEventListener('wheel', onWheel, { capture: true, passive: true })
     canvas.addEventListener('mouseenter', () => { window.focus(); canvas.focus({ preventScroll: true }) })
     document.body.addEventListener('mousedown', (e) => { if (e.target !== canvas) canvas.focus({ preventScroll: true }) })

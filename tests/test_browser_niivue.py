@@ -1,0 +1,236 @@
+"""The NiiVue viewer/editor end to end in headless Chromium with software WebGL2 (SwiftShader).
+
+load demo → Viewer (wheel scrolls slices in the browser) → Segment (a background run) → Edit mask:
+quick strokes 100 ms apart, each must land exactly once → Ctrl+Z / Ctrl+Y → reload the page: the
+session comes back from the server (case, prediction, edits) → Generate → download and check.
+
+Skipped when ``/usr/bin/chromium`` is absent. Models are tiny stand-ins built here (an always-"edema"
+U-Net, an untrained CVAE): the test is about the app's plumbing, not the models.
+Set ``BRATS_SCREENSHOTS=DIR`` to save a screenshot of every step into DIR.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import zipfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from bench.server import CHROMIUM, chromium_page, goto_page, streamlit_server, wait_until_idle
+from core.anatomy import BRATS_AFFINE
+from core.niivue import voxel_to_ras_flat
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} not installed (apt-get install chromium)")
+playwright = pytest.importorskip("playwright.sync_api")
+
+FRAME = 'iframe[title="niivue_component.brats_niivue"]'
+STROKES = 8
+SHAPE = (240, 240, 155)
+
+
+def _shot(page, name: str) -> None:
+    folder = os.environ.get("BRATS_SCREENSHOTS")
+    if folder:
+        wait_until_idle(page)
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(folder) / f"niivue_{name}.png"))
+
+
+def viewer_frame(page):
+    """The NiiVue component's frame (there is one per page)."""
+    page.locator(FRAME).wait_for(timeout=60_000)
+    for _ in range(200):
+        frames = [f for f in page.frames if "/component/niivue_component" in f.url]
+        if frames:
+            return frames[-1]
+        page.wait_for_timeout(100)
+    raise AssertionError("no NiiVue frame")
+
+
+def wait_ready(page, timeout_ms: int = 120_000):
+    """Wait until the component has shown its volume and labels; returns its frame."""
+    frame = viewer_frame(page)
+    frame.wait_for_function("() => document.body.dataset.ready === '1'", timeout=timeout_ms)
+    return frame
+
+
+def wait_synced(frame, rev: int, timeout_ms: int = 60_000) -> None:
+    """Wait until Python acknowledged revision ``rev`` and the browser holds no unsent edit."""
+    try:
+        frame.wait_for_function(
+            f"() => window.bratsViewer.acked >= {rev} && window.bratsViewer.pending.length === 0", timeout=timeout_ms)
+    except playwright.Error as exc:
+        state = frame.evaluate("() => JSON.stringify({acked: window.bratsViewer.acked, rev: window.bratsViewer.rev, "
+                               "pending: window.bratsViewer.pending.map(e => [e.rev, e.op]), "
+                               "focus: document.activeElement && document.activeElement.id, "
+                               "hasFocus: document.hasFocus()})")
+        raise AssertionError(f"revision {rev} not acknowledged: {state}") from exc
+
+
+def bitmap_voxels(frame, label: int) -> np.ndarray:
+    """Flat RAS indices of the browser's drawing layer holding ``label``."""
+    indices = frame.evaluate(
+        f"() => {{ const b = window.bratsViewer.nv.drawBitmap; const out = []; "
+        f"for (let i = 0; i < b.length; i++) if (b[i] === {label}) out.push(i); return out }}")
+    return np.asarray(indices, dtype=np.int64)
+
+
+def _components(flat: np.ndarray) -> int:
+    """Number of separate pieces (strokes) among RAS flat indices."""
+    mask = np.zeros(SHAPE[0] * SHAPE[1] * SHAPE[2], bool)
+    mask[flat] = True
+    return int(ndimage.label(mask.reshape(SHAPE, order="F"), structure=np.ones((3, 3, 3)))[1])
+
+
+def _download(page, name: str, target: Path) -> Path:
+    with page.expect_download(timeout=120_000) as info:
+        page.get_by_role("button", name=name).click()
+    info.value.save_as(target)
+    return target
+
+
+def _always_edema_unet(path: Path) -> None:
+    from core.unet import build_unet
+
+    model = build_unet(base_filters=4, depth=2)
+    head = model.get_layer("head")
+    kernel, bias = head.get_weights()
+    bias[:] = (0.0, 0.0, 8.0, 0.0)
+    head.set_weights([np.zeros_like(kernel), bias])
+    model.save(path)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models")
+    _always_edema_unet(folder / "unet.keras")
+    from core.cvae import build_cvae
+
+    build_cvae(4, 2, 2).save(folder / "cvae.keras")
+    env = {"BRATS_UNET_WEIGHTS": str(folder / "unet.keras"), "BRATS_CVAE_WEIGHTS": str(folder / "cvae.keras"),
+           "BRATS_SESSION_DIR": str(folder / "sessions")}
+    with streamlit_server(env) as running:
+        yield running
+
+
+def test_niivue_view_segment_edit_reload_generate(server, tmp_path):
+    with chromium_page(webgl=True) as page:
+        page.goto(server.url)
+        page.get_by_role("heading", name="Load a case").wait_for(timeout=60_000)
+        assert "sid=" in page.url  # the session id that finds the saved work after a reload
+        page.get_by_role("button", name="Load the demo case").click()
+        page.locator("[data-testid=stAlertContentSuccess]").wait_for(timeout=120_000)
+
+        # Viewer: the wheel scrolls slices in the browser (no server round trip)
+        goto_page(page, "Viewer")
+        frame = wait_ready(page)
+        _shot(page, "1_viewer")
+        before = frame.evaluate("() => Array.from(window.bratsViewer.nv.scene.crosshairPos)")
+        box = frame.locator("#gl").bounding_box()
+        page.mouse.move(box["x"] + box["width"] * 0.25, box["y"] + box["height"] * 0.75)  # the axial tile
+        for _ in range(5):
+            page.mouse.wheel(0, 100)
+            page.wait_for_timeout(50)
+        after = frame.evaluate("() => Array.from(window.bratsViewer.nv.scene.crosshairPos)")
+        assert after != before
+
+        # Segment: a background run; its result is shown when it ends
+        goto_page(page, "Segment")
+        page.get_by_role("button", name="Segment", exact=True).click()
+        page.get_by_text("Segmented with unet.keras").wait_for(timeout=180_000)
+
+        # Edit mask: quick strokes, each applied exactly once
+        goto_page(page, "Edit mask")
+        page.get_by_role("button", name="Start editing").click()
+        frame = wait_ready(page)
+        canvas = frame.locator("#gl")
+        box = canvas.bounding_box()
+        page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)  # hovering focuses the canvas
+        page.keyboard.press("a")  # axial view
+        page.keyboard.press("3")  # ET
+        page.wait_for_timeout(300)
+        x0, y0 = box["x"] + box["width"] * 0.35, box["y"] + box["height"] * 0.2
+        for stroke in range(STROKES):
+            y = y0 + stroke * box["height"] * 0.07
+            page.mouse.move(x0, y)
+            page.mouse.down()
+            for step in range(1, 8):
+                page.mouse.move(x0 + step * box["width"] * 0.03, y)
+            page.mouse.up()
+            page.wait_for_timeout(100)
+        wait_synced(frame, STROKES)
+        page.get_by_text(f"{STROKES} strokes received").wait_for(timeout=60_000)
+        et_browser = bitmap_voxels(frame, 3)
+        assert _components(et_browser) == STROKES  # every stroke is there
+        _shot(page, "2_edit")
+
+        target = _download(page, "Download the edited mask (.nii.gz)", tmp_path / "edited.nii.gz")
+        image = nib.Nifti1Image.from_bytes(gzip.decompress(target.read_bytes()))
+        assert image.shape == SHAPE and np.allclose(image.affine, BRATS_AFFINE)
+        labels = np.asarray(image.dataobj)
+        et_server = voxel_to_ras_flat(np.nonzero(labels == 3), SHAPE, BRATS_AFFINE)
+        np.testing.assert_array_equal(np.sort(et_server), np.sort(et_browser))  # Python holds what was drawn
+
+        # Undo / redo by key: the last stroke goes and comes back (the browser reloads the server's labels).
+        # The download button took the keyboard focus: a click in the viewer (its status line) gives it back.
+        frame.locator("#status").click()
+        page.keyboard.press("Control+z")
+        wait_synced(frame, STROKES + 1)
+        page.get_by_text(f"{STROKES + 1} strokes received").wait_for(timeout=60_000)
+        frame.wait_for_function(
+            "n => { const b = window.bratsViewer.nv.drawBitmap; let c = 0; for (const v of b) if (v === 3) c++;"
+            " return c < n }", arg=int(et_browser.size), timeout=60_000)
+        assert _components(bitmap_voxels(frame, 3)) == STROKES - 1
+        page.keyboard.press("Control+y")
+        wait_synced(frame, STROKES + 2)
+        frame.wait_for_function(
+            "n => { const b = window.bratsViewer.nv.drawBitmap; let c = 0; for (const v of b) if (v === 3) c++;"
+            " return c === n }", arg=int(et_browser.size), timeout=60_000)
+
+        # Reload: the case, the prediction and every edit come back from the server
+        page.reload()
+        page.get_by_text("Restored your session").wait_for(timeout=120_000)
+        frame = wait_ready(page)
+        restored = bitmap_voxels(frame, 3)
+        np.testing.assert_array_equal(np.sort(restored), np.sort(et_browser))
+        assert "U-Net prediction" in page.locator("[data-testid=stSidebar]").inner_text()
+        _shot(page, "3_reloaded")
+
+        # Generate from the edited mask, download the zip
+        goto_page(page, "Generate", "Generate synthetic MRI")
+        page.get_by_role("button", name="Generate", exact=True).click()
+        page.get_by_text("Generated 2 sample(s)").wait_for(timeout=180_000)
+        _shot(page, "4_generate")
+        target = _download(page, "Download all 2 samples (.zip)", tmp_path / "samples.zip")
+    with zipfile.ZipFile(target) as zf:
+        names = zf.namelist()
+        assert len({n.split("/")[0] for n in names}) == 2
+        seg_name = next(n for n in names if "seg" in n)
+        seg = nib.Nifti1Image.from_bytes(gzip.decompress(zf.read(seg_name)))
+    assert seg.shape == SHAPE
+    assert np.array_equal(np.asarray(seg.dataobj) > 0, labels > 0)  # generated from the edited mask
+
+
+def test_png_viewer_without_webgl(server):
+    """Without WebGL2 the component says so and the Viewer falls back to the server-rendered images."""
+    with chromium_page() as page:  # --disable-gpu: no WebGL
+        page.goto(server.url)
+        page.get_by_role("button", name="Load the demo case").click()
+        page.locator("[data-testid=stAlertContentSuccess]").wait_for(timeout=120_000)
+        goto_page(page, "Viewer")
+        has_webgl = page.evaluate("() => !!document.createElement('canvas').getContext('webgl2')")
+        if has_webgl:
+            pytest.skip("this Chromium has WebGL2 even with --disable-gpu")
+        page.get_by_text("Cursor voxel").wait_for(timeout=60_000)
+
+
+def test_bundle_is_modest():
+    build = Path(__file__).resolve().parents[1] / "frontend" / "build"
+    total = sum(p.stat().st_size for p in build.iterdir())
+    assert (build / "index.html").is_file() and (build / "index.js").is_file()
+    assert total < 3_000_000, f"{total / 1e6:.1f} MB"
