@@ -78,6 +78,7 @@ def browser_timings(slider_steps: int) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="bench_viewer_") as tmp:
         env = tiny_models_env(Path(tmp), kinds=("unet",))
         weights = "tiny untrained U-Net (weights/unet.keras missing)" if env else "weights/unet.keras"
+        env["BRATS_VIEWER"] = "classic"  # this bench measures the PNG viewer (bench.bench_niivue: the NiiVue one)
         with streamlit_server(env) as server, chromium_page() as page:
             page.goto(server.url)
             page.get_by_role("button", name="Load the demo case").click()

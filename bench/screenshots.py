@@ -40,6 +40,7 @@ def _button_enabled(page: object, name: str) -> bool:
 def take(out: Path, env: dict[str, str]) -> None:
     """Drive the app through every page and save one screenshot each."""
     out.mkdir(parents=True, exist_ok=True)
+    env = {**env, "BRATS_VIEWER": "classic"}  # the PNG viewer's screenshots (bench.screenshots_niivue: NiiVue's)
     with streamlit_server(env) as server, chromium_page(WIDTH, HEIGHT) as page:
         page.goto(server.url)
         page.get_by_role("button", name="Load the demo case").click()
