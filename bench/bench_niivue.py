@@ -76,12 +76,14 @@ def run(strokes: int, seed: int) -> dict:
                 opens.append({"wall_s": time.perf_counter() - start,
                               "component_ms": frame.evaluate("() => window.bratsViewer.timings")})
             results["page_open"] = opens
+            print(json.dumps(opens), flush=True)
             frame.evaluate("() => { window.bratsViewer.nv.setSliceType(0) }")  # axial only: a 2D redraw per step
             wheel = frame.evaluate(WHEEL_JS)
             results["wheel_ms"] = {"median": statistics.median(wheel), "p95": sorted(wheel)[int(0.95 * len(wheel))]}
+            print(json.dumps(results["wheel_ms"]), flush=True)
 
             goto_page(page, "Edit mask")
-            page.locator("[data-testid=stSelectbox]").filter(has_text="Reference").first.click()
+            page.locator("[data-testid=stSelectbox]").first.click()  # "Start from"
             page.get_by_role("option", name="Empty").click()  # only the strokes will be ET
             page.wait_for_timeout(500)
             page.get_by_role("button", name="Start editing").click()
@@ -106,6 +108,9 @@ def run(strokes: int, seed: int) -> dict:
                     frame.wait_for_function(f"() => window.bratsViewer.acked >= {i + 1}", timeout=60_000)
                     latencies.append(time.perf_counter() - up)
                 page.wait_for_timeout(rng.randint(100, 1000))
+                if (i + 1) % 10 == 0:
+                    print(f"{i + 1} strokes drawn, {frame.evaluate('() => window.bratsViewer.acked')} acknowledged",
+                          flush=True)
             frame.wait_for_function(
                 f"() => window.bratsViewer.acked >= {strokes} && window.bratsViewer.pending.length === 0",
                 timeout=300_000)

@@ -171,7 +171,7 @@ def _on_viewer() -> None:
 def _niivue_panel() -> None:
     """The 3D editor: NiiVue with pen / eraser / fill, keys, and the slice tools beside it."""
     editor = state.editor
-    view, side = st.columns([3.3, 1])
+    view, side = st.columns([2.8, 1.1])
     with view:
         niivue_component.viewer(
             key="edit_nv", case_key=state.key, image=state.case.image, affine=state.case.affine,
@@ -195,17 +195,16 @@ def _niivue_panel() -> None:
         plane, index = _target()
         st.caption(f"{plane.capitalize()} slice {index} (through the cursor)")
         row = st.columns(2)
-        row[0].button("◀ Copy to prev.", on_click=_run, args=("copy", -1), key="edit_copy_prev",
-                      use_container_width=True)
-        row[1].button("Copy to next ▶", on_click=_run, args=("copy", 1), key="edit_copy_next",
-                      use_container_width=True)
+        row[0].button("◀ Copy", on_click=_run, args=("copy", -1), key="edit_copy_prev", use_container_width=True,
+                      help="Copy this slice onto the previous one.")
+        row[1].button("Copy ▶", on_click=_run, args=("copy", 1), key="edit_copy_next", use_container_width=True,
+                      help="Copy this slice onto the next one.")
         st.selectbox("Fill label", (1, 2, 3), index=1, key="edit_fill_label", format_func=CLASS_NAMES.get)
         st.button("Fill holes", on_click=_run, args=("fill",), key="edit_fill", use_container_width=True,
                   help="Fill background enclosed by the tumour on this slice with the fill label.")
-        row = st.columns([1, 1.4])
-        row[0].number_input("Min voxels", 1, 10000, 20, key="edit_min_island", label_visibility="collapsed")
-        row[1].button("Remove islands", on_click=_run, args=("islands",), key="edit_islands",
-                      use_container_width=True, help="Erase pieces smaller than the number of voxels on this slice.")
+        st.number_input("Smallest piece kept (voxels)", 1, 10000, 20, key="edit_min_island")
+        st.button("Remove islands", on_click=_run, args=("islands",), key="edit_islands",
+                  use_container_width=True, help="Erase pieces smaller than that on this slice.")
         st.button("Clear slice", on_click=_run, args=("clear",), key="edit_clear", use_container_width=True)
         st.slider("Label opacity", 0.0, 1.0, 0.5, 0.05, key="edit_opacity")
         layer = app_state.Layer(app_state.EDITED, state.edit_layer_key(), editor.labels)
