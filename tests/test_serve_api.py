@@ -318,16 +318,16 @@ def test_real_uvicorn_server(weights, case_dir, tmp_path):
     port = _free_port()
     scratch = tmp_path / "tmp"
     scratch.mkdir()
-    env = {**os.environ, "BRATS_UNET_WEIGHTS": str(weights["unet"]), "BRATS_API_KEY": "k3y", "TMPDIR": str(scratch)}
+    env = {**os.environ, "BRATS_UNET_WEIGHTS": str(weights["unet"]), "BRATS_CVAE_WEIGHTS": str(weights["cvae"]),
+           "BRATS_API_KEY": "k3y", "TMPDIR": str(scratch)}
     log = tmp_path / "server.log"
-    with open(log, "w") as out:
-        server = subprocess.Popen([sys.executable, "-m", "serve.api", "--port", str(port), "--no-preload",
-                                   "--max-upload-mb", "1.5"],
+    with open(log, "w") as out:  # models preloaded: the server answers only once they are in memory
+        server = subprocess.Popen([sys.executable, "-m", "serve.api", "--port", str(port), "--max-upload-mb", "1.5"],
                                   cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    try:
-        with httpx.Client(base_url=url, timeout=60) as http:
-            deadline = time.monotonic() + 90
+    try:  # generous limits: on a loaded 2-core machine the server's TensorFlow import alone can take minutes
+        with httpx.Client(base_url=url, timeout=300) as http:
+            deadline = time.monotonic() + 600
             while True:
                 try:
                     if http.get("/health").status_code == 200:
@@ -346,7 +346,7 @@ def test_real_uvicorn_server(weights, case_dir, tmp_path):
             assert_json_error(bad, 422, "missing t1ce")
             big = [("files", ("x_t1.nii.gz", b"x" * (2 << 20), "application/gzip"))]
             assert_json_error(http.post("/segment", files=big, headers=key), 413, "1.5 MB upload limit")
-            assert http.get("/health").json()["models_loaded"] == ["unet"]
+            assert http.get("/health").json()["models_loaded"] == ["cvae", "unet"]
     finally:
         server.terminate()
         try:
