@@ -88,7 +88,7 @@ def test_demo_segment_overlay_paint_download(server, tmp_path):
         assert "Prediction: ED" in readout.inner_text()  # the cursor starts inside the prediction
         frame = page.frame_locator('iframe[title="streamlit_image_coordinates.streamlit_image_coordinates"]').first
         image = frame.locator("img")
-        image.wait_for(timeout=30_000)
+        image.wait_for(timeout=90_000)  # generous: the machine may be busy (3D surfaces render in the same run)
         page.wait_for_function(
             "() => [...document.querySelectorAll('iframe')].some(f => { try { const i = "
             "f.contentDocument.querySelector('img'); return i && i.complete && i.naturalWidth > 0 } "
