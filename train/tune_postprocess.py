@@ -45,9 +45,9 @@ from train.common import read_case_ids
 from train.evaluate import select_folders
 
 GRID: dict[str, tuple[float, ...]] = {
-    "min_et_ml": (0.0, 0.5, 1.0, 2.0),
+    "min_et_ml": (0.0, 0.5, 1.0),
     "min_component_ml": (0.1, 1.0, 5.0),
-    "min_component_fraction": (0.0, 0.1),
+    "min_component_fraction": (0.0, 0.1, 0.25, 0.5),
     "threshold": (0.4, 0.5, 0.6),
 }
 DEFAULTS = {"min_et_ml": inference.MIN_ET_ML, "min_component_ml": inference.MIN_COMPONENT_ML,

@@ -400,8 +400,7 @@ def _augmentation(config: TrainConfig, spec) -> AugmentConfig:
 def _describe_data(spec, strength: float) -> str:
     parts = []
     if spec.folders:
-        names = sorted(Path(f).name for f in spec.folders)
-        parts.append(f"{len(names)} real labelled cases: {', '.join(names)}")
+        parts.append(f"{len(spec.folders)} real labelled cases (ids in training_cases)")
     if not spec.folders or spec.phantom_fraction > 0:
         share = 1.0 if not spec.folders else spec.phantom_fraction
         parts.append(f"fresh domain-randomised phantoms (core.phantom, strength {strength}, seeds < "
