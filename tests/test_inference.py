@@ -222,8 +222,8 @@ def _shipped_unet() -> keras.Model:
         pytest.skip(f"no shipped weights at {path}")
     model = load_model(path)
     card = load_model_card(path)
-    assert card is not None and card["architecture"]["num_classes"] == 4
-    assert model.count_params() == card["params"]
+    assert card is not None and model.count_params() == card["params"]
+    assert ("sigmoid regions" in card["architecture"]["outputs"]) == unet.is_region_model(model)
     return model
 
 
@@ -236,14 +236,19 @@ def _region_dice(case: Case, model: keras.Model) -> dict[str, float]:
     return {r: dice(region_mask(labels, r), region_mask(case.seg, r)) for r in ("WT", "TC", "ET")}
 
 
-def test_shipped_weights_segment_the_real_case(real_root):
-    """Regression floor for weights/unet.keras on the real BraTS case (never trained on)."""
+@pytest.mark.parametrize("case_id, floors", [
+    # measured with weights/ (phase 5, step 600): WT 0.927, TC 0.862, ET 0.913 (README); floors a little below
+    ("BraTS-GLI-demo-0001", (0.90, 0.84, 0.89)),
+    # the hardest validation case for WT: 0.522 / 0.713 / 0.706
+    ("Brats18_CBICA_ASE_1", (0.50, 0.69, 0.68)),
+])
+def test_shipped_weights_segment_real_validation_cases(real_root, case_id, floors):
+    """Regression floors for weights/unet.keras on real validation cases (never trained on)."""
     from core.case import load_case
 
     model = _shipped_unet()
-    scores = _region_dice(load_case(real_root / "BraTS-GLI-demo-0001"), model)
-    # measured with weights/ (phase 3, step 600): WT 0.901, TC 0.816, ET 0.889 (README); floors a little below
-    assert scores["WT"] >= 0.88 and scores["TC"] >= 0.79 and scores["ET"] >= 0.86, scores
+    scores = _region_dice(load_case(real_root / case_id), model)
+    assert all(scores[r] >= f for r, f in zip(("WT", "TC", "ET"), floors)), scores
 
 
 def test_shipped_weights_segment_a_held_out_phantom():
@@ -252,5 +257,5 @@ def test_shipped_weights_segment_a_held_out_phantom():
 
     model = _shipped_unet()
     scores = _region_dice(generate_phantom(1_000_007), model)  # held-out seeds start at 1,000,000
-    # measured with the file in weights/ (phase 3, step 600): WT 0.967, TC 0.951, ET 0.893; floors a little below
-    assert scores["WT"] >= 0.95 and scores["TC"] >= 0.93 and scores["ET"] >= 0.87, scores
+    # measured with the file in weights/ (phase 5, step 600): WT 0.941, TC 0.906, ET 0.820; floors a little below
+    assert scores["WT"] >= 0.92 and scores["TC"] >= 0.88 and scores["ET"] >= 0.80, scores
