@@ -57,10 +57,14 @@ def test_anatomy_on_brats_grid_like_real_brains(real_root):
     assert total[~ndi.binary_dilation(anat.brain, iterations=2)].max() < 0.01, "tissue outside the brain mask"
     assert 1.2e6 < anat.brain.sum() < 1.9e6  # ~1.2-1.9 L like adult skull-stripped brains
     centre = np.argwhere(anat.brain).mean(axis=0)
-    for case_dir in (p for p in real_root.iterdir() if p.is_dir()):
+    centroids = []
+    for case_dir in sorted(p for p in real_root.iterdir() if p.is_dir()):
         brain = np.asanyarray(nib.load(find_case_files(case_dir)["t1"]).dataobj) > 0
-        real_centroid = np.argwhere(brain).mean(axis=0)
-        assert np.abs(real_centroid - centre).max() < 10, f"template brain centroid {centre} vs {case_dir.name}"
+        centroids.append(np.argwhere(brain).mean(axis=0))
+        # each real brain: within 12 voxels (27 cases: at most 10.9, a brain whose top is cut off)
+        assert np.abs(centroids[-1] - centre).max() < 12, f"template brain centroid {centre} vs {case_dir.name}"
+    # the typical real brain (median centroid, 27 cases: within 3.3 voxels) sits where the template does
+    assert np.abs(np.median(centroids, axis=0) - centre).max() < 5
 
 
 def test_anatomy_cache_roundtrip(tmp_path):
