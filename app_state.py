@@ -494,17 +494,22 @@ def uploaded_unet(data: bytes, file_name: str) -> Any:
     cached = st.session_state.get("uploaded_unet")
     if cached and cached[0] == digest:
         return cached[1]
+    model = _load_unet_from_bytes(data)
+    st.session_state["uploaded_unet"] = (digest, model, file_name)
+    return model
+
+
+def _load_unet_from_bytes(data: bytes) -> Any:
+    """``core.inference.load_model`` (safe mode) on bytes, through a temporary file that is always removed."""
     from core.inference import load_model
 
     fd, tmp = tempfile.mkstemp(suffix=".keras", prefix="brats_upload_")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-        model = load_model(tmp)
+        return load_model(tmp)
     finally:
         Path(tmp).unlink(missing_ok=True)
-    st.session_state["uploaded_unet"] = (digest, model, file_name)
-    return model
 
 
 _uploaded_models: dict[str, Any] = {}
@@ -517,15 +522,7 @@ def uploaded_unet_bytes(data: bytes, file_name: str) -> Any:
     with _uploaded_lock:
         if digest in _uploaded_models:
             return _uploaded_models[digest]
-    from core.inference import load_model
-
-    fd, tmp = tempfile.mkstemp(suffix=".keras", prefix="brats_upload_")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        model = load_model(tmp)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    model = _load_unet_from_bytes(data)
     with _uploaded_lock:
         while len(_uploaded_models) >= 2:
             _uploaded_models.pop(next(iter(_uploaded_models)))

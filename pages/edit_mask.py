@@ -46,6 +46,15 @@ def _target() -> tuple[str, int]:
     return st.session_state["edit_plane"], st.session_state["edit_slice"]
 
 
+def _undo_redo_buttons(editor) -> None:
+    """The Undo / Redo button row (both viewers share the editor's one history)."""
+    row = st.columns(2)
+    row[0].button("Undo", on_click=_run, args=("undo",), disabled=not editor.can_undo,
+                  icon=":material/undo:", key="edit_undo", use_container_width=True)
+    row[1].button("Redo", on_click=_run, args=("redo",), disabled=not editor.can_redo,
+                  icon=":material/redo:", key="edit_redo", use_container_width=True)
+
+
 def _run(action: str, *args) -> None:
     """Button callback: one editor operation on the current slice (runs before the page redraws)."""
     editor = app_state.studio().editor
@@ -134,11 +143,7 @@ def _editing_panel() -> None:
                    "takes it back). The eraser is the Erase label.")
 
     with side:
-        row = st.columns(2)
-        row[0].button("Undo", on_click=_run, args=("undo",), disabled=not editor.can_undo,
-                      icon=":material/undo:", key="edit_undo", use_container_width=True)
-        row[1].button("Redo", on_click=_run, args=("redo",), disabled=not editor.can_redo,
-                      icon=":material/redo:", key="edit_redo", use_container_width=True)
+        _undo_redo_buttons(editor)
         row = st.columns(2)
         row[0].button("◀ Copy to previous", on_click=_run, args=("copy", -1), key="edit_copy_prev",
                       use_container_width=True)
@@ -185,11 +190,7 @@ def _niivue_panel() -> None:
                    "outline), `[` `]` brush size, Ctrl+Z / Ctrl+Y undo / redo, wheel or Page Up/Down slice. "
                    "Every stroke is saved on the server as soon as you release the mouse.")
     with side:
-        row = st.columns(2)
-        row[0].button("Undo", on_click=_run, args=("undo",), disabled=not editor.can_undo,
-                      icon=":material/undo:", key="edit_undo", use_container_width=True)
-        row[1].button("Redo", on_click=_run, args=("redo",), disabled=not editor.can_redo,
-                      icon=":material/redo:", key="edit_redo", use_container_width=True)
+        _undo_redo_buttons(editor)
         st.caption(f"{editor.undo_depth} / {editor.history_limit} undo steps · {state.editor_rev} strokes received")
         st.radio("Slice tools act on", PLANES, horizontal=True, key="edit_nv_plane", format_func=str.capitalize)
         plane, index = _target()
