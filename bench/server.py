@@ -128,6 +128,20 @@ def tiny_models_env(folder: Path, kinds: tuple[str, ...] = ("unet", "cvae")) -> 
     return env
 
 
+def always_edema_unet(path: Path) -> None:
+    """Save a tiny U-Net whose softmax head always picks class 2 (ED): a predictable overlay for browser tests."""
+    import numpy as np
+
+    from core.unet import build_unet
+
+    model = build_unet(base_filters=4, depth=2)
+    head = model.get_layer("head")
+    kernel, bias = head.get_weights()
+    bias[:] = (0.0, 0.0, 8.0, 0.0)
+    head.set_weights([np.zeros_like(kernel), bias])
+    model.save(path)
+
+
 def goto_page(page: object, link: str, heading: str | None = None) -> None:
     """Click a page in the sidebar navigation and wait until its title (default: ``link``) shows."""
     page.get_by_role("link", name=link, exact=True).first.click()  # type: ignore[attr-defined]

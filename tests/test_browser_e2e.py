@@ -22,25 +22,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench.server import CHROMIUM, chromium_page, goto_page, streamlit_server, wait_until_idle
+from bench.server import CHROMIUM, always_edema_unet, chromium_page, goto_page, streamlit_server, wait_until_idle
 from core.anatomy import BRATS_AFFINE
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} not installed (apt-get install chromium)")
 playwright = pytest.importorskip("playwright.sync_api")
 
 ED_GREEN = (60, 200, 80)
-
-
-def _always_edema_unet(path: Path) -> None:
-    """Save a tiny U-Net whose softmax head always picks class 2 (ED)."""
-    from core.unet import build_unet
-
-    model = build_unet(base_filters=4, depth=2)
-    head = model.get_layer("head")
-    kernel, bias = head.get_weights()
-    bias[:] = (0.0, 0.0, 8.0, 0.0)
-    head.set_weights([np.zeros_like(kernel), bias])
-    model.save(path)
 
 
 def _shot(page, name: str) -> None:
@@ -61,7 +49,7 @@ def _green_fraction(png: bytes) -> float:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     weights = tmp_path_factory.mktemp("weights") / "unet.keras"
-    _always_edema_unet(weights)
+    always_edema_unet(weights)
     env = {"BRATS_UNET_WEIGHTS": str(weights), "BRATS_CVAE_WEIGHTS": str(weights.parent / "no_cvae.keras"),
            "BRATS_VIEWER": "classic",  # this test covers the PNG viewer and canvas editor (the fallback)
            "BRATS_SESSION_DIR": str(weights.parent / "sessions")}

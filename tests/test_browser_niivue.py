@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from bench.server import CHROMIUM, chromium_page, goto_page, streamlit_server, wait_until_idle
+from bench.server import CHROMIUM, always_edema_unet, chromium_page, goto_page, streamlit_server, wait_until_idle
 from core.anatomy import BRATS_AFFINE
 from core.niivue import voxel_to_ras_flat
 
@@ -94,21 +94,10 @@ def _download(page, name: str, target: Path) -> Path:
     return target
 
 
-def _always_edema_unet(path: Path) -> None:
-    from core.unet import build_unet
-
-    model = build_unet(base_filters=4, depth=2)
-    head = model.get_layer("head")
-    kernel, bias = head.get_weights()
-    bias[:] = (0.0, 0.0, 8.0, 0.0)
-    head.set_weights([np.zeros_like(kernel), bias])
-    model.save(path)
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("models")
-    _always_edema_unet(folder / "unet.keras")
+    always_edema_unet(folder / "unet.keras")
     from core.cvae import build_cvae
 
     build_cvae(4, 2, 2).save(folder / "cvae.keras")
