@@ -161,6 +161,11 @@ def regions_to_labels(regions: np.ndarray, threshold: float = REGION_THRESHOLD) 
     return labels
 
 
+def outputs_to_labels(outputs: np.ndarray, regions: bool, threshold: float = REGION_THRESHOLD) -> np.ndarray:
+    """Internal label map from network outputs: nested region thresholds, or the class argmax."""
+    return regions_to_labels(outputs, threshold) if regions else np.argmax(outputs, axis=-1).astype(np.uint8)
+
+
 def region_class_probabilities(regions: np.ndarray) -> np.ndarray:
     """Class probabilities ``(..., 4)`` (background, NCR, ED, ET) implied by nested region sigmoids.
 
@@ -248,11 +253,10 @@ def segment_case(case: Case, model: keras.Model, *, tta: bool = False, postproce
     probs = predict_volume(model, net_input, tta=tta,
                            progress=lambda f, msg: report(0.1 + 0.8 * f, msg))
     del net_input
-    if unet.is_region_model(model):  # on the crop: cheaper than on the full grid
-        labels = regions_to_labels(probs)
+    regions = unet.is_region_model(model)
+    labels = outputs_to_labels(probs, regions)  # on the crop: cheaper than on the full grid
+    if regions:
         probs = region_class_probabilities(probs)
-    else:
-        labels = np.argmax(probs, axis=-1).astype(np.uint8)
     if postprocess:
         report(0.92, "postprocessing")
         labels = postprocess_labels(labels, case.spacing, box.apply(brain).astype(bool))

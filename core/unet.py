@@ -162,6 +162,14 @@ def size_multiple(model: keras.Model) -> int:
 DICE_SMOOTH = 1e-5
 
 
+def _batch_dice(target, y_pred):
+    """Soft Dice per channel, pooled over the batch and space (nnU-Net "batch Dice"): shape ``(C,)``."""
+    axes = (0, 1, 2, 3)
+    intersection = ops.sum(target * y_pred, axis=axes)
+    denominator = ops.sum(target, axis=axes) + ops.sum(y_pred, axis=axes)
+    return (2.0 * intersection + DICE_SMOOTH) / (denominator + DICE_SMOOTH)
+
+
 def _one_hot_targets(y_true, num_classes: int):
     """Integer labels ``(B,X,Y,Z)`` / ``(B,X,Y,Z,1)`` or one-hot ``(B,X,Y,Z,C)`` -> float one-hot."""
     if len(y_true.shape) == 5 and y_true.shape[-1] == num_classes and num_classes > 1:
@@ -185,10 +193,7 @@ def soft_dice_loss(y_true, y_pred):
     y_pred = ops.cast(y_pred, "float32")
     num_classes = y_pred.shape[-1]
     target = _one_hot_targets(y_true, num_classes)
-    axes = (0, 1, 2, 3)
-    intersection = ops.sum(target * y_pred, axis=axes)
-    denominator = ops.sum(target, axis=axes) + ops.sum(y_pred, axis=axes)
-    dice = (2.0 * intersection + DICE_SMOOTH) / (denominator + DICE_SMOOTH)
+    dice = _batch_dice(target, y_pred)
     return 1.0 - ops.mean(dice[1:])
 
 
@@ -237,10 +242,7 @@ def region_dice_bce_loss(y_true, y_pred):
     """
     y_pred = ops.cast(y_pred, "float32")
     target = _region_targets(y_true)
-    axes = (0, 1, 2, 3)
-    intersection = ops.sum(target * y_pred, axis=axes)
-    denominator = ops.sum(target, axis=axes) + ops.sum(y_pred, axis=axes)
-    dice = (2.0 * intersection + DICE_SMOOTH) / (denominator + DICE_SMOOTH)
+    dice = _batch_dice(target, y_pred)
     probs = ops.clip(y_pred, 1e-7, 1.0 - 1e-7)
     bce = -ops.mean(target * ops.log(probs) + (1.0 - target) * ops.log(1.0 - probs))
     return bce + 1.0 - ops.mean(dice)

@@ -89,6 +89,19 @@ def read_case_ids(value: str) -> list[str]:
     return ids
 
 
+def folders_named(folders: Sequence[Path], ids: Sequence[str], option: str, where: str) -> list[Path]:
+    """The folders named ``ids`` (in that order) among ``folders``.
+
+    Raises:
+        SystemExit: an id names none of them (the message names ``option`` and ``where`` was searched).
+    """
+    by_name = {folder.name: folder for folder in folders}
+    missing = [i for i in ids if i not in by_name]
+    if missing:
+        raise SystemExit(f"error: {option}: {', '.join(missing)} not found {where}")
+    return [by_name[i] for i in ids]
+
+
 def data_spec(data: str | Sequence[str], first_seed: int, phantom_strength: float, *, exclude: Sequence[str] = (),
               phantom_fraction: float | None = None) -> ProducerSpec:
     """Training-data source of ``--data``: ``"phantom"``, folders of labelled BraTS case folders, or both.

@@ -37,7 +37,7 @@ from core.inference import ModelLoadError, default_unet_path, load_model, load_m
 from core.labels import REGIONS
 from core.metrics import lesion_wise_metrics, region_metrics
 from core.nifti import NiftiError
-from train.common import read_case_ids
+from train.common import folders_named, read_case_ids
 from train.data import case_folders
 
 REPORTED = ("dice", "hd95")
@@ -53,11 +53,7 @@ def select_folders(roots: Sequence[Path], ids: Sequence[str] | None = None) -> l
     folders = [folder for root in roots for folder in case_folders(root)]
     if ids is None:
         return folders
-    by_name = {folder.name: folder for folder in folders}
-    missing = [i for i in ids if i not in by_name]
-    if missing:
-        raise SystemExit(f"error: --cases: {', '.join(missing)} not found under {', '.join(map(str, roots))}")
-    return [by_name[i] for i in ids]
+    return folders_named(folders, ids, "--cases", f"under {', '.join(map(str, roots))}")
 
 
 def summarise(cases: Sequence[dict]) -> dict:

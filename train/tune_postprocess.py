@@ -69,8 +69,7 @@ def network_outputs(case, model, *, tta: bool) -> dict:
 def decode(item: dict, params: dict, regions: bool) -> np.ndarray:
     """Postprocessed label map for one parameter combination (on the crop when ``item["on_crop"]``)."""
     outputs = item["outputs"]
-    labels = (inference.regions_to_labels(outputs, params["threshold"]) if regions
-              else np.argmax(outputs, axis=-1).astype(np.uint8))
+    labels = inference.outputs_to_labels(outputs, regions, params["threshold"])
     labels = inference.postprocess_labels(labels, item["case"].spacing, item["brain"],
                                           min_component_ml=params["min_component_ml"],
                                           min_component_fraction=params["min_component_fraction"],

@@ -65,6 +65,7 @@ from train.common import (
     data_spec,
     epoch_plan,
     fit_on_pool,
+    folders_named,
     labelled_case_folders,
     new_state,
     read_case_ids,
@@ -376,11 +377,8 @@ def real_validation_cases(data: str | Sequence[str], ids: Sequence[str]) -> list
     Raises:
         SystemExit: an id is not a labelled case folder in any ``--data`` folder.
     """
-    by_name = {folder.name: folder for folder in labelled_case_folders(data)}
-    missing = [i for i in ids if i not in by_name]
-    if missing:
-        raise SystemExit(f"error: --val-cases: {', '.join(missing)} not found among the labelled cases of --data")
-    return [load_case(by_name[i]) for i in ids]
+    folders = folders_named(labelled_case_folders(data), ids, "--val-cases", "among the labelled cases of --data")
+    return [load_case(folder) for folder in folders]
 
 
 def _tf_dataset(samples, config: TrainConfig):
