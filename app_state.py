@@ -11,13 +11,11 @@ Weights paths can be injected with the environment variables ``BRATS_UNET_WEIGHT
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import tempfile
 import threading
 import time
 import uuid
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +24,8 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
-from core.case import Case, CaseError, label_map_bytes, load_case, load_case_from_bytes, load_case_from_zip, save_case
+from core.case import Case, CaseError, label_map_bytes, load_case, load_case_from_bytes, load_case_from_zip
+from core.case import cases_zip as core_cases_zip
 from core.jobs import Job, JobRegistry
 from core.mask_edit import MaskEditor
 from core.render import DisplayGeometry, auto_window
@@ -602,11 +601,10 @@ def start_segmentation(load_model: Callable[[], Any], model_name: str, *, tta: b
         raise RuntimeError("no case loaded")
 
     def run(job: Job) -> Prediction:
-        from core.input_check import ERROR, check_case
+        from core.input_check import require_plausible
 
-        refused = [f.message for f in check_case(case) if f.level == ERROR]  # noise, constant, too large, ...
-        if refused:  # what `python -m core.segment` refuses without --force (the Load page showed it already)
-            raise CaseError(refused[0])
+        # noise, constant, too large, ...: what `python -m core.segment` refuses (the Load page showed it already)
+        require_plausible(case, force_hint=None)
         job.progress(0.01, "loading the model (first time: importing TensorFlow)")
         model = load_model()
         start = time.perf_counter()
@@ -765,15 +763,8 @@ def label_download(labels: np.ndarray, case: Case, convention: str) -> bytes:
 
 
 def cases_zip(cases: list[Case], naming: str) -> bytes:
-    """A ``.zip`` of BraTS-named case folders (one per case); written via a temporary folder."""
-    buffer = io.BytesIO()
-    with tempfile.TemporaryDirectory(prefix="brats_zip_out_") as tmp:
-        with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as zf:  # files are gzipped already
-            for case in cases:
-                folder = save_case(case, tmp, naming=naming)
-                for file in sorted(folder.iterdir()):
-                    zf.write(file, f"{folder.name}/{file.name}")
-    return buffer.getvalue()
+    """A ``.zip`` of BraTS-named case folders (one per case), built in memory (``core.case.cases_zip``)."""
+    return core_cases_zip(cases, naming)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)

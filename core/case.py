@@ -15,7 +15,7 @@ import io
 import os
 import stat
 import zipfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
@@ -690,6 +690,15 @@ def case_file_name(name: str, key: str, naming: str) -> str:
     return f"{name}{SUFFIXES[naming][key]}.nii.gz"
 
 
+def _folder_name(name: str, naming: str) -> str:
+    """``name`` checked as a case folder name (and ``naming`` as a file naming)."""
+    if naming not in SUFFIXES:
+        raise ValueError(f"unknown naming {naming!r}; use '2020' or '2023'")
+    if not name or name in (".", "..") or any(c in name for c in "/\\"):
+        raise CaseError(f"case name {name!r} cannot be a folder name; use letters, digits, '-' and '_'.")
+    return name
+
+
 def save_case(
     case: Case,
     out_dir: str | os.PathLike,
@@ -706,11 +715,7 @@ def save_case(
         naming: ``"2020"`` (``name_t1.nii.gz`` ...) or ``"2023"`` (``name-t1n.nii.gz`` ...).
         name: case id used for the folder and file names (default ``case.name``).
     """
-    if naming not in SUFFIXES:
-        raise ValueError(f"unknown naming {naming!r}; use '2020' or '2023'")
-    name = name or case.name
-    if not name or name in (".", "..") or any(c in name for c in "/\\"):
-        raise CaseError(f"case name {name!r} cannot be a folder name; use letters, digits, '-' and '_'.")
+    name = _folder_name(name or case.name, naming)
     folder = Path(out_dir) / name
     folder.mkdir(parents=True, exist_ok=True)
     steps = len(MODALITIES) + (case.seg is not None)
@@ -723,3 +728,25 @@ def save_case(
         if progress is not None:
             progress(1.0, "wrote seg")
     return folder
+
+
+def cases_zip(cases: Iterable[Case], naming: str = "2020", names: Sequence[str] | None = None) -> bytes:
+    """A ``.zip`` of BraTS case folders, one per case, laid out and written as :func:`save_case` writes them.
+
+    Built in memory (no temporary files); ``cases`` may be a generator (each case is encoded, then dropped).
+
+    Args:
+        naming: ``"2020"`` or ``"2023"``: file names and the label values of ``seg``.
+        names: folder / case ids in order (default: each ``case.name``).
+    """
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as zf:  # members are gzipped already
+        for i, case in enumerate(cases):
+            name = _folder_name(names[i] if names is not None else case.name, naming)
+            for channel, key in enumerate(MODALITIES):
+                zf.writestr(f"{name}/{case_file_name(name, key, naming)}",
+                            nifti_bytes(case.image[channel], case.affine, case.header, np.float32))
+            if case.seg is not None:
+                zf.writestr(f"{name}/{case_file_name(name, SEG, naming)}",
+                            label_map_bytes(case.seg, case.affine, case.header, naming))
+    return buffer.getvalue()

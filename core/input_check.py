@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.case import MODALITIES, Case
+from core.case import MODALITIES, Case, CaseError
 from core.preprocess import border_background, bounding_box, brain_mask
 
 ERROR = "error"
@@ -145,3 +145,26 @@ def check_case(case: Case) -> list[Finding]:
                      f"tilted by up to {angle:.0f} degrees (trained within 6) - resample it onto an axis-aligned 1 mm "
                      "grid (e.g. register to SRI-24) for reliable labels.")
     return [Finding(ERROR, m) for m in errors] + [Finding(WARNING, m) for m in notes]
+
+
+def require_plausible(case: Case, *, force: bool = False, force_hint: str | None = "--force") -> list[str]:
+    """Refuse a case with an error finding (unless ``force``); otherwise return every message to show.
+
+    This is the gate of ``python -m core.segment``, the app's Segment run, the REST API and batch runs.
+
+    Args:
+        force: segment anyway (the error findings are then returned as warnings).
+        force_hint: how the caller's user forces a run (``--force``, ``force=true``), named in the refusal;
+            ``None`` where there is no way to force it (the app).
+
+    Returns:
+        The loader's warnings (``case.warnings``) and the messages of all findings, in that order.
+
+    Raises:
+        CaseError: the first error finding, naming the file, the fix and ``force_hint``.
+    """
+    findings = check_case(case)
+    errors = [f.message for f in findings if f.level == ERROR]
+    if errors and not force:
+        raise CaseError(errors[0] if force_hint is None else f"{errors[0]} (pass {force_hint} to segment it anyway)")
+    return [*case.warnings, *(f.message for f in findings)]

@@ -36,7 +36,7 @@ from core.case import Case, CaseError, load_case, save_label_map
 from core.cli import exit_on_sigterm
 from core.cli import fail as _fail
 from core.cli import warn as _warn
-from core.input_check import ERROR, check_case
+from core.input_check import require_plausible
 from core.labels import CONVENTIONS, REGIONS
 from core.metrics import volumes_ml
 from core.nifti import NiftiError
@@ -87,6 +87,22 @@ def segment_oriented(case: Case, model: Any, *, tta: bool = False, postprocess: 
                    probabilities=np.ascontiguousarray(turn.to_source(result.probabilities)))
 
 
+def segment_checked(case: Case, model: Any, *, tta: bool = False, force: bool = False,
+                    force_hint: str = "--force") -> tuple[Segmentation, list[str]]:
+    """What this CLI does with a loaded case: the plausibility gate, then :func:`segment_oriented`.
+
+    Used by the REST API and batch runs (``serve``).
+
+    Returns:
+        ``(segmentation on the case's own grid, warnings)``: the loader's and the checks' messages.
+
+    Raises:
+        CaseError: a ``core.input_check`` error and ``force`` is off (the message names ``force_hint``).
+    """
+    warnings = require_plausible(case, force=force, force_hint=force_hint)
+    return segment_oriented(case, model, tta=tta), warnings
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 ok, 2 bad input)."""
     args = build_parser().parse_args(argv)
@@ -103,17 +119,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         case = load_case(args.case_dir)
-        findings = check_case(case)
-        errors = [f.message for f in findings if f.level == ERROR]
-        if errors and not args.force:
-            return _fail(f"{errors[0]} (pass --force to segment it anyway)")
+        warnings = require_plausible(case, force=args.force)
         model = load_model(args.weights or default_unet_path())
     except (CaseError, NiftiError, ModelLoadError) as exc:
         return _fail(str(exc))
     except MemoryError:
         return _fail(f"{args.case_dir}: out of memory while loading the case; its volumes are too large - resample "
                      "them to about 1 mm (BraTS: 240 x 240 x 155).")
-    for message in case.warnings + [f.message for f in findings]:
+    for message in warnings:
         _warn(message)
 
     with tqdm(total=100, desc=f"segment {case.name}", unit="%", file=sys.stderr,

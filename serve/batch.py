@@ -96,7 +96,7 @@ def segment_one(folder: str | os.PathLike, model: Any, *, tta: bool = False, lab
     """
     from core.case import label_map_bytes, load_case
     from core.metrics import region_metrics, volumes_ml
-    from serve.jobs import segment_checked
+    from core.segment import segment_checked
 
     folder = Path(folder)
     row: dict[str, Any] = {k: "" for k in CSV_FIELDS}

@@ -2,19 +2,17 @@
 
 Everything is built from ``core``: ``load_case_from_bytes`` / ``load_case_from_zip`` read and validate the
 upload (their ``CaseError`` / ``NiftiError`` messages name the file and the fix, as in the CLIs),
-``core.input_check`` and ``core.segment.segment_oriented`` check and segment it as ``python -m core.segment``
-does, ``label_map_bytes`` writes the label map with the source affine and header, ``volumes_ml`` /
-``region_metrics`` measure it, and ``iter_cases`` + ``save_case`` generate and write cases. Nothing is left on
-disk: the one temporary folder (for writing case folders into the zip and reading the mask) is removed when the
-job ends, also on errors.
+``core.segment.segment_checked`` checks and segments it as ``python -m core.segment`` does,
+``label_map_bytes`` writes the label map with the source affine and header, ``volumes_ml`` /
+``region_metrics`` measure it, and ``iter_cases`` + ``cases_zip`` generate cases and zip them in memory.
+Nothing is left on disk: the one temporary folder (for reading an uploaded mask the way the CLI does) is
+removed when the job ends, also on errors.
 """
 
 from __future__ import annotations
 
-import io
 import re
 import tempfile
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,9 +20,18 @@ from typing import Any
 
 import numpy as np
 
-from core.case import Case, CaseError, identify_file, label_map_bytes, load_case_from_bytes, load_case_from_zip
+from core.case import (
+    Case,
+    CaseError,
+    cases_zip,
+    identify_file,
+    label_map_bytes,
+    load_case_from_bytes,
+    load_case_from_zip,
+)
 from core.labels import REGIONS
 from core.metrics import class_volumes_ml, region_metrics, volumes_ml
+from core.segment import segment_checked
 
 UPLOAD_HELP = ("send the four modalities (t1, t1ce, t2, flair; optional seg) as repeated form field 'files', "
                "named as in a case folder (e.g. X_t1.nii.gz or X-t1n.nii.gz), or one .zip of the case folder")
@@ -97,31 +104,6 @@ def case_from_uploads(uploads: Mapping[str, bytes]) -> Case:
     return load_case_from_bytes(uploads, name=upload_case_name(names))
 
 
-def segment_checked(case: Case, model: Any, *, tta: bool = False, force: bool = False,
-                    force_hint: str = "--force") -> tuple[Any, list[str]]:
-    """What ``python -m core.segment`` does with a loaded case: plausibility checks, then the segmentation.
-
-    ``core.input_check`` errors (noise, a constant or duplicated modality, no brain) refuse the case unless
-    ``force``; ``core.segment.segment_oriented`` segments in the model's orientation and returns the result
-    on the case's own grid.
-
-    Returns:
-        ``(core.inference.Segmentation, warnings)``: the loader's and the checks' messages.
-
-    Raises:
-        CaseError: a check failed and ``force`` is off (the CLI's message, naming ``force_hint``).
-    """
-    from core.input_check import ERROR, check_case
-    from core.segment import segment_oriented
-
-    findings = check_case(case)
-    errors = [f.message for f in findings if f.level == ERROR]
-    if errors and not force:
-        raise CaseError(f"{errors[0]} (pass {force_hint} to segment it anyway)")
-    result = segment_oriented(case, model, tta=tta)
-    return result, [*case.warnings, *(f.message for f in findings)]
-
-
 def segment_upload(uploads: Mapping[str, bytes], model: Any, *, labels: str = "2020", tta: bool = False,
                    force: bool = False) -> SegmentResult:
     """Segment an uploaded case: the ``.nii.gz`` label map (source affine/header, ``labels`` values) + volumes.
@@ -184,11 +166,9 @@ def generate_upload(mask_name: str, mask_bytes: bytes, host_uploads: Mapping[str
     Returns:
         ``(zip bytes, warnings)``: the CLI's warnings (header inconsistencies, a mask without tumour).
     """
-    from core.case import save_case
     from core.generate import NAME_PATTERNS, iter_cases
     from core.preprocess import brain_mask
 
-    buffer = io.BytesIO()
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="brats_api_") as tmp_name:
         tmp = Path(tmp_name)
@@ -204,12 +184,6 @@ def generate_upload(mask_name: str, mask_bytes: bytes, host_uploads: Mapping[str
         if not mask.any():  # the CLI's note
             notes.append(f"{mask_name}: no tumour label (every voxel is 0); the generated cases are tumour-free "
                          "brains - pass a tumour segmentation to get tumours.")
-        with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as zf:  # members are gzipped already
-            for i, case in enumerate(cases):
-                name = NAME_PATTERNS[naming].format(seed=seed, index=i)
-                folder = save_case(case, tmp, naming=naming, name=name)
-                for file in sorted(folder.iterdir()):
-                    zf.write(file, f"{name}/{file.name}")
-                    file.unlink()
-                folder.rmdir()
-    return buffer.getvalue(), notes
+        names = [NAME_PATTERNS[naming].format(seed=seed, index=i) for i in range(samples)]
+        data = cases_zip(cases, naming, names)
+    return data, notes

@@ -21,6 +21,7 @@ from core.case import (
     Case,
     CaseError,
     case_naming,
+    cases_zip,
     find_case_files,
     identify_file,
     label_map_bytes,
@@ -464,6 +465,25 @@ def test_save_case_round_trip(tmp_path: Path, naming: str, et_value: int) -> Non
     np.testing.assert_array_equal(back.image, expected_image())
     np.testing.assert_array_equal(back.seg, internal_labels())
     assert back.naming == naming and back.label_convention == naming and back.spacing == SPACING
+
+
+@pytest.mark.parametrize("naming", ["2020", "2023"])
+def test_cases_zip_holds_what_save_case_writes(tmp_path: Path, naming: str) -> None:
+    folder = save_case(_case(), tmp_path, naming=naming, name="A")
+    data = cases_zip((c for c in (_case(), _case())), naming, names=["A", "B"])  # a generator is enough
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        members = sorted(zf.namelist())
+        assert members == sorted(f"{n}/{p.name.replace('A', n, 1)}" for n in "AB" for p in folder.iterdir())
+        for file in folder.iterdir():
+            written = nib.Nifti1Image.from_bytes(gzip.decompress(zf.read(f"A/{file.name}")))
+            on_disk = nib.load(file)
+            np.testing.assert_array_equal(np.asarray(written.dataobj), np.asarray(on_disk.dataobj))
+            np.testing.assert_allclose(written.affine, on_disk.affine, atol=1e-6)
+            assert written.get_data_dtype() == on_disk.get_data_dtype()
+    back = load_case_from_zip(cases_zip([_case()], naming), name=None)
+    np.testing.assert_array_equal(back.seg, internal_labels())
+    with pytest.raises(CaseError, match="folder name"):
+        cases_zip([_case()], naming, names=["../x"])
 
 
 def test_save_case_rejects_bad_arguments(tmp_path: Path) -> None:

@@ -233,6 +233,19 @@ def test_segment_refuses_noise_and_masks_unless_forced(tmp_path, capsys, tiny_un
     assert out.exists()
 
 
+def test_require_plausible_names_the_way_to_force(tmp_path) -> None:
+    from core.input_check import require_plausible
+
+    case = load_case(corpus.CASES["same file for two modalities"](tmp_path / corpus.CASE))
+    with pytest.raises(CaseError, match=r"identical to .*\(pass force=true to segment it anyway\)$"):
+        require_plausible(case, force_hint="force=true")
+    with pytest.raises(CaseError) as refused:  # the app: nothing to force with
+        require_plausible(case, force_hint=None)
+    assert "identical to" in str(refused.value) and "pass" not in str(refused.value)
+    warnings = require_plausible(case, force=True)
+    assert any("identical to" in w for w in warnings) and warnings[: len(case.warnings)] == case.warnings
+
+
 def test_segment_refuses_a_brain_region_too_large_for_memory(tmp_path, capsys, tiny_unet, monkeypatch) -> None:
     from core import input_check
 
