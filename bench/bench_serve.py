@@ -35,14 +35,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now (loopback)."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from bench.server import free_port, stop_process  # noqa: E402
 
 
 class PeakRss:
@@ -165,12 +158,7 @@ def run(case: Path, clients: int, requests: int, weights: Path, timeout: float, 
                     if r.status_code != 200:
                         errors.append(f"generate {r.status_code} {r.text[:200]}")
         finally:
-            server.terminate()
-            try:
-                server.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+            stop_process(server, timeout=60)
             peak = memory.stop()
     return {
         "clients": clients, "requests_per_client": requests, "upload_mb": round(upload_mb, 1),

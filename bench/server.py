@@ -31,6 +31,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def stop_process(process: subprocess.Popen, timeout: float = 30.0) -> None:
+    """SIGTERM ``process`` and wait up to ``timeout`` s for it; SIGKILL it if it is still running then."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+
+
 class StreamlitServer:
     """A running app: ``url``, ``process`` and ``startup_seconds`` (until /_stcore/health says ok)."""
 
@@ -65,12 +75,7 @@ def streamlit_server(env: Mapping[str, str] | None = None, timeout: float = 60.0
             _wait_healthy(url, process, timeout, log_path)
             yield StreamlitServer(url, process, time.perf_counter() - start, log_path)
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process, timeout=10)
             if own_log:
                 log_path.unlink(missing_ok=True)
 

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from bench.server import free_port, stop_process
 from core import cvae, unet
 from core.case import Case, load_case, save_case
 from core.labels import ED, ET, NCR
@@ -306,16 +307,8 @@ def test_generate_returns_a_zip_of_brats_case_folders(client, case_dir, tmp_path
 # ------------------------------------------------------------------------------------------ real uvicorn
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_real_uvicorn_server(weights, case_dir, tmp_path):
-    port = _free_port()
+    port = free_port()
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     env = {**os.environ, "BRATS_UNET_WEIGHTS": str(weights["unet"]), "BRATS_CVAE_WEIGHTS": str(weights["cvae"]),
@@ -348,12 +341,7 @@ def test_real_uvicorn_server(weights, case_dir, tmp_path):
             assert_json_error(http.post("/segment", files=big, headers=key), 413, "1.5 MB upload limit")
             assert http.get("/health").json()["models_loaded"] == ["cvae", "unet"]
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(timeout=10)
+        stop_process(server, timeout=30)
     assert list(scratch.iterdir()) == []
 
 
