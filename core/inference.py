@@ -52,6 +52,19 @@ MIN_ET_ML = 0.5  # a total enhancing-tumour volume below this is relabelled NCR
 MIRROR_AXES: tuple[tuple[int, ...], ...] = tuple(
     axes for k in range(4) for axes in combinations((0, 1, 2), k)
 )  # (), (0,), (1,), (2,), (0, 1), ... : the 8 mirror TTA variants
+TTA_MODES: dict[str, tuple[tuple[int, ...], ...]] = {
+    "off": ((),),
+    "lr": ((), (0,)),  # left-right mirror only (voxel axis 0 in the model's LPS orientation): 2 passes
+    "full": MIRROR_AXES,
+}
+
+
+def tta_variants(tta: bool | str) -> tuple[tuple[int, ...], ...]:
+    """Flip axes of each forward pass for a TTA setting: ``False``/``"off"``, ``"lr"``, ``True``/``"full"``."""
+    mode = ("full" if tta else "off") if isinstance(tta, bool) else tta
+    if mode not in TTA_MODES:
+        raise ValueError(f"unknown test-time augmentation {tta!r}; use one of {', '.join(TTA_MODES)}")
+    return TTA_MODES[mode]
 
 
 @dataclass
@@ -120,20 +133,21 @@ def downsampling_factor(model: keras.Model) -> int:
     return unet.size_multiple(model)
 
 
-def predict_volume(model: keras.Model, volume: np.ndarray, *, tta: bool = False,
+def predict_volume(model: keras.Model, volume: np.ndarray, *, tta: bool | str = False,
                    progress: Progress | None = None) -> np.ndarray:
     """Softmax of one channel-last volume ``(X, Y, Z, 4)``, optionally mirror-TTA averaged.
 
     Args:
         model: the U-Net; every spatial size of ``volume`` must suit its down-sampling factor.
         volume: float32 ``(X, Y, Z, 4)`` network input.
-        tta: average over the 8 mirror variants (8x the time).
+        tta: mirror test-time augmentation (:func:`tta_variants`): ``True``/``"full"`` averages the 8 mirror
+            variants (8x the time), ``"lr"`` the image and its left-right mirror (2x).
         progress: called with ``(fraction, message)`` after every forward pass.
 
     Returns:
         float32 ``(X, Y, Z, K)`` model outputs: class probabilities (K = 4) or region sigmoids (K = 3).
     """
-    variants = MIRROR_AXES if tta else ((),)
+    variants = tta_variants(tta)
     total = None
     for i, axes in enumerate(variants):
         x = np.flip(volume, axis=axes) if axes else volume
@@ -223,14 +237,14 @@ def postprocess_labels(labels: np.ndarray, spacing: tuple[float, float, float] =
     return out
 
 
-def segment_case(case: Case, model: keras.Model, *, tta: bool = False, postprocess: bool = True,
+def segment_case(case: Case, model: keras.Model, *, tta: bool | str = False, postprocess: bool = True,
                  progress: Progress | None = None) -> Segmentation:
     """Segment a whole case with the U-Net.
 
     Args:
         case: the case (image ``(4, X, Y, Z)`` in ``MODALITIES`` order; any grid size).
         model: a U-Net from :func:`load_model` or ``core.unet.build_unet``.
-        tta: mirror test-time augmentation (8 forward passes, probabilities averaged).
+        tta: mirror test-time augmentation (:func:`tta_variants`; ``True``: 8 forward passes averaged).
         postprocess: apply :func:`postprocess_labels` to the label map.
         progress: ``(fraction, message)`` callback.
 

@@ -104,6 +104,20 @@ def test_tta_averages_the_eight_mirrored_predictions(tiny_model):
     np.testing.assert_allclose(result.probabilities[(slice(None), *box.slices)], expected, atol=1e-5)
 
 
+def test_left_right_tta_averages_the_image_and_its_sagittal_mirror(tiny_model):
+    volume = np.random.default_rng(5).normal(size=(16, 20, 12, 4)).astype(np.float32)
+
+    def forward(x: np.ndarray) -> np.ndarray:
+        return np.asarray(tiny_model.predict_on_batch(np.ascontiguousarray(x)[None]))[0]
+
+    expected = (forward(volume) + np.flip(forward(np.flip(volume, axis=0)), axis=0)) / 2
+    np.testing.assert_allclose(inference.predict_volume(tiny_model, volume, tta="lr"), expected, atol=1e-5)
+    assert not np.allclose(expected, forward(volume), atol=1e-4)  # the mirror pass changed something
+    assert inference.tta_variants(True) == inference.MIRROR_AXES and inference.tta_variants(False) == ((),)
+    with pytest.raises(ValueError, match="lr"):
+        inference.tta_variants("sideways")
+
+
 def test_postprocessing_drops_specks_and_relabels_a_tiny_et():
     labels = np.zeros((40, 40, 40), np.uint8)
     labels[5:25, 5:25, 5:25] = ED  # 8 mL lesion

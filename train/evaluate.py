@@ -69,7 +69,7 @@ def summarise(cases: Sequence[dict]) -> dict:
     return out
 
 
-def evaluate(roots: Path | Sequence[Path], model, *, ids: Sequence[str] | None = None, tta: bool = False,
+def evaluate(roots: Path | Sequence[Path], model, *, ids: Sequence[str] | None = None, tta: bool | str = False,
              quiet: bool = False) -> dict:
     """Per-case Dice/HD95 (WT, TC, ET, also lesion-wise) of ``model`` over the labelled cases under ``roots``."""
     roots = [roots] if isinstance(roots, (str, Path)) else list(roots)
@@ -135,7 +135,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="only these case ids (comma-separated, or a file with one id per line)")
     parser.add_argument("--out", type=Path, required=True, help="JSON report")
     parser.add_argument("--weights", type=Path, default=default_unet_path(), help="U-Net .keras (default %(default)s)")
-    parser.add_argument("--tta", action="store_true", help="mirror test-time augmentation")
+    parser.add_argument("--tta", nargs="?", const="full", default="off", choices=("off", "lr", "full"),
+                        help="mirror test-time augmentation: 'full' (8 passes; the default when given without a "
+                             "value) or 'lr' (left-right mirror only, 2 passes)")
     args = parser.parse_args(argv)
     for root in args.cases_root:
         if not root.is_dir():
