@@ -20,6 +20,11 @@ CLI::
 
     python -m core.generate MASK.nii.gz -o OUT_DIR [--samples N] [--seed S] [--temperature T]
         [--naming 2020|2023] [--weights P] [--brain BRAIN.nii.gz]
+    python -m core.generate MASK.nii.gz --host CASE_DIR -o OUT_DIR [--samples N] [--seed S] [--margin M] ...
+
+Without ``--host`` the CVAE draws a new whole brain ("new brain"); with ``--host`` the mask (on the host's grid) is
+rendered into that real case by the insertion VAE-GAN (``core.synthesis.insert``): only the region around the
+mask and the host's own tumour changes, every other voxel is the host's.
 
 writes ``N`` BraTS case folders (``core.case.save_case``) that ``core.case.load_case`` reads and
 ``python -m train.unet --data OUT_DIR`` trains on. The mask may use either label convention.
@@ -42,6 +47,7 @@ from core.cli import exit_on_sigterm, fail, warn
 from core.labels import NUM_CLASSES
 from core.orientation import onto_grid, reorientation
 from core.preprocess import brain_mask, zscore
+from core.synthesis.region import MARGIN
 from core.weights import ModelLoadError, load_keras_file, shipped_path
 
 import keras  # noqa: E402
@@ -50,6 +56,8 @@ Progress = Callable[[float, str], None]
 
 SPACING_TOLERANCE = 0.05  # relative deviation from 1 mm voxels that is accepted
 NAME_PATTERNS: dict[str, str] = {"2020": "BraTS20_CVAE_s{seed}_{index:03d}", "2023": "BraTS-CVAE-s{seed}-{index:03d}"}
+INSERT_NAME_PATTERNS: dict[str, str] = {"2020": "BraTS20_INS_s{seed}_{index:03d}",
+                                        "2023": "BraTS-INS-s{seed}-{index:03d}"}
 
 
 def default_cvae_path() -> Path:
@@ -302,10 +310,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=1.0, help="prior temperature (default %(default)s)")
     p.add_argument("--naming", choices=("2020", "2023"), default="2020",
                    help="file naming and label values of the written cases (default %(default)s)")
-    p.add_argument("--weights", default=None, help=f"CVAE .keras file (default {default_cvae_path()})")
+    p.add_argument("--weights", default=None,
+                   help=f"model .keras file (default {default_cvae_path()}, with --host weights/insertion.keras)")
     p.add_argument("--brain", default=None,
                    help="brain mask (non-zero = brain) on the mask's grid (default: the MNI152 template brain, "
                         "BraTS grid only)")
+    p.add_argument("--host", default=None,
+                   help="real case folder to render the mask into (insertion mode; the mask must be on its grid). "
+                        "Its own tumour (its seg, else the shipped U-Net) is replaced")
+    p.add_argument("--margin", type=float, default=MARGIN,
+                   help="with --host: voxels by which the regenerated region extends beyond the tumours "
+                        "(default %(default)s)")
     return p
 
 
@@ -322,8 +337,6 @@ def read_mask(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the exit status (2 for bad input)."""
-    from tqdm import tqdm
-
     args = build_parser().parse_args(argv)
     exit_on_sigterm()  # a SIGTERM still removes a half-written case file (save_nifti's temporary file)
     try:
@@ -331,6 +344,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"--samples must be >= 1, got {args.samples}")
         notes: list[str] = []
         mask, affine, header = read_mask(args.mask, notes)
+        if args.host:
+            return _write_cases(args, *_insertions(args, mask, affine, notes))
         brain = None
         if args.brain:
             brain_data, brain_affine, _ = _read_brain(args.brain)
@@ -346,15 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not mask.any():
             notes.append(f"{Path(args.mask).name}: no tumour label (every voxel is 0); the generated cases are "
                          "tumour-free brains - pass a tumour segmentation to get tumours.")
-        for note in notes:
-            warn(note)
-        out = Path(args.out)
-        with tqdm(total=args.samples, desc="generate", unit="case", file=sys.stderr) as bar:
-            for i, case in enumerate(cases):
-                name = NAME_PATTERNS[args.naming].format(seed=args.seed, index=i)
-                save_case(case, out, naming=args.naming, name=name)
-                bar.update(1)
-        print(f"wrote {args.samples} case(s) to {out} in {time.perf_counter() - start:.1f} s")
+        return _write_cases(args, cases, notes, NAME_PATTERNS, start)
     except (CaseError, ModelLoadError, ValueError) as exc:
         return fail(exc)
     except OSError as exc:
@@ -364,6 +371,50 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(f"{args.mask}: out of memory while generating; use a 1 mm BraTS-sized mask (240 x 240 x 155) "
                     "or free memory.")
     return 0
+
+
+def _write_cases(args: argparse.Namespace, cases: Iterator[Case], notes: list[str], patterns: dict[str, str],
+                 start: float) -> int:
+    """Print the warnings, then write each case as it is made (progress bar); exit status 0."""
+    from tqdm import tqdm
+
+    for note in notes:
+        warn(note)
+    out = Path(args.out)
+    with tqdm(total=args.samples, desc="generate", unit="case", file=sys.stderr) as bar:
+        for i, case in enumerate(cases):
+            save_case(case, out, naming=args.naming, name=patterns[args.naming].format(seed=args.seed, index=i))
+            bar.update(1)
+    print(f"wrote {args.samples} case(s) to {out} in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def _insertions(args: argparse.Namespace, mask: np.ndarray, affine: np.ndarray, notes: list[str]
+                ) -> tuple[Iterator[Case], list[str], dict[str, str], float]:
+    """``--host``: the insertion cases of the mask rendered into the host case (checked before the first)."""
+    from core.case import load_case
+    from core.synthesis.insert import default_insertion_path, iter_insertions, load_insertion_model
+
+    if args.brain:
+        raise ValueError("--brain goes with the whole-brain mode; with --host the host case's own brain is used")
+    host = load_case(args.host)
+    notes += host.warnings
+    target = onto_grid(mask, affine, host.affine, host.shape)
+    if target is None:
+        raise CaseError(f"{Path(args.mask).name}: not on the grid of the host case {host.name} (shape {mask.shape} "
+                        f"vs {host.shape}, or another affine); draw or resample the mask on the host's grid.")
+    unet = None
+    if host.seg is None:
+        from core.inference import default_unet_path, load_model
+
+        notes.append(f"host {host.name}: no segmentation file; its tumour is found with the U-Net "
+                     f"({default_unet_path()}) so that it can be replaced")
+        unet = load_model(default_unet_path())
+    model = load_insertion_model(args.weights or default_insertion_path())
+    start = time.perf_counter()
+    cases = iter_insertions(host, target, model, n_samples=args.samples, seed=args.seed,
+                            temperature=args.temperature, unet=unet, margin=args.margin, name=Path(args.mask).name)
+    return cases, notes, INSERT_NAME_PATTERNS, start
 
 
 def _read_brain(path: str | Path) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header]:

@@ -12,8 +12,9 @@ import os
 from pathlib import Path
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
-WEIGHT_FILES: dict[str, str] = {"unet": "unet.keras", "cvae": "cvae.keras"}
-WEIGHTS_ENV: dict[str, str] = {"unet": "BRATS_UNET_WEIGHTS", "cvae": "BRATS_CVAE_WEIGHTS"}
+WEIGHT_FILES: dict[str, str] = {"unet": "unet.keras", "cvae": "cvae.keras", "insertion": "insertion.keras"}
+WEIGHTS_ENV: dict[str, str] = {"unet": "BRATS_UNET_WEIGHTS", "cvae": "BRATS_CVAE_WEIGHTS",
+                               "insertion": "BRATS_INSERTION_WEIGHTS"}
 
 
 class ModelLoadError(ValueError):
@@ -21,14 +22,14 @@ class ModelLoadError(ValueError):
 
 
 def shipped_path(kind: str) -> Path:
-    """Path of the shipped weights of ``"unet"`` or ``"cvae"`` in ``weights/``."""
+    """Path of the shipped weights of ``"unet"``, ``"cvae"`` or ``"insertion"`` in ``weights/``."""
     if kind not in WEIGHT_FILES:
         raise ValueError(f"unknown model kind {kind!r}; use one of {sorted(WEIGHT_FILES)}")
     return WEIGHTS_DIR / WEIGHT_FILES[kind]
 
 
 def weights_path(kind: str) -> tuple[Path, bool]:
-    """Weights file of ``"unet"`` or ``"cvae"``: ``(path, from_env)``, the env override if set."""
+    """Weights file of a model kind (:data:`WEIGHT_FILES`): ``(path, from_env)``, the env override if set."""
     shipped = shipped_path(kind)
     override = os.environ.get(WEIGHTS_ENV[kind], "").strip()
     return (Path(override), True) if override else (shipped, False)

@@ -1,0 +1,190 @@
+"""Tumour insertion into a real brain (core.synthesis, core.generate --host, train.insertion); tiny models only."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from core import generate
+from core.case import Case, CaseError, load_case, save_case
+from core.labels import ED, ET, NCR, from_internal
+from core.nifti import save_nifti
+from core.synthesis import region as rg
+from core.synthesis.insert import insert_tumour, load_insertion_model, plan_insertion
+from core.synthesis.vaegan import build_discriminator, build_insertion_model
+from core.weights import ModelLoadError
+
+SHAPE = (48, 40, 32)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_insertion_model(base_filters=4, latent_channels=2, seed=0)
+
+
+def _header(affine: np.ndarray) -> nib.Nifti1Header:
+    header = nib.Nifti1Header()
+    header.set_data_shape(SHAPE)
+    header.set_zooms((1.0, 1.0, 1.0))
+    header.set_qform(affine, code=1)
+    header.set_sform(affine, code=2)
+    header["descrip"] = b"host header"
+    return header
+
+
+def _host(affine: np.ndarray | None = None) -> Case:
+    """A small 'brain' with texture and its own tumour at one place."""
+    rng = np.random.default_rng(0)
+    affine = np.array([[-1.0, 0, 0, 30.5], [0, -1.0, 0, 239.0], [0, 0, 1.0, -3.0], [0, 0, 0, 1]]) \
+        if affine is None else affine
+    image = np.zeros((4, *SHAPE), np.float32)
+    image[:, 4:44, 4:36, 3:29] = 200 + 50 * rng.random((4, 40, 32, 26), dtype=np.float32)
+    seg = np.zeros(SHAPE, np.uint8)
+    seg[28:36, 20:28, 12:20] = ED
+    seg[30:34, 22:26, 14:18] = ET
+    image[:, seg > 0] += 300
+    return Case(image=image, affine=affine, header=_header(affine), seg=seg, label_convention="2020", name="host")
+
+
+def _target() -> np.ndarray:
+    target = np.zeros(SHAPE, np.uint8)
+    target[10:20, 10:18, 8:16] = ED
+    target[12:18, 12:16, 10:14] = ET
+    target[14:16, 13:15, 11:13] = NCR
+    return target
+
+
+def test_outside_region_is_bit_identical_and_region_covers_both_tumours(model):
+    host, target = _host(), _target()
+    cases = insert_tumour(host, target, model, n_samples=2, seed=3)
+    region = plan_insertion(host, target).region_on_host()
+    brain = np.any(host.image != 0, axis=0)
+    wanted = rg.dilate((target > 0) | (host.seg > 0), rg.MARGIN) & brain
+    assert np.all(region[wanted]) and not np.any(region & ~(brain | (target > 0)))
+    for case in cases:
+        assert case.image.dtype == host.image.dtype
+        assert np.array_equal(case.image[:, ~region], host.image[:, ~region])  # exact, bit for bit
+        assert np.mean(case.image[:, target > 0] != host.image[:, target > 0]) > 0.99  # the tumour is generated
+        np.testing.assert_array_equal(case.seg, target)
+
+
+def test_healthy_fill_replaces_the_host_tumour(model):
+    host = _host()
+    empty = np.zeros(SHAPE, np.uint8)
+    case = insert_tumour(host, empty, model, seed=0)[0]
+    region = plan_insertion(host, empty).region_on_host()
+    assert np.all(region[host.seg > 0])  # the old tumour is regenerated...
+    assert np.all(case.image[:, host.seg > 0] != host.image[:, host.seg > 0])
+    assert not case.seg.any()  # ... and the result is tumour-free
+    assert np.array_equal(case.image[:, ~region], host.image[:, ~region])
+
+
+def test_geometry_kept_in_any_orientation(model):
+    ras = np.array([[1.0, 0, 0, -20.0], [0, 1.0, 0, 5.0], [0, 0, 1.0, -3.0], [0, 0, 0, 1]])
+    host, target = _host(ras), _target()
+    case = insert_tumour(host, target, model, seed=1)[0]
+    np.testing.assert_array_equal(case.affine, ras)
+    assert case.header["descrip"] == host.header["descrip"]
+    np.testing.assert_array_equal(case.header.get_sform(), host.header.get_sform())
+    region = plan_insertion(host, target).region_on_host()
+    assert np.array_equal(case.image[:, ~region], host.image[:, ~region])
+    assert np.all(region[target > 0])
+
+
+def test_seed_determinism(model):
+    host, target = _host(), _target()
+    a = insert_tumour(host, target, model, n_samples=2, seed=5)
+    b = insert_tumour(host, target, model, n_samples=2, seed=5)
+    c = insert_tumour(host, target, model, seed=6)
+    np.testing.assert_array_equal(a[0].image, b[0].image)
+    np.testing.assert_array_equal(a[1].image, b[1].image)
+    assert not np.array_equal(a[0].image, a[1].image) and not np.array_equal(a[0].image, c[0].image)
+
+
+def test_bad_inputs_name_the_problem(model):
+    host = _host()
+    with pytest.raises(CaseError, match="not on the host's grid"):
+        insert_tumour(host, np.zeros((10, 10, 10), np.uint8), model)
+    with pytest.raises(CaseError, match="unknown labels"):
+        insert_tumour(host, np.full(SHAPE, 4, np.uint8), model)
+    no_seg = Case(image=host.image, affine=host.affine, header=host.header, seg=None, name="bare")
+    with pytest.raises(CaseError, match="no segmentation"):
+        insert_tumour(no_seg, _target(), model)
+    tumour_free = Case(image=host.image, affine=host.affine, header=host.header, seg=np.zeros(SHAPE, np.uint8))
+    with pytest.raises(CaseError, match="nothing to generate"):
+        insert_tumour(tumour_free, np.zeros(SHAPE, np.uint8), model)
+
+
+def test_blend_has_no_step_at_the_border():
+    region = np.zeros((30, 30, 30), bool)
+    region[8:22, 8:22, 8:22] = True
+    alpha = rg.blend_alpha(region, np.ones_like(region))
+    assert alpha[~region].max() == 0 and alpha[15, 15, 15] == 1
+    assert alpha[8, 15, 15] <= 1 / rg.RAMP + 1e-6  # the first voxel inside R is mostly the host
+
+
+def test_save_load_safe_mode(model, tmp_path):
+    path = tmp_path / "insertion.keras"
+    model.save(path)
+    loaded = load_insertion_model(path)
+    host, target = _host(), _target()
+    np.testing.assert_array_equal(insert_tumour(host, target, loaded, seed=2)[0].image,
+                                  insert_tumour(host, target, model, seed=2)[0].image)
+    other = tmp_path / "disc.keras"
+    build_discriminator(4).save(other)
+    with pytest.raises(ModelLoadError, match="not an insertion"):
+        load_insertion_model(other)
+
+
+def test_cli_round_trip_with_host(model, tmp_path):
+    host = _host()
+    save_case(host, tmp_path, naming="2020", name="Host_1")
+    host = load_case(tmp_path / "Host_1")
+    target = _target()
+    save_nifti(tmp_path / "mask.nii.gz", from_internal(target, "2020"), host.affine, host.header, np.uint8)
+    model.save(tmp_path / "ins.keras")
+    status = generate.main([str(tmp_path / "mask.nii.gz"), "--host", str(tmp_path / "Host_1"), "-o",
+                            str(tmp_path / "out"), "--samples", "2", "--seed", "4", "--weights",
+                            str(tmp_path / "ins.keras"), "--naming", "2023"])
+    assert status == 0
+    folders = sorted((tmp_path / "out").iterdir())
+    assert [f.name for f in folders] == ["BraTS-INS-s4-000", "BraTS-INS-s4-001"]
+    region = plan_insertion(host, target).region_on_host()
+    for folder in folders:
+        case = load_case(folder)
+        np.testing.assert_array_equal(case.affine, host.affine)
+        np.testing.assert_array_equal(case.seg, target)
+        assert case.label_convention == "2023"
+        assert np.array_equal(case.image[:, ~region], host.image[:, ~region])
+    bad = generate.main([str(tmp_path / "mask.nii.gz"), "--host", str(tmp_path / "nowhere"), "-o",
+                         str(tmp_path / "out2"), "--weights", str(tmp_path / "ins.keras")])
+    assert bad == 2
+
+
+def test_training_examples_and_one_step():
+    """The trainer's examples (all three kinds) are well formed, and one GAN step runs and changes the weights."""
+    from train import insertion as ti
+
+    host = _host()
+    brain = np.any(host.image != 0, axis=0)
+    mean, std = rg.healthy_stats(host.image, brain, host.seg > 0)
+    hosts = [ti.HostCase(rg.normalise(host.image, brain, mean, std).astype(np.float16), host.seg, brain, "h")]
+    shapes = ti.tumour_shapes(hosts)
+    rng = np.random.default_rng(0)
+    for kind in ti.KINDS:
+        ex = ti.make_example(hosts, shapes, rng, 16, kind)
+        assert ex["image"].shape == (16, 16, 16, 4) and ex["cond"].shape == (16, 16, 16, 5)
+        assert not np.any(ex["context"][ex["cond"][..., 3] > 0])  # R is blanked in the context
+        if kind == "healthy":
+            assert not ex["cond"][..., :3].any()  # empty target
+    config = ti.InsertionConfig(batch=1, patch=16, base=4, latent=2, precision="float32")
+    net, disc = build_insertion_model(4, 2), build_discriminator(4)
+    import keras
+
+    step = ti.make_train_step(net, disc, keras.optimizers.Adam(1e-3), keras.optimizers.Adam(1e-3), config)
+    batch = next(ti.example_stream(hosts, 16, 1, 0, config.kind_probs))
+    before = keras.ops.convert_to_numpy(net.generator.weights[0]).copy()
+    losses = step(batch["image"], batch["context"], batch["cond"], batch["real_cond"], batch["paired"])
+    assert all(np.isfinite(float(v)) for v in losses.values())
+    assert not np.array_equal(before, keras.ops.convert_to_numpy(net.generator.weights[0]))
