@@ -33,8 +33,11 @@ from core.session_store import SESSION_ENV, SessionStore, valid_id
 from core.weights import WEIGHTS_ENV, ModelLoadError, load_model_card, weights_path
 
 ROOT = Path(__file__).resolve().parent
-MODEL_NAMES = {"unet": "U-Net (segmentation)", "cvae": "CVAE (synthetic MRI)"}
-TRAIN_COMMANDS = {"unet": "python -m train.unet", "cvae": "python -m train.cvae"}
+MODEL_NAMES = {"unet": "U-Net (segmentation)", "cvae": "CVAE (synthetic MRI)",
+               "insertion": "insertion VAE-GAN (tumour into this case)"}
+TRAIN_COMMANDS = {"unet": "python -m train.unet", "cvae": "python -m train.cvae",
+                  "insertion": "python -m train.insertion"}
+INTO_CASE, NEW_BRAIN = "into this case", "new brain"  # the two generation modes
 Progress = Callable[[float, str], None]
 
 REFERENCE, PREDICTION, EDITED = "Reference", "Prediction", "Edited mask"
@@ -66,7 +69,7 @@ class Prediction:
 
 @dataclass
 class Samples:
-    """CVAE samples generated from a mask of the current case."""
+    """Samples generated from a mask of the current case: rendered into it (``INTO_CASE``) or CVAE new brains."""
 
     cases: list[Case]
     source: str
@@ -75,6 +78,7 @@ class Samples:
     seconds: float
     key: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     fidelity: dict[int, dict[str, dict[str, float]]] = field(default_factory=dict)
+    mode: str = NEW_BRAIN
 
 
 @dataclass
@@ -263,7 +267,8 @@ def switch_case(case_id: str) -> str | None:
                  for image, seg, name in zip(images, segs, meta["names"])]
         state.samples = Samples(cases, meta["source"], int(meta["seed"]), float(meta["temperature"]),
                                 float(meta["seconds"]),
-                                fidelity={int(k): v for k, v in (meta.get("fidelity") or {}).items()})
+                                fidelity={int(k): v for k, v in (meta.get("fidelity") or {}).items()},
+                                mode=str(meta.get("mode", NEW_BRAIN)))
     return None
 
 
@@ -313,7 +318,7 @@ def persist_samples(meta_only: bool = False) -> None:
         return
     s = state.samples
     meta = {"names": [c.name for c in s.cases], "source": s.source, "seed": s.seed, "temperature": s.temperature,
-            "seconds": s.seconds, "fidelity": {str(k): v for k, v in s.fidelity.items()}}
+            "seconds": s.seconds, "fidelity": {str(k): v for k, v in s.fidelity.items()}, "mode": s.mode}
     try:
         if meta_only:
             store.update_samples_meta(state.key, meta)
@@ -470,6 +475,13 @@ def _load_cvae(path: str, mtime: float) -> Any:
     return load_cvae(path)
 
 
+@st.cache_resource(show_spinner=False, max_entries=2)
+def _load_insertion(path: str, mtime: float) -> Any:
+    from core.synthesis.insert import load_insertion_model
+
+    return load_insertion_model(path)
+
+
 def shipped_model(kind: str) -> Any:
     """The shipped (or env-injected) model, loaded once per server and file version.
 
@@ -480,7 +492,7 @@ def shipped_model(kind: str) -> Any:
     path, _ = weights_path(kind)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: weights not found")
-    loader = _load_unet if kind == "unet" else _load_cvae
+    loader = {"unet": _load_unet, "cvae": _load_cvae, "insertion": _load_insertion}[kind]
     return loader(str(path), _mtime(path))
 
 
@@ -735,6 +747,34 @@ def generate_samples(
     for i, sample in enumerate(cases):
         sample.name = f"{case.name}-synth-s{seed}-{i + 1:02d}"
     state.samples = Samples(cases, source, seed, temperature, time.perf_counter() - start)
+    persist_samples()
+    return state.samples
+
+
+def insert_samples(
+    model: Any, source: str, *, n_samples: int, seed: int, temperature: float, progress: Progress | None = None
+) -> Samples:
+    """Render a label layer of the current case into the case itself (``core.synthesis``) and store the samples.
+
+    The case's own tumour (its reference, else the prediction, else the shipped U-Net's) is replaced: only the
+    region around it and the new mask changes; every other voxel stays the case's.
+    """
+    from core.synthesis.insert import insert_tumour
+
+    state = studio()
+    case = state.case
+    if case is None:
+        raise RuntimeError("no case loaded")
+    layers = state.layers()
+    own = next((layers[n].labels for n in (REFERENCE, PREDICTION) if n in layers), None)
+    unet = shipped_model("unet") if own is None else None
+    start = time.perf_counter()
+    cases = insert_tumour(case, np.ascontiguousarray(layers[source].labels), model, n_samples=n_samples, seed=seed,
+                          temperature=temperature, host_tumour=own, unet=unet, progress=progress,
+                          name=f"{source} label map of {case.name}")
+    for i, sample in enumerate(cases):
+        sample.name = f"{case.name}-insert-s{seed}-{i + 1:02d}"
+    state.samples = Samples(cases, source, seed, temperature, time.perf_counter() - start, mode=INTO_CASE)
     persist_samples()
     return state.samples
 

@@ -1,4 +1,4 @@
-"""Generate: synthetic MRI from the current mask with the conditional VAE; fidelity check; download."""
+"""Generate: render the current mask into this case (insertion VAE-GAN) or a new CVAE brain; fidelity; download."""
 
 import streamlit as st
 
@@ -15,12 +15,17 @@ from pages._common import (
 )
 
 st.title("Generate synthetic MRI")
-st.caption("The conditional VAE draws new T1 / T1ce / T2 / FLAIR volumes whose tumour follows a label map.")
+st.caption("**Into this case**: the tumour of a label map is painted into the loaded brain (its own tumour is "
+           "replaced, every voxel away from both stays as it is). **New brain**: the conditional VAE draws whole "
+           "new T1 / T1ce / T2 / FLAIR volumes around the label map.")
 show_flash()
 state = require_case()
 if state is not None:
     app_state.prefetch_model_code()
-    info = app_state.weights_info("cvae")
+    mode = st.radio("Generate", (app_state.INTO_CASE, app_state.NEW_BRAIN), horizontal=True, key="gen_mode",
+                    format_func=str.capitalize)
+    into_case = mode == app_state.INTO_CASE
+    info = app_state.weights_info("insertion" if into_case else "cvae")
     if not info.exists:
         st.warning(info.missing_message + " Generation is disabled until then.")
     layers = state.layers()
@@ -35,12 +40,14 @@ if state is not None:
     seed = cols[2].number_input("Seed", 0, 2**31 - 1, 0, key="gen_seed")
     temperature = cols[3].slider("Temperature", 0.0, 1.5, 1.0, 0.05, key="gen_temperature",
                                  help="Scale of the latent noise: 0 gives the mean image, higher more variety.")
-    if cols[4].button("Generate", type="primary", disabled=not (info.exists and masks), key="gen_run"):
-        bar = st.progress(0.0, text="Loading the CVAE…")
+    label = "Render into this case" if into_case else "Generate"
+    if cols[4].button(label, type="primary", disabled=not (info.exists and masks), key="gen_run"):
+        bar = st.progress(0.0, text="Loading the model…")
         try:
-            model = app_state.shipped_model("cvae")
-            samples = app_state.generate_samples(model, source, n_samples=int(n_samples), seed=int(seed),
-                                                 temperature=float(temperature), progress=progress_reporter(bar))
+            run = app_state.insert_samples if into_case else app_state.generate_samples
+            samples = run(app_state.shipped_model("insertion" if into_case else "cvae"), source,
+                          n_samples=int(n_samples), seed=int(seed), temperature=float(temperature),
+                          progress=progress_reporter(bar))
         except Exception as exc:  # a bad weights file must not end the session
             bar.empty()
             st.error(f"Generation failed: {exc}")
@@ -52,14 +59,25 @@ if state is not None:
     if samples is not None:
         st.divider()
         st.subheader("Samples")
-        st.caption(f"From the {samples.source.lower()} · seed {samples.seed} · temperature {samples.temperature:g}")
+        st.caption(f"{samples.mode.capitalize()} · from the {samples.source.lower()} · seed {samples.seed} · "
+                   f"temperature {samples.temperature:g}")
         names = [c.name for c in samples.cases]
         index = st.radio("Sample", range(len(names)), format_func=lambda i: names[i], horizontal=True,
                          key="gen_sample")
         sample = samples.cases[index]
         mask = Layer("Mask", f"{samples.key}:{index}:mask", sample.seg)
-        viewer(ViewSource(f"{samples.key}:{index}", sample, state.geometry, {"Mask": mask}, "Mask", samples.key),
-               "gen", compact=True)
+        generated = ViewSource(f"{samples.key}:{index}", sample, state.geometry, {"Mask": mask}, "Mask", samples.key)
+        if samples.mode == app_state.INTO_CASE:  # original and generated side by side
+            left, right = st.columns(2)
+            with left:
+                st.markdown("**Original**")
+                viewer(ViewSource(f"{samples.key}:original", state.case, state.geometry, {"Mask": mask}, "Mask",
+                                  samples.key), "gen_original", compact=True)
+            with right:
+                st.markdown("**Generated**")
+                viewer(generated, "gen", compact=True)
+        else:
+            viewer(generated, "gen", compact=True)
 
         unet = app_state.weights_info("unet")
         cols = st.columns([1, 2])

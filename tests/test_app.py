@@ -90,6 +90,7 @@ def model_dir(tmp_path_factory):
 def app(monkeypatch, model_dir, tmp_path) -> AppTest:
     monkeypatch.setenv("BRATS_UNET_WEIGHTS", str(model_dir / "unet.keras"))
     monkeypatch.setenv("BRATS_CVAE_WEIGHTS", str(tmp_path / "missing_cvae.keras"))
+    monkeypatch.setenv("BRATS_INSERTION_WEIGHTS", str(tmp_path / "missing_insertion.keras"))
     monkeypatch.setenv("BRATS_SESSION_DIR", str(tmp_path / "sessions"))
     at = AppTest.from_file(APP, default_timeout=180)
     at.run()
@@ -308,6 +309,9 @@ def test_work_survives_a_reload_and_another_case(tiny_app, monkeypatch):
 def test_generate_page_explains_missing_weights(tiny_app):
     tiny_app.switch_page("pages/generate.py").run()
     assert not tiny_app.exception
+    assert any("missing_insertion.keras" in w.value for w in tiny_app.warning)  # default: into this case
+    assert tiny_app.button(key="gen_run").disabled
+    tiny_app.radio(key="gen_mode").set_value(app_state.NEW_BRAIN).run()
     assert any("missing_cvae.keras" in w.value for w in tiny_app.warning)
     assert tiny_app.button(key="gen_run").disabled
 
@@ -337,6 +341,7 @@ def test_generate_with_tiny_cvae_fidelity_and_zip(tiny_app, tiny_cvae_path, monk
     monkeypatch.setenv("BRATS_CVAE_WEIGHTS", str(tiny_cvae_path))
     app = tiny_app
     app.switch_page("pages/generate.py").run()
+    app.radio(key="gen_mode").set_value(app_state.NEW_BRAIN).run()
     assert not app.exception and not app.warning
     assert app.selectbox(key="gen_mask").value == "Reference"
     app.number_input(key="gen_n").set_value(2)
