@@ -121,6 +121,10 @@ class JobRegistry:
         """The session's running jobs."""
         return [job for (s, _), job in list(self._jobs.items()) if s == sid and job.running]
 
+    def busy_sessions(self) -> set[str]:
+        """Session ids with a job running now (their saved work must not be cleaned up)."""
+        return {s for (s, _), job in list(self._jobs.items()) if job.running}
+
     def collect(self, sid: str) -> list[Job]:
         """The session's finished jobs not collected yet (each is returned once)."""
         out = []

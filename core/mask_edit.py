@@ -214,6 +214,80 @@ class MaskEditor:
         self.version += 1
         return True
 
+    # ------------------------------------------------------------------ saving the history
+    def history_arrays(self) -> dict[str, np.ndarray]:
+        """The undo and redo steps as flat arrays, for saving beside the labels (see :meth:`restore_history`).
+
+        Every step becomes its changed voxels (flat C-order indices) with their values before and
+        after, so a slice step and a stroke are stored alike: ``stack`` (0 undo, 1 redo, in stack
+        order), ``length`` (voxels per step), ``flat``, ``before``, ``after``, ``action``.
+        """
+        steps = [(0, edit) for edit in self._undo] + [(1, edit) for edit in self._redo]
+        stack, length, flats, befores, afters, actions = [], [], [], [], [], []
+        for which, edit in steps:
+            if isinstance(edit, VoxelEdit):
+                voxels, before, after = edit.voxels, edit.before, edit.after
+            else:
+                changed = edit.before != edit.after
+                voxels = self._slice_voxels(edit.plane, edit.index, changed)
+                before, after = edit.before[changed], edit.after[changed]
+            stack.append(which)
+            length.append(len(before))
+            flats.append(np.ravel_multi_index(voxels, self._labels.shape))
+            befores.append(before)
+            afters.append(after)
+            actions.append(edit.action)
+        join = lambda parts, dtype: np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)  # noqa: E731
+        return {"stack": np.asarray(stack, np.int8), "length": np.asarray(length, np.int64),
+                "flat": join(flats, np.int64), "before": join(befores, np.uint8), "after": join(afters, np.uint8),
+                "action": np.asarray(actions, dtype=str)}
+
+    def restore_history(self, arrays: dict[str, np.ndarray]) -> bool:
+        """Put back the steps saved by :meth:`history_arrays` (after a reload).
+
+        Returns:
+            ``False`` (history left empty) when the arrays are malformed or do not fit the current
+            labels (the newest undo step must end, the newest redo step start, at the current values).
+        """
+        try:
+            stack, length = np.asarray(arrays["stack"]), np.asarray(arrays["length"], np.int64)
+            flat, before, after = (np.asarray(arrays[k]) for k in ("flat", "before", "after"))
+            actions = [str(a) for a in np.asarray(arrays["action"]).ravel()]
+        except (KeyError, ValueError, TypeError):
+            return False
+        n = int(length.sum()) if length.size else 0
+        if (len(stack) != len(length) or len(actions) != len(stack) or (length < 0).any() or
+                flat.shape != (n,) or before.shape != (n,) or after.shape != (n,)):
+            return False
+        if n and (flat.min() < 0 or flat.max() >= self._labels.size or before.max() >= NUM_CLASSES or
+                  after.max() >= NUM_CLASSES):
+            return False
+        ends = np.cumsum(length)
+        undo: list[VoxelEdit] = []
+        redo: list[VoxelEdit] = []
+        for which, end, count, action in zip(stack, ends, length, actions):
+            part = slice(int(end - count), int(end))
+            where = np.unravel_index(flat[part], self._labels.shape)
+            edit = VoxelEdit(where, before[part].astype(np.uint8), after[part].astype(np.uint8), action)  # type: ignore[arg-type]
+            (undo if which == 0 else redo).append(edit)
+        current = self._labels
+        if (undo and not np.array_equal(current[undo[-1].voxels], undo[-1].after)) or \
+                (redo and not np.array_equal(current[redo[-1].voxels], redo[-1].before)):
+            return False
+        self._undo.clear()
+        self._undo.extend(undo)  # the deque keeps the newest history_limit steps
+        self._redo = redo
+        return True
+
+    def _slice_voxels(self, plane: str, index: int, mask2d: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Voxel indices ``(i, j, k)`` of the pixels of a display slice where ``mask2d`` is true."""
+        shape = self._labels.shape
+        out = []
+        for axis in range(3):
+            grid = np.broadcast_to(np.arange(shape[axis]).reshape([-1 if a == axis else 1 for a in range(3)]), shape)
+            out.append(np.asarray(display_view(grid, plane, index, self.geometry))[mask2d])
+        return tuple(out)
+
     def _write(self, edit: Edit | VoxelEdit, values: np.ndarray) -> None:
         if isinstance(edit, VoxelEdit):
             self._labels[edit.voxels] = values

@@ -5,11 +5,15 @@ session (``cases/<case_id>/``), so switching cases never throws work away:
 
 - ``source.json``: how to load the case again (``{"kind": "demo"}``, ``{"kind": "folder", "path"}``
   or ``{"kind": "files"}`` with the uploaded files kept in ``input/``) and its name;
-- ``prediction.npz`` + ``prediction.json``; ``edited.npz`` + ``edited.json``;
+- ``prediction.npz`` + ``prediction.json``; ``edited.npz`` + ``edited.json`` (label maps stored sparse:
+  the non-zero voxels, so saving after every stroke takes milliseconds; ``edited.npz`` also holds the
+  undo/redo history, so Ctrl+Z still works after a reload);
 - ``samples/`` with one ``.npz`` per sample (float16 images) and ``samples.json``.
 
 ``workspace.json`` names the current case and the recent ones, newest first. Writes go through a
-temporary file and ``os.replace``, so a crash mid-write leaves the previous version. No streamlit.
+temporary file and ``os.replace``, so a crash mid-write leaves the previous version.
+:func:`cleanup_sessions` removes sessions unused for a while, and the oldest ones while the folder is
+over a size bound. No streamlit.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ import numpy as np
 SESSION_ENV = "BRATS_SESSION_DIR"
 DEFAULT_ROOT = Path(__file__).resolve().parents[1] / "sessions"
 MAX_RECENT = 8
+MAX_AGE_ENV, MAX_SIZE_ENV = "BRATS_SESSION_MAX_AGE_DAYS", "BRATS_SESSION_MAX_GB"
+DEFAULT_MAX_AGE_DAYS, DEFAULT_MAX_GB = 14.0, 5.0
 _SAFE = re.compile(r"^[A-Za-z0-9_-]{6,64}$")
 
 
@@ -58,11 +64,77 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-def _save_npz(path: Path, **arrays: np.ndarray) -> None:
+def _save_npz(path: Path, compressed: bool = True, **arrays: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(tmp, **arrays)
+    (np.savez_compressed if compressed else np.savez)(tmp, **arrays)
     os.replace(tmp, path)
+
+
+HISTORY_PREFIX = "history_"
+
+
+def _sparse(labels: np.ndarray) -> dict[str, np.ndarray]:
+    """A label map as its shape and non-zero voxels (a tumour is ~1 % of the volume)."""
+    labels = np.asarray(labels, dtype=np.uint8)
+    flat = np.flatnonzero(labels)
+    return {"shape": np.asarray(labels.shape, np.int64), "idx": flat.astype(np.uint32 if labels.size < 2**32 else
+                                                                        np.int64), "val": labels.reshape(-1)[flat]}
+
+
+def _dense(data: Any) -> np.ndarray:
+    if "labels" in data:  # written before the sparse format
+        return data["labels"]
+    labels = np.zeros(int(np.prod(data["shape"])), np.uint8)
+    labels[data["idx"]] = data["val"]
+    return labels.reshape(tuple(int(n) for n in data["shape"]))
+
+
+def _tree_stats(folder: Path) -> tuple[float, int]:
+    """(newest modification time, total bytes) of the files under ``folder``."""
+    newest, size = 0.0, 0
+    for path in folder.rglob("*"):
+        try:
+            info = path.lstat()
+        except OSError:
+            continue
+        newest = max(newest, info.st_mtime)
+        size += info.st_size if path.is_file() else 0
+    return newest or folder.stat().st_mtime, size
+
+
+def cleanup_sessions(root: Path | None = None, *, max_age_days: float | None = None, max_bytes: int | None = None,
+                     keep: tuple[str, ...] = (), now: float | None = None) -> list[str]:
+    """Remove saved sessions not used for ``max_age_days``, then the least recently used ones until
+    all left fit in ``max_bytes``.
+
+    Defaults: ``$BRATS_SESSION_MAX_AGE_DAYS`` (14) and ``$BRATS_SESSION_MAX_GB`` (5). A session's
+    age is that of its newest file. ``keep`` (e.g. the sessions open right now) are never removed.
+
+    Returns:
+        The ids of the removed sessions.
+    """
+    root = root or session_root()
+    if max_age_days is None:
+        max_age_days = float(os.environ.get(MAX_AGE_ENV) or DEFAULT_MAX_AGE_DAYS)
+    if max_bytes is None:
+        max_bytes = int(float(os.environ.get(MAX_SIZE_ENV) or DEFAULT_MAX_GB) * 1e9)
+    now = time.time() if now is None else now
+    try:
+        folders = [p for p in root.iterdir() if p.is_dir() and valid_id(p.name)]
+    except OSError:
+        return []
+    stats = sorted(((*_tree_stats(p), p) for p in folders), key=lambda item: item[0])  # oldest first
+    total = sum(size for _, size, _ in stats)
+    removed = []
+    for newest, size, folder in stats:
+        too_old = now - newest > max_age_days * 86400
+        if folder.name in keep or not (too_old or total > max_bytes):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        total -= size
+        removed.append(folder.name)
+    return removed
 
 
 class SessionStore:
@@ -130,10 +202,16 @@ class SessionStore:
         return source, files
 
     # ------------------------------------------------------------------ label maps
-    def save_labels(self, case_id: str, name: str, labels: np.ndarray, meta: dict[str, Any]) -> None:
-        """A label map (``name``: ``"prediction"`` or ``"edited"``) with its JSON metadata."""
+    def save_labels(self, case_id: str, name: str, labels: np.ndarray, meta: dict[str, Any],
+                    history: dict[str, np.ndarray] | None = None) -> None:
+        """A label map (``name``: ``"prediction"`` or ``"edited"``) with its JSON metadata.
+
+        ``history`` (``MaskEditor.history_arrays()``) is stored in the same file, so labels and
+        history never disagree after a crash. Sparse and uncompressed: ~10 ms for a BraTS mask.
+        """
         folder = self.case_dir(case_id)
-        _save_npz(folder / f"{name}.npz", labels=np.asarray(labels, dtype=np.uint8))
+        extra = {HISTORY_PREFIX + key: value for key, value in (history or {}).items()}
+        _save_npz(folder / f"{name}.npz", compressed=False, **_sparse(labels), **extra)
         _write_json(folder / f"{name}.json", meta)
 
     def labels(self, case_id: str, name: str) -> tuple[np.ndarray, dict[str, Any]] | None:
@@ -141,10 +219,25 @@ class SessionStore:
         folder = self.case_dir(case_id)
         try:
             with np.load(folder / f"{name}.npz") as data:
-                labels = data["labels"]
+                labels = _dense(data)
         except (OSError, KeyError, ValueError):
             return None
         return labels, _read_json(folder / f"{name}.json") or {}
+
+    def history(self, case_id: str, name: str = "edited") -> dict[str, np.ndarray] | None:
+        """The undo/redo history saved with a label map (``None`` when there is none)."""
+        try:
+            with np.load(self.case_dir(case_id) / f"{name}.npz") as data:
+                found = {key[len(HISTORY_PREFIX):]: data[key] for key in data.files if key.startswith(HISTORY_PREFIX)}
+        except (OSError, ValueError):
+            return None
+        return found or None
+
+    def touch(self) -> None:
+        """Mark the session as in use (its age for :func:`cleanup_sessions` starts again)."""
+        path = self.folder / "workspace.json"
+        if path.is_file():
+            os.utime(path)
 
     def drop(self, case_id: str, name: str) -> None:
         """Forget a saved label map (``"prediction"`` / ``"edited"``) or ``"samples"``."""

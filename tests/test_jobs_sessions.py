@@ -90,3 +90,47 @@ def test_recent_list_is_bounded_and_ids_are_checked(tmp_path):
         SessionStore("../../x", tmp_path)
     with pytest.raises(ValueError):
         store.case_dir("../x")
+
+
+def test_edits_history_saved_with_the_labels(tmp_path):
+    from core.anatomy import BRATS_AFFINE
+    from core.mask_edit import MaskEditor
+    from core.render import DisplayGeometry
+
+    store = SessionStore("abcdef123456", tmp_path)
+    geometry = DisplayGeometry.from_affine(BRATS_AFFINE)
+    editor = MaskEditor(np.zeros((9, 8, 7), np.uint8), geometry)
+    editor.paint_voxels((np.array([1]), np.array([2]), np.array([3])), np.array([2]))
+    editor.clear_slice("axial", 3)
+    store.save_labels("case000001", "edited", editor.labels, {"rev": 2}, history=editor.history_arrays())
+    labels, meta = store.labels("case000001", "edited")
+    assert np.array_equal(labels, editor.labels) and meta == {"rev": 2}
+    restored = MaskEditor(labels, geometry)
+    assert restored.restore_history(store.history("case000001", "edited"))
+    assert restored.undo() and restored.labels[1, 2, 3] == 2  # the clear is undone after the "reload"
+    store.save_labels("case000001", "prediction", labels, {})
+    assert store.history("case000001", "prediction") is None
+
+
+def test_cleanup_removes_old_and_oversized_sessions_but_keeps_open_ones(tmp_path):
+    import os
+
+    from core.session_store import cleanup_sessions
+
+    now = 1_000_000_000.0
+    ages_days = {"old000001": 30, "old000002": 20, "new000001": 1, "new000002": 2, "open00001": 40}
+    for sid, days in ages_days.items():
+        store = SessionStore(sid, tmp_path)
+        store.save_source("case000001", {"kind": "files", "name": sid}, {"x_t1.nii.gz": b"x" * 1000})
+        store.set_current("case000001", sid)
+        for path in store.folder.rglob("*"):
+            os.utime(path, (now - days * 86400, now - days * 86400))
+    (tmp_path / "not-a-session!").mkdir()  # not a session id: never touched
+    removed = cleanup_sessions(tmp_path, max_age_days=14, max_bytes=10**9, keep=("open00001",), now=now)
+    assert sorted(removed) == ["old000001", "old000002"]
+    assert (tmp_path / "open00001").is_dir() and (tmp_path / "not-a-session!").is_dir()
+    # over the size bound: the least recently used go first until the rest fits
+    one = sum(p.stat().st_size for p in (tmp_path / "new000001").rglob("*") if p.is_file())
+    removed = cleanup_sessions(tmp_path, max_age_days=14, max_bytes=int(2.5 * one), keep=("open00001",), now=now)
+    assert removed == ["new000002"]  # the older of the two new ones; open00001 counts but is kept
+    assert cleanup_sessions(tmp_path / "missing", max_age_days=1, max_bytes=1) == []
