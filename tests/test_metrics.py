@@ -220,3 +220,18 @@ def test_lesion_wise_metrics_cover_the_three_regions():
     assert out["WT"]["dice"] == 1.0 and out["TC"]["dice"] == 0.0 and out["ET"]["dice"] == 0.0
     with pytest.raises(ValueError, match="differ in shape"):
         lesion_wise_metrics(pred[:-1], ref)
+
+
+def test_region_dice_equals_dice_of_the_region_masks() -> None:
+    from core.labels import region_mask
+    from core.metrics import region_dice
+
+    rng = np.random.default_rng(3)
+    pred = rng.integers(0, 4, (20, 18, 9)).astype(np.uint8)
+    ref = np.where(rng.random(pred.shape) < 0.7, pred, rng.integers(0, 4, pred.shape)).astype(np.uint8)
+    fast = region_dice(pred, ref)
+    assert fast == pytest.approx({r: dice(region_mask(pred, r), region_mask(ref, r)) for r in ("WT", "TC", "ET")})
+    no_et = np.where(pred == 3, 1, pred).astype(np.uint8)
+    assert region_dice(no_et, no_et)["ET"] == 1.0  # both empty
+    with pytest.raises(ValueError):
+        region_dice(pred, ref[:-1])
