@@ -29,7 +29,7 @@ from core.case import cases_zip as core_cases_zip
 from core.jobs import Job, JobRegistry
 from core.mask_edit import MaskEditor
 from core.render import DisplayGeometry, auto_window
-from core.session_store import SESSION_ENV, SessionStore, valid_id
+from core.session_store import SESSION_ENV, SessionStore, cleanup_sessions, valid_id
 from core.weights import WEIGHTS_ENV, ModelLoadError, load_model_card, weights_path
 
 ROOT = Path(__file__).resolve().parent
@@ -215,6 +215,29 @@ def ensure_session() -> None:
     if st.query_params.get(SID_PARAM) != state.sid:
         st.query_params[SID_PARAM] = state.sid
     collect_jobs()
+    _cleanup_old_sessions()
+
+
+_CLEANUP_EVERY_S = 3600.0
+_cleanup_lock = threading.Lock()
+_last_cleanup = [0.0]
+
+
+def _cleanup_old_sessions() -> None:
+    """At most once an hour per server: remove old saved sessions in a background thread (see
+    ``core.session_store.cleanup_sessions``; the sessions open in this server are kept)."""
+    if os.environ.get(SESSION_ENV, "").lower() == "off":
+        return
+    with _cleanup_lock:
+        if time.time() - _last_cleanup[0] < _CLEANUP_EVERY_S:
+            return
+        _last_cleanup[0] = time.time()
+    store = session_store()
+    if store is not None:
+        store.touch()
+    keep = tuple({studio().sid} | job_registry().busy_sessions())
+    threading.Thread(target=cleanup_sessions, kwargs={"keep": keep}, name="brats-session-cleanup",
+                     daemon=True).start()
 
 
 def _load_saved(store: SessionStore, case_id: str) -> Case:
@@ -259,6 +282,9 @@ def switch_case(case_id: str) -> str | None:
         state.editor_key = str(meta.get("editor_key") or uuid.uuid4().hex[:8])
         state.editor_source = str(meta.get("source", "Empty"))
         state.editor_rev = int(meta.get("rev", 0))
+        history = store.history(case_id, "edited")
+        if history is not None:
+            state.editor.restore_history(history)  # Undo / Redo go on where they were before the reload
         state.saved_edit_version = state.editor.version
     saved_samples = store.samples(case_id)
     if saved_samples is not None:
@@ -305,7 +331,8 @@ def persist_edits() -> None:
         return
     try:
         store.save_labels(state.key, "edited", state.editor.labels,
-                          {"editor_key": state.editor_key, "source": state.editor_source, "rev": state.editor_rev})
+                          {"editor_key": state.editor_key, "source": state.editor_source, "rev": state.editor_rev},
+                          history=state.editor.history_arrays())
         state.saved_edit_version = state.editor.version
     except OSError as exc:
         flash("warning", f"Could not save the edits on the server: {exc}")
@@ -505,20 +532,33 @@ def uploaded_unet(data: bytes, file_name: str) -> Any:
     cached = st.session_state.get("uploaded_unet")
     if cached and cached[0] == digest:
         return cached[1]
-    model = _load_unet_from_bytes(data)
+    model = _load_unet_from_bytes(data, file_name)
     st.session_state["uploaded_unet"] = (digest, model, file_name)
     return model
 
 
-def _load_unet_from_bytes(data: bytes) -> Any:
-    """``core.inference.load_model`` (safe mode) on bytes, through a temporary file that is always removed."""
+def _load_unet_from_bytes(data: bytes, file_name: str) -> Any:
+    """``core.inference.load_model`` (safe mode) on bytes, through a temporary file that is always removed.
+
+    Errors name ``file_name`` (the user's file), never the temporary path.
+    """
     from core.inference import load_model
 
     fd, tmp = tempfile.mkstemp(suffix=".keras", prefix="brats_upload_")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-        return load_model(tmp)
+        try:
+            return load_model(tmp)
+        except Exception as exc:
+            message = str(exc).replace(tmp, file_name).replace(Path(tmp).name, file_name)
+            if message == str(exc):
+                raise
+            try:
+                renamed = type(exc)(message)
+            except Exception:  # an exception type that wants other arguments
+                renamed = ValueError(message)
+            raise renamed from None
     finally:
         Path(tmp).unlink(missing_ok=True)
 
@@ -533,7 +573,7 @@ def uploaded_unet_bytes(data: bytes, file_name: str) -> Any:
     with _uploaded_lock:
         if digest in _uploaded_models:
             return _uploaded_models[digest]
-    model = _load_unet_from_bytes(data)
+    model = _load_unet_from_bytes(data, file_name)
     with _uploaded_lock:
         while len(_uploaded_models) >= 2:
             _uploaded_models.pop(next(iter(_uploaded_models)))

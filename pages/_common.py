@@ -255,10 +255,9 @@ def _volumes(layer_key: str, spacing: tuple[float, float, float], _labels: np.nd
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def _dice_vs_reference(layer_key: str, _labels: np.ndarray, _reference: np.ndarray) -> dict[str, float]:
-    from core.labels import region_mask
-    from core.metrics import dice
+    from core.metrics import region_dice
 
-    return {region: dice(region_mask(_labels, region), region_mask(_reference, region)) for region in REGIONS}
+    return region_dice(_labels, _reference)
 
 
 def dice_against_reference(state: Studio, layer: Layer) -> None:

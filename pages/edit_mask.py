@@ -1,8 +1,10 @@
 """Edit mask: paint labels on a slice, fix it up (fill holes, islands, copy), undo/redo, download."""
 
 import functools
+from pathlib import Path
 
 import streamlit as st
+import streamlit_drawable_canvas
 from streamlit_drawable_canvas import CanvasResult, st_canvas
 
 import app_state
@@ -31,6 +33,23 @@ ERASE_COLOUR = "#ffffff"
 st.title("Edit mask")
 show_flash()
 state = require_case()
+
+
+CANVAS_COMPONENT = "streamlit-drawable-canvas.streamlit_drawable_canvas"
+
+
+def _canvas_without_toolbar() -> None:
+    """Register the drawing canvas again with its own toolbar hidden (before any ``st_canvas`` of this run).
+
+    That toolbar's undo, trash and edit buttons act on the canvas alone: they never changed the
+    mask (strokes are applied on mouse-up), and after "edit" strokes painted nothing. The page's
+    Undo / Redo / Clear slice buttons are the real ones. A definition registered by the script
+    takes precedence over the package's; only its CSS differs (one rule added).
+    """
+    build = Path(streamlit_drawable_canvas.__file__).parent / "frontend" / "build"
+    css = "\n".join(p.read_text() for p in sorted(build.glob("*.css")))
+    st.components.v2.component(CANVAS_COMPONENT, js="index-*.js", html='<div class="canvas-root"></div>',
+                               css=css + "\n.dc-toolbar { display: none !important; }\n")
 
 
 def _hex(label: int) -> str:
@@ -114,6 +133,8 @@ def _editing_panel() -> None:
     # The slice follows a 3D cursor, so switching planes shows the slices through the same point.
     axis = editor.geometry.axes(plane)[0]
     count = editor.geometry.slice_count(plane, editor.labels.shape)
+    if "edit_cursor" not in st.session_state:  # an editor restored after a reload: start at the shared cursor
+        st.session_state["edit_cursor"] = state.cursor_voxel()
     cursor = list(st.session_state["edit_cursor"])
     if st.session_state.get("edit_slice_plane") != plane or "edit_slice" not in st.session_state:
         st.session_state["edit_slice"] = min(int(cursor[axis]), count - 1)
@@ -133,6 +154,7 @@ def _editing_panel() -> None:
     strokes = st.session_state.setdefault("edit_strokes", 0)
     key = f"edit_canvas_{state.editor_key}_{plane}_{index}_{editor.version}_{strokes}"
     with canvas_col:
+        _canvas_without_toolbar()
         st_canvas(
             background_image=png, width=width, height=height, drawing_mode="freedraw",
             stroke_width=max(1, round(brush * width / editor.slice(plane, index).shape[1])),

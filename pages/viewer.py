@@ -32,7 +32,10 @@ if state is not None:
         if source.layers:
             names = list(source.layers)
             name = st.selectbox("Label map", names, index=names.index(source.default_layer), key="view_3d_layer")
-            if st.toggle("Show the 3D surfaces (WT green, TC red, ET yellow)", value=True, key="view_3d_on"):
+            # Off by default beside NiiVue (its 3D view shows the labels already): the meshes and
+            # plotly's WebGL took the browser's time while the viewer was loading.
+            if st.toggle("Show the 3D surfaces (WT green, TC red, ET yellow)", value=not use_niivue(),
+                         key="view_3d_on"):
                 st.plotly_chart(surface_figure(source.key, source.case, source.layers[name]), width="stretch")
         else:
             st.info("No label map yet: segment the case or load one with a segmentation.")

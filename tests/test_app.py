@@ -228,7 +228,9 @@ def test_uploaded_model_is_loaded_safely_and_bad_one_reports(tiny_app, model_dir
     app.file_uploader(key="seg_upload").set_value(("broken.keras", b"PK\x03\x04 nonsense", "application/zip"))
     app.run()
     app.button(key="seg_run").click().run()
-    assert any("Segmentation failed" in e for e in _errors(app))
+    errors = [e for e in _errors(app) if "Segmentation failed" in e]
+    assert errors and "broken.keras" in errors[0]  # the user's file name ...
+    assert "brats_upload_" not in errors[0] and "/tmp" not in errors[0]  # ... never the server's temporary file
     assert app.session_state["studio"].prediction is None
 
     good = (model_dir / "unet.keras").read_bytes()
@@ -295,6 +297,12 @@ def test_work_survives_a_reload_and_another_case(tiny_app, monkeypatch):
     assert restored.case.name == state.case.name and restored.editor is not None
     assert np.array_equal(restored.editor.labels, edited)
     assert any("Restored your session" in i.value for i in reloaded.info)
+    assert restored.editor.can_undo  # the undo history came back too: Undo takes back the clear
+    reloaded.switch_page("pages/edit_mask.py").run()
+    reloaded.button(key="edit_undo").click().run()
+    assert np.array_equal(reloaded.session_state["studio"].editor.labels, state.case.seg)
+    reloaded.button(key="edit_redo").click().run()
+    reloaded.switch_page("pages/load.py").run()
 
     reloaded.button(key="load_demo").click().run()  # another case: the tiny one is kept
     assert reloaded.session_state["studio"].case.name != state.case.name
