@@ -33,6 +33,7 @@ const state = {
   nv: null,
   args: null,
   volumes: new Map(), // url -> NVImage (each modality fetched once)
+  volumePrefetch: new Map(), // url -> Promise<NVImage> being fetched
   activeUrl: '',
   labelsToken: null,
   epoch: '',
@@ -48,6 +49,8 @@ const state = {
   lastCaseKey: '',
   lastEventAt: 0,
   timings: {}, // ms since the iframe started, per loading stage (read by the benchmark)
+  strokeTimes: new Map(), // rev -> {up, acked}: ms (performance.now) of mouse-up and of Python's acknowledgement
+  shown: { lut: '', opacity: null, layout: '' }, // display settings already given to NiiVue (each costs a redraw)
 }
 const mark = (name) => { state.timings[name] = Math.round(performance.now()) }
 
@@ -147,6 +150,19 @@ function resolveUrl(url) {
   return `${window.location.origin}${base}${url}`
 }
 
+function prefetch(args) {
+  // Fetch and parse the shown modality and the labels in parallel (also while WebGL starts: with
+  // software WebGL the shaders compile in Chromium's GPU process, the parsing runs here).
+  const spec = args.volumes[args.active] || args.volumes[0]
+  if (spec && !state.volumes.has(spec.url) && !state.volumePrefetch.has(spec.url)) {
+    state.volumePrefetch.set(spec.url, fetchImage(spec.url, `${spec.name}.nii.gz`))
+  }
+  if (args.labels_url && args.labels_token !== state.labelsToken && !state.labelsPrefetch) {
+    state.labelsPrefetch = fetchImage(args.labels_url, 'labels.nii.gz')
+    state.labelsPrefetchUrl = args.labels_url
+  }
+}
+
 async function showVolume(args) {
   const nv = state.nv
   const spec = args.volumes[args.active] || args.volumes[0]
@@ -154,10 +170,9 @@ async function showVolume(args) {
   setStatus(`Loading ${spec.name}…`, true)
   let image = state.volumes.get(spec.url)
   if (!image) {
-    if (args.labels_url && args.labels_token !== state.labelsToken && !state.labelsPrefetch) {
-      state.labelsPrefetch = fetchImage(args.labels_url, 'labels.nii.gz') // in parallel with the volume
-    }
-    image = await fetchImage(spec.url, `${spec.name}.nii.gz`)
+    prefetch(args)
+    image = await state.volumePrefetch.get(spec.url)
+    state.volumePrefetch.delete(spec.url)
     state.volumes.set(spec.url, image)
   }
   const first = nv.volumes.length === 0
@@ -166,22 +181,20 @@ async function showVolume(args) {
     mark('volume added')
   } else {
     // Swap the background, keep the drawing (same grid) and the crosshair.
+    // (setVolume on a one-element list: one GPU upload, where add + set + remove made three)
     const crosshair = nv.scene.crosshairPos.slice()
-    const old = nv.volumes[0]
-    nv.addVolume(image)
+    nv.volumes = [image]
     nv.setVolume(image, 0)
-    nv.removeVolume(old)
     nv.scene.crosshairPos = crosshair
     if (state.labelsToken !== null) nv.refreshDrawing(true)
   }
   state.activeUrl = spec.url
   if (first) {
     const mm = savedCursor(args.case_key) || args.cursor_mm
-    if (mm) {
-      nv.scene.crosshairPos = nv.mm2frac(mm)
-    }
+    if (mm) nv.scene.crosshairPos = nv.mm2frac(mm)
+    nv.drawScene() // addVolume uploaded and drew it already: only the cursor moved (no second upload)
+    mark('image shown')
   }
-  nv.updateGLVolume()
 }
 
 async function showLabels(args) {
@@ -197,7 +210,7 @@ async function showLabels(args) {
   if (args.labels_token === state.labelsToken) return
   setStatus('Loading labels…', true)
   mark('labels requested')
-  const prefetched = state.labelsPrefetch
+  const prefetched = state.labelsPrefetchUrl === args.labels_url ? state.labelsPrefetch : null
   state.labelsPrefetch = null
   const image = await (prefetched || fetchImage(args.labels_url, 'labels.nii.gz'))
   nv.loadDrawing(image)
@@ -226,8 +239,9 @@ function applyPen() {
   const editable = !!(state.args && state.args.editable)
   nv.setDrawingEnabled(editable)
   if (!editable) return
-  const value = state.tool === 'erase' ? 0 : state.label
-  nv.setPenValue(value, state.tool === 'fill')
+  // Options only: setPenValue would redraw the whole scene (costly with software WebGL) for nothing visible.
+  nv.opts.penValue = state.tool === 'erase' ? 0 : state.label
+  nv.opts.isFilledPen = state.tool === 'fill'
   nv.opts.penSize = state.brush
   nv.drawFillOverwrites = true
 }
@@ -256,6 +270,7 @@ function startStroke(e) {
 function endStroke() {
   if (!state.snapshot) return
   const before = state.snapshot
+  const upAt = performance.now()
   state.snapshot = null
   // NiiVue finishes the stroke (and a filled outline) in its own mouseup handler: diff afterwards.
   setTimeout(() => {
@@ -265,13 +280,15 @@ function endStroke() {
     for (let i = 0; i < after.length; i++) {
       if (after[i] !== before[i]) { idx.push(i); val.push(after[i]) }
     }
-    if (idx.length) queue({ op: 'paint', idx, val, tool: state.tool })
+    if (idx.length) queue({ op: 'paint', idx, val, tool: state.tool }, upAt)
   }, 0)
 }
 
-function queue(event) {
+function queue(event, upAt = performance.now()) {
   state.rev += 1
   state.pending.push({ ...event, rev: state.rev, epoch: state.epoch })
+  state.strokeTimes.set(state.rev, { up: upAt, acked: null })
+  if (state.strokeTimes.size > 2000) state.strokeTimes.delete(state.strokeTimes.keys().next().value)
   flush()
 }
 
@@ -344,9 +361,12 @@ function resetView() {
   nv.drawScene()
 }
 
+const lookKey = () => `${state.layout}|${state.nv.drawOpacity}`
+
 function setLayout(layout) {
   state.layout = layout
   state.nv.setSliceType(LAYOUTS[layout])
+  state.shown.layout = lookKey()
   renderBar()
   saveView()
 }
@@ -459,7 +479,12 @@ async function onRender(args) {
     state.pending = restorePending(args.epoch, args.acked_rev || 0) // edits a reload cut off before Python had them
     state.rev = state.pending.length ? state.pending[state.pending.length - 1].rev : 0
   }
-  state.acked = Math.max(state.acked, args.acked_rev || 0)
+  const acked = args.acked_rev || 0
+  if (acked > state.acked) {
+    const now = performance.now()
+    for (const [rev, t] of state.strokeTimes) if (rev <= acked && t.acked === null) t.acked = now
+  }
+  state.acked = Math.max(state.acked, acked)
   state.rev = Math.max(state.rev, state.acked)
   const before = state.pending.length
   state.pending = state.pending.filter((e) => e.rev > state.acked)
@@ -477,6 +502,7 @@ async function onRender(args) {
       return
     }
     mark('first render')
+    if (args.volumes && args.volumes.length) prefetch(args)
     state.nv = await createViewer()
     mark('webgl ready')
     canvas.addEventListener('mousedown', startStroke, true)
@@ -491,12 +517,20 @@ async function onRender(args) {
   setFrameHeight(document.body.scrollHeight)
   const nv = state.nv
   if (!nv) return
-  nv.setDrawColormap(drawLut(args))
-  nv.setDrawOpacity(args.opacity ?? 0.5)
+  // A rerun (e.g. the acknowledgement of a stroke) changes nothing on screen unless these changed:
+  // setDrawColormap re-uploads every volume and each setter redraws, which costs seconds in software WebGL.
+  const lut = drawLut(args)
+  const lutKey = JSON.stringify(lut)
+  if (lutKey !== state.shown.lut) {
+    nv.setDrawColormap(lut)
+    state.shown.lut = lutKey
+  }
+  nv.drawOpacity = args.opacity ?? 0.5
   if (args.case_key !== state.lastCaseKey) {
     // another case: forget its images
     for (const v of [...nv.volumes]) nv.removeVolume(v)
     state.volumes.clear()
+    if (state.lastCaseKey) { state.volumePrefetch.clear(); state.labelsPrefetch = null } // not the first case's
     state.activeUrl = ''
     state.labelsToken = null
     state.lastCaseKey = args.case_key
@@ -506,8 +540,13 @@ async function onRender(args) {
     .then(() => showLabels(args))
     .then(() => {
       applyPen()
-      nv.setSliceType(LAYOUTS[state.layout])
-      nv.drawScene()
+      // Loading a volume or labels drew the scene already; otherwise redraw only for a new layout or opacity.
+      const drawn = state.shown.layout === ''
+      if (lookKey() !== state.shown.layout) {
+        state.shown.layout = lookKey()
+        nv.opts.sliceType = LAYOUTS[state.layout]
+        if (!drawn) nv.drawScene()
+      }
       renderStatus()
       if (!state.timings.shown) {
         mark('shown')
