@@ -660,7 +660,10 @@ def start_segmentation(load_model: Callable[[], Any], model_name: str, *, tta: b
         job.progress(0.01, "loading the model (first time: importing TensorFlow)")
         model = load_model()
         start = time.perf_counter()
-        result = segment_case(case, model, tta=tta, progress=job.progress)
+        from core.inference import tta_variants
+
+        with _EasedProgress(job, len(tta_variants(tta))) as progress:
+            result = segment_case(case, model, tta=tta, progress=progress)
         seconds = time.perf_counter() - start
         metrics = None
         if case.seg is not None:
@@ -669,6 +672,58 @@ def start_segmentation(load_model: Callable[[], Any], model_name: str, *, tta: b
         return Prediction(result.labels, seconds, model_name, tta, metrics)
 
     return job_registry().start(state.sid or "local", "segment", state.key, f"{model_name} on {case.name}", run)
+
+
+class _EasedProgress:
+    """Progress callback for ``segment_case`` that keeps the bar moving during a forward pass.
+
+    A forward pass reports nothing until it ends (the first one in a server also builds the
+    network: ~15-20 s here), so the bar sat at 10 %. While a pass runs, the bar creeps toward the
+    next real step on an estimate of the pass's duration (the last one measured), and says so.
+    """
+
+    _last_pass_s = [20.0]  # first pass: compile + run (measured 17 s on 2 cores)
+
+    def __init__(self, job: Job, passes: int = 1) -> None:
+        self.job = job
+        self.step = 0.8 / max(passes, 1)  # segment_case spreads its passes over 0.1 .. 0.9
+        self._stop = threading.Event()
+        self._pass_started: float | None = None
+
+    def __call__(self, fraction: float, message: str) -> None:
+        self._end_pass()
+        self.job.progress(fraction, message)
+        if message == "predicting" or message.startswith("forward pass"):
+            self._start_pass(fraction)
+
+    def _start_pass(self, fraction: float) -> None:
+        if fraction >= 0.9:
+            return
+        self._pass_started, self._stop = time.perf_counter(), threading.Event()
+        expected, job, stop = self._last_pass_s[0], self.job, self._stop
+        target = min(0.9, fraction + self.step)
+        base = job.message
+
+        def creep() -> None:
+            start = time.perf_counter()
+            while not stop.wait(0.25):
+                elapsed = time.perf_counter() - start
+                job.fraction = max(job.fraction, fraction + (target - fraction) * (1 - np.exp(-elapsed / expected)))
+                job.message = f"{base} (about {max(expected - elapsed, 0):.0f} s left, estimated)"
+
+        threading.Thread(target=creep, name="brats-progress", daemon=True).start()
+
+    def _end_pass(self) -> None:
+        if self._pass_started is not None:
+            self._stop.set()
+            self._last_pass_s[0] = max(1.0, time.perf_counter() - self._pass_started)
+            self._pass_started = None
+
+    def __enter__(self) -> _EasedProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
 
 
 def collect_jobs() -> list[Job]:

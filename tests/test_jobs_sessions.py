@@ -134,3 +134,31 @@ def test_cleanup_removes_old_and_oversized_sessions_but_keeps_open_ones(tmp_path
     removed = cleanup_sessions(tmp_path, max_age_days=14, max_bytes=int(2.5 * one), keep=("open00001",), now=now)
     assert removed == ["new000002"]  # the older of the two new ones; open00001 counts but is kept
     assert cleanup_sessions(tmp_path / "missing", max_age_days=1, max_bytes=1) == []
+
+
+def test_segment_progress_creeps_during_a_forward_pass(monkeypatch):
+    """The Segment bar moves (and says it is an estimate) while a forward pass reports nothing."""
+    import time
+
+    import app_state
+
+    monkeypatch.setattr(app_state._EasedProgress, "_last_pass_s", [0.5])
+    registry = JobRegistry()
+    seen = []
+
+    def work(job):
+        with app_state._EasedProgress(job, passes=1) as progress:
+            progress(0.1, "predicting")
+            for _ in range(8):
+                time.sleep(0.15)
+                seen.append((job.fraction, job.message))
+            progress(0.92, "postprocessing")
+            assert job.fraction == 0.92 and job.message == "postprocessing"
+        return True
+
+    job = registry.start("sid123456", "segment", "c", "eased", work)
+    assert job.wait(10) and job.status == DONE, job.error
+    fractions = [f for f, _ in seen]
+    assert fractions == sorted(fractions) and 0.1 < fractions[-1] < 0.9  # rising, never past the next step
+    assert any("estimated" in m for _, m in seen)
+    assert app_state._EasedProgress._last_pass_s[0] >= 1.0  # the measured pass (floored at 1 s) is the next estimate
