@@ -188,3 +188,27 @@ def test_training_examples_and_one_step():
     losses = step(batch["image"], batch["context"], batch["cond"], batch["real_cond"], batch["paired"])
     assert all(np.isfinite(float(v)) for v in losses.values())
     assert not np.array_equal(before, keras.ops.convert_to_numpy(net.generator.weights[0]))
+
+
+def test_augment_experiment_insertion_arm_on_real_style_folders(tmp_path, model):
+    """Arms (a) and (c) on case folders with a fixed validation split: K never drawn from it, samples in arm (c)."""
+    from tests.test_cvae import one_mm_toy_case
+    from train import augment_experiment as exp
+
+    real = tmp_path / "real"
+    for i in range(3):
+        save_case(one_mm_toy_case(40 + i, f"toy-{i}"), real)
+    model.save(tmp_path / "ins.keras")
+    config = exp.ExperimentConfig(k=1, m=2, seeds=[0], steps=1, batch=1, patch=16, base=4, depth=2, real=str(real),
+                                  val_cases="toy-2", arms=["a", "c"], insertion=str(tmp_path / "ins.keras"),
+                                  workers=0, work_dir=str(tmp_path / "work"))
+    results = exp.run(config)
+    seed = results["per_seed"][0]
+    assert set(results["summary"]) == {"K only", "K + M insertion"} and "toy-2" not in seed["k_cases"]
+    assert [p.name for p in (tmp_path / "work" / "seed0" / "test").iterdir()] == ["toy-2"]
+    folders = sorted(p.name for p in (tmp_path / "work" / "seed0" / "k_m_insert").iterdir())
+    assert len(folders) == 3 and sum(name.startswith("insert-") for name in folders) == 2
+    host = load_case(real / seed["k_cases"][0])
+    sample = load_case(tmp_path / "work" / "seed0" / "k_m_insert" / folders[0])
+    np.testing.assert_array_equal(sample.affine, host.affine)
+    assert not np.array_equal(sample.seg, host.seg)  # a mask of another case (mirrored): a new tumour

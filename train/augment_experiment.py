@@ -1,20 +1,25 @@
-"""Does CVAE data augmentation help a U-Net trained on few cases? ``python -m train.augment_experiment``.
+"""Does synthetic data help a U-Net trained on few cases? ``python -m train.augment_experiment``.
 
-For each seed, two U-Nets are trained with the same budget (``train.unet.train``: same steps,
+For each seed, one U-Net per arm is trained with the same budget (``train.unet.train``: same steps,
 batch, patch and architecture):
 
-* **K only**: ``--k`` labelled cases;
-* **K + M**: the same cases plus ``--m`` CVAE samples conditioned on their masks (each case's own
-  brain mask; every second round of masks is mirrored left-right for more mask variety).
+* **(a) K only**: ``--k`` labelled cases;
+* **(b) K + M CVAE**: the same cases plus ``--m`` whole-volume CVAE samples ("new brains") conditioned on
+  their masks (each case's own brain mask; every second round of masks is mirrored left-right);
+* **(c) K + M insertion**: the same cases plus ``--m`` insertion samples (``core.synthesis``): the mask of
+  another of the K cases (mirrored left-right every second round), clipped to the host's brain, rendered
+  into each K case in turn (its own tumour replaced).
 
-The K cases are phantoms from a seed range the CVAE never saw (``AUGMENT_SEED_START``; optionally
-another randomisation strength, ``--k-strength``), or folders of ``--real DIR`` (K drawn per seed,
-the remaining folders are the test set). Both U-Nets are scored on held-out cases
-(``train.evaluate.evaluate``: Dice WT/TC/ET); the table gives mean ± std over the seeds and is
-printed and saved as JSON + Markdown in ``--work-dir``.
+``--arms`` picks the arms (default all three). The K cases are phantoms from a seed range the generators
+never saw (``AUGMENT_SEED_START``; optionally another randomisation strength, ``--k-strength``), or folders
+of ``--real DIR``: K drawn per seed from the folders not named by ``--val-cases``, scored on the
+``--val-cases`` folders (without ``--val-cases``: on the folders not drawn). Every U-Net is scored with
+``train.evaluate.evaluate`` (Dice WT/TC/ET); the table gives mean ± std over the seeds and is printed and
+saved as JSON + Markdown in ``--work-dir``.
 
     python -m train.augment_experiment --k 4 --m 16 --seeds 0 1 2 --steps 2000
-    python -m train.augment_experiment --real /data/BraTS2021 --k 8 --m 32 --seeds 0 1 2
+    python -m train.augment_experiment --real ../shared/data/brats-real \\
+        --val-cases train/splits/brats-real-validation.txt --k 5 --m 10 --seeds 0 1 2 --steps 1000
     # tiny (tests): --k 1 --m 1 --seeds 0 1 --steps 1 --patch 16 --base 4 --depth 2 --eval-cases 1
 """
 
@@ -36,6 +41,8 @@ from core.generate import default_cvae_path, generate_cases, load_cvae
 from core.inference import load_model
 from core.labels import REGIONS
 from core.preprocess import brain_mask
+from core.weights import shipped_path
+from train.common import read_case_ids
 from train.data import find_labelled_cases
 from train.evaluate import evaluate
 from train.unet import TrainConfig
@@ -43,7 +50,8 @@ from train.unet import train as train_unet
 
 AUGMENT_SEED_START = 2_000_000  # phantom seeds of the K cases (the CVAE and the U-Net train below 1,000,000)
 EVAL_SEED_START = 2_500_000  # phantom seeds of the test cases
-ARMS = ("K only", "K + M CVAE")
+ARM_NAMES: dict[str, str] = {"a": "K only", "b": "K + M CVAE", "c": "K + M insertion"}
+ARMS = tuple(ARM_NAMES.values())
 
 
 @dataclass
@@ -62,7 +70,10 @@ class ExperimentConfig:
     eval_cases: int = 8
     k_strength: float = 1.0
     real: str | None = None
+    val_cases: str | None = None
+    arms: list[str] = field(default_factory=lambda: list(ARM_NAMES))
     cvae: str = str(default_cvae_path())
+    insertion: str = str(shipped_path("insertion"))
     temperature: float = 1.0
     workers: int = 1
     work_dir: str = "runs/augment"
@@ -86,7 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="randomisation strength of the K and test phantoms (default %(default)s)")
     p.add_argument("--real", default=None, help="folder of labelled BraTS case folders: K training cases per seed, "
                                                 "the rest is the test set (instead of phantoms)")
+    p.add_argument("--val-cases", default=None,
+                   help="with --real: case ids (comma-separated or a file) that form the test set and are never "
+                        "drawn as K cases")
+    p.add_argument("--arms", nargs="+", choices=list(ARM_NAMES), default=d.arms,
+                   help="arms: a = K only, b = K + M CVAE, c = K + M insertion (default: all)")
     p.add_argument("--cvae", default=d.cvae, help="CVAE weights (default %(default)s)")
+    p.add_argument("--insertion", default=d.insertion, help="insertion VAE-GAN weights (default %(default)s)")
     p.add_argument("--temperature", type=float, default=d.temperature, help="CVAE sampling temperature")
     p.add_argument("--workers", type=int, default=d.workers, help="case-loader processes of the U-Net trainer")
     p.add_argument("--work-dir", default=d.work_dir, help="cases, models and results (default %(default)s)")
@@ -103,9 +120,19 @@ def phantom_cases(start: int, count: int, strength: float) -> list[Case]:
     return [generate_phantom(start + i, PhantomConfig(strength=strength)) for i in range(count)]
 
 
-def split_real(root: str, k: int, seed: int) -> tuple[list[Path], list[Path]]:
-    """K random labelled case folders of ``root`` for training, the others for testing."""
+def split_real(root: str, k: int, seed: int, val_cases: str | None = None) -> tuple[list[Path], list[Path]]:
+    """K random labelled case folders of ``root`` for training, the ``val_cases`` (default: the others) for testing."""
     folders = find_labelled_cases(root)
+    if val_cases:
+        ids = set(read_case_ids(val_cases))
+        test = [f for f in folders if f.name in ids]
+        if len(test) != len(ids):
+            raise SystemExit(f"error: --val-cases: {sorted(ids - {f.name for f in test})} not found in {root}")
+        pool = [f for f in folders if f.name not in ids]
+        if len(pool) < k:
+            raise SystemExit(f"error: --real {root}: {len(pool)} labelled training folders; need --k {k}")
+        order = np.random.default_rng(seed).permutation(len(pool))
+        return [pool[i] for i in order[:k]], test
     if len(folders) <= k:
         raise SystemExit(f"error: --real {root}: {len(folders)} labelled case folders; need more than --k {k} "
                          "(the rest is the test set)")
@@ -130,6 +157,24 @@ def cvae_samples(cases: Sequence[Case], m: int, model: cvae.ConditionalVAE, seed
     return samples
 
 
+def insertion_samples(cases: Sequence[Case], m: int, model, seed: int, temperature: float) -> list[Case]:
+    """``m`` insertion samples: K case ``j % K`` gets the mask of the next K case (mirrored in X every second round,
+    or always when K = 1), clipped to the host's brain; its own tumour is replaced."""
+    from core.synthesis.insert import insert_tumour
+
+    samples = []
+    for j in range(m):
+        host = cases[j % len(cases)]
+        donor = cases[(j + 1) % len(cases)].seg
+        if (j // len(cases)) % 2 == 1 or len(cases) == 1:
+            donor = donor[::-1]
+        target = np.where(brain_mask(host.image), donor, 0).astype(np.uint8)
+        case = insert_tumour(host, target, model, seed=seed * 100_003 + j, temperature=temperature)[0]
+        case.name = f"insert-{j:03d}-{host.name}"
+        samples.append(case)
+    return samples
+
+
 def write_cases(cases: Sequence[Case], folder: Path) -> Path:
     """Save cases as BraTS 2020 folders under ``folder``."""
     for case in cases:
@@ -148,18 +193,28 @@ def unet_config(config: ExperimentConfig, data: Path, out: Path, seed: int) -> T
                        pool=8, patches_per_case=4)
 
 
-def run_seed(config: ExperimentConfig, seed: int, model: cvae.ConditionalVAE, eval_root: Path | None) -> dict:
-    """Train and score both arms for one seed; returns ``{arm: {region: dice}}`` (+ case names)."""
+def run_seed(config: ExperimentConfig, seed: int, models: dict, eval_root: Path | None) -> dict:
+    """Train and score the arms for one seed; returns ``{arm: {region: dice}}`` (+ case names).
+
+    ``models`` holds the generators the arms need: ``"b"`` the CVAE, ``"c"`` the insertion model.
+    """
     work = Path(config.work_dir) / f"seed{seed}"
     if config.real:
-        train_folders, test_folders = split_real(config.real, config.k, seed)
+        train_folders, test_folders = split_real(config.real, config.k, seed, config.val_cases)
         k_cases = [load_case(f) for f in train_folders]
         eval_root = write_links(test_folders, work / "test")
     else:
         k_cases = phantom_cases(AUGMENT_SEED_START + seed * 1000, config.k, config.k_strength)
     assert eval_root is not None
-    samples = cvae_samples(k_cases, config.m, model, seed, config.temperature)
-    arms = {ARMS[0]: write_cases(k_cases, work / "k"), ARMS[1]: write_cases([*k_cases, *samples], work / "k_m")}
+    arms: dict[str, Path] = {}
+    if "a" in config.arms:
+        arms[ARM_NAMES["a"]] = write_cases(k_cases, work / "k")
+    if "b" in config.arms:
+        samples = cvae_samples(k_cases, config.m, models["b"], seed, config.temperature)
+        arms[ARM_NAMES["b"]] = write_cases([*k_cases, *samples], work / "k_m")
+    if "c" in config.arms:
+        samples = insertion_samples(k_cases, config.m, models["c"], seed, config.temperature)
+        arms[ARM_NAMES["c"]] = write_cases([*k_cases, *samples], work / "k_m_insert")
     result: dict = {"k_cases": [c.name for c in k_cases]}
     for arm, data in arms.items():
         out = data.parent / f"unet_{data.name}"
@@ -181,16 +236,17 @@ def write_links(folders: Sequence[Path], root: Path) -> Path:
 
 
 def summarise(per_seed: Sequence[dict]) -> dict:
-    """Mean and std over seeds of each arm's Dice per region."""
+    """Mean and std over seeds of each arm's Dice per region (the arms that were run)."""
+    arms = [arm for arm in ARMS if arm in per_seed[0]]
     return {arm: {r: {"mean": float(np.mean([s[arm][r] for s in per_seed])),
-                      "std": float(np.std([s[arm][r] for s in per_seed]))} for r in REGIONS} for arm in ARMS}
+                      "std": float(np.std([s[arm][r] for s in per_seed]))} for r in REGIONS} for arm in arms}
 
 
 def format_table(summary: dict, config: ExperimentConfig) -> str:
     """Markdown table of the summary."""
     lines = [f"| training data (K={config.k}, M={config.m}, {len(config.seeds)} seeds, {config.steps} steps) | "
              + " | ".join(f"{r} Dice" for r in REGIONS) + " |", "|---" * (1 + len(REGIONS)) + "|"]
-    for arm in ARMS:
+    for arm in summary:
         cells = " | ".join(f"{summary[arm][r]['mean']:.3f} ± {summary[arm][r]['std']:.3f}" for r in REGIONS)
         lines.append(f"| {arm} | {cells} |")
     return "\n".join(lines)
@@ -203,16 +259,25 @@ def run(config: ExperimentConfig) -> dict:
     work = Path(config.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    model = load_cvae(config.cvae)
+    if not config.arms or set(config.arms) - set(ARM_NAMES):
+        raise SystemExit(f"error: --arms: use some of {', '.join(ARM_NAMES)} (got {config.arms})")
+    models: dict = {}
+    if "b" in config.arms:
+        models["b"] = load_cvae(config.cvae)
+    if "c" in config.arms:
+        from core.synthesis.insert import load_insertion_model
+
+        models["c"] = load_insertion_model(config.insertion)
     eval_root = None
     if not config.real:
         eval_root = write_cases(phantom_cases(EVAL_SEED_START, config.eval_cases, config.k_strength), work / "test")
-    per_seed = [run_seed(config, seed, model, eval_root) for seed in config.seeds]
+    per_seed = [run_seed(config, seed, models, eval_root) for seed in config.seeds]
     summary = summarise(per_seed)
     table = format_table(summary, config)
     results = {"config": asdict(config), "per_seed": per_seed, "summary": summary, "table": table,
                "test_set": (f"{config.eval_cases} phantoms, seeds {EVAL_SEED_START}.., strength {config.k_strength}"
-                            if not config.real else "the --real folders not drawn as K cases, per seed"),
+                            if not config.real else f"the --val-cases folders ({config.val_cases})" if config.val_cases
+                            else "the --real folders not drawn as K cases, per seed"),
                "wall_time_s": round(time.time() - start, 1)}
     (work / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (work / "results.md").write_text(table + "\n")
