@@ -147,7 +147,7 @@ def test_demo_case_loads_and_every_viewer_layout_renders(app):
     assert not app.exception
 
 
-def test_uploads_load_and_a_bad_upload_keeps_the_case(app):
+def test_uploads_load_and_a_bad_upload_keeps_the_case(app, tmp_path):
     files = _tiny_case_files()
     _upload(app, files)
     state = app.session_state["studio"]
@@ -181,6 +181,13 @@ def test_uploads_load_and_a_bad_upload_keeps_the_case(app):
     app.button(key="load_folder").click().run()
     assert any("no such folder" in e for e in _errors(app))
     assert not app.exception
+
+    folder = tmp_path / "Folder_003"  # Enter in the path box opens the folder (no button click)
+    folder.mkdir()
+    for name, data in _tiny_case_files("Folder_003").items():
+        (folder / name).write_bytes(data)
+    app.text_input(key="load_path").input(str(folder)).run()
+    assert not _errors(app) and app.session_state["studio"].case.name == "Folder_003"
 
 
 def test_segment_with_tiny_unet_and_download(tiny_app):
