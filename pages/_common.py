@@ -133,6 +133,33 @@ def recent_cases(entries: list[dict[str, Any]]) -> None:
                        use_container_width=True)
 
 
+CANVAS_COMPONENT = "streamlit-drawable-canvas.streamlit_drawable_canvas"
+_canvas_registries: set[int] = set()
+
+
+def canvas_without_toolbar() -> None:
+    """Register the drawing canvas (``streamlit-drawable-canvas``) once per runtime with its own toolbar hidden.
+
+    That toolbar's undo, trash and edit buttons act on the canvas alone: they never changed the
+    mask (strokes are applied on mouse-up), and after "edit" strokes painted nothing. The Edit
+    page's Undo / Redo / Clear slice buttons are the real ones. A definition registered in the
+    runtime takes precedence over the package's; only its CSS differs (one rule added).
+    """
+    from pathlib import Path
+
+    import streamlit_drawable_canvas
+    from streamlit.runtime import Runtime
+
+    registry = id(Runtime.instance().bidi_component_registry) if Runtime.exists() else 0
+    if registry in _canvas_registries:
+        return
+    build = Path(streamlit_drawable_canvas.__file__).parent / "frontend" / "build"
+    css = "\n".join(p.read_text() for p in sorted(build.glob("*.css")))
+    st.components.v2.component(CANVAS_COMPONENT, js="index-*.js", html='<div class="canvas-root"></div>',
+                               css=css + "\n.dc-toolbar { display: none !important; }\n")
+    _canvas_registries.add(registry)
+
+
 def default_convention(state: Studio) -> str:
     """Label convention offered first for downloads: the loaded case's own (its seg file or names), else 2023."""
     case = state.case

@@ -1,10 +1,8 @@
 """Edit mask: paint labels on a slice, fix it up (fill holes, islands, copy), undo/redo, download."""
 
 import functools
-from pathlib import Path
 
 import streamlit as st
-import streamlit_drawable_canvas
 from streamlit_drawable_canvas import CanvasResult, st_canvas
 
 import app_state
@@ -14,6 +12,7 @@ from core.labels import CLASS_COLOURS, CLASS_NAMES, CONVENTIONS, ED
 from core.render import PLANES
 from pages._common import (
     MODALITY_LABELS,
+    canvas_without_toolbar,
     convention_label,
     default_convention,
     dice_against_reference,
@@ -33,23 +32,6 @@ ERASE_COLOUR = "#ffffff"
 st.title("Edit mask")
 show_flash()
 state = require_case()
-
-
-CANVAS_COMPONENT = "streamlit-drawable-canvas.streamlit_drawable_canvas"
-
-
-def _canvas_without_toolbar() -> None:
-    """Register the drawing canvas again with its own toolbar hidden (before any ``st_canvas`` of this run).
-
-    That toolbar's undo, trash and edit buttons act on the canvas alone: they never changed the
-    mask (strokes are applied on mouse-up), and after "edit" strokes painted nothing. The page's
-    Undo / Redo / Clear slice buttons are the real ones. A definition registered by the script
-    takes precedence over the package's; only its CSS differs (one rule added).
-    """
-    build = Path(streamlit_drawable_canvas.__file__).parent / "frontend" / "build"
-    css = "\n".join(p.read_text() for p in sorted(build.glob("*.css")))
-    st.components.v2.component(CANVAS_COMPONENT, js="index-*.js", html='<div class="canvas-root"></div>',
-                               css=css + "\n.dc-toolbar { display: none !important; }\n")
 
 
 def _hex(label: int) -> str:
@@ -98,12 +80,14 @@ def _run(action: str, *args) -> None:
     app_state.persist_edits()
 
 
-def _apply_stroke(key: str, plane: str, index: int, label: int) -> None:
+def _apply_stroke(key: str, plane: str, index: int) -> None:
     """Canvas callback (mouse released): paint the stroke into the mask, then show a fresh canvas.
 
     Runs before the page redraws, so one script run shows the painted slice (a new canvas key
-    drops the drawn stroke from the canvas: it is part of the background image now).
+    drops the drawn stroke from the canvas: it is part of the background image now). The label is
+    the one chosen now (a callback bound in an earlier run painted the previous label).
     """
+    label = int(st.session_state.get("edit_label", 1))
     drawing = (st.session_state.get(key) or {}).get("drawing") or {}
     if not drawing.get("data"):
         return
@@ -154,12 +138,12 @@ def _editing_panel() -> None:
     strokes = st.session_state.setdefault("edit_strokes", 0)
     key = f"edit_canvas_{state.editor_key}_{plane}_{index}_{editor.version}_{strokes}"
     with canvas_col:
-        _canvas_without_toolbar()
+        canvas_without_toolbar()
         st_canvas(
             background_image=png, width=width, height=height, drawing_mode="freedraw",
             stroke_width=max(1, round(brush * width / editor.slice(plane, index).shape[1])),
             stroke_color=_hex(label), return_image_data=True, update_streamlit=True, key=key,
-            on_change=functools.partial(_apply_stroke, key, plane, index, label),
+            on_change=functools.partial(_apply_stroke, key, plane, index),
         )
         st.caption("Draw on the slice: each stroke is applied when you release the mouse (the Undo button "
                    "takes it back). The eraser is the Erase label.")

@@ -93,8 +93,11 @@ def test_demo_segment_overlay_paint_download(server, tmp_path):
         page.get_by_role("button", name="Start editing").click()
         canvas = page.locator("canvas.upper-canvas")
         canvas.wait_for(timeout=60_000)
+        # the canvas library's own toolbar (undo / trash / edit that never touched the mask) is hidden
+        toolbar = page.locator(".dc-toolbar")
+        assert toolbar.count() >= 1 and not toolbar.first.is_visible()
         page.locator("[data-testid=stRadio]").filter(has_text="Brush label").get_by_text("ET").click()
-        page.wait_for_timeout(1500)
+        wait_until_idle(page)  # the canvas of the run that knows the ET brush (a fixed 1.5 s lost the race under load)
         canvas = page.locator("canvas.upper-canvas")
         box = canvas.bounding_box()
         slider = page.locator("[data-testid=stSlider]").filter(has_text="Axial slice")
@@ -120,7 +123,7 @@ def test_demo_segment_overlay_paint_download(server, tmp_path):
     labels = np.asarray(image.dataobj)
     assert set(np.unique(labels).tolist()) <= {0, 1, 2, 3}  # 2023 values by default
     et = np.argwhere(labels == 3)
-    assert len(et) > 0  # the stroke
+    assert len(et) > 0, np.unique(labels, return_counts=True)  # the stroke
     # Axial canvas of 600 px for 240 voxels: the stroke covers voxels x = 40..78, y = 40..63 (+ brush radius)
     # on the shown slice; BraTS axial display has screen col = x and screen row = y.
     assert set(et[:, 2].tolist()) == {slice_index}

@@ -87,6 +87,25 @@ def _components(flat: np.ndarray) -> int:
     return int(ndimage.label(mask.reshape(SHAPE, order="F"), structure=np.ones((3, 3, 3)))[1])
 
 
+_ET_COUNT_JS = ("([n, fewer]) => { const b = window.bratsViewer.nv.drawBitmap; let c = 0; for (const v of b) "
+                "if (v === 3) c++; return fewer ? c < n : c === n }")
+
+
+def _undo_redo_last_stroke(page, frame, rev: int, et_voxels: int) -> None:
+    """Ctrl+Z takes the last stroke back, Ctrl+Y brings it back (the browser reloads the server's labels each time).
+
+    ``rev``: the last revision Python acknowledged; ``et_voxels``: the ET voxels with every stroke.
+    """
+    frame.locator("#status").click()  # the keyboard focus into the viewer (a button may hold it)
+    page.keyboard.press("Control+z")
+    wait_synced(frame, rev + 1)
+    frame.wait_for_function(_ET_COUNT_JS, arg=[et_voxels, True], timeout=60_000)
+    assert _components(bitmap_voxels(frame, 3)) == STROKES - 1
+    page.keyboard.press("Control+y")
+    wait_synced(frame, rev + 2)
+    frame.wait_for_function(_ET_COUNT_JS, arg=[et_voxels, False], timeout=60_000)
+
+
 def _download(page, name: str, target: Path) -> Path:
     with page.expect_download(timeout=120_000) as info:
         page.get_by_role("button", name=name).click()
@@ -165,21 +184,9 @@ def test_niivue_view_segment_edit_reload_generate(server, tmp_path):
         et_server = voxel_to_ras_flat(np.nonzero(labels == 3), SHAPE, BRATS_AFFINE)
         np.testing.assert_array_equal(np.sort(et_server), np.sort(et_browser))  # Python holds what was drawn
 
-        # Undo / redo by key: the last stroke goes and comes back (the browser reloads the server's labels).
-        # The download button took the keyboard focus: a click in the viewer (its status line) gives it back.
-        frame.locator("#status").click()
-        page.keyboard.press("Control+z")
-        wait_synced(frame, STROKES + 1)
-        page.get_by_text(f"{STROKES + 1} strokes received").wait_for(timeout=60_000)
-        frame.wait_for_function(
-            "n => { const b = window.bratsViewer.nv.drawBitmap; let c = 0; for (const v of b) if (v === 3) c++;"
-            " return c < n }", arg=int(et_browser.size), timeout=60_000)
-        assert _components(bitmap_voxels(frame, 3)) == STROKES - 1
-        page.keyboard.press("Control+y")
-        wait_synced(frame, STROKES + 2)
-        frame.wait_for_function(
-            "n => { const b = window.bratsViewer.nv.drawBitmap; let c = 0; for (const v of b) if (v === 3) c++;"
-            " return c === n }", arg=int(et_browser.size), timeout=60_000)
+        # Undo / redo by key: the last stroke goes and comes back
+        _undo_redo_last_stroke(page, frame, STROKES, int(et_browser.size))
+        page.get_by_text(f"{STROKES + 2} strokes received").wait_for(timeout=60_000)
 
         # Reload: the case, the prediction and every edit come back from the server
         page.reload()
@@ -189,6 +196,8 @@ def test_niivue_view_segment_edit_reload_generate(server, tmp_path):
         np.testing.assert_array_equal(np.sort(restored), np.sort(et_browser))
         assert "U-Net prediction" in page.locator("[data-testid=stSidebar]").inner_text()
         _shot(page, "3_reloaded")
+        # the undo history came back with the mask: Ctrl+Z takes the last stroke back, Ctrl+Y redoes it
+        _undo_redo_last_stroke(page, frame, int(frame.evaluate("() => window.bratsViewer.acked")), int(et_browser.size))
 
         # Generate from the edited mask, download the zip
         goto_page(page, "Generate", "Generate synthetic MRI")
