@@ -1,15 +1,20 @@
 """Benchmark of the NiiVue viewer/editor in headless Chromium (software WebGL2 through SwiftShader).
 
-Measures, on the demo case:
-- page open to first image: the Viewer page reloaded once the case is loaded (the component's own
-  ``shown`` mark, ms after the iframe started, and the wall time from ``reload()``);
-- slice change with the mouse wheel: time of one wheel event's handler incl. the redraw (``gl.finish``);
-- stroke mouse-up to Python: from ``mouseup`` until the browser has Python's acknowledgement of the
-  stroke's revision (an upper bound: Python had it before it answered);
-- lost strokes: N strokes at random 100-1000 ms gaps, then the revisions Python applied, the strokes
-  (separate pieces) in the mask Python saved for the session, and whether it equals the browser's.
+Measures, on the demo case (each section has its own timeout; the JSON is rewritten after each, so a
+run cut short still leaves what it measured):
 
-    python -m bench.bench_niivue [--strokes 100] [--json bench/results/niivue.json]
+- page open to first image: the Viewer page reloaded with the case already loaded (``--opens``
+  times, after one first load). Client-side, from the reload's navigation start to the component's
+  ``image shown`` mark (the first modality drawn) and ``shown`` mark (labels too), both on the page's
+  clock; plus the wall time Playwright saw until the component said ready.
+- slice change with the mouse wheel: time of one wheel event's handler incl. the redraw (``gl.finish``).
+- stroke mouse-up to Python: per stroke, from ``mouseup`` until the browser holds Python's
+  acknowledgement of its revision (an upper bound: Python applied and saved it before it answered).
+- lost strokes: ``--strokes`` strokes at random 100-1000 ms gaps without waiting for anything, then
+  the revisions Python applied, the strokes (separate pieces) in the mask Python saved for the
+  session, and whether that mask equals the browser's drawing.
+
+    python -m bench.bench_niivue [--strokes 100] [--opens 3] [--json bench/results/niivue.json]
 
 The numbers depend heavily on the machine: SwiftShader renders on the CPU.
 """
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import tempfile
@@ -38,111 +44,148 @@ WHEEL_JS = """() => { const nv = window.bratsViewer.nv; const c = document.getEl
       clientY: r.top + r.height * 0.5, bubbles: true, cancelable: true}));
     nv.gl.finish(); out.push(performance.now() - t0) }
   return out }"""
+# the component's marks on the page's clock: ms since the page's navigation start
+MARKS_JS = """() => { const t = window.bratsViewer.timings; const off = performance.timeOrigin; const out = {};
+  for (const k in t) out[k] = t[k] + off; out["iframe start"] = off; return out }"""
+STROKE_TIMES_JS = """() => Array.from(window.bratsViewer.strokeTimes.entries())
+  .map(([rev, t]) => [rev, t.acked === null ? null : t.acked - t.up])"""
 
 
-def _frame(page):
-    page.locator('iframe[title="niivue_component.brats_niivue"]').wait_for(timeout=120_000)
-    for _ in range(300):
+def _frame(page, timeout_s: float):
+    page.locator('iframe[title="niivue_component.brats_niivue"]').wait_for(timeout=timeout_s * 1000)
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
         frames = [f for f in page.frames if "/component/niivue_component" in f.url]
         if frames:
             return frames[-1]
         page.wait_for_timeout(100)
-    raise RuntimeError("no NiiVue frame")
+    raise TimeoutError("no NiiVue frame")
 
 
-def _ready(page, timeout_ms: int = 180_000):
-    frame = _frame(page)
-    frame.wait_for_function("() => document.body.dataset.ready === '1'", timeout=timeout_ms)
+def _ready(page, timeout_s: float = 180):
+    frame = _frame(page, timeout_s)
+    frame.wait_for_function("() => document.body.dataset.ready === '1'", timeout=timeout_s * 1000,
+                            polling=100)
     return frame
 
 
-def run(strokes: int, seed: int) -> dict:
-    """Run the whole benchmark once; returns the measurements."""
+def _summary(values: list[float]) -> dict:
+    values = sorted(values)
+    return {"median": statistics.median(values), "p95": values[min(len(values) - 1, int(0.95 * len(values)))],
+            "max": values[-1], "n": len(values)}
+
+
+def _page_open(page, opens: int, timeout_s: float) -> dict:
+    runs = []
+    for _ in range(opens):
+        start = time.perf_counter()
+        page.reload()
+        frame = _ready(page, timeout_s)
+        wall = time.perf_counter() - start
+        origin = page.evaluate("() => performance.timeOrigin")
+        marks = {k: round(v - origin) for k, v in frame.evaluate(MARKS_JS).items()}
+        runs.append({"wall_s": round(wall, 2), "marks_ms": marks, "navigation_start_epoch_ms": origin})
+        print(json.dumps(runs[-1]), flush=True)
+    return {"runs": runs, "first_image_ms": _summary([r["marks_ms"]["image shown"] for r in runs]),
+            "with_labels_ms": _summary([r["marks_ms"]["shown"] for r in runs]),
+            "wall_s": _summary([r["wall_s"] for r in runs])}
+
+
+def _strokes(page, frame, strokes: int, rng: random.Random, timeout_s: float) -> dict:
+    box = frame.locator("#gl").bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    for key in ("a", "3", "[", "["):  # axial view, ET, 1-voxel brush: 100 strokes fit on one slice
+        page.keyboard.press(key)
+    page.wait_for_timeout(300)
+    rows = 50
+    start = time.perf_counter()
+    for i in range(strokes):
+        x = box["x"] + box["width"] * (0.3 + 0.2 * (i // rows))
+        y = box["y"] + box["height"] * (0.15 + 0.7 * (i % rows) / rows)
+        page.mouse.move(x, y)
+        page.mouse.down()
+        page.mouse.move(x + box["width"] * 0.08, y, steps=4)
+        page.mouse.up()
+        page.wait_for_timeout(rng.randint(100, 1000))
+        if (i + 1) % 20 == 0:
+            print(f"{i + 1} strokes drawn, {frame.evaluate('() => window.bratsViewer.acked')} acknowledged",
+                  flush=True)
+    drawn_s = time.perf_counter() - start
+    frame.wait_for_function(f"() => window.bratsViewer.acked >= {strokes} && window.bratsViewer.pending.length === 0",
+                            timeout=timeout_s * 1000, polling=200)
+    latencies = [t / 1000 for _, t in frame.evaluate(STROKE_TIMES_JS) if t is not None]
+    return {"drawn_in_s": round(drawn_s, 1), "ack_s": _summary(latencies)}
+
+
+def run(strokes: int, opens: int, seed: int, out: Path | None, timeout_s: float) -> dict:
+    """Run the whole benchmark once; returns the measurements (also written to ``out`` as they come)."""
     rng = random.Random(seed)
-    results: dict = {"strokes_planned": strokes}
+    results: dict = {"strokes_planned": strokes, "load_during_run": {"loadavg_start": os.getloadavg()},
+                     "webgl": "SwiftShader (software) in headless Debian Chromium"}
+
+    def save() -> None:
+        results["load_during_run"]["loadavg_now"] = os.getloadavg()
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(results, indent=1))
+
     with tempfile.TemporaryDirectory() as tmp, streamlit_server({"BRATS_SESSION_DIR": str(Path(tmp) / "s")},
-                                                                timeout=120) as server:
+                                                                timeout=timeout_s) as server:
         with chromium_page(webgl=True) as page:
+            page.set_default_timeout(timeout_s * 1000)
+            start = time.perf_counter()
             page.goto(server.url)
             page.get_by_role("button", name="Load the demo case").click()
-            page.locator("[data-testid=stAlertContentSuccess]").wait_for(timeout=180_000)
+            page.locator("[data-testid=stAlertContentSuccess]").wait_for()
             goto_page(page, "Viewer")
-            _ready(page)
-            opens = []
-            for _ in range(2):  # page open to first image, the case already loaded
-                start = time.perf_counter()
-                page.reload()
-                frame = _ready(page)
-                opens.append({"wall_s": time.perf_counter() - start,
-                              "component_ms": frame.evaluate("() => window.bratsViewer.timings")})
-            results["page_open"] = opens
-            print(json.dumps(opens), flush=True)
+            _ready(page, timeout_s)
+            results["first_load_s"] = round(time.perf_counter() - start, 1)  # demo generated, volumes encoded
+            save()
+            results["page_open"] = _page_open(page, opens, timeout_s)
+            save()
+            frame = _ready(page, timeout_s)
             frame.evaluate("() => { window.bratsViewer.nv.setSliceType(0) }")  # axial only: a 2D redraw per step
-            wheel = frame.evaluate(WHEEL_JS)
-            results["wheel_ms"] = {"median": statistics.median(wheel), "p95": sorted(wheel)[int(0.95 * len(wheel))]}
+            results["wheel_ms"] = _summary(frame.evaluate(WHEEL_JS))
             print(json.dumps(results["wheel_ms"]), flush=True)
+            save()
 
             goto_page(page, "Edit mask")
             page.locator("[data-testid=stSelectbox]").first.click()  # "Start from"
             page.get_by_role("option", name="Empty").click()  # only the strokes will be ET
             page.wait_for_timeout(500)
             page.get_by_role("button", name="Start editing").click()
-            frame = _ready(page)
-            box = frame.locator("#gl").bounding_box()
-            page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-            page.keyboard.press("a")
-            page.keyboard.press("3")
-            page.keyboard.press("[")
-            page.keyboard.press("[")  # 1-voxel brush: 100 strokes fit on one slice
-            latencies = []
-            rows = 50
-            for i in range(strokes):
-                x = box["x"] + box["width"] * (0.3 + 0.2 * (i // rows))
-                y = box["y"] + box["height"] * (0.15 + 0.7 * (i % rows) / rows)
-                page.mouse.move(x, y)
-                page.mouse.down()
-                page.mouse.move(x + box["width"] * 0.08, y, steps=4)
-                page.mouse.up()
-                up = time.perf_counter()
-                if i % 10 == 0:  # latency probe: wait for the acknowledgement of this stroke
-                    frame.wait_for_function(f"() => window.bratsViewer.acked >= {i + 1}", timeout=60_000)
-                    latencies.append(time.perf_counter() - up)
-                page.wait_for_timeout(rng.randint(100, 1000))
-                if (i + 1) % 10 == 0:
-                    print(f"{i + 1} strokes drawn, {frame.evaluate('() => window.bratsViewer.acked')} acknowledged",
-                          flush=True)
-            frame.wait_for_function(
-                f"() => window.bratsViewer.acked >= {strokes} && window.bratsViewer.pending.length === 0",
-                timeout=300_000)
-            results["stroke_ack_s"] = {"median": statistics.median(latencies), "max": max(latencies),
-                                       "n": len(latencies)}
-            page.get_by_text(f"{strokes} strokes received").wait_for(timeout=60_000)
-            results["strokes_applied"] = strokes
+            frame = _ready(page, timeout_s)
+            results["strokes"] = _strokes(page, frame, strokes, rng, timeout_s)
+            save()
+            page.get_by_text(f"{strokes} strokes received").wait_for()
+            results["strokes_applied"] = int(frame.evaluate("() => window.bratsViewer.acked"))
             browser = np.asarray(frame.evaluate(
                 "() => { const b = window.bratsViewer.nv.drawBitmap; const o = [];"
                 " for (let i = 0; i < b.length; i++) if (b[i] === 3) o.push(i); return o }"), dtype=np.int64)
+            from core.session_store import SessionStore
+
             saved = next(Path(tmp, "s").glob("*/cases/*/edited.npz"))
-            with np.load(saved) as data:
-                labels = data["labels"]
-            server = voxel_to_ras_flat(np.nonzero(labels == 3), labels.shape, BRATS_AFFINE)
-            results["mask_saved_equals_browser"] = bool(np.array_equal(np.sort(server), np.sort(browser)))
+            store = SessionStore(saved.parents[2].name, Path(tmp, "s"))
+            labels, _ = store.labels(saved.parent.name, "edited")
+            on_server = voxel_to_ras_flat(np.nonzero(labels == 3), labels.shape, BRATS_AFFINE)
+            results["mask_saved_equals_browser"] = bool(np.array_equal(np.sort(on_server), np.sort(browser)))
             pieces = ndimage.label(labels == 3, structure=np.ones((3, 3, 3)))[1]
             results["strokes_found_in_saved_mask"] = int(pieces)
             results["lost_strokes"] = strokes - int(pieces)
+            save()
     return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--strokes", type=int, default=100)
+    parser.add_argument("--opens", type=int, default=3, help="page reloads measured (after the first load)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--timeout", type=float, default=240.0, help="seconds any single step may take")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    results = run(args.strokes, args.seed)
-    print(json.dumps(results, indent=1))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=1))
+    results = run(args.strokes, args.opens, args.seed, args.json, args.timeout)
+    print(json.dumps({k: v for k, v in results.items() if k != "page_open"}, indent=1))
 
 
 if __name__ == "__main__":
