@@ -78,6 +78,7 @@ def take(out: Path, env: dict[str, str]) -> None:
         _save(page, out, "edit_mask", full_height=1300)
 
         goto_page(page, "Generate", "Generate synthetic MRI")
+        page.get_by_test_id("stRadioGroup").get_by_text("New brain", exact=True).click()  # CVAE (default: insertion)
         if _button_enabled(page, "Generate"):
             page.get_by_role("button", name="Generate", exact=True).click()
             page.get_by_text("Generated").first.wait_for(timeout=900_000)

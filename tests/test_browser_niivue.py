@@ -201,6 +201,7 @@ def test_niivue_view_segment_edit_reload_generate(server, tmp_path):
 
         # Generate from the edited mask, download the zip
         goto_page(page, "Generate", "Generate synthetic MRI")
+        page.get_by_test_id("stRadioGroup").get_by_text("New brain", exact=True).click()  # CVAE (default: insertion)
         page.get_by_role("button", name="Generate", exact=True).click()
         page.get_by_text("Generated 2 sample(s)").wait_for(timeout=180_000)
         _shot(page, "4_generate")
