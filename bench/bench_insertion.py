@@ -208,6 +208,8 @@ def main() -> int:
         row["donor"] = donor.name
         row["fidelity_dice"] = {r: round(float(metrics[r]["dice"]), 4) for r in REGIONS}
         region = plan_insertion(host, target).region_on_host()
+        row["outside_R_changed_voxels"] = int(sum((s.image[:, ~region] != host.image[:, ~region]).sum()
+                                                  for s in samples))
         row["diversity_pairwise_ssim"] = [round(v, 4) for v in rg.pairwise_ssim([s.image for s in samples],
                                                                                 region, brain)]
         recon = insert_tumour(host, host.seg, model, temperature=0.0)[0]
@@ -248,6 +250,7 @@ def main() -> int:
         "healthy_fill_R_psnr": mean_of("healthy_fill_R", "psnr"),
         "diversity_pairwise_ssim_mean": round(float(np.mean([v for h in hosts for v in h["diversity_pairwise_ssim"]])),
                                               4),
+        "outside_R_changed_voxels": sum(h["outside_R_changed_voxels"] for h in hosts),
         "patch_classifier_auc": round(float(auc), 4),
         "patch_classifier": f"logistic regression on 20 texture features of {PATCH}^3 patches; trained on "
                             f"{len(x_train)} training hosts, tested on {len(x_val)} validation hosts",
