@@ -34,7 +34,9 @@ def _save(page: object, out: Path, name: str, full_height: int | None = None) ->
 
 def _button_enabled(page: object, name: str) -> bool:
     button = page.get_by_role("button", name=name, exact=True)
-    return button.count() > 0 and button.first.is_enabled()
+    button.first.wait_for(timeout=60_000)  # the page may still be rendering right after a navigation or a click
+    wait_until_idle(page)
+    return button.first.is_enabled()
 
 
 def take(out: Path, env: dict[str, str]) -> None:
