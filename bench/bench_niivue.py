@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from bench.server import chromium_page, goto_page, streamlit_server
+from bench.server import chromium_page, goto_page, niivue_frame, streamlit_server
 from core.anatomy import BRATS_AFFINE
 from core.niivue import voxel_to_ras_flat
 
@@ -51,19 +51,8 @@ STROKE_TIMES_JS = """() => Array.from(window.bratsViewer.strokeTimes.entries())
   .map(([rev, t]) => [rev, t.acked === null ? null : t.acked - t.up])"""
 
 
-def _frame(page, timeout_s: float):
-    page.locator('iframe[title="niivue_component.brats_niivue"]').wait_for(timeout=timeout_s * 1000)
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        frames = [f for f in page.frames if "/component/niivue_component" in f.url]
-        if frames:
-            return frames[-1]
-        page.wait_for_timeout(100)
-    raise TimeoutError("no NiiVue frame")
-
-
 def _ready(page, timeout_s: float = 180):
-    frame = _frame(page, timeout_s)
+    frame = niivue_frame(page, timeout_s)
     frame.wait_for_function("() => document.body.dataset.ready === '1'", timeout=timeout_s * 1000,
                             polling=100)
     return frame

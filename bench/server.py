@@ -161,3 +161,27 @@ def wait_until_idle(page: object, timeout_ms: float = 120_000, settle_ms: int = 
     """Wait until the app has finished its script run (no running indicator, no stale elements)."""
     page.wait_for_timeout(settle_ms)  # type: ignore[attr-defined]
     page.wait_for_function(_BUSY_JS, timeout=timeout_ms)  # type: ignore[attr-defined]
+
+
+NIIVUE_FRAME = 'iframe[title="niivue_component.brats_niivue"]'
+
+
+def niivue_frame(page: object, timeout_s: float = 60.0) -> object:
+    """The NiiVue component's frame (one per page), once the page has created it."""
+    page.locator(NIIVUE_FRAME).wait_for(timeout=timeout_s * 1000)
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        frames = [f for f in page.frames if "/component/niivue_component" in f.url]
+        if frames:
+            return frames[-1]
+        page.wait_for_timeout(100)
+    raise TimeoutError("no NiiVue frame")
+
+
+def optional_screenshot(page: object, name: str) -> None:
+    """Save ``name.png`` into ``$BRATS_SCREENSHOTS`` when that is set (browser tests' optional pictures)."""
+    folder = os.environ.get("BRATS_SCREENSHOTS")
+    if folder:
+        wait_until_idle(page)
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(folder) / f"{name}.png"))

@@ -14,15 +14,21 @@ from __future__ import annotations
 
 import gzip
 import io
-import os
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 from PIL import Image
 
-from bench.server import CHROMIUM, always_edema_unet, chromium_page, goto_page, streamlit_server, wait_until_idle
+from bench.server import (
+    CHROMIUM,
+    always_edema_unet,
+    chromium_page,
+    goto_page,
+    optional_screenshot,
+    streamlit_server,
+    wait_until_idle,
+)
 from core.anatomy import BRATS_AFFINE
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} not installed (apt-get install chromium)")
@@ -32,11 +38,7 @@ ED_GREEN = (60, 200, 80)
 
 
 def _shot(page, name: str) -> None:
-    folder = os.environ.get("BRATS_SCREENSHOTS")
-    if folder:
-        wait_until_idle(page)
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(Path(folder) / f"e2e_{name}.png"))
+    optional_screenshot(page, f"e2e_{name}")
 
 
 def _green_fraction(png: bytes) -> float:

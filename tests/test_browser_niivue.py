@@ -12,7 +12,6 @@ Set ``BRATS_SCREENSHOTS=DIR`` to save a screenshot of every step into DIR.
 from __future__ import annotations
 
 import gzip
-import os
 import zipfile
 from pathlib import Path
 
@@ -21,35 +20,32 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from bench.server import CHROMIUM, always_edema_unet, chromium_page, goto_page, streamlit_server, wait_until_idle
+from bench.server import (
+    CHROMIUM,
+    always_edema_unet,
+    chromium_page,
+    goto_page,
+    niivue_frame,
+    optional_screenshot,
+    streamlit_server,
+)
 from core.anatomy import BRATS_AFFINE
 from core.niivue import voxel_to_ras_flat
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} not installed (apt-get install chromium)")
 playwright = pytest.importorskip("playwright.sync_api")
 
-FRAME = 'iframe[title="niivue_component.brats_niivue"]'
 STROKES = 8
 SHAPE = (240, 240, 155)
 
 
 def _shot(page, name: str) -> None:
-    folder = os.environ.get("BRATS_SCREENSHOTS")
-    if folder:
-        wait_until_idle(page)
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(Path(folder) / f"niivue_{name}.png"))
+    optional_screenshot(page, f"niivue_{name}")
 
 
 def viewer_frame(page):
     """The NiiVue component's frame (there is one per page)."""
-    page.locator(FRAME).wait_for(timeout=60_000)
-    for _ in range(200):
-        frames = [f for f in page.frames if "/component/niivue_component" in f.url]
-        if frames:
-            return frames[-1]
-        page.wait_for_timeout(100)
-    raise AssertionError("no NiiVue frame")
+    return niivue_frame(page, 60)
 
 
 def wait_ready(page, timeout_ms: int = 120_000):
