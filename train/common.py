@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 import core  # noqa: F401  (sets the TensorFlow options before Keras loads)
-from train.data import CasePool, CaseProducers, Prefetcher, ProducerSpec, find_labelled_cases
+from train.data import CasePool, CaseProducers, ParallelPatches, Prefetcher, ProducerSpec, case_id, find_labelled_cases
 
 import keras  # noqa: E402  (after core)
 
@@ -67,8 +67,9 @@ def labelled_case_folders(data: str | Sequence[str], exclude: Sequence[str] = ()
             raise SystemExit(f"error: --data {folder}: not a folder (use 'phantom' or a folder of BraTS case folders)")
         found = find_labelled_cases(folder)
         if not found:
-            raise SystemExit(f"error: --data {folder}: no case folder with t1/t1ce/t2/flair and a seg file found")
-        folders += [f for f in found if f.name not in excluded]
+            raise SystemExit(f"error: --data {folder}: no case folder with t1/t1ce/t2/flair and a seg file (nor a "
+                             f"packed case, train.packed) found")
+        folders += [f for f in found if case_id(f) not in excluded]
     return folders
 
 
@@ -95,7 +96,7 @@ def folders_named(folders: Sequence[Path], ids: Sequence[str], option: str, wher
     Raises:
         SystemExit: an id names none of them (the message names ``option`` and ``where`` was searched).
     """
-    by_name = {folder.name: folder for folder in folders}
+    by_name = {case_id(folder): folder for folder in folders}
     missing = [i for i in ids if i not in by_name]
     if missing:
         raise SystemExit(f"error: {option}: {', '.join(missing)} not found {where}")
@@ -198,6 +199,7 @@ class RunMonitor(keras.callbacks.Callback):
         self.state, self.run_dir, self.out = state, Path(run_dir), Path(out)
         self.desc = desc
         self.case_counter: Callable[[], int] | None = None  # () -> first phantom seed not yet used
+        self.keep_exports = False  # also keep every epoch's export as RUN_DIR/export_stepNNNNNN.keras
         self.bar: Any = None
         self._start = time.time()
         self._wall_before = float(state.get("wall_time_s", 0.0))
@@ -272,6 +274,8 @@ class RunMonitor(keras.callbacks.Callback):
         if self.case_counter is not None:
             self.state["next_case_seed"] = int(self.case_counter())
         save_atomic(self.model, self.run_dir / CHECKPOINT)
+        if self.keep_exports:
+            save_atomic(export, self.run_dir / f"export_step{step:06d}.keras")
         if self.is_best(entry):
             self.state["best_step"] = step
             save_atomic(export, self.out)
@@ -282,7 +286,8 @@ class RunMonitor(keras.callbacks.Callback):
 
 def fit_on_pool(model: keras.Model, monitor: RunMonitor, spec: ProducerSpec, *, workers: int, pool_size: int,
                 uses_per_case: int, stream: Callable[[CasePool], Iterator], batches: Callable[[Prefetcher], Any],
-                buffer: int, steps_per_epoch: int, epochs: int, initial_epoch: int) -> None:
+                buffer: int, steps_per_epoch: int, epochs: int, initial_epoch: int, patch_workers: int = 0,
+                sample_shapes: tuple[tuple[int, ...], tuple[int, ...]] | None = None) -> None:
     """``model.fit`` on cases made by background producers, drawn from a rotating pool.
 
     Args:
@@ -298,14 +303,29 @@ def fit_on_pool(model: keras.Model, monitor: RunMonitor, spec: ProducerSpec, *, 
         steps_per_epoch: steps between validations.
         epochs: total epochs (the run stops after ``epochs * steps_per_epoch`` steps).
         initial_epoch: epochs already done (resume).
+        patch_workers: > 0: that many processes, each with its own pool, sample in parallel
+            (:class:`train.data.ParallelPatches`; ``stream`` must then be picklable and take ``worker=``).
+            Their phantom seeds are not recorded for a resume.
+        sample_shapes: ``(image, labels)`` shapes of every sample: parallel samplers then hand patches over
+            through shared memory instead of pickling them.
     """
+    fit_args = dict(steps_per_epoch=steps_per_epoch, epochs=epochs, initial_epoch=initial_epoch, callbacks=[monitor],
+                    verbose=0, shuffle=False)
+    if patch_workers > 0:
+        with ParallelPatches(spec, patch_workers, pool_size, uses_per_case, stream, shapes=sample_shapes) as samples:
+            start = time.monotonic()
+            try:
+                model.fit(batches(samples), **fit_args)
+            finally:
+                print(f"parallel patches: {samples.received} received, trainer waited {samples.wait_s:.0f} s of "
+                      f"{time.monotonic() - start:.0f} s", file=sys.stderr)
+        return
     first_seed = spec.seed
     with CaseProducers(spec, workers=workers) as producers:
         pool = CasePool(producers, pool_size=pool_size, patches_per_case=uses_per_case)
         samples = Prefetcher(stream(pool), buffer=buffer)
         monitor.case_counter = lambda: first_seed + pool.received + 2 * max(workers, 1)
         try:
-            model.fit(batches(samples), steps_per_epoch=steps_per_epoch, epochs=epochs, initial_epoch=initial_epoch,
-                      callbacks=[monitor], verbose=0, shuffle=False)
+            model.fit(batches(samples), **fit_args)
         finally:
             samples.close()

@@ -21,10 +21,12 @@ Flow (all numpy; nothing here imports TensorFlow, so producer processes start li
 from __future__ import annotations
 
 import functools
+import math
 import multiprocessing as mp
 import queue
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +36,7 @@ from scipy import ndimage
 from core.case import Case, CaseError, find_case_files, load_case
 from core.labels import ED, ET, NCR
 from core.preprocess import prepare_input
+from train.packed import find_packed, is_packed, load_packed, packed_name
 
 VALIDATION_SEED_START = 1_000_000  # phantom seeds >= this are held out (never used for training)
 TUMOUR_CLASSES = (NCR, ED, ET)
@@ -99,8 +102,17 @@ def case_folders(root: str | Path) -> list[Path]:
 
 @functools.lru_cache(maxsize=8)
 def find_labelled_cases(root: str | Path) -> tuple[Path, ...]:
-    """Case folders under ``root`` (or ``root`` itself) that hold four modalities and a segmentation."""
+    """Labelled cases under ``root``: packed case files (``train.packed``) if it holds any, else the case
+    folders (or ``root`` itself) that hold four modalities and a segmentation."""
+    packed = find_packed(root)
+    if packed:
+        return tuple(packed)
     return tuple(folder for folder in case_folders(root) if "seg" in find_case_files(folder))
+
+
+def case_id(path: str | Path) -> str:
+    """Case id of a labelled case folder or packed case file."""
+    return packed_name(path)
 
 
 @dataclass(frozen=True)
@@ -108,7 +120,8 @@ class ProducerSpec:
     """What a producer process makes: phantoms, real labelled case folders, or a mix of both.
 
     Attributes:
-        folders: labelled case folders to draw real cases from (uniformly); empty: phantoms only.
+        folders: labelled case folders or packed case files (``train.packed``) to draw real cases from
+            (uniformly); empty: phantoms only.
         seed: first phantom seed and the seed of the case draws.
         phantom_strength: domain-randomisation strength of the phantoms.
         phantom_fraction: probability that a new case is a phantom when ``folders`` is not empty
@@ -141,7 +154,10 @@ def make_case(spec: ProducerSpec, worker: int, workers: int, k: int, rng: np.ran
             raise RuntimeError("training phantom seeds ran into the held-out validation range")
         case = generate_phantom(seed, PhantomConfig(strength=spec.phantom_strength))
     else:
-        case = load_case(spec.folders[int(rng.integers(len(spec.folders)))])
+        source = spec.folders[int(rng.integers(len(spec.folders)))]
+        if is_packed(source):
+            return TrainingCase(*load_packed(source))
+        case = load_case(source)
     return training_case(case)
 
 
@@ -160,26 +176,15 @@ def _produce(spec: ProducerSpec, worker: int, workers: int, out: mp.Queue, stop:
                 continue
 
 
-class CaseProducers:
-    """Background processes that make training cases (context manager).
+class _WorkerProcesses:
+    """Daemon worker processes that run until an event is set (context manager); subclasses fill
+    ``_procs``, ``_stop`` and ``_queues``."""
 
-    Args:
-        spec: what to make.
-        workers: number of processes (0: make cases in the calling thread, for tests).
-        max_queued: finished cases waiting to be taken, per worker.
-    """
+    _procs: list
+    _stop: mp.Event
+    _queues: tuple
 
-    def __init__(self, spec: ProducerSpec, workers: int = 1, max_queued: int = 1):
-        self.spec, self.workers = spec, workers
-        self._k = 0
-        self._rng = np.random.default_rng([spec.seed, 10_000])
-        ctx = mp.get_context("spawn")  # never fork a process that holds TensorFlow threads
-        self._queue: mp.Queue = ctx.Queue(maxsize=max(1, workers * max_queued))
-        self._stop = ctx.Event()
-        self._procs = [ctx.Process(target=_produce, args=(spec, w, workers, self._queue, self._stop), daemon=True,
-                                   name=f"case-producer-{w}") for w in range(workers)]
-
-    def __enter__(self) -> CaseProducers:
+    def __enter__(self):
         for p in self._procs:
             p.start()
         return self
@@ -194,18 +199,44 @@ class CaseProducers:
             p.join(timeout=5)
             if p.is_alive():
                 p.terminate()
-        self._queue.close()
-        self._queue.cancel_join_thread()
+        for q in self._queues:
+            q.close()
+            q.cancel_join_thread()
+
+    def _raise_if_a_worker_died(self) -> None:
+        for p in self._procs:
+            if not p.is_alive() and p.exitcode not in (0, None):
+                raise RuntimeError(f"{p.name} died (exit code {p.exitcode}); see its traceback above")
+
+
+class CaseProducers(_WorkerProcesses):
+    """Background processes that make training cases (context manager).
+
+    Args:
+        spec: what to make.
+        workers: number of processes (0: make cases in the calling thread, for tests).
+        max_queued: finished cases waiting to be taken, per worker.
+    """
+
+    def __init__(self, spec: ProducerSpec, workers: int = 1, max_queued: int = 1, slot: tuple[int, int] = (0, 1)):
+        self.spec, self.workers = spec, workers
+        self._k = 0
+        self._slot = slot  # in-process mode: (this maker, of how many), so parallel makers draw distinct phantoms
+        self._rng = np.random.default_rng([spec.seed, 10_000] + ([slot[0]] if slot[0] else []))
+        ctx = mp.get_context("spawn")  # never fork a process that holds TensorFlow threads
+        self._queue: mp.Queue = ctx.Queue(maxsize=max(1, workers * max_queued))
+        self._stop = ctx.Event()
+        self._procs = [ctx.Process(target=_produce, args=(spec, w, workers, self._queue, self._stop), daemon=True,
+                                   name=f"case-producer-{w}") for w in range(workers)]
+        self._queues = (self._queue,)
 
     def get(self, block: bool = True, timeout: float | None = None) -> TrainingCase | None:
         """Next finished case (``None`` when none is ready and ``block`` is false)."""
         if not self._procs:  # in-process mode
-            case = make_case(self.spec, 0, 1, self._k, self._rng)
+            case = make_case(self.spec, *self._slot, self._k, self._rng)
             self._k += 1
             return case.index()
-        for p in self._procs:
-            if not p.is_alive() and p.exitcode not in (0, None):
-                raise RuntimeError(f"case producer {p.name} died (exit code {p.exitcode}); see its traceback above")
+        self._raise_if_a_worker_died()
         try:
             return self._queue.get(block=block, timeout=timeout).index()
         except queue.Empty:
@@ -477,9 +508,10 @@ def sample_patch(case: TrainingCase, size: int, rng: np.random.Generator, fg_fra
 
 
 def patch_stream(pool: CasePool, size: int, seed: int, fg_fraction: float = 0.5,
-                 aug: AugmentConfig = AugmentConfig()) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Endless ``(image, labels)`` patches from ``pool``."""
-    rng = np.random.default_rng([seed, 20_000])
+                 aug: AugmentConfig = AugmentConfig(), worker: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Endless ``(image, labels)`` patches from ``pool`` (``worker`` > 0: an independent stream of one
+    :class:`ParallelPatches` process)."""
+    rng = np.random.default_rng([seed, 20_000] + ([worker] if worker else []))
     while True:
         yield sample_patch(pool.draw(rng), size, rng, fg_fraction, aug)
 
@@ -521,6 +553,144 @@ class Prefetcher:
     def close(self) -> None:
         """Stop the thread (it exits at its next put)."""
         self._stop.set()
+
+
+def _sample_patches(spec: ProducerSpec, worker: int, workers: int, pool_size: int, patches_per_case: int,
+                    stream: Callable[..., Iterator], out: mp.Queue, stop: mp.Event,
+                    shared: tuple[str, tuple[int, ...], tuple[int, ...], mp.Queue] | None = None) -> None:
+    """Process loop of :class:`ParallelPatches`: its own case pool and patch stream.
+
+    A patch goes into a free slot of the shared-memory ring (``shared``: segment name, image and label
+    shapes, queue of free slot numbers) and only the slot number travels; without ``shared`` the patch
+    itself is pickled onto ``out`` as float16.
+    """
+    from multiprocessing import shared_memory
+
+    producers = CaseProducers(spec, workers=0, slot=(worker, workers))
+    pool = CasePool(producers, pool_size=pool_size, patches_per_case=patches_per_case)
+    ring = shared_memory.SharedMemory(name=shared[0]) if shared else None
+    try:
+        images, labels_ring = _ring_arrays(ring, shared[1], shared[2]) if ring else (None, None)
+        for image, labels in stream(pool, worker=worker):
+            if ring is None:
+                item = (image.astype(np.float16), labels)
+            else:
+                item = _wait(lambda: shared[3].get(timeout=0.5), stop)  # a free slot
+                if item is None:
+                    return
+                images[item], labels_ring[item] = image, labels
+            if _wait(functools.partial(_put, out, item), stop) is None:
+                return
+    finally:
+        if ring is not None:
+            ring.close()
+
+
+def _put(out: mp.Queue, item: object) -> bool:
+    """Put ``item`` on ``out`` (raises ``queue.Full`` after 0.5 s); true when it went in."""
+    out.put(item, timeout=0.5)
+    return True
+
+
+def _wait(attempt: Callable[[], object], stop: mp.Event) -> object | None:
+    """Retry ``attempt`` (a queue call with a timeout) until it succeeds or ``stop`` is set (then ``None``)."""
+    while not stop.is_set():
+        try:
+            return attempt()
+        except (queue.Full, queue.Empty):
+            continue
+    return None
+
+
+def _ring_arrays(ring, image_shape: tuple[int, ...], labels_shape: tuple[int, ...]
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """float16 image slots and uint8 label slots laid out in the shared-memory segment ``ring``."""
+    slots = ring.size // (2 * math.prod(image_shape) + math.prod(labels_shape))
+    images = np.ndarray((slots, *image_shape), np.float16, buffer=ring.buf)
+    labels = np.ndarray((slots, *labels_shape), np.uint8, buffer=ring.buf, offset=images.nbytes)
+    return images, labels
+
+
+class ParallelPatches(_WorkerProcesses):
+    """Training patches made by ``workers`` processes, each with its own case pool (context manager, iterator).
+
+    For accelerators, where one sampling thread cannot keep up: every process loads cases like an
+    in-process :class:`CaseProducers` (phantom seeds interleaved across processes) and runs
+    ``stream(pool, worker=w)``. With ``shapes`` the patches travel through a shared-memory ring of
+    float16 slots and only slot numbers go through the queue (pickling 17 MB patches through a pipe
+    capped a lent GPU at ~3 patches/s); without, they are pickled as float16. They come out as float32.
+
+    Args:
+        spec: what the cases are.
+        workers: processes (>= 1).
+        pool_size: cases each process keeps.
+        patches_per_case: patches drawn between two case swaps in a process.
+        stream: picklable ``(pool, worker=w) -> iterator of (image, labels)``, e.g. a
+            ``functools.partial`` of :func:`patch_stream`.
+        buffer: finished patches waiting, per process.
+        shapes: ``(image shape, labels shape)`` of every patch, to use the shared-memory ring.
+    """
+
+    def __init__(self, spec: ProducerSpec, workers: int, pool_size: int, patches_per_case: int,
+                 stream: Callable[..., Iterator], buffer: int = 2,
+                 shapes: tuple[tuple[int, ...], tuple[int, ...]] | None = None):
+        from multiprocessing import shared_memory
+
+        if workers < 1:
+            raise ValueError(f"ParallelPatches needs workers >= 1, got {workers}")
+        ctx = mp.get_context("spawn")
+        slots = workers * buffer
+        self._queue: mp.Queue = ctx.Queue(maxsize=slots)
+        self._stop = ctx.Event()
+        self._ring = None
+        shared = None
+        if shapes is not None:
+            image_shape, labels_shape = tuple(shapes[0]), tuple(shapes[1])
+            size = slots * (2 * math.prod(image_shape) + math.prod(labels_shape))
+            self._ring = shared_memory.SharedMemory(create=True, size=size)
+            self._images, self._labels = _ring_arrays(self._ring, image_shape, labels_shape)
+            self._free: mp.Queue = ctx.Queue()
+            for slot in range(slots):
+                self._free.put(slot)
+            shared = (self._ring.name, image_shape, labels_shape, self._free)
+        self._procs = [ctx.Process(target=_sample_patches, daemon=True, name=f"patch-sampler-{w}",
+                                   args=(spec, w, workers, pool_size, patches_per_case, stream, self._queue,
+                                         self._stop, shared))
+                       for w in range(workers)]
+        self._queues = (self._queue, self._free) if shapes is not None else (self._queue,)
+        self.received = 0
+        self.wait_s = 0.0  # time spent waiting for patches (the trainer was faster than the samplers)
+
+    def __iter__(self) -> ParallelPatches:
+        return self
+
+    def __next__(self) -> tuple[np.ndarray, np.ndarray]:
+        start = time.monotonic()
+        while True:
+            try:
+                item = self._queue.get(timeout=1.0)
+                break
+            except queue.Empty:
+                self._raise_if_a_worker_died()
+                if time.monotonic() - start > FIRST_CASE_TIMEOUT_S:
+                    raise RuntimeError(f"no training patch arrived within {FIRST_CASE_TIMEOUT_S} s") from None
+        self.wait_s += time.monotonic() - start
+        self.received += 1
+        if self._ring is None:
+            image, labels = item
+            return image.astype(np.float32), labels
+        image, labels = self._images[item].astype(np.float32), self._labels[item].copy()
+        self._free.put(item)
+        return image, labels
+
+    def close(self) -> None:
+        """Stop and join the processes; free the shared memory."""
+        super().close()
+        if self._ring is not None:
+            self._images = self._labels = None
+            self._ring.close()
+            self._ring.unlink()
+            self._ring = None
 
 
 def batches(samples: Iterator[tuple[np.ndarray, np.ndarray]], batch_size: int

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import math
 import os
 import sys
@@ -76,6 +77,7 @@ from train.data import (
     VALIDATION_SEED_START,
     AugmentConfig,
     batches,
+    case_id,
     held_out_phantoms,
     patch_stream,
 )
@@ -116,6 +118,8 @@ class TrainConfig:
     phantom_fraction: float | None = None
     augment: str = "auto"
     stop_at: int | None = None
+    patch_workers: int = 0
+    keep_exports: bool = False
 
 
 PRECISIONS = ("float32", "mixed_bfloat16")
@@ -157,6 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="augmentation setting: 'real' adds elastic deformation and a bias field; auto: 'real' "
                         "when any --data is a folder (default %(default)s)")
     p.add_argument("--workers", type=int, default=d.workers, help="case-producer processes (0: in-process)")
+    p.add_argument("--patch-workers", type=int, default=d.patch_workers,
+                   help="> 0: that many processes sample augmented patches in parallel, each with its own pool of "
+                        "--pool cases (for an accelerator that one sampling thread cannot feed; --workers is then "
+                        "unused). Default %(default)s: one sampling thread")
+    p.add_argument("--keep-exports", action="store_true",
+                   help="keep every validation step's export as RUN_DIR/export_stepNNNNNN.keras (to select later)")
     p.add_argument("--pool", type=int, default=d.pool, help="cases kept for patch sampling (default %(default)s)")
     p.add_argument("--patches-per-case", type=int, default=d.patches_per_case,
                    help="patches drawn per new case taken into the pool (default %(default)s)")
@@ -455,17 +465,20 @@ def train(config: TrainConfig, resume: bool = False, command: str | None = None)
                     f"{VALIDATION_SEED_START + val_spec - 1}" if val_spec else "none")
     info = {"devices": n_devices, "distribution": dist_text, "params": int(model.count_params()),
             "data_description": _describe_data(spec, config.phantom_strength),
-            "training_cases": sorted(Path(f).name for f in spec.folders),
+            "training_cases": sorted(case_id(f) for f in spec.folders),
             "phantom_fraction": spec.phantom_fraction if spec.folders else 1.0,
             "validation_description": val_text}
     if config.init:
         info["init"] = {"weights": config.init, "fresh_layers": fresh}
     monitor = TrainingMonitor(config, state, val_cases, info)
+    monitor.keep_exports = config.keep_exports
     augment = _augmentation(config, spec)
     fit_on_pool(model, monitor, spec, workers=config.workers, pool_size=config.pool,
                 uses_per_case=config.patches_per_case,
-                stream=lambda pool: patch_stream(pool, config.patch, config.seed + start_step, config.fg_fraction,
-                                                 augment),
+                stream=functools.partial(patch_stream, size=config.patch, seed=config.seed + start_step,
+                                         fg_fraction=config.fg_fraction, aug=augment),
+                patch_workers=config.patch_workers,
+                sample_shapes=((config.patch,) * 3 + (4,), (config.patch,) * 3),
                 batches=lambda samples: (_tf_dataset(samples, config) if keras.backend.backend() == "tensorflow"
                                          else batches(samples, config.batch)),
                 buffer=2 * config.batch, steps_per_epoch=config.val_every, epochs=epochs,
