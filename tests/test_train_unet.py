@@ -322,3 +322,31 @@ def test_tune_postprocess_reports_the_best_grid_point(tmp_path, toy_cases_dir):
     assert len(report["all"]) == int(np.prod([len(v) for v in tune_postprocess.GRID.values()]))
     assert report["best"]["mean_dice"] == pytest.approx(max(r["mean_dice"] for r in report["all"]))
     assert report["defaults"]["params"] == tune_postprocess.DEFAULTS
+
+
+def test_soup_averages_the_weights_and_refuses_another_architecture(tmp_path):
+    from core import unet
+    from core.inference import load_model
+    from train import soup
+
+    import keras
+
+    paths = []
+    for seed in (1, 2):
+        keras.utils.set_random_seed(seed)
+        model = unet.build_unet(base_filters=4, depth=2, regions=True)
+        paths.append(tmp_path / f"m{seed}.keras")
+        model.save(paths[-1])
+    out = tmp_path / "soup" / "soup.keras"
+    assert soup.main(["-o", str(out), *map(str, paths)]) == 0
+    averaged = load_model(out).get_weights()
+    a, b = (load_model(p).get_weights() for p in paths)
+    assert any(not np.allclose(x, y) for x, y in zip(a, b))  # the ingredients differ
+    for x, y, z in zip(a, b, averaged):
+        np.testing.assert_allclose(z, (x + y) / 2, rtol=1e-6, atol=1e-7)
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert [i["path"] for i in card["ingredients"]] == [str(p) for p in paths]
+    other = tmp_path / "wide.keras"
+    unet.build_unet(base_filters=8, depth=2, regions=True).save(other)
+    with pytest.raises(SystemExit, match="different architecture"):
+        soup.main(["-o", str(tmp_path / "bad.keras"), str(paths[0]), str(other)])

@@ -1,0 +1,82 @@
+"""Average the weights of U-Nets fine-tuned from one start (a uniform "model soup"): ``python -m train.soup``.
+
+Checkpoints of one lineage (fine-tuned from the same weights) usually sit in one basin, where the average of
+their weights scores at least as well as the best of them and costs nothing at inference (Wortsman et al.,
+2022, "Model soups"). Every ingredient must have the same architecture; the dtype policy and layer names of
+the first are kept. A JSON card beside the output names the ingredients and their SHA-256.
+
+Example::
+
+    python -m train.soup -o runs/soup.keras runs/gpu/export_step000400.keras runs/gpu2/export_step000200.keras
+    python -m train.evaluate ../shared/data/brats-real --cases train/splits/brats-real-validation.txt \\
+        --weights runs/soup.keras --out soup.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+
+def average_weights(weight_lists: Sequence[Sequence[np.ndarray]]) -> list[np.ndarray]:
+    """Element-wise mean of several models' weight lists (same shapes, in the same order).
+
+    Raises:
+        ValueError: no models, or the lists differ in length or shapes.
+    """
+    if not weight_lists:
+        raise ValueError("no models to average")
+    first = weight_lists[0]
+    for i, weights in enumerate(weight_lists[1:], start=2):
+        if [w.shape for w in weights] != [w.shape for w in first]:
+            raise ValueError(f"model {i} has a different architecture than model 1 (weight shapes differ)")
+    return [np.mean([np.asarray(w[k], np.float64) for w in weight_lists], axis=0).astype(first[k].dtype)
+            for k in range(len(first))]
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI: ``python -m train.soup -o OUT.keras IN.keras IN.keras ...``."""
+    p = argparse.ArgumentParser(prog="python -m train.soup", description=__doc__.split("\n\n")[0])
+    p.add_argument("models", nargs="+", help="U-Net .keras files of one lineage (same architecture)")
+    p.add_argument("-o", "--out", required=True, help="averaged model (.keras); its card is written beside it")
+    args = p.parse_args(argv)
+    if len(args.models) < 2:
+        p.error("give at least two models to average")
+
+    from core.inference import ModelLoadError, load_model
+
+    paths = [Path(m) for m in args.models]
+    try:
+        models = [load_model(path) for path in paths]
+    except ModelLoadError as exc:
+        raise SystemExit(f"error: {exc}") from exc
+    try:
+        averaged = average_weights([m.get_weights() for m in models])
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc} ({', '.join(map(str, paths))})") from exc
+    soup = models[0]
+    soup.set_weights(averaged)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    soup.save(out)
+    card = {"model": "uniform weight average (train.soup) of U-Nets of one lineage",
+            "ingredients": [{"path": str(path), "sha256": _sha256(path)} for path in paths],
+            "params": int(soup.count_params()), "created": datetime.now(UTC).isoformat(timespec="seconds")}
+    out.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
+    print(f"averaged {len(paths)} models into {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
