@@ -24,13 +24,13 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
-from core.case import Case, CaseError, label_map_bytes, load_case, load_case_from_bytes, load_case_from_zip
-from core.case import cases_zip as core_cases_zip
-from core.jobs import Job, JobRegistry
-from core.mask_edit import MaskEditor
-from core.render import DisplayGeometry, auto_window
-from core.session_store import SESSION_ENV, SessionStore, cleanup_sessions, valid_id
-from core.weights import WEIGHTS_ENV, ModelLoadError, load_model_card, weights_path
+from core.io.case import Case, CaseError, label_map_bytes, load_case, load_case_from_bytes, load_case_from_zip
+from core.io.case import cases_zip as core_cases_zip
+from core.io.weights import WEIGHTS_ENV, ModelLoadError, load_model_card, weights_path
+from core.services.jobs import Job, JobRegistry
+from core.services.session_store import SESSION_ENV, SessionStore, cleanup_sessions, valid_id
+from core.viewer.mask_edit import MaskEditor
+from core.viewer.render import DisplayGeometry, auto_window
 
 ROOT = Path(__file__).resolve().parent
 MODEL_NAMES = {"unet": "U-Net (segmentation)", "cvae": "CVAE (synthetic MRI)",
@@ -167,7 +167,7 @@ def set_case(case: Case, source: dict[str, Any] | None = None, files: dict[str, 
 
 def note_cursor(value: Any) -> None:
     """Take the browser viewer's cursor (world mm in its value) as the shared cursor."""
-    from core.niivue import world_to_voxel
+    from core.viewer.niivue import world_to_voxel
 
     state = studio()
     mm = value.get("cursor_mm") if isinstance(value, dict) else None
@@ -225,7 +225,7 @@ _last_cleanup = [0.0]
 
 def _cleanup_old_sessions() -> None:
     """At most once an hour per server: remove old saved sessions in a background thread (see
-    ``core.session_store.cleanup_sessions``; the sessions open in this server are kept)."""
+    ``core.services.session_store.cleanup_sessions``; the sessions open in this server are kept)."""
     if os.environ.get(SESSION_ENV, "").lower() == "off":
         return
     with _cleanup_lock:
@@ -360,7 +360,7 @@ def persist_samples(meta_only: bool = False) -> None:
 
 @st.cache_resource(show_spinner=False)
 def _demo_case() -> Case:
-    from core.demo import demo_case
+    from core.synthesis.demo import demo_case
 
     return demo_case()
 
@@ -414,7 +414,7 @@ def _upload_name(files: dict[str, bytes]) -> str:
     prefixes = set()
     for name in files:
         stem = Path(name).name.split(".nii")[0]
-        cut = max(stem.rfind(sep) for sep in "_-. ")  # the token rule of core.case.identify_file
+        cut = max(stem.rfind(sep) for sep in "_-. ")  # the token rule of core.io.case.identify_file
         prefixes.add(stem[:cut] if cut > 0 else "")
     name = prefixes.pop() if len(prefixes) == 1 else ""
     return name or "upload"
@@ -490,14 +490,14 @@ def _model_card(path: str, mtime: float) -> dict[str, Any] | None:
 
 @st.cache_resource(show_spinner=False, max_entries=4)
 def _load_unet(path: str, mtime: float) -> Any:
-    from core.inference import load_model
+    from core.segmentation.inference import load_model
 
     return load_model(path)
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
 def _load_cvae(path: str, mtime: float) -> Any:
-    from core.generate import load_cvae
+    from core.synthesis.generate import load_cvae
 
     return load_cvae(path)
 
@@ -514,7 +514,7 @@ def shipped_model(kind: str) -> Any:
 
     Raises:
         FileNotFoundError: the weights file does not exist.
-        ValueError: the file is not a loadable model (``core.inference.ModelLoadError``).
+        ValueError: the file is not a loadable model (``core.segmentation.inference.ModelLoadError``).
     """
     path, _ = weights_path(kind)
     if not path.is_file():
@@ -538,11 +538,11 @@ def uploaded_unet(data: bytes, file_name: str) -> Any:
 
 
 def _load_unet_from_bytes(data: bytes, file_name: str) -> Any:
-    """``core.inference.load_model`` (safe mode) on bytes, through a temporary file that is always removed.
+    """``core.segmentation.inference.load_model`` (safe mode) on bytes, through a temporary file that is always removed.
 
     Errors name ``file_name`` (the user's file), never the temporary path.
     """
-    from core.inference import load_model
+    from core.segmentation.inference import load_model
 
     fd, tmp = tempfile.mkstemp(suffix=".keras", prefix="brats_upload_")
     try:
@@ -600,7 +600,7 @@ def prefetch_model_code() -> None:
 
 
 def _import_model_code() -> None:
-    import core.generate  # noqa: F401  (imports core.inference, core.cvae, keras)
+    import core.synthesis.generate  # noqa: F401  (imports core.segmentation.inference, core.synthesis.cvae, keras)
 
 
 # --------------------------------------------------------------------------- actions
@@ -608,8 +608,8 @@ def _import_model_code() -> None:
 
 def segment_current(model: Any, model_name: str, *, tta: bool, progress: Progress | None = None) -> Prediction:
     """Segment the current case, store the result as its prediction (with metrics if a reference exists)."""
-    from core.metrics import region_metrics
-    from core.segment import segment_oriented as segment_case  # model orientation and back (any grid)
+    from core.segmentation.metrics import region_metrics
+    from core.segmentation.segment import segment_oriented as segment_case  # model orientation and back (any grid)
 
     state = studio()
     if state.case is None:
@@ -644,8 +644,8 @@ def start_segmentation(load_model: Callable[[], Any], model_name: str, *, tta: b
     ``load_model`` runs in the background too (the first TensorFlow import takes seconds). The
     result is stored by :func:`collect_jobs` on the next run of any page.
     """
-    from core.metrics import region_metrics
-    from core.segment import segment_oriented as segment_case  # model orientation and back (any grid)
+    from core.segmentation.metrics import region_metrics
+    from core.segmentation.segment import segment_oriented as segment_case  # model orientation and back (any grid)
 
     state = studio()
     case = state.case
@@ -653,14 +653,14 @@ def start_segmentation(load_model: Callable[[], Any], model_name: str, *, tta: b
         raise RuntimeError("no case loaded")
 
     def run(job: Job) -> Prediction:
-        from core.input_check import require_plausible
+        from core.preprocessing.input_check import require_plausible
 
         # noise, constant, too large, ...: what `python -m core.segment` refuses (the Load page showed it already)
         require_plausible(case, force_hint=None)
         job.progress(0.01, "loading the model (first time: importing TensorFlow)")
         model = load_model()
         start = time.perf_counter()
-        from core.inference import tta_variants
+        from core.segmentation.inference import tta_variants
 
         with _EasedProgress(job, len(tta_variants(tta))) as progress:
             result = segment_case(case, model, tta=tta, progress=progress)
@@ -779,7 +779,7 @@ def apply_viewer_edits(value: Any) -> int:
     Returns:
         Number of events applied. A malformed event is skipped with a flash message.
     """
-    from core.niivue import new_events
+    from core.viewer.niivue import new_events
 
     state = studio()
     editor, case = state.editor, state.case
@@ -825,8 +825,8 @@ def generate_samples(
     The case's own brain outline (non-zero voxels) shapes the samples, so any 1 mm grid the model
     was built for works, not only the BraTS template's.
     """
-    from core.generate import generate_cases
-    from core.preprocess import brain_mask
+    from core.preprocessing.preprocess import brain_mask
+    from core.synthesis.generate import generate_cases
 
     state = studio()
     case = state.case
@@ -876,8 +876,8 @@ def insert_samples(
 
 def sample_fidelity(index: int, unet: Any, progress: Progress | None = None) -> dict[str, dict[str, float]]:
     """Segment generated sample ``index`` with the U-Net; metrics against the mask it was generated from."""
-    from core.metrics import region_metrics
-    from core.segment import segment_oriented as segment_case  # model orientation and back (any grid)
+    from core.segmentation.metrics import region_metrics
+    from core.segmentation.segment import segment_oriented as segment_case  # model orientation and back (any grid)
 
     samples = studio().samples
     if samples is None:
@@ -898,7 +898,7 @@ def label_download(labels: np.ndarray, case: Case, convention: str) -> bytes:
 
 
 def cases_zip(cases: list[Case], naming: str) -> bytes:
-    """A ``.zip`` of BraTS-named case folders (one per case), built in memory (``core.case.cases_zip``)."""
+    """A ``.zip`` of BraTS-named case folders (one per case), built in memory (``core.io.case.cases_zip``)."""
     return core_cases_zip(cases, naming)
 
 

@@ -21,8 +21,8 @@ import numpy as np
 import streamlit as st
 import streamlit.components.v1 as components
 
-from core.labels import CLASS_COLOURS
-from core.niivue import display_volume_bytes, label_volume_bytes, voxel_to_world
+from core.io.labels import CLASS_COLOURS
+from core.viewer.niivue import display_volume_bytes, label_volume_bytes, voxel_to_world
 
 BUILD_DIR = Path(__file__).resolve().parent / "frontend" / "build"
 VIEWER_ENV = "BRATS_VIEWER"  # "classic" forces the PNG viewer everywhere
@@ -59,7 +59,7 @@ def media_url(data: bytes, coordinates: str, mimetype: str = "application/gzip")
 @st.cache_resource(show_spinner=False, max_entries=8)
 def _volume_files(case_key: str, _image: np.ndarray, _affine: np.ndarray) -> list[bytes]:
     """The four modalities as 8-bit ``.nii.gz`` (computed once per case per server)."""
-    from core.render import auto_window
+    from core.viewer.render import auto_window
 
     return [display_volume_bytes(_image[c], _affine, auto_window(_image[c])) for c in range(_image.shape[0])]
 

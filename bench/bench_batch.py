@@ -35,7 +35,7 @@ from bench.bench_serve import PeakRss, weights_info  # noqa: E402
 
 def plain_loop(root: Path, out: Path, weights: Path) -> dict:
     """One process, model loaded once, cases one after another (what a for-loop over core.segment does)."""
-    from core.inference import load_model
+    from core.segmentation.inference import load_model
     from serve.batch import _store, find_cases, segment_one
 
     model = load_model(weights)

@@ -3,11 +3,11 @@
     .venv/bin/python bench/bench_generate.py [--weights weights/cvae.keras] [--cases 4] [--samples 3]
         [--json PATH]
 
-* **Reconstruction** (``core.generate.reconstruct``, posterior mean): SSIM and PSNR per modality
+* **Reconstruction** (``core.synthesis.generate.reconstruct``, posterior mean): SSIM and PSNR per modality
   (``skimage.metrics``) on held-out phantoms (seeds from ``BENCH_SEED_START``, never trained on)
   and on the real case ``../shared/data/brats-real/BraTS-GLI-demo-0001`` when present. Both
   volumes are compared as z-scores inside the source's brain (the generator's output scale is
-  mapped back with ``core.cvae.INTENSITY_OFFSET/SCALE``), over the brain's bounding box, with
+  mapped back with ``core.synthesis.cvae.INTENSITY_OFFSET/SCALE``), over the brain's bounding box, with
   ``data_range`` = the source's range there.
 * **Conditioning fidelity**: the shipped U-Net (``weights/unet.keras``) segments a generated
   case; Dice (WT/TC/ET) against the conditioning mask. Masks come from the same unseen cases,
@@ -30,12 +30,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from core import cvae  # noqa: E402
-from core.case import MODALITIES, Case, load_case  # noqa: E402
-from core.generate import default_cvae_path, generate_cases, load_cvae, reconstruct  # noqa: E402
-from core.labels import REGIONS, region_mask  # noqa: E402
-from core.metrics import dice  # noqa: E402
-from core.preprocess import bounding_box, brain_mask, zscore  # noqa: E402
+from core.io.case import MODALITIES, Case, load_case  # noqa: E402
+from core.io.labels import REGIONS, region_mask  # noqa: E402
+from core.preprocessing.preprocess import bounding_box, brain_mask, zscore  # noqa: E402
+from core.segmentation.metrics import dice  # noqa: E402
+from core.synthesis import cvae  # noqa: E402
+from core.synthesis.generate import default_cvae_path, generate_cases, load_cvae, reconstruct  # noqa: E402
 
 REAL_DEMO = ROOT.parent / "shared" / "data" / "brats-real" / "BraTS-GLI-demo-0001"
 BENCH_SEED_START = 1_100_000  # held-out phantom seeds (>= train.data.VALIDATION_SEED_START, apart from its val set)
@@ -81,7 +81,7 @@ def fidelity_and_diversity(case: Case, model: cvae.ConditionalVAE, unet, samples
     pairs = [np.mean([s["ssim"] for s in image_scores(a, b, brain).values()]) for a, b in itertools.combinations(z, 2)]
     fidelity = None
     if unet is not None:
-        from core.inference import segment_case
+        from core.segmentation.inference import segment_case
 
         labels = segment_case(generated[0], unet).labels
         fidelity = {r: dice(region_mask(labels, r), region_mask(case.seg, r)) for r in REGIONS}
@@ -106,8 +106,8 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
     args = parser.parse_args()
 
-    from core.inference import ModelLoadError, default_unet_path, load_model
-    from core.phantom import generate_phantom
+    from core.segmentation.inference import ModelLoadError, default_unet_path, load_model
+    from core.synthesis.phantom import generate_phantom
 
     model = load_cvae(args.weights)
     try:

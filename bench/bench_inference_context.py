@@ -1,11 +1,11 @@
 """Whole-volume vs patch-sized inference: does the U-Net see a brain crop like its training patches?
 
 A U-Net trained on small patches (phases 1–2: 64³, half centred on tumour) with instance
-normalisation is applied by ``core.inference`` to the whole brain crop (~144×192×144) in one pass.
+normalisation is applied by ``core.segmentation.inference`` to the whole brain crop (~144×192×144) in one pass.
 This benchmark measures what that costs, per case, on labelled case folders (the committed
 ``bench/results/inference_context.json`` is the phase-2 run; the shipped phase-3 file trains on 128³):
 
-* ``whole``: ``core.inference.predict_volume`` (what the app and the CLI do);
+* ``whole``: ``core.segmentation.inference.predict_volume`` (what the app and the CLI do);
 * ``sliding``: Gaussian-blended ``--window``³ windows at ``--overlap`` (nnU-Net style);
 * ``refine``: the whole pass, then sliding windows only where the whole pass found tumour
   (windows whose central block holds a voxel with P(tumour) > 0.5), blended over the whole
@@ -29,17 +29,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
-from core.case import load_case
-from core.inference import (
+from core.io.case import load_case
+from core.io.labels import BACKGROUND, NUM_CLASSES, REGIONS
+from core.preprocessing.preprocess import prepare_input
+from core.segmentation.inference import (
     BRAIN_MARGIN,
     downsampling_factor,
     load_model,
     postprocess_labels,
     predict_volume,
 )
-from core.labels import BACKGROUND, NUM_CLASSES, REGIONS
-from core.metrics import region_metrics
-from core.preprocess import prepare_input
+from core.segmentation.metrics import region_metrics
 from train.data import case_folders
 
 Window = tuple[slice, slice, slice]

@@ -36,10 +36,10 @@ from scipy import ndimage
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from core.case import MODALITIES, Case, load_case  # noqa: E402
-from core.labels import CLASS_COLOURS, REGIONS  # noqa: E402
-from core.metrics import region_metrics  # noqa: E402
-from core.preprocess import bounding_box, brain_mask  # noqa: E402
+from core.io.case import MODALITIES, Case, load_case  # noqa: E402
+from core.io.labels import CLASS_COLOURS, REGIONS  # noqa: E402
+from core.preprocessing.preprocess import bounding_box, brain_mask  # noqa: E402
+from core.segmentation.metrics import region_metrics  # noqa: E402
 from core.synthesis import region as rg  # noqa: E402
 from core.synthesis.insert import default_insertion_path, insert_tumour, load_insertion_model, plan_insertion  # noqa: E402,E501
 from train.common import labelled_case_folders, read_case_ids  # noqa: E402
@@ -171,8 +171,8 @@ def main() -> int:
     if not REAL.is_dir():
         print(f"real data not found at {REAL}")
         return 1
-    from core.inference import load_model, load_model_card
-    from core.segment import segment_oriented
+    from core.segmentation.inference import load_model, load_model_card
+    from core.segmentation.segment import segment_oriented
 
     model = load_insertion_model(args.weights)
     unet = load_model(args.unet)

@@ -19,8 +19,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from core.metrics import region_metrics, volumes_ml
-from core.preprocess import brain_mask, prepare_input
+from core.preprocessing.preprocess import brain_mask, prepare_input
+from core.segmentation.metrics import region_metrics, volumes_ml
 
 SHAPE = (240, 240, 155)
 

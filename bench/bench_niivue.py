@@ -34,8 +34,8 @@ import numpy as np
 from scipy import ndimage
 
 from bench.server import chromium_page, goto_page, niivue_frame, streamlit_server
-from core.anatomy import BRATS_AFFINE
-from core.niivue import voxel_to_ras_flat
+from core.synthesis.anatomy import BRATS_AFFINE
+from core.viewer.niivue import voxel_to_ras_flat
 
 WHEEL_JS = """() => { const nv = window.bratsViewer.nv; const c = document.getElementById('gl');
   const r = c.getBoundingClientRect(); const out = [];
@@ -151,7 +151,7 @@ def run(strokes: int, opens: int, seed: int, out: Path | None, timeout_s: float)
             browser = np.asarray(frame.evaluate(
                 "() => { const b = window.bratsViewer.nv.drawBitmap; const o = [];"
                 " for (let i = 0; i < b.length; i++) if (b[i] === 3) o.push(i); return o }"), dtype=np.int64)
-            from core.session_store import SessionStore
+            from core.services.session_store import SessionStore
 
             saved = next(Path(tmp, "s").glob("*/cases/*/edited.npz"))
             store = SessionStore(saved.parents[2].name, Path(tmp, "s"))

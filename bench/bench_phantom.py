@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 _COLD_SNIPPET = """
 import time
 t = time.perf_counter()
-from core.phantom import generate_phantom
+from core.synthesis.phantom import generate_phantom
 generate_phantom(0)
 print(time.perf_counter() - t)
 """
@@ -48,7 +48,7 @@ def main() -> int:
     parser.add_argument("--derive", action="store_true", help="also time a cold start without the disk cache")
     args = parser.parse_args()
 
-    from core.phantom import generate_phantom
+    from core.synthesis.phantom import generate_phantom
 
     generate_phantom(1000)  # make sure the disk cache exists before timing the cold start
     print(f"cold start (disk cache): {cold_seconds():.2f} s")

@@ -1,7 +1,7 @@
 """Benchmark: the same U-Net weights in float32 and in mixed bfloat16 (not a test).
 
-For each dtype policy the weights are loaded into a fresh ``core.unet.build_unet`` of the card's
-architecture, every validation case is segmented with ``core.inference.segment_case`` and scored
+For each dtype policy the weights are loaded into a fresh ``core.segmentation.unet.build_unet`` of the card's
+architecture, every validation case is segmented with ``core.segmentation.inference.segment_case`` and scored
 (region Dice and HD95), and the forward pass on each brain crop is timed (median of ``--runs``
 after a warm-up). The answer to "keep bfloat16 where Dice holds" is the per-region Dice difference.
 
@@ -25,12 +25,12 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from core import unet  # noqa: E402
-from core.case import load_case  # noqa: E402
-from core.inference import BRAIN_MARGIN, downsampling_factor, load_model, load_model_card, segment_case  # noqa: E402
-from core.labels import REGIONS  # noqa: E402
-from core.metrics import region_metrics  # noqa: E402
-from core.preprocess import prepare_input  # noqa: E402
+from core.io.case import load_case  # noqa: E402
+from core.io.labels import REGIONS  # noqa: E402
+from core.preprocessing.preprocess import prepare_input  # noqa: E402
+from core.segmentation import unet  # noqa: E402
+from core.segmentation.inference import BRAIN_MARGIN, downsampling_factor, load_model, load_model_card, segment_case  # noqa: E402
+from core.segmentation.metrics import region_metrics  # noqa: E402
 from train.common import read_case_ids  # noqa: E402
 from train.evaluate import select_folders  # noqa: E402
 

@@ -146,9 +146,9 @@ def main() -> int:
 
     import numpy as np
 
-    from core.case import load_case
-    from core.inference import BRAIN_MARGIN, downsampling_factor, load_model
-    from core.preprocess import prepare_input
+    from core.io.case import load_case
+    from core.preprocessing.preprocess import prepare_input
+    from core.segmentation.inference import BRAIN_MARGIN, downsampling_factor, load_model
 
     import keras
 

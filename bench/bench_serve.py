@@ -68,7 +68,7 @@ def weights_info(path: Path) -> dict:
     """Which weights were measured: sha256 prefix and the model card's step and date."""
     import hashlib
 
-    from core.weights import load_model_card
+    from core.io.weights import load_model_card
 
     card = load_model_card(path) or {}
     return {"weights_sha256": hashlib.sha256(path.read_bytes()).hexdigest()[:16],

@@ -7,7 +7,7 @@ Usage (from the project root)::
 Measures
 
 1. **slice change (server)**: moving a slider moves the shared cursor, so the three planes are
-   re-rendered (``core.render.render_plane`` + PNG encode, the work behind every cache miss);
+   re-rendered (``core.viewer.render.render_plane`` + PNG encode, the work behind every cache miss);
    median and 95th percentile over ``--repeats`` random cursor positions. Target <= 50 ms.
 2. **home page**: ``streamlit run`` until ``/_stcore/health`` answers, then ``GET /``. Target <= 3 s.
 3. **browser** (needs ``/usr/bin/chromium``): a slider step until all three images changed, and
@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 
 from bench.server import CHROMIUM, ROOT, chromium_page, goto_page, streamlit_server, tiny_models_env, wait_until_idle
-from core.case import Case, load_case
-from core.demo import demo_case
-from core.render import PLANES, DisplayGeometry, auto_window, display_size, png_bytes, render_plane
+from core.io.case import Case, load_case
+from core.synthesis.demo import demo_case
+from core.viewer.render import PLANES, DisplayGeometry, auto_window, display_size, png_bytes, render_plane
 
 RESULTS = ROOT / "bench" / "results" / "viewer.json"
 TARGETS = {"slice_change_ms": 50.0, "home_page_s": 3.0, "segment_to_overlay_s": 20.0}

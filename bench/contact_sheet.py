@@ -20,10 +20,10 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from core.case import MODALITIES, Case, load_case  # noqa: E402
-from core.phantom import PhantomConfig, generate_phantom  # noqa: E402
-from core.preprocess import bounding_box, brain_mask  # noqa: E402
-from core.render import DisplayGeometry, apply_window, auto_window, display_view, overlay  # noqa: E402
+from core.io.case import MODALITIES, Case, load_case  # noqa: E402
+from core.preprocessing.preprocess import bounding_box, brain_mask  # noqa: E402
+from core.synthesis.phantom import PhantomConfig, generate_phantom  # noqa: E402
+from core.viewer.render import DisplayGeometry, apply_window, auto_window, display_view, overlay  # noqa: E402
 
 REAL_ROOT = ROOT.parent / "shared" / "data" / "brats-real"
 TILE = 200  # pixels per tile side

@@ -20,8 +20,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench.bench_generate import BENCH_SEED_START, REAL_DEMO  # noqa: E402
 from bench.contact_sheet import contact_sheet  # noqa: E402
-from core.case import Case, load_case  # noqa: E402
-from core.generate import default_cvae_path, generate_cases, load_cvae, reconstruct  # noqa: E402
+from core.io.case import Case, load_case  # noqa: E402
+from core.synthesis.generate import default_cvae_path, generate_cases, load_cvae, reconstruct  # noqa: E402
 
 
 def sheet_rows(source: Case, source_label: str, model, seed: int, samples: int = 3) -> list[tuple[str, Case]]:
@@ -46,7 +46,7 @@ def main() -> int:
     if args.real:
         source, label = load_case(REAL_DEMO), "real demo"
     else:
-        from core.phantom import generate_phantom
+        from core.synthesis.phantom import generate_phantom
 
         source, label = generate_phantom(args.phantom), f"phantom {args.phantom}"
     args.out.parent.mkdir(parents=True, exist_ok=True)

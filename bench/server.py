@@ -121,12 +121,12 @@ def tiny_models_env(folder: Path, kinds: tuple[str, ...] = ("unet", "cvae")) -> 
     """
     env = {}
     if "unet" in kinds and not (ROOT / "weights" / "unet.keras").is_file():
-        from core.unet import build_unet
+        from core.segmentation.unet import build_unet
 
         build_unet(base_filters=4, depth=2).save(folder / "unet.keras")
         env["BRATS_UNET_WEIGHTS"] = str(folder / "unet.keras")
     if "cvae" in kinds and not (ROOT / "weights" / "cvae.keras").is_file():
-        from core.cvae import build_cvae
+        from core.synthesis.cvae import build_cvae
 
         build_cvae(4, 2, 2).save(folder / "cvae.keras")
         env["BRATS_CVAE_WEIGHTS"] = str(folder / "cvae.keras")
@@ -137,7 +137,7 @@ def always_edema_unet(path: Path) -> None:
     """Save a tiny U-Net whose softmax head always picks class 2 (ED): a predictable overlay for browser tests."""
     import numpy as np
 
-    from core.unet import build_unet
+    from core.segmentation.unet import build_unet
 
     model = build_unet(base_filters=4, depth=2)
     head = model.get_layer("head")

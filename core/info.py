@@ -7,7 +7,7 @@ CLI::
 prints a table (or JSON with ``--json``); a case that cannot be loaded prints one line
 ``error: <file>: <problem>; <fix>`` to stderr and exits with status 2. Anything that did not stop
 loading but makes the case unusual (inconsistent header, non-zero background, not skull-stripped,
-a crop, non-1 mm voxels, noise: see ``core.input_check``) is printed as ``warning: ...`` lines on
+a crop, non-1 mm voxels, noise: see ``core.preprocessing.input_check``) is printed as ``warning: ...`` lines on
 stderr (exit status 0) and listed under ``warnings`` in the JSON.
 
 ``spacing`` and ``volumes_ml`` come from the affine actually used (sform, else qform), not pixdim;
@@ -27,13 +27,13 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from core.case import MODALITIES, SEG, Case, CaseError, load_case
-from core.cli import exit_on_sigterm, fail, warn
-from core.input_check import check_case
-from core.labels import REGIONS
-from core.metrics import volumes_ml
-from core.nifti import NiftiError
-from core.orientation import axcodes
+from core.io.case import MODALITIES, SEG, Case, CaseError, load_case
+from core.io.labels import REGIONS
+from core.io.nifti import NiftiError
+from core.io.orientation import axcodes
+from core.preprocessing.input_check import check_case
+from core.segmentation.metrics import volumes_ml
+from core.services.cli import exit_on_sigterm, fail, warn
 
 
 def case_info(case: Case) -> dict[str, Any]:
@@ -44,7 +44,7 @@ def case_info(case: Case) -> dict[str, Any]:
         ``seg`` (file name or None); ``shape`` [X, Y, Z]; ``spacing`` [mm x3]; ``labels``
         (see module docstring); ``volumes_ml`` ({"WT", "TC", "ET"} in mL from the affine's voxel size, or None
         without a segmentation); ``orientation`` (axis codes of the affine, e.g. "LPS"); ``warnings`` (the
-        loader's and ``core.input_check``'s findings, one sentence each).
+        loader's and ``core.preprocessing.input_check``'s findings, one sentence each).
     """
     volumes = None if case.seg is None else volumes_ml(case.seg, case.spacing)
     findings = [f.message for f in check_case(case)]

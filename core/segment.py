@@ -8,11 +8,11 @@ Usage::
 The label map is written as uint8 with the input's affine and header (2020 labels 0/1/2/4 by
 default, 2023 labels 0/1/2/3 with ``--labels 2023``), on the input's voxel grid: a case whose voxel
 axes are not in the model's (BraTS, LPS) orientation is flipped/permuted into it for the network
-and the labels are turned back (:func:`segment_oriented`), so the output aligns with the input in
-world space.
+and the labels are turned back (:func:`core.segmentation.segment.segment_oriented`), so the output aligns
+with the input in world space.
 
 Bad input exits with status 2 and one line on stderr, ``error: <file>: <problem>; <fix>``. Input the
-model would segment unreliably (``core.input_check``) prints ``warning: ...`` lines and exits 0;
+model would segment unreliably (``core.preprocessing.input_check``) prints ``warning: ...`` lines and exits 0;
 random-noise or constant modalities are errors unless ``--force``.
 """
 
@@ -26,26 +26,19 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow: errors only on the console
 
-from dataclasses import replace
-from typing import TYPE_CHECKING, Any
-
-import numpy as np
 from tqdm import tqdm
 
-from core.case import Case, CaseError, load_case, save_label_map
-from core.cli import exit_on_sigterm
-from core.cli import fail as _fail
-from core.cli import warn as _warn
-from core.input_check import require_plausible
-from core.labels import CONVENTIONS, REGIONS
-from core.metrics import volumes_ml
-from core.nifti import NiftiError
-from core.orientation import reorientation
+from core.io.case import CaseError, load_case, save_label_map
+from core.io.labels import CONVENTIONS, REGIONS
+from core.io.nifti import NiftiError
+from core.preprocessing.input_check import require_plausible
+from core.segmentation.metrics import volumes_ml
+from core.segmentation.segment import segment_oriented
+from core.services.cli import exit_on_sigterm
+from core.services.cli import fail as _fail
+from core.services.cli import warn as _warn
 
-if TYPE_CHECKING:
-    from core.inference import Segmentation
-
-DEFAULT_WEIGHTS = "weights/unet.keras (core.inference.default_unet_path)"
+DEFAULT_WEIGHTS = "weights/unet.keras (core.segmentation.inference.default_unet_path)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,42 +60,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def segment_oriented(case: Case, model: Any, *, tta: bool = False, postprocess: bool = True,
-                     progress: Any = None) -> Segmentation:
-    """``core.inference.segment_case`` in the model's orientation, with the result on the case's own grid.
-
-    The image is flipped/permuted into the BraTS (LPS) voxel orientation the model was trained in
-    (``core.orientation``; no resampling), segmented, and labels and probabilities are turned back,
-    so they overlay ``case`` voxel for voxel and align with it in world space.
-    """
-    from core.inference import segment_case
-
-    turn = reorientation(case.affine, case.shape)
-    if turn.is_identity:
-        return segment_case(case, model, tta=tta, postprocess=postprocess, progress=progress)
-    oriented = replace(case, image=np.ascontiguousarray(turn.to_model(case.image)),
-                       affine=turn.model_affine(case.affine), seg=None, warnings=[])
-    result = segment_case(oriented, model, tta=tta, postprocess=postprocess, progress=progress)
-    return replace(result, labels=np.ascontiguousarray(turn.to_source(result.labels)),  # other fields kept
-                   probabilities=np.ascontiguousarray(turn.to_source(result.probabilities)))
-
-
-def segment_checked(case: Case, model: Any, *, tta: bool = False, force: bool = False,
-                    force_hint: str = "--force") -> tuple[Segmentation, list[str]]:
-    """What this CLI does with a loaded case: the plausibility gate, then :func:`segment_oriented`.
-
-    Used by the REST API and batch runs (``serve``).
-
-    Returns:
-        ``(segmentation on the case's own grid, warnings)``: the loader's and the checks' messages.
-
-    Raises:
-        CaseError: a ``core.input_check`` error and ``force`` is off (the message names ``force_hint``).
-    """
-    warnings = require_plausible(case, force=force, force_hint=force_hint)
-    return segment_oriented(case, model, tta=tta), warnings
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 ok, 2 bad input)."""
     args = build_parser().parse_args(argv)
@@ -115,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.case_dir.is_dir():
         return _fail(f"case folder {args.case_dir} not found (pass a folder holding t1/t1ce/t2/flair NIfTI files)")
     # Keras/TensorFlow load only now, so argument errors answer at once.
-    from core.inference import ModelLoadError, default_unet_path, load_model
+    from core.segmentation.inference import ModelLoadError, default_unet_path, load_model
 
     try:
         case = load_case(args.case_dir)

@@ -19,9 +19,9 @@ import streamlit as st
 
 import app_state
 from app_state import Layer, Studio
-from core.case import MODALITIES, Case
-from core.labels import CLASS_COLOURS, CLASS_NAMES, ED, REGION_COLOURS, REGIONS
-from core.render import (
+from core.io.case import MODALITIES, Case
+from core.io.labels import CLASS_COLOURS, CLASS_NAMES, ED, REGION_COLOURS, REGIONS
+from core.viewer.render import (
     PLANES,
     DisplayGeometry,
     display_size,
@@ -273,7 +273,7 @@ def volumes_table(layers: dict[str, Layer], spacing: tuple[float, float, float])
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def _volumes(layer_key: str, spacing: tuple[float, float, float], _labels: np.ndarray) -> dict[str, float]:
-    from core.metrics import volumes_ml
+    from core.segmentation.metrics import volumes_ml
 
     volume_ml = float(np.prod(spacing)) / 1000.0
     counts = np.bincount(np.asarray(_labels, dtype=np.uint8).ravel(), minlength=4)
@@ -282,7 +282,7 @@ def _volumes(layer_key: str, spacing: tuple[float, float, float], _labels: np.nd
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def _dice_vs_reference(layer_key: str, _labels: np.ndarray, _reference: np.ndarray) -> dict[str, float]:
-    from core.metrics import region_dice
+    from core.segmentation.metrics import region_dice
 
     return region_dice(_labels, _reference)
 
@@ -315,7 +315,7 @@ def _surfaces(layer_key: str, _labels: np.ndarray, _affine: np.ndarray) -> dict[
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def _brain_surface(image_key: str, _image: np.ndarray, _affine: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    from core.preprocess import brain_mask
+    from core.preprocessing.preprocess import brain_mask
 
     brain = brain_mask(_image).astype(np.uint8) * ED  # an "edema" brain: its WT surface is the brain outline
     return region_surfaces(brain, _affine, step=4).get("WT")

@@ -7,9 +7,9 @@ from streamlit_drawable_canvas import CanvasResult, st_canvas
 
 import app_state
 import niivue_component
-from core.case import MODALITIES
-from core.labels import CLASS_COLOURS, CLASS_NAMES, CONVENTIONS, ED
-from core.render import PLANES
+from core.io.case import MODALITIES
+from core.io.labels import CLASS_COLOURS, CLASS_NAMES, CONVENTIONS, ED
+from core.viewer.render import PLANES
 from pages._common import (
     MODALITY_LABELS,
     canvas_without_toolbar,

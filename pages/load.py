@@ -3,7 +3,7 @@
 import streamlit as st
 
 import app_state
-from core.input_check import check_case
+from core.preprocessing.input_check import check_case
 from pages._common import progress_reporter, recent_cases, show_flash
 
 st.title("Load a case")

@@ -5,7 +5,7 @@ import functools
 import streamlit as st
 
 import app_state
-from core.labels import CONVENTIONS
+from core.io.labels import CONVENTIONS
 from pages._common import (
     convention_label,
     default_convention,

@@ -43,9 +43,9 @@ from fastapi.security import APIKeyHeader
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from core.case import CaseError
-from core.nifti import NiftiError
-from core.weights import ModelLoadError, load_model_card, weights_path
+from core.io.case import CaseError
+from core.io.nifti import NiftiError
+from core.io.weights import ModelLoadError, load_model_card, weights_path
 from serve.jobs import UPLOAD_HELP, generate_upload, safe_name, segment_upload
 from serve.work import MODEL_KINDS, JobTimeout, ModelStore, QueueFull, WorkQueue
 

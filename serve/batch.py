@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from core.case import NIFTI_SUFFIXES, CaseError
-from core.labels import CONVENTIONS, REGIONS
-from core.nifti import NiftiError
+from core.io.case import NIFTI_SUFFIXES, CaseError
+from core.io.labels import CONVENTIONS, REGIONS
+from core.io.nifti import NiftiError
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = "results.csv"
@@ -94,9 +94,9 @@ def segment_one(folder: str | os.PathLike, model: Any, *, tta: bool = False, lab
     Returns:
         A CSV row (``CSV_FIELDS`` as strings) plus ``"seg"``: the ``.nii.gz`` bytes (``b""`` on failure).
     """
-    from core.case import label_map_bytes, load_case
-    from core.metrics import region_metrics, volumes_ml
-    from core.segment import segment_checked
+    from core.io.case import label_map_bytes, load_case
+    from core.segmentation.metrics import region_metrics, volumes_ml
+    from core.segmentation.segment import segment_checked
 
     folder = Path(folder)
     row: dict[str, Any] = {k: "" for k in CSV_FIELDS}
@@ -136,7 +136,7 @@ class SegmentWorker:
 
         tf.config.threading.set_intra_op_parallelism_threads(max(1, threads))
         tf.config.threading.set_inter_op_parallelism_threads(1)
-        from core.inference import load_model
+        from core.segmentation.inference import load_model
 
         with tempfile.TemporaryDirectory(prefix="brats_batch_") as tmp:  # load_model reads a .keras path
             path = Path(tmp) / "unet.keras"
@@ -218,7 +218,7 @@ class BatchSummary:
 
 
 def _weights_bytes(weights: str | os.PathLike | None) -> tuple[Path, bytes]:
-    from core.weights import ModelLoadError, weights_path
+    from core.io.weights import ModelLoadError, weights_path
 
     path = Path(weights) if weights else weights_path("unet")[0]
     if not path.is_file():
@@ -355,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; 0 all cases ok, 1 some failed (see results.csv), 2 bad arguments."""
-    from core.weights import ModelLoadError
+    from core.io.weights import ModelLoadError
 
     args = build_parser().parse_args(argv)
     for name in ("workers", "cpus_per_worker"):

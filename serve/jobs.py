@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from core.case import (
+from core.io.case import (
     Case,
     CaseError,
     cases_zip,
@@ -29,9 +29,9 @@ from core.case import (
     load_case_from_bytes,
     load_case_from_zip,
 )
-from core.labels import REGIONS
-from core.metrics import class_volumes_ml, region_metrics, volumes_ml
-from core.segment import segment_checked
+from core.io.labels import REGIONS
+from core.segmentation.metrics import class_volumes_ml, region_metrics, volumes_ml
+from core.segmentation.segment import segment_checked
 
 UPLOAD_HELP = ("send the four modalities (t1, t1ce, t2, flair; optional seg) as repeated form field 'files', "
                "named as in a case folder (e.g. X_t1.nii.gz or X-t1n.nii.gz), or one .zip of the case folder")
@@ -89,7 +89,7 @@ def case_from_uploads(uploads: Mapping[str, bytes]) -> Case:
     """Load a case from uploaded files ``{file name: bytes}``: the four modalities or one ``.zip``.
 
     Raises:
-        CaseError: nothing sent, a zip mixed with other files, or any ``core.case`` check (message names the file).
+        CaseError: nothing sent, a zip mixed with other files, or any ``core.io.case`` check (message names the file).
         NiftiError: a file is not a readable NIfTI.
     """
     names = list(uploads)
@@ -131,7 +131,7 @@ def _finite(value: float) -> float | None:
 
 def _read_mask(mask_name: str, mask_bytes: bytes, tmp: Path, notes: list[str]) -> tuple[np.ndarray, np.ndarray, Any]:
     """``(internal labels, affine, header)`` of an uploaded label map, read the way ``core.generate`` reads one."""
-    from core.generate import read_mask
+    from core.synthesis.generate import read_mask
 
     path = tmp / safe_name(Path(mask_name.replace("\\", "/")).name, "mask.nii.gz")
     path.write_bytes(mask_bytes)
@@ -166,8 +166,8 @@ def generate_upload(mask_name: str, mask_bytes: bytes, host_uploads: Mapping[str
     Returns:
         ``(zip bytes, warnings)``: the CLI's warnings (header inconsistencies, a mask without tumour).
     """
-    from core.generate import NAME_PATTERNS, iter_cases
-    from core.preprocess import brain_mask
+    from core.preprocessing.preprocess import brain_mask
+    from core.synthesis.generate import NAME_PATTERNS, iter_cases
 
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="brats_api_") as tmp_name:

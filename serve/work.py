@@ -131,7 +131,7 @@ class WorkQueue:
 class ModelStore:
     """The U-Net and the CVAE, each loaded once (on first use or by :meth:`preload`) and then kept.
 
-    Paths come from ``core.weights.weights_path`` (``BRATS_UNET_WEIGHTS`` / ``BRATS_CVAE_WEIGHTS`` override
+    Paths come from ``core.io.weights.weights_path`` (``BRATS_UNET_WEIGHTS`` / ``BRATS_CVAE_WEIGHTS`` override
     the shipped files). A failed load is not remembered: the next request tries again, so fixing the file
     fixes the server.
     """
@@ -155,16 +155,16 @@ class ModelStore:
             raise ValueError(f"unknown model kind {kind!r}; use one of {MODEL_KINDS}")
         with self._lock:
             if kind not in self._models:
-                from core.weights import weights_path
+                from core.io.weights import weights_path
 
                 path, _ = weights_path(kind)
                 start = time.perf_counter()
                 if kind == "unet":
-                    from core.inference import load_model
+                    from core.segmentation.inference import load_model
 
                     self._models[kind] = load_model(path)
                 else:
-                    from core.generate import load_cvae
+                    from core.synthesis.generate import load_cvae
 
                     self._models[kind] = load_cvae(path)
                 self.load_seconds[kind] = time.perf_counter() - start

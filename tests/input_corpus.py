@@ -60,7 +60,7 @@ def header(affine: np.ndarray = AFFINE) -> nib.Nifti1Header:
 
 
 def write(path: Path, data: np.ndarray, affine: np.ndarray = AFFINE, hdr: nib.Nifti1Header | None = None) -> Path:
-    """Plain nibabel writer (independent of ``core.nifti``), storing ``data``'s own dtype."""
+    """Plain nibabel writer (independent of ``core.io.nifti``), storing ``data``'s own dtype."""
     hdr = header(affine) if hdr is None else hdr
     hdr.set_data_dtype(data.dtype)
     nib.save(nib.Nifti1Image(data, affine, hdr), path)

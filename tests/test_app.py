@@ -19,10 +19,10 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 import app_state
-from core.case import load_case_from_zip
-from core.labels import from_internal
-from core.metrics import volumes_ml
-from core.nifti import nifti_bytes
+from core.io.case import load_case_from_zip
+from core.io.labels import from_internal
+from core.io.nifti import nifti_bytes
+from core.segmentation.metrics import volumes_ml
 from tests.conftest import ROOT
 
 APP = str(ROOT / "streamlit_app.py")
@@ -77,7 +77,7 @@ def _errors(at: AppTest) -> list[str]:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """Folder with a tiny U-Net (``unet.keras``) and its model card."""
-    from core.unet import build_unet
+    from core.segmentation.unet import build_unet
 
     folder = tmp_path_factory.mktemp("weights")
     build_unet(base_filters=4, depth=2).save(folder / "unet.keras")
@@ -345,7 +345,7 @@ def test_cases_zip_round_trips(tiny_app):
 @pytest.fixture(scope="module")
 def tiny_cvae_path(model_dir):
     """A tiny CVAE on the 32x32x16 grid of the tiny case."""
-    from core.cvae import CvaeGrid, build_cvae
+    from core.synthesis.cvae import CvaeGrid, build_cvae
 
     path = model_dir / "cvae.keras"
     build_cvae(4, 2, 2, grid=CvaeGrid(TINY_SHAPE, 2)).save(path)

@@ -29,7 +29,7 @@ from bench.server import (
     streamlit_server,
     wait_until_idle,
 )
-from core.anatomy import BRATS_AFFINE
+from core.synthesis.anatomy import BRATS_AFFINE
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} not installed (apt-get install chromium)")
 playwright = pytest.importorskip("playwright.sync_api")

@@ -29,8 +29,8 @@ from bench.server import (
     optional_screenshot,
     streamlit_server,
 )
-from core.anatomy import BRATS_AFFINE
-from core.niivue import voxel_to_ras_flat
+from core.synthesis.anatomy import BRATS_AFFINE
+from core.viewer.niivue import voxel_to_ras_flat
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} not installed (apt-get install chromium)")
 playwright = pytest.importorskip("playwright.sync_api")
@@ -113,7 +113,7 @@ def _download(page, name: str, target: Path) -> Path:
 def server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("models")
     always_edema_unet(folder / "unet.keras")
-    from core.cvae import build_cvae
+    from core.synthesis.cvae import build_cvae
 
     build_cvae(4, 2, 2).save(folder / "cvae.keras")
     env = {"BRATS_UNET_WEIGHTS": str(folder / "unet.keras"), "BRATS_CVAE_WEIGHTS": str(folder / "cvae.keras"),

@@ -1,4 +1,4 @@
-"""core.case: finding files by name, loading (folder, bytes, zip), validation errors, writing."""
+"""core.io.case: finding files by name, loading (folder, bytes, zip), validation errors, writing."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from core.case import (
+from core.io.case import (
     MODALITIES,
     Case,
     CaseError,
@@ -35,7 +35,7 @@ from core.case import (
 SHAPE = (12, 10, 8)
 SPACING = (1.0, 1.0, 1.5)
 AFFINE = np.array([[-1.0, 0, 0, 0], [0, -1.0, 0, 9.0], [0, 0, 1.5, 0], [0, 0, 0, 1]])
-# File name stems per naming, written out literally (not taken from core.case).
+# File name stems per naming, written out literally (not taken from core.io.case).
 NAMES: dict[str, dict[str, str]] = {
     "2020": {"t1": "{}_t1", "t1ce": "{}_t1ce", "t2": "{}_t2", "flair": "{}_flair", "seg": "{}_seg"},
     "2023": {"t1": "{}-t1n", "t1ce": "{}-t1c", "t2": "{}-t2w", "flair": "{}-t2f", "seg": "{}-seg"},

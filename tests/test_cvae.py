@@ -1,12 +1,12 @@
-"""Conditional VAE model (core.cvae): shapes, loss, training, sampling, serialisation, grid mapping."""
+"""Conditional VAE model (core.synthesis.cvae): shapes, loss, training, sampling, serialisation, grid mapping."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from core import cvae
-from core.labels import NUM_CLASSES
+from core.io.labels import NUM_CLASSES
+from core.synthesis import cvae
 
 import keras
 from keras import ops
@@ -193,7 +193,7 @@ def one_mm_toy_case(seed: int, name: str, shape=(36, 34, 24)):
 
 @pytest.fixture(scope="module")
 def toy_cases_dir(tmp_path_factory):
-    from core.case import save_case
+    from core.io.case import save_case
 
     root = tmp_path_factory.mktemp("cvae_cases")
     for i in range(3):
@@ -204,7 +204,7 @@ def toy_cases_dir(tmp_path_factory):
 def test_training_cli_writes_model_card_and_resumes(tmp_path, toy_cases_dir):
     import json
 
-    from core.generate import load_cvae
+    from core.synthesis.generate import load_cvae
     from train import cvae as train_cvae
 
     out, run_dir = tmp_path / "w" / "cvae.keras", tmp_path / "run"

@@ -1,4 +1,4 @@
-"""Sampling API and CLI of the conditional VAE (core.generate)."""
+"""Sampling API (core.synthesis.generate) and CLI (core.generate) of the conditional VAE."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from core import cvae, generate
-from core.case import CaseError, load_case
-from core.inference import ModelLoadError
-from core.labels import ED, ET, NCR, from_internal
-from core.nifti import save_nifti
+from core import generate as generate_cli
+from core.io.case import CaseError, load_case
+from core.io.labels import ED, ET, NCR, from_internal
+from core.io.nifti import save_nifti
+from core.segmentation.inference import ModelLoadError
+from core.synthesis import cvae, generate
 
 SHAPE = (40, 36, 20)
 GRID = cvae.CvaeGrid((32, 32, 16), 2)
@@ -153,7 +154,7 @@ def test_cli_round_trip(tmp_path, model, geometry, naming, capsys):
     mask_file = save_nifti(tmp_path / "mask.nii.gz", from_internal(mask, convention), affine, header, np.uint8)
     brain_file = save_nifti(tmp_path / "brain.nii.gz", brain.astype(np.uint8), affine, header)
     out = tmp_path / "out"
-    status = generate.main([str(mask_file), "-o", str(out), "--samples", "2", "--seed", "3", "--naming", naming,
+    status = generate_cli.main([str(mask_file), "-o", str(out), "--samples", "2", "--seed", "3", "--naming", naming,
                             "--weights", str(weights), "--brain", str(brain_file)])
     assert status == 0, capsys.readouterr().err
     folders = sorted(p for p in out.iterdir() if p.is_dir())
@@ -171,10 +172,10 @@ def test_cli_reports_bad_input(tmp_path, model, geometry, capsys):
     weights = tmp_path / "cvae.keras"
     model.save(weights)
     mask_file = save_nifti(tmp_path / "mask.nii.gz", mask, affine, header, np.uint8)
-    status = generate.main([str(mask_file), "-o", str(tmp_path / "out"), "--weights", str(weights)])
+    status = generate_cli.main([str(mask_file), "-o", str(tmp_path / "out"), "--weights", str(weights)])
     assert status == 2
     assert "not the BraTS grid" in capsys.readouterr().err
-    status = generate.main([str(mask_file), "-o", str(tmp_path / "out"), "--weights", str(tmp_path / "none.keras")])
+    status = generate_cli.main([str(mask_file), "-o", str(tmp_path / "out"), "--weights", str(tmp_path / "none.keras")])
     assert status == 2 and "not found" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
@@ -184,7 +185,7 @@ def test_cli_reports_bad_input(tmp_path, model, geometry, capsys):
 
 def test_augment_experiment_tiny(tmp_path, model):
     """Both arms train and are scored per seed; the K+M arm holds the CVAE samples."""
-    from core.case import save_case
+    from core.io.case import save_case
     from tests.test_cvae import one_mm_toy_case
     from train import augment_experiment as exp
 
@@ -230,8 +231,8 @@ def test_shipped_cvae_gives_each_subregion_its_contrast():
     path = generate.default_cvae_path()
     if not path.is_file():
         pytest.skip(f"no shipped CVAE at {path}")
-    from core.phantom import generate_phantom
-    from core.preprocess import brain_mask
+    from core.preprocessing.preprocess import brain_mask
+    from core.synthesis.phantom import generate_phantom
 
     source = generate_phantom(1_100_000)
     brain = brain_mask(source.image)

@@ -1,4 +1,4 @@
-"""core.inference and the core.segment CLI: grid round trip, TTA, postprocessing, safe loading."""
+"""core.segmentation.inference and the core.segment CLI: grid round trip, TTA, postprocessing, safe loading."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from core import inference, unet
-from core.case import Case, save_case
-from core.inference import ModelLoadError, load_model, load_model_card, postprocess_labels, segment_case
-from core.labels import BACKGROUND, ED, ET, NCR
+from core.io.case import Case, save_case
+from core.io.labels import BACKGROUND, ED, ET, NCR
+from core.segmentation import inference, unet
+from core.segmentation.inference import ModelLoadError, load_model, load_model_card, postprocess_labels, segment_case
 
 import keras  # noqa: E402
 
@@ -73,7 +73,7 @@ def test_segmentation_comes_back_on_the_original_odd_grid(tiny_model):
 
 
 def test_probabilities_are_the_network_output_put_back_exactly(tiny_model):
-    from core.preprocess import prepare_input
+    from core.preprocessing.preprocess import prepare_input
 
     case = toy_case((37, 45, 29), seed=1)
     result = segment_case(case, tiny_model, postprocess=False)
@@ -89,7 +89,7 @@ def test_probabilities_are_the_network_output_put_back_exactly(tiny_model):
 
 
 def test_tta_averages_the_eight_mirrored_predictions(tiny_model):
-    from core.preprocess import prepare_input
+    from core.preprocessing.preprocess import prepare_input
 
     case = toy_case((33, 40, 28), seed=2)
     result = segment_case(case, tiny_model, tta=True, postprocess=False)
@@ -243,8 +243,8 @@ def _shipped_unet() -> keras.Model:
 
 def _region_dice(case: Case, model: keras.Model) -> dict[str, float]:
     """Dice per region (WT/TC/ET) of ``model``'s segmentation of a labelled case."""
-    from core.labels import region_mask
-    from core.metrics import dice
+    from core.io.labels import region_mask
+    from core.segmentation.metrics import dice
 
     labels = segment_case(case, model).labels
     return {r: dice(region_mask(labels, r), region_mask(case.seg, r)) for r in ("WT", "TC", "ET")}
@@ -258,7 +258,7 @@ def _region_dice(case: Case, model: keras.Model) -> dict[str, float]:
 ])
 def test_shipped_weights_segment_real_validation_cases(real_root, case_id, floors):
     """Regression floors for weights/unet.keras on real validation cases (never trained on)."""
-    from core.case import load_case
+    from core.io.case import load_case
 
     model = _shipped_unet()
     scores = _region_dice(load_case(real_root / case_id), model)
@@ -267,7 +267,7 @@ def test_shipped_weights_segment_real_validation_cases(real_root, case_id, floor
 
 def test_shipped_weights_segment_a_held_out_phantom():
     """Regression floor for weights/unet.keras on a phantom seed never trained on (runs in every clone)."""
-    from core.phantom import generate_phantom
+    from core.synthesis.phantom import generate_phantom
 
     model = _shipped_unet()
     scores = _region_dice(generate_phantom(1_000_007), model)  # held-out seeds start at 1,000,000

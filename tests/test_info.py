@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.case import load_case
 from core.info import case_info, format_info
+from core.io.case import load_case
 from tests.conftest import ROOT
 from tests.test_case import SHAPE, SPACING, internal_labels, write_case
 

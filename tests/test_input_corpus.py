@@ -22,10 +22,11 @@ import pytest
 
 from core import info as info_cli
 from core import segment as segment_cli
-from core.case import CaseError, load_case, load_case_from_zip, save_label_map
-from core.nifti import NiftiError, read_nifti
-from core.orientation import axcodes, reorientation
-from core.preprocess import brain_mask
+from core.io.case import CaseError, load_case, load_case_from_zip, save_label_map
+from core.io.nifti import NiftiError, read_nifti
+from core.io.orientation import axcodes, reorientation
+from core.preprocessing.preprocess import brain_mask
+from core.segmentation.segment import segment_oriented
 from tests import input_corpus as corpus
 from tests.conftest import ROOT
 
@@ -201,7 +202,7 @@ def test_non_zero_background_gives_the_brain_mask_of_background_0(tmp_path: Path
 
 @pytest.fixture(scope="module")
 def tiny_unet(tmp_path_factory):
-    from core.unet import build_unet
+    from core.segmentation.unet import build_unet
 
     import keras
 
@@ -234,7 +235,7 @@ def test_segment_refuses_noise_and_masks_unless_forced(tmp_path, capsys, tiny_un
 
 
 def test_require_plausible_names_the_way_to_force(tmp_path) -> None:
-    from core.input_check import require_plausible
+    from core.preprocessing.input_check import require_plausible
 
     case = load_case(corpus.CASES["same file for two modalities"](tmp_path / corpus.CASE))
     with pytest.raises(CaseError, match=r"identical to .*\(pass force=true to segment it anyway\)$"):
@@ -247,7 +248,7 @@ def test_require_plausible_names_the_way_to_force(tmp_path) -> None:
 
 
 def test_segment_refuses_a_brain_region_too_large_for_memory(tmp_path, capsys, tiny_unet, monkeypatch) -> None:
-    from core import input_check
+    from core.preprocessing import input_check
 
     monkeypatch.setattr(input_check, "MAX_BOX_VOXELS", 1000)  # the corpus brain box is 28 x 32 x 24 voxels
     folder = corpus.write_case(tmp_path / corpus.CASE)
@@ -300,8 +301,8 @@ def test_segment_any_orientation_aligns_in_world_space(tmp_path, capsys, tiny_un
     turn = reorientation(case_turned.affine, case_turned.shape)
     np.testing.assert_allclose(turn.model_affine(case_turned.affine), corpus.AFFINE, atol=1e-9)
     model = tiny_unet[0]
-    a = segment_cli.segment_oriented(case_good, model, postprocess=False)
-    b = segment_cli.segment_oriented(case_turned, model, postprocess=False)
+    a = segment_oriented(case_good, model, postprocess=False)
+    b = segment_oriented(case_turned, model, postprocess=False)
     np.testing.assert_array_equal(turn.to_model(b.probabilities), a.probabilities)
     np.testing.assert_array_equal(turn.to_model(b.labels), a.labels)
     assert _segment(turned, tmp_path / "turned.nii.gz", tiny_unet[1]) == 0
@@ -315,13 +316,13 @@ def test_segment_any_orientation_aligns_in_world_space(tmp_path, capsys, tiny_un
 
 @pytest.fixture(scope="module")
 def tiny_cvae():
-    from core import cvae
+    from core.synthesis import cvae
 
     return cvae.build_cvae(base_filters=4, latent_channels=2, depth=2, grid=cvae.CvaeGrid((32, 32, 16), 2))
 
 
 def test_generate_any_mask_orientation_aligns_in_world_space(tmp_path, tiny_cvae) -> None:
-    from core.generate import generate_cases
+    from core.synthesis.generate import generate_cases
 
     shape = (40, 36, 20)
     mask = np.zeros(shape, np.uint8)
@@ -432,7 +433,7 @@ def test_zip_loading_leaves_nothing_behind_on_sigterm(tmp_path: Path) -> None:
     archive.write_bytes(_zip_of(folder))
     private = tmp_path / "tmp"
     private.mkdir()
-    code = ("import sys, time; from core.case import load_case_from_zip\n"
+    code = ("import sys, time; from core.io.case import load_case_from_zip\n"
             "def slow(fraction, message):\n    print('reading', flush=True); time.sleep(60)\n"
             "load_case_from_zip(sys.argv[1], progress=slow)\n")
     env = {**os.environ, "TMPDIR": str(private), "PYTHONPATH": str(ROOT)}
@@ -505,7 +506,7 @@ def test_an_image_given_as_label_map_lists_few_values(tmp_path: Path, capsys: py
 
 
 def test_generate_rejects_a_nan_temperature(tiny_cvae) -> None:
-    from core.generate import generate_cases
+    from core.synthesis.generate import generate_cases
 
     mask = np.zeros((40, 36, 20), np.uint8)
     with pytest.raises(ValueError, match="temperature must be a finite number >= 0, got nan"):
@@ -539,8 +540,8 @@ def test_sigterm_while_writing_leaves_no_temporary_file(tmp_path: Path) -> None:
     out.mkdir()
     code = ("import os, signal, sys, time\n"
             "import nibabel as nib, numpy as np\n"
-            "from core.cli import exit_on_sigterm\n"
-            "from core.nifti import save_nifti\n"
+            "from core.services.cli import exit_on_sigterm\n"
+            "from core.io.nifti import save_nifti\n"
             "def slow(self, filename, **kwargs):\n"
             "    open(filename, 'wb').write(b'partial'); print('writing', flush=True); time.sleep(60)\n"
             "nib.Nifti1Image.to_filename = slow\n"

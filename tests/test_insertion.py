@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 
 from core import generate
-from core.case import Case, CaseError, load_case, save_case
-from core.labels import ED, ET, NCR, from_internal
-from core.nifti import save_nifti
+from core.io.case import Case, CaseError, load_case, save_case
+from core.io.labels import ED, ET, NCR, from_internal
+from core.io.nifti import save_nifti
+from core.io.weights import ModelLoadError
 from core.synthesis import region as rg
 from core.synthesis.insert import insert_tumour, load_insertion_model, plan_insertion
 from core.synthesis.vaegan import build_discriminator, build_insertion_model
-from core.weights import ModelLoadError
 
 SHAPE = (48, 40, 32)
 

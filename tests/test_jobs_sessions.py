@@ -1,4 +1,4 @@
-"""core.jobs (background runs) and core.session_store (work saved per browser session)."""
+"""core.services.jobs (background runs) and core.services.session_store (work saved per browser session)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import threading
 import numpy as np
 import pytest
 
-from core.jobs import CANCELLED, DONE, FAILED, JobRegistry
-from core.session_store import MAX_RECENT, SessionStore, valid_id
+from core.services.jobs import CANCELLED, DONE, FAILED, JobRegistry
+from core.services.session_store import MAX_RECENT, SessionStore, valid_id
 
 
 def test_job_runs_in_background_and_is_collected_once():
@@ -93,9 +93,9 @@ def test_recent_list_is_bounded_and_ids_are_checked(tmp_path):
 
 
 def test_edits_history_saved_with_the_labels(tmp_path):
-    from core.anatomy import BRATS_AFFINE
-    from core.mask_edit import MaskEditor
-    from core.render import DisplayGeometry
+    from core.synthesis.anatomy import BRATS_AFFINE
+    from core.viewer.mask_edit import MaskEditor
+    from core.viewer.render import DisplayGeometry
 
     store = SessionStore("abcdef123456", tmp_path)
     geometry = DisplayGeometry.from_affine(BRATS_AFFINE)
@@ -115,7 +115,7 @@ def test_edits_history_saved_with_the_labels(tmp_path):
 def test_cleanup_removes_old_and_oversized_sessions_but_keeps_open_ones(tmp_path):
     import os
 
-    from core.session_store import cleanup_sessions
+    from core.services.session_store import cleanup_sessions
 
     now = 1_000_000_000.0
     ages_days = {"old000001": 30, "old000002": 20, "new000001": 1, "new000002": 2, "open00001": 40}

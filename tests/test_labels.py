@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core import labels as L
+from core.io import labels as L
 
 
 def stored_map(et_value: int) -> np.ndarray:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.mask_edit import MaskEditor
-from core.render import DisplayGeometry, display_view
+from core.viewer.mask_edit import MaskEditor
+from core.viewer.render import DisplayGeometry, display_view
 
 BRATS_AFFINE = np.array([[-1.0, 0, 0, 0], [0, -1.0, 0, 239.0], [0, 0, 1.0, 0], [0, 0, 0, 1]])
 SHAPE = (12, 10, 8)

@@ -1,4 +1,4 @@
-"""Tests for core.metrics: hand-computed Dice/HD95/sensitivity/specificity, BraTS empty rules, volumes."""
+"""Tests for core.segmentation.metrics: hand-computed Dice/HD95/sensitivity/specificity, BraTS empty rules, volumes."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import cdist
 
-from core import metrics
-from core.metrics import (
+from core.segmentation import metrics
+from core.segmentation.metrics import (
     HD95_EMPTY,
     class_volumes_ml,
     dice,
@@ -179,7 +179,7 @@ def _cube(mask: np.ndarray, corner: tuple[int, int, int], size: int) -> None:
 
 
 def test_lesion_wise_scores_missed_and_false_positive_lesions():
-    from core.metrics import HD95_EMPTY, lesion_wise_region
+    from core.segmentation.metrics import HD95_EMPTY, lesion_wise_region
 
     ref = np.zeros((60, 60, 60), bool)
     pred = np.zeros_like(ref)
@@ -194,7 +194,7 @@ def test_lesion_wise_scores_missed_and_false_positive_lesions():
 
 
 def test_lesion_wise_ignores_small_lesions_and_merges_close_ones():
-    from core.metrics import lesion_wise_region
+    from core.segmentation.metrics import lesion_wise_region
 
     ref = np.zeros((50, 50, 50), bool)
     _cube(ref, (10, 10, 10), 5)
@@ -209,7 +209,7 @@ def test_lesion_wise_ignores_small_lesions_and_merges_close_ones():
 
 
 def test_lesion_wise_metrics_cover_the_three_regions():
-    from core.metrics import lesion_wise_metrics
+    from core.segmentation.metrics import lesion_wise_metrics
 
     ref = np.zeros((30, 30, 30), np.uint8)
     ref[5:15, 5:15, 5:15] = 2
@@ -223,8 +223,8 @@ def test_lesion_wise_metrics_cover_the_three_regions():
 
 
 def test_region_dice_equals_dice_of_the_region_masks() -> None:
-    from core.labels import region_mask
-    from core.metrics import region_dice
+    from core.io.labels import region_mask
+    from core.segmentation.metrics import region_dice
 
     rng = np.random.default_rng(3)
     pred = rng.integers(0, 4, (20, 18, 9)).astype(np.uint8)

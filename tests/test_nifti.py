@@ -1,4 +1,4 @@
-"""core.nifti: reading paths and bytes, clear errors, writing that keeps affine and header."""
+"""core.io.nifti: reading paths and bytes, clear errors, writing that keeps affine and header."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from core.nifti import NiftiError, nifti_bytes, read_nifti, save_nifti
+from core.io.nifti import NiftiError, nifti_bytes, read_nifti, save_nifti
 
 SHAPE = (12, 10, 8)
 AFFINE = np.array([[-1.0, 0, 0, 3.0], [0, -1.0, 0, 9.0], [0, 0, 1.5, -2.0], [0, 0, 0, 1]])

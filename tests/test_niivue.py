@@ -1,4 +1,4 @@
-"""core.niivue (files and index mapping for the browser viewer) and MaskEditor.paint_voxels."""
+"""core.viewer.niivue (files and index mapping for the browser viewer) and MaskEditor.paint_voxels."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from core.anatomy import BRATS_AFFINE
-from core.mask_edit import MaskEditor
-from core.niivue import (
+from core.synthesis.anatomy import BRATS_AFFINE
+from core.viewer.mask_edit import MaskEditor
+from core.viewer.niivue import (
     display_volume_bytes,
     label_volume_bytes,
     new_events,
@@ -19,7 +19,7 @@ from core.niivue import (
     voxel_to_world,
     world_to_voxel,
 )
-from core.render import DisplayGeometry
+from core.viewer.render import DisplayGeometry
 
 SHAPE = (6, 5, 4)
 AFFINES = {

@@ -1,4 +1,5 @@
-"""Synthetic glioma phantoms (core.phantom) and their template anatomy (core.anatomy).
+"""Synthetic glioma phantoms (core.synthesis.phantom, the core.phantom CLI) and their template anatomy
+(core.synthesis.anatomy).
 
 Generating a phantom takes ~1-2 s, so the file makes three: two module-scoped fixtures (an
 enhancing and a non-enhancing/two-lesion configuration) and the CLI's run of the first seed,
@@ -14,11 +15,12 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from core import phantom
-from core.anatomy import BRATS_AFFINE, BRATS_SHAPE, _read_cache, _write_cache, load_anatomy
-from core.case import MODALITIES, Case, find_case_files, load_case
-from core.labels import ED, ET, NCR
-from core.phantom import PhantomConfig, generate_phantom, generate_phantom_with_tissue
+from core import phantom as phantom_cli
+from core.io.case import MODALITIES, Case, find_case_files, load_case
+from core.io.labels import ED, ET, NCR
+from core.synthesis import phantom
+from core.synthesis.anatomy import BRATS_AFFINE, BRATS_SHAPE, _read_cache, _write_cache, load_anatomy
+from core.synthesis.phantom import PhantomConfig, generate_phantom, generate_phantom_with_tissue
 
 SEED_A, SEED_B = 11, 12
 # Full thin rim, one lesion: there is necrosis and every NCR voxel must be wrapped in ET.
@@ -227,11 +229,11 @@ def test_progress_reports(monkeypatch):
 
 def test_cli_writes_loadable_cases_and_is_deterministic(tmp_path, enhancing, non_enhancing, monkeypatch, capsys):
     # 2023 naming: a real run of seed A with CONFIG_A, which must reproduce the fixture bit for bit.
-    monkeypatch.setattr(phantom, "PhantomConfig", lambda strength: dataclasses.replace(CONFIG_A, strength=strength))
-    assert phantom.main([str(tmp_path / "a"), "--count", "1", "--seed", str(SEED_A), "--naming", "2023"]) == 0
+    monkeypatch.setattr(phantom_cli, "PhantomConfig", lambda strength: dataclasses.replace(CONFIG_A, strength=strength))
+    assert phantom_cli.main([str(tmp_path / "a"), "--count", "1", "--seed", str(SEED_A), "--naming", "2023"]) == 0
     assert "per case" in capsys.readouterr().out
     folders = sorted((tmp_path / "a").iterdir())
-    assert [f.name for f in folders] == [phantom.brats_case_name(SEED_A, "2023")]
+    assert [f.name for f in folders] == [phantom_cli.brats_case_name(SEED_A, "2023")]
     loaded = load_case(folders[0])
     assert loaded.naming == "2023" and set(find_case_files(folders[0])) == {*MODALITIES, "seg"}
     np.testing.assert_array_equal(loaded.affine, BRATS_AFFINE)
@@ -245,10 +247,10 @@ def test_cli_writes_loadable_cases_and_is_deterministic(tmp_path, enhancing, non
         seed: dataclasses.replace(c, image=c.image[crop].copy(), seg=c.seg[crop[1:]].copy())
         for seed, c in ((SEED_A, enhancing[0]), (SEED_A + 1, non_enhancing[0]))
     }
-    monkeypatch.setattr(phantom, "generate_phantom", lambda seed, config=None: fixtures[seed])
-    assert phantom.main([str(tmp_path / "b"), "--count", "2", "--seed", str(SEED_A), "--naming", "2020"]) == 0
+    monkeypatch.setattr(phantom_cli, "generate_phantom", lambda seed, config=None: fixtures[seed])
+    assert phantom_cli.main([str(tmp_path / "b"), "--count", "2", "--seed", str(SEED_A), "--naming", "2020"]) == 0
     folders = sorted((tmp_path / "b").iterdir())
-    assert [f.name for f in folders] == [phantom.brats_case_name(s, "2020") for s in (SEED_A, SEED_A + 1)]
+    assert [f.name for f in folders] == [phantom_cli.brats_case_name(s, "2020") for s in (SEED_A, SEED_A + 1)]
     for folder, seed in zip(folders, (SEED_A, SEED_A + 1)):
         case = load_case(folder)
         assert case.naming == "2020" and case.label_convention in ("2020", None)

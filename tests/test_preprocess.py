@@ -1,4 +1,4 @@
-"""Tests for core.preprocess: brain mask, z-score, CropBox round trip, crop_to_brain, prepare_input."""
+"""Tests for core.preprocessing.preprocess: brain mask, z-score, CropBox round trip, crop_to_brain, prepare_input."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from core.preprocess import (
+from core.preprocessing.preprocess import (
     CropBox,
     bounding_box,
     brain_mask,

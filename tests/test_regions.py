@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core import inference, unet
-from core.labels import BACKGROUND, ED, ET, NCR, region_mask
+from core.io.labels import BACKGROUND, ED, ET, NCR, region_mask
+from core.segmentation import inference, unet
 from tests.test_inference import toy_case
 
 import keras  # noqa: E402

@@ -1,4 +1,4 @@
-"""Display orientation, windowing, overlays and the canvas-to-voxel mapping of core.render."""
+"""Display orientation, windowing, overlays and the canvas-to-voxel mapping of core.viewer.render."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core import render
-from core.labels import CLASS_COLOURS
-from core.render import PLANES, DisplayGeometry
+from core.io.labels import CLASS_COLOURS
+from core.viewer import render
+from core.viewer.render import PLANES, DisplayGeometry
 
 BRATS_AFFINE = np.array([[-1.0, 0, 0, 0], [0, -1.0, 0, 239.0], [0, 0, 1.0, 0], [0, 0, 0, 1]])
 SHAPE = (6, 7, 5)

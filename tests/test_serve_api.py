@@ -22,10 +22,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from bench.server import free_port, stop_process
-from core import cvae, unet
-from core.case import Case, load_case, save_case
-from core.labels import ED, ET, NCR
-from core.metrics import volumes_ml
+from core.io.case import Case, load_case, save_case
+from core.io.labels import ED, ET, NCR
+from core.segmentation import unet
+from core.segmentation.metrics import volumes_ml
+from core.synthesis import cvae
 from serve.api import ApiSettings, create_app
 from serve.work import QueueFull, WorkQueue
 

@@ -12,8 +12,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from core import unet
-from core.case import save_case
+from core.io.case import save_case
+from core.segmentation import unet
 from serve import batch
 from tests.test_serve_api import AFFINE, SHAPE, small_case
 

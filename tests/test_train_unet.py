@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.case import save_case
-from core.labels import ED, ET, NCR
+from core.io.case import save_case
+from core.io.labels import ED, ET, NCR
 from tests.test_inference import toy_case
 from train import data
 
@@ -155,7 +155,7 @@ def test_training_cli_writes_weights_card_and_resumes(tmp_path, toy_cases_dir):
     assert set(card["validation"]["dice"]) == {"WT", "TC", "ET"} and "1000000" in card["validation"]["cases"]
     state = json.loads((run_dir / "state.json").read_text())
     assert state["step"] == 2 and (run_dir / "checkpoint.keras").is_file()
-    from core.inference import load_model
+    from core.segmentation.inference import load_model
 
     assert load_model(out).count_params() == card["params"]
     proc = _run("train.unet", *args(3, 0), "--resume")
@@ -175,7 +175,7 @@ def test_training_on_two_logical_cpu_devices(tmp_path, toy_cases_dir):
 
 
 def test_evaluate_reports_dice_and_hd95_and_skips_unlabelled(tmp_path, toy_cases_dir):
-    from core import unet
+    from core.segmentation import unet
 
     weights = tmp_path / "tiny.keras"
     unet.build_unet(base_filters=4, depth=2).save(weights)
@@ -192,7 +192,7 @@ def test_evaluate_reports_dice_and_hd95_and_skips_unlabelled(tmp_path, toy_cases
 
 
 def test_evaluate_selects_cases_and_reports_median_worst_and_lesion_wise(tmp_path, toy_cases_dir, capsys):
-    from core import unet
+    from core.segmentation import unet
     from train import evaluate
 
     weights = tmp_path / "tiny.keras"
@@ -284,7 +284,7 @@ def test_real_data_augmentation_keeps_background_zero_and_applies_a_smooth_bias_
 
 
 def test_region_training_on_real_validation_ids_in_phases(tmp_path, toy_cases_dir):
-    from core import unet
+    from core.segmentation import unet
 
     init = tmp_path / "classes.keras"
     unet.build_unet(base_filters=4, depth=2).save(init)
@@ -303,13 +303,13 @@ def test_region_training_on_real_validation_ids_in_phases(tmp_path, toy_cases_di
     proc = _run("train.unet", *args, "--resume")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((run_dir / "state.json").read_text())["step"] == 4
-    from core.inference import load_model
+    from core.segmentation.inference import load_model
 
     assert unet.is_region_model(load_model(out))
 
 
 def test_tune_postprocess_reports_the_best_grid_point(tmp_path, toy_cases_dir):
-    from core import unet
+    from core.segmentation import unet
     from train import tune_postprocess
 
     weights = tmp_path / "regions.keras"
@@ -325,8 +325,8 @@ def test_tune_postprocess_reports_the_best_grid_point(tmp_path, toy_cases_dir):
 
 
 def test_soup_averages_the_weights_and_refuses_another_architecture(tmp_path):
-    from core import unet
-    from core.inference import load_model
+    from core.segmentation import unet
+    from core.segmentation.inference import load_model
     from train import soup
 
     import keras

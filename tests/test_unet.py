@@ -1,13 +1,13 @@
-"""core.unet: the 3D U-Net builds, its softmax output has the right shape, the loss behaves and trains."""
+"""core.segmentation.unet: the 3D U-Net builds, its softmax output has the right shape, the loss behaves and trains."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from core import unet
+from core.segmentation import unet
 
-import keras  # noqa: E402  (after core.unet set the backend options)
+import keras  # noqa: E402  (after core.segmentation.unet set the backend options)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Weights paths, env overrides and model cards (core.weights never imports TensorFlow)."""
+"""Weights paths, env overrides and model cards (core.io.weights never imports TensorFlow)."""
 
 import json
 import subprocess
@@ -8,8 +8,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from core.case import CaseError, load_label_map
-from core.weights import ModelLoadError, load_model_card, shipped_path, weights_path
+from core.io.case import CaseError, load_label_map
+from core.io.weights import ModelLoadError, load_model_card, shipped_path, weights_path
 
 
 def test_env_override_and_default(monkeypatch, tmp_path):
@@ -32,7 +32,7 @@ def test_model_card_read_missing_and_corrupt(tmp_path):
 
 
 def test_weights_module_does_not_import_tensorflow():
-    code = "import sys, core.weights; print('tensorflow' in sys.modules or 'keras' in sys.modules)"
+    code = "import sys, core.io.weights; print('tensorflow' in sys.modules or 'keras' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -35,13 +35,13 @@ from pathlib import Path
 
 import numpy as np
 
-from core import cvae  # noqa: F401  (TF options before Keras loads)
-from core.case import Case, load_case, save_case
-from core.generate import default_cvae_path, generate_cases, load_cvae
-from core.inference import load_model
-from core.labels import REGIONS
-from core.preprocess import brain_mask
-from core.weights import shipped_path
+from core.io.case import Case, load_case, save_case
+from core.io.labels import REGIONS
+from core.io.weights import shipped_path
+from core.preprocessing.preprocess import brain_mask
+from core.segmentation.inference import load_model
+from core.synthesis import cvae  # noqa: F401  (TF options before Keras loads)
+from core.synthesis.generate import default_cvae_path, generate_cases, load_cvae
 from train.common import read_case_ids
 from train.data import find_labelled_cases
 from train.evaluate import evaluate
@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def phantom_cases(start: int, count: int, strength: float) -> list[Case]:
     """Phantoms with seeds ``start .. start + count - 1``."""
-    from core.phantom import PhantomConfig, generate_phantom
+    from core.synthesis.phantom import PhantomConfig, generate_phantom
 
     return [generate_phantom(start + i, PhantomConfig(strength=strength)) for i in range(count)]
 

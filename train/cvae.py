@@ -11,7 +11,7 @@ Examples::
 
 Data come from ``train.data`` (the U-Net's producers and pool): each case is preprocessed like
 at inference (brain mask, per-channel z-score, cropped to the brain), then
-``core.cvae.model_inputs`` centres the brain in the model box and pools it to 2 mm. A training
+``core.synthesis.cvae.model_inputs`` centres the brain in the model box and pools it to 2 mm. A training
 sample is one whole brain, mirrored left-right with probability 1/2.
 
 Every ``--ckpt-every`` steps: the reconstruction L1 (posterior mean, inside the brain, at model
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core import cvae
+from core.synthesis import cvae
 from train.common import (
     CHECKPOINT,
     RunMonitor,
@@ -213,16 +213,17 @@ def model_card(config: CvaeTrainConfig, state: dict, model: cvae.ConditionalVAE,
     """JSON model card of the exported CVAE."""
     last = state["history"][-1] if state["history"] else {}
     return {
-        "model": "3D conditional VAE (core.cvae.build_cvae)",
+        "model": "3D conditional VAE (core.synthesis.cvae.build_cvae)",
         "task": "synthetic t1/t1ce/t2/flair (z-scores inside the brain) conditioned on a tumour mask "
                 "(internal labels 0..3) and a brain mask",
         "architecture": {**{k: v for k, v in model.get_config().items() if k not in ("name", "trainable", "dtype")},
                          "model_grid": list(model.grid.model_shape), "latent_shape": list(model.latent_shape)},
-        "data": ("fresh domain-randomised phantoms (core.phantom), seeds "
+        "data": ("fresh domain-randomised phantoms (core.synthesis.phantom), seeds "
                  f"{config.seed}.. < {VALIDATION_SEED_START}, strength {config.phantom_strength}"
                  if config.data == "phantom" else config.data),
-        "preprocessing": "core.preprocess.prepare_input (brain mask, per-channel z-score, crop to brain), then "
-                         f"core.cvae.model_inputs (centred {list(model.grid.box_size)} box, "
+        "preprocessing": "core.preprocessing.preprocess.prepare_input (brain mask, per-channel z-score, crop to "
+                         "brain), then "
+                         f"core.synthesis.cvae.model_inputs (centred {list(model.grid.box_size)} box, "
                          f"{model.grid.factor}x average pooling); "
                          "mirrored in X with p=0.5",
         "step": state["step"],

@@ -3,10 +3,10 @@
 Flow (all numpy; nothing here imports TensorFlow, so producer processes start light):
 
 * **Producers** run in worker processes (``spawn``). A producer makes one training case at a time,
-  either a fresh domain-randomised phantom (``core.phantom.generate_phantom``, seeds
+  either a fresh domain-randomised phantom (``core.synthesis.phantom.generate_phantom``, seeds
   ``worker, worker + workers, ...`` below :data:`VALIDATION_SEED_START`) or a random labelled case
   folder of real BraTS data (or a mix of both, :class:`ProducerSpec`), and ships it as a
-  :class:`TrainingCase` (preprocessed exactly as at inference: ``core.preprocess.prepare_input``,
+  :class:`TrainingCase` (preprocessed exactly as at inference: ``core.preprocessing.preprocess.prepare_input``,
   cropped to the brain, float16).
 * A :class:`CasePool` in the trainer keeps the last ``pool_size`` cases and swaps in one new case
   every ``patches_per_case`` patches, so each phantom (2-3 s to make) serves several patches and the
@@ -33,9 +33,9 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from core.case import Case, CaseError, find_case_files, load_case
-from core.labels import ED, ET, NCR
-from core.preprocess import prepare_input
+from core.io.case import Case, CaseError, find_case_files, load_case
+from core.io.labels import ED, ET, NCR
+from core.preprocessing.preprocess import prepare_input
 from train.packed import find_packed, is_packed, load_packed, packed_name
 
 VALIDATION_SEED_START = 1_000_000  # phantom seeds >= this are held out (never used for training)
@@ -147,7 +147,7 @@ class ProducerSpec:
 def make_case(spec: ProducerSpec, worker: int, workers: int, k: int, rng: np.random.Generator) -> TrainingCase:
     """The ``k``-th case of producer ``worker`` (of ``workers``)."""
     if spec.draws_phantom(rng):
-        from core.phantom import PhantomConfig, generate_phantom  # heavy (anatomy); only in phantom producers
+        from core.synthesis.phantom import PhantomConfig, generate_phantom  # heavy (anatomy); only in phantom producers
 
         seed = spec.seed + worker + k * workers
         if seed >= VALIDATION_SEED_START:
@@ -703,6 +703,6 @@ def batches(samples: Iterator[tuple[np.ndarray, np.ndarray]], batch_size: int
 
 def held_out_phantoms(count: int, strength: float = 1.0, start: int = VALIDATION_SEED_START) -> list[Case]:
     """Validation phantoms with seeds ``start .. start + count - 1`` (never used for training)."""
-    from core.phantom import PhantomConfig, generate_phantom
+    from core.synthesis.phantom import PhantomConfig, generate_phantom
 
     return [generate_phantom(start + i, PhantomConfig(strength=strength)) for i in range(count)]

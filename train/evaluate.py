@@ -10,8 +10,9 @@ Usage::
 Each ``CASES_ROOT`` is a folder of BraTS case folders (2020 or 2023 naming; e.g. the output of
 ``python -m core.phantom``) or one case folder; ``--cases`` keeps only the named cases
 (comma-separated ids or a file with one id per line). Every case with a segmentation is segmented
-with ``core.inference.segment_case`` and scored with ``core.metrics.region_metrics`` (Dice and HD95
-for WT/TC/ET) and ``core.metrics.lesion_wise_metrics`` (BraTS 2023 lesion-wise Dice/HD95); cases
+with ``core.segmentation.inference.segment_case`` and scored with ``core.segmentation.metrics.region_metrics``
+(Dice and HD95 for WT/TC/ET) and ``core.segmentation.metrics.lesion_wise_metrics`` (BraTS 2023 lesion-wise
+Dice/HD95); cases
 without a segmentation (or that fail to load) are skipped with a note. The JSON report holds
 per-case results and, per region, the mean, median and worst case (lowest Dice, highest HD95).
 """
@@ -32,11 +33,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow: errors only on
 import numpy as np
 from tqdm import tqdm
 
-from core.case import CaseError, load_case
-from core.inference import ModelLoadError, default_unet_path, load_model, load_model_card, segment_case
-from core.labels import REGIONS
-from core.metrics import lesion_wise_metrics, region_metrics
-from core.nifti import NiftiError
+from core.io.case import CaseError, load_case
+from core.io.labels import REGIONS
+from core.io.nifti import NiftiError
+from core.segmentation.inference import ModelLoadError, default_unet_path, load_model, load_model_card, segment_case
+from core.segmentation.metrics import lesion_wise_metrics, region_metrics
 from train.common import folders_named, read_case_ids
 from train.data import case_folders
 

@@ -35,8 +35,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from core.case import load_case
-from core.preprocess import bounding_box, brain_mask
+from core.io.case import load_case
+from core.preprocessing.preprocess import bounding_box, brain_mask
 from core.synthesis import region as rg
 from core.synthesis.vaegan import build_discriminator, build_insertion_model, kl_loss
 from train.common import command_line, labelled_case_folders, read_case_ids, save_atomic, write_json

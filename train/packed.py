@@ -1,7 +1,7 @@
 """Compact, preprocessed training cases (``NAME.tcase.xz``) and ``python -m train.packed`` to write them.
 
 A packed case is what the U-Net trainer needs and nothing more: the network input exactly as
-``train.data.training_case`` makes it (``core.preprocess.prepare_input``: brain mask, per-channel z-score,
+``train.data.training_case`` makes it (``core.preprocessing.preprocess.prepare_input``: brain mask, per-channel z-score,
 cropped to the brain), with each channel quantised to ``levels`` steps between its 0.01th and 99.99th
 percentile inside the brain (0 stays the exact background), plus the internal labels 0..3, all
 LZMA-compressed. A real BraTS case shrinks from ~10 MB of ``.nii.gz`` to ~2.5 MB at 40 levels, so the
@@ -127,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """CLI: pack the labelled cases of ``--data`` folders (minus ``--exclude``) into ``-o``."""
     from tqdm import tqdm
 
-    from core.case import load_case
+    from core.io.case import load_case
     from train.common import labelled_case_folders, read_case_ids
     from train.data import training_case
 

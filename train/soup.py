@@ -54,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(args.models) < 2:
         p.error("give at least two models to average")
 
-    from core.inference import ModelLoadError, load_model
+    from core.segmentation.inference import ModelLoadError, load_model
 
     paths = [Path(m) for m in args.models]
     try:

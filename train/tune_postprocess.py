@@ -6,7 +6,7 @@ Usage::
         --weights weights/unet.keras --out bench/results/postprocess_validation.json [--tta]
 
 The network runs once per case (its outputs are kept on the brain crop); every combination of the
-grid below is then decoded, postprocessed with ``core.inference.postprocess_labels`` and scored
+grid below is then decoded, postprocessed with ``core.segmentation.inference.postprocess_labels`` and scored
 (region Dice and HD95), so the search costs one forward pass per case. The grid is small on purpose:
 the validation split has only a handful of cases and every knob tuned on it makes its numbers more
 optimistic.
@@ -36,11 +36,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 from tqdm import tqdm
 
-from core import inference, unet
-from core.case import load_case
-from core.labels import BACKGROUND, REGIONS
-from core.metrics import region_metrics
-from core.preprocess import prepare_input
+from core.io.case import load_case
+from core.io.labels import BACKGROUND, REGIONS
+from core.preprocessing.preprocess import prepare_input
+from core.segmentation import inference, unet
+from core.segmentation.metrics import region_metrics
 from train.common import read_case_ids
 from train.evaluate import select_folders
 

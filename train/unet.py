@@ -19,7 +19,7 @@ cases: comma-separated case ids or a file with one id per line; those cases are 
 
 Every ``--val-every`` steps the trainer segments the validation cases (phantoms: seeds from
 ``train.data.VALIDATION_SEED_START`` = 1,000,000 on, never used for training) with the same
-``core.inference.segment_case`` the app uses, logs their Dice (WT/TC/ET), saves a resumable
+``core.segmentation.inference.segment_case`` the app uses, logs their Dice (WT/TC/ET), saves a resumable
 checkpoint (model + optimizer, ``RUN_DIR/checkpoint.keras`` + ``RUN_DIR/state.json``), and exports the
 best model so far (mean validation Dice) to ``--out`` without optimizer state, with a JSON model card
 beside it (``unet.keras`` -> ``unet.json``).
@@ -53,11 +53,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow: errors only on
 
 import numpy as np
 
-from core import unet
-from core.case import load_case
-from core.inference import segment_case
-from core.labels import REGIONS, region_mask
-from core.metrics import dice
+from core.io.case import load_case
+from core.io.labels import REGIONS, region_mask
+from core.segmentation import unet
+from core.segmentation.inference import segment_case
+from core.segmentation.metrics import dice
 from train.common import (
     CHECKPOINT,
     RunMonitor,
@@ -314,7 +314,7 @@ class TrainingMonitor(RunMonitor):
 def model_card(config: TrainConfig, state: dict, entry: dict, info: dict) -> dict:
     """JSON model card of the exported model."""
     return {
-        "model": "3D U-Net (core.unet.build_unet)",
+        "model": "3D U-Net (core.segmentation.unet.build_unet)",
         "task": "BraTS glioma sub-region segmentation: classes 0 background, 1 NCR, 2 ED, 3 ET (internal labels)",
         "architecture": {"in_channels": 4, "channels": ["t1", "t1ce", "t2", "flair"],
                          "outputs": (f"sigmoid regions {list(unet.REGION_CHANNELS)}" if config.regions
@@ -322,7 +322,7 @@ def model_card(config: TrainConfig, state: dict, entry: dict, info: dict) -> dic
                          "base_filters": config.base, "depth": config.depth, "norm": config.norm,
                          "dtype_policy": config.precision},
         "data": info.get("data_description"),
-        "preprocessing": "core.preprocess.prepare_input (brain mask, per-channel z-score, crop to brain)",
+        "preprocessing": "core.preprocessing.preprocess.prepare_input (brain mask, per-channel z-score, crop to brain)",
         "step": entry["step"],
         "steps_planned": config.steps,
         "config": asdict(config),
@@ -353,7 +353,7 @@ def _load_initial_weights(model: keras.Model, path: Path) -> list[str]:
     Returns:
         Names of the layers that kept their fresh initialisation.
     """
-    from core.inference import load_model
+    from core.segmentation.inference import load_model
 
     source = {layer.name: layer for layer in load_model(path).layers}
     fresh = []
@@ -411,7 +411,7 @@ def _describe_data(spec, strength: float) -> str:
         parts.append(f"{len(spec.folders)} real labelled cases (ids in training_cases)")
     if not spec.folders or spec.phantom_fraction > 0:
         share = 1.0 if not spec.folders else spec.phantom_fraction
-        parts.append(f"fresh domain-randomised phantoms (core.phantom, strength {strength}, seeds < "
+        parts.append(f"fresh domain-randomised phantoms (core.synthesis.phantom, strength {strength}, seeds < "
                      f"{VALIDATION_SEED_START}), {share:.0%} of the cases")
     return "; ".join(parts)
 

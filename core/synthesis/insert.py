@@ -3,14 +3,14 @@
 API (used by ``core.generate --host``, the app and the evaluation)::
 
     model = load_insertion_model(default_insertion_path())
-    cases = insert_tumour(host, target, model, n_samples=3, seed=0)      # host: core.case.Case
+    cases = insert_tumour(host, target, model, n_samples=3, seed=0)      # host: core.io.case.Case
 
 The host's own tumour (``host_tumour=``, else ``host.seg``, else the U-Net passed as ``unet=``) and the target
 ``T`` define the region ``R`` (:func:`core.synthesis.region.insertion_region`); the generator paints ``R`` on a
 1 mm crop around it, and each result is the host outside ``R`` voxel for voxel (same dtype, affine and header),
 blended into it at ``R``'s border. Where the host had tumour and ``T`` is empty, healthy tissue is filled in.
 Generation runs in the models' (BraTS, LPS) voxel orientation and the images are turned back exactly
-(``core.orientation``). ``.seg`` of each result is ``T``.
+(``core.io.orientation``). ``.seg`` of each result is ``T``.
 """
 
 from __future__ import annotations
@@ -22,13 +22,13 @@ from typing import Any
 
 import numpy as np
 
-from core.case import MODALITIES, Case, CaseError, affine_spacing
-from core.generate import SPACING_TOLERANCE, check_mask, sample_seed
-from core.orientation import Reorientation, reorientation
-from core.preprocess import CropBox, brain_mask
+from core.io.case import MODALITIES, Case, CaseError, affine_spacing
+from core.io.orientation import Reorientation, reorientation
+from core.io.weights import ModelLoadError, load_keras_file, shipped_path
+from core.preprocessing.preprocess import CropBox, brain_mask
 from core.synthesis import region as rg
+from core.synthesis.generate import SPACING_TOLERANCE, check_mask, sample_seed
 from core.synthesis.vaegan import InsertionVAEGAN
-from core.weights import ModelLoadError, load_keras_file, shipped_path
 
 import keras  # noqa: E402
 
@@ -97,7 +97,7 @@ def _host_tumour(host: Case, host_tumour: np.ndarray | None, unet: Any, name: st
     elif host.seg is not None:
         return np.asarray(host.seg) > 0
     elif unet is not None:
-        from core.segment import segment_oriented
+        from core.segmentation.segment import segment_oriented
 
         return segment_oriented(host, unet).labels > 0
     else:
@@ -205,7 +205,7 @@ def insert_tumour(host: Case, target: np.ndarray, model: InsertionVAEGAN, *, n_s
         target: uint8 ``(X, Y, Z)`` internal labels 0..3 on the host's grid (all zero: remove the host's tumour).
         model: an :class:`InsertionVAEGAN`.
         n_samples: number of cases.
-        seed: sample ``i`` uses latent seed ``core.generate.sample_seed(seed, i)``: same seed, same cases.
+        seed: sample ``i`` uses latent seed ``core.synthesis.generate.sample_seed(seed, i)``: same seed, same cases.
         temperature: scale of the prior's standard deviation (0: the mean fill).
         host_tumour: the host's tumour (non-zero); default ``host.seg``, else segmented with ``unet``.
         unet: U-Net used when the host's tumour is not given and it has no seg.

@@ -20,8 +20,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
-from core.labels import ED, ET, NCR
-from core.preprocess import CropBox, bounding_box
+from core.io.labels import ED, ET, NCR
+from core.preprocessing.preprocess import CropBox, bounding_box
 
 MARGIN = 4  # voxels (1 mm) that R extends beyond target | host tumour
 RAMP = 3  # voxels of the blend ramp at R's border (inside R)

@@ -13,7 +13,7 @@ adversarial training step lives in ``train.insertion``.
 
 from __future__ import annotations
 
-from core.cvae import GaussianSampler, kl_divergence
+from core.synthesis.cvae import GaussianSampler, kl_divergence
 from core.synthesis.region import COND_CHANNELS, CONTEXT_CHANNELS
 
 import keras  # noqa: E402
@@ -131,5 +131,5 @@ def build_insertion_model(base_filters: int = 16, latent_channels: int = 4, seed
 
 
 def kl_loss(z_mean, z_log_var):
-    """``KL(q || N(0, I))`` summed over the latent elements (see :func:`core.cvae.kl_divergence`)."""
+    """``KL(q || N(0, I))`` summed over the latent elements (see :func:`core.synthesis.cvae.kl_divergence`)."""
     return kl_divergence(z_mean, z_log_var)

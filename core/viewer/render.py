@@ -30,7 +30,7 @@ from PIL import Image, ImageDraw
 from skimage.measure import marching_cubes
 from skimage.segmentation import find_boundaries
 
-from core.labels import CLASS_COLOURS, REGIONS, region_mask
+from core.io.labels import CLASS_COLOURS, REGIONS, region_mask
 
 Plane = Literal["axial", "coronal", "sagittal"]
 PLANES: tuple[str, ...] = ("axial", "coronal", "sagittal")

@@ -1,7 +1,7 @@
 """3D conditional variational auto-encoder for synthetic multi-modal brain MRI.
 
 The model learns ``p(x | z, c)``: ``x`` are the four MRI modalities (z-scored inside the
-brain, ``core.case.MODALITIES`` order) and ``c`` the condition, a one-hot tumour label map
+brain, ``core.io.case.MODALITIES`` order) and ``c`` the condition, a one-hot tumour label map
 (4 classes) plus the brain mask. The latent ``z`` is *spatial* (``latent_channels`` at
 ``1/2**depth`` of the model grid) so the generated anatomy follows the mask, and the
 decoder gets skip connections from a condition branch at every scale.
@@ -27,8 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np  # noqa: E402
 
-from core.labels import NUM_CLASSES  # noqa: E402
-from core.preprocess import CropBox, bounding_box  # noqa: E402
+from core.io.labels import NUM_CLASSES  # noqa: E402
+from core.preprocessing.preprocess import CropBox, bounding_box  # noqa: E402
 
 import keras  # noqa: E402
 from keras import layers, ops  # noqa: E402
@@ -76,7 +76,7 @@ class CvaeGrid:
         return tuple(s // self.factor for s in self.box_size)  # type: ignore[return-value]
 
     def box_for(self, brain: np.ndarray) -> CropBox:
-        """The :class:`~core.preprocess.CropBox` of ``box_size`` centred on the brain's bounding box.
+        """The :class:`~core.preprocessing.preprocess.CropBox` of ``box_size`` centred on the brain's bounding box.
 
         A brain larger than the box loses its outermost voxels (they are 0 in generated images).
         """

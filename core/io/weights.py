@@ -1,8 +1,9 @@
 """Where the shipped weights live and their JSON model cards (no TensorFlow import).
 
 The app reads paths and cards at start-up without loading Keras; the model loaders in
-``core.inference`` and ``core.generate`` use the same paths. ``BRATS_UNET_WEIGHTS`` and
-``BRATS_CVAE_WEIGHTS`` override the shipped files (tests use tiny models this way).
+``core.segmentation.inference``, ``core.synthesis.generate`` and ``core.synthesis.insert`` use the same paths.
+``BRATS_UNET_WEIGHTS``, ``BRATS_CVAE_WEIGHTS`` and ``BRATS_INSERTION_WEIGHTS`` override the shipped files (tests use
+tiny models this way).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import json
 import os
 from pathlib import Path
 
-WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"
 WEIGHT_FILES: dict[str, str] = {"unet": "unet.keras", "cvae": "cvae.keras", "insertion": "insertion.keras"}
 WEIGHTS_ENV: dict[str, str] = {"unet": "BRATS_UNET_WEIGHTS", "cvae": "BRATS_CVAE_WEIGHTS",
                                "insertion": "BRATS_INSERTION_WEIGHTS"}

@@ -3,7 +3,7 @@
 - bad input: exit status :data:`EXIT_BAD_INPUT` (2) and exactly one stderr line ``error: <message>``;
 - accepted but unusual input: ``warning: <message>`` lines on stderr, exit status 0;
 - SIGTERM ends the process through ``SystemExit`` (status 143), so ``finally`` blocks and context
-  managers run: a half-written output's temporary file is removed (``core.nifti.save_nifti``).
+  managers run: a half-written output's temporary file is removed (``core.io.nifti.save_nifti``).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Pure mask-editing operations on one slice of a label map, with bounded undo/redo.
 
 Every operation works on a slice in *display orientation* (what the user sees, see
-:mod:`core.render`) and writes through a numpy view into the 3D label map, so screen pixels
+:mod:`core.viewer.render`) and writes through a numpy view into the 3D label map, so screen pixels
 map exactly onto voxels. History entries are per-slice snapshots, so memory stays small
 (one slice before and after per step) whatever the volume size.
 """
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from core.labels import NUM_CLASSES
-from core.render import DisplayGeometry, display_view, stroke_to_slice
+from core.io.labels import NUM_CLASSES
+from core.viewer.render import DisplayGeometry, display_view, stroke_to_slice
 
 DEFAULT_HISTORY = 30
 
@@ -56,7 +56,7 @@ class MaskEditor:
         if labels.ndim != 3:
             raise ValueError(f"label map must be 3D (X, Y, Z), got shape {labels.shape}")
         if labels.size and int(labels.max()) >= NUM_CLASSES:
-            raise ValueError("label map must hold internal classes 0..3 (convert with core.labels.to_internal)")
+            raise ValueError("label map must hold internal classes 0..3 (convert with core.io.labels.to_internal)")
         if history_limit < 1:
             raise ValueError("history_limit must be at least 1")
         self._labels = labels.astype(np.uint8, copy=True)
@@ -156,7 +156,7 @@ class MaskEditor:
         """Paint a canvas drawing (RGBA, strokes where alpha > 0) of any size onto a slice.
 
         The canvas shows the slice resized to the canvas size; each voxel takes the canvas
-        pixel at its centre (see :func:`core.render.stroke_to_slice`).
+        pixel at its centre (see :func:`core.viewer.render.stroke_to_slice`).
         """
         shape = display_view(self._labels, plane, index, self.geometry).shape
         return self.paint(plane, index, stroke_to_slice(stroke_rgba, shape), label)

@@ -1,6 +1,6 @@
 """The built-in demo case: a synthetic glioma phantom on the BraTS grid, nothing downloaded.
 
-Generated deterministically with a fixed seed by :func:`core.phantom.generate_phantom` on first
+Generated deterministically with a fixed seed by :func:`core.synthesis.phantom.generate_phantom` on first
 use and kept in memory; every call returns an independent copy.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import functools
 
-from core.case import Case
+from core.io.case import Case
 
 DEMO_SEED = 20240
 DEMO_NAME = "BraTS-Studio-demo"
@@ -17,7 +17,7 @@ DEMO_NAME = "BraTS-Studio-demo"
 
 @functools.lru_cache(maxsize=1)
 def _demo_case() -> Case:
-    from core.phantom import generate_phantom
+    from core.synthesis.phantom import generate_phantom
 
     case = generate_phantom(DEMO_SEED)
     case.name = DEMO_NAME

@@ -5,16 +5,16 @@ Layout follows MONAI's ``basic_unet.py``: a stem ``ConvBlock`` (two conv-norm-Le
 ``ConvBlock``) and a 1x1x1 head. Two heads exist:
 
 * **classes** (``regions=False``): a softmax over the four internal classes (background, NCR, ED,
-  ET; see ``core.labels``), trained with :func:`dice_ce_loss`;
+  ET; see ``core.io.labels``), trained with :func:`dice_ce_loss`;
 * **regions** (``regions=True``, nnU-Net's BraTS setting): three sigmoids for the nested regions
   WT, TC, ET (:data:`REGION_CHANNELS`), trained with :func:`region_dice_bce_loss`; the label map is
-  derived from them (``core.inference``), so the 0..3 label contract stays.
+  derived from them (``core.segmentation.inference``), so the 0..3 label contract stays.
 
 The blocks are small typed builders that wire *built-in* Keras layers into a functional model,
 so a saved ``.keras`` file contains no custom layers and loads with ``safe_mode=True`` anywhere.
 Only the loss is custom; it is registered for (de)serialisation and only needed to resume training.
 
-Input is channel-last ``(B, X, Y, Z, 4)`` in ``core.case.MODALITIES`` order; every spatial size
+Input is channel-last ``(B, X, Y, Z, 4)`` in ``core.io.case.MODALITIES`` order; every spatial size
 must be a multiple of ``2 ** (depth - 1)``.
 """
 

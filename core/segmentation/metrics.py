@@ -29,8 +29,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
-from core.labels import CLASS_NAMES, ED, ET, NCR, NUM_CLASSES, REGION_CLASSES, REGIONS, region_mask
-from core.preprocess import bounding_box
+from core.io.labels import CLASS_NAMES, ED, ET, NCR, NUM_CLASSES, REGION_CLASSES, REGIONS, region_mask
+from core.preprocessing.preprocess import bounding_box
 
 HD95_EMPTY = 373.13
 """HD95 (mm) when exactly one of prediction and reference is empty (BraTS legacy rule)."""
@@ -187,7 +187,7 @@ def _class_counts(labels: np.ndarray) -> np.ndarray:
     labels = np.asarray(labels)
     if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
         raise ValueError("volumes need an internal label map with classes 0..3 "
-                         "(convert with core.labels.to_internal)")
+                         "(convert with core.io.labels.to_internal)")
     return np.bincount(labels.ravel().astype(np.intp, copy=False), minlength=NUM_CLASSES)
 
 

@@ -1,6 +1,6 @@
 """Is a loaded case something the models can segment? Plausibility checks with clear findings.
 
-``core.case`` rejects files that cannot be read or used at all (not a NIfTI, NaN, constant, ...).
+``core.io.case`` rejects files that cannot be read or used at all (not a NIfTI, NaN, constant, ...).
 This module looks at the *content* of a loaded case and reports what would make a segmentation
 silently wrong, as :class:`Finding` s naming the file and the fix:
 
@@ -12,7 +12,7 @@ errors (``core.segment`` refuses, unless ``--force``):
     - no brain at all (every voxel equals the background).
 
 warnings (the result is computed, but may be unreliable):
-    - a background that is not 0 (it is detected and masked; see ``core.preprocess.border_background``);
+    - a background that is not 0 (it is detected and masked; see ``core.preprocessing.preprocess.border_background``);
     - no uniform background on the border, or a "brain" larger than a head: not skull-stripped;
     - a brain or field of view far smaller than a whole brain (a crop);
     - voxels far from the 1 mm the models were trained on;
@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.case import MODALITIES, Case, CaseError
-from core.preprocess import border_background, bounding_box, brain_mask
+from core.io.case import MODALITIES, Case, CaseError
+from core.preprocessing.preprocess import border_background, bounding_box, brain_mask
 
 ERROR = "error"
 WARNING = "warning"

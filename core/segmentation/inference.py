@@ -2,13 +2,13 @@
 
 Pipeline of :func:`segment_case` (the app and ``python -m core.segment`` call it):
 
-1. ``core.preprocess.prepare_input``: brain mask, per-channel z-score, crop to the brain and pad
+1. ``core.preprocessing.preprocess.prepare_input``: brain mask, per-channel z-score, crop to the brain and pad
    to a multiple of the network's down-sampling factor.
 2. One forward pass over the whole cropped volume (~3 GB for a base-16 U-Net on a BraTS brain).
    Sliding windows with Gaussian blending would cost >= 2x the FLOPs (overlap) on 2 CPU cores.
 3. Optional mirror test-time augmentation: all 8 combinations of flips of the three spatial axes,
    probabilities averaged (nnU-Net's TTA).
-   A region-based U-Net (three sigmoids WT, TC, ET; ``core.unet.build_unet(regions=True)``) is
+   A region-based U-Net (three sigmoids WT, TC, ET; ``core.segmentation.unet.build_unet(regions=True)``) is
    decoded as nnU-Net does: WT > 0.5 is tumour, TC > 0.5 inside it is core (NCR), ET > 0.5 inside
    the core is ET (:func:`regions_to_labels`); its class probabilities are derived from the nested
    regions (:func:`region_class_probabilities`).
@@ -35,11 +35,11 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from core import unet  # noqa: F401  (registers the loss for safe loading)
-from core.case import MODALITIES, Case
-from core.labels import BACKGROUND, ED, ET, NCR, NUM_CLASSES
-from core.preprocess import prepare_input
-from core.weights import ModelLoadError, load_keras_file, load_model_card, shipped_path  # noqa: F401  (re-exported API)
+from core.io.case import MODALITIES, Case
+from core.io.labels import BACKGROUND, ED, ET, NCR, NUM_CLASSES
+from core.io.weights import ModelLoadError, load_keras_file, load_model_card, shipped_path  # noqa: F401  (re-exported API)
+from core.preprocessing.preprocess import prepare_input
+from core.segmentation import unet  # noqa: F401  (registers the loss for safe loading)
 
 import keras  # noqa: E402
 
@@ -243,7 +243,7 @@ def segment_case(case: Case, model: keras.Model, *, tta: bool | str = False, pos
 
     Args:
         case: the case (image ``(4, X, Y, Z)`` in ``MODALITIES`` order; any grid size).
-        model: a U-Net from :func:`load_model` or ``core.unet.build_unet``.
+        model: a U-Net from :func:`load_model` or ``core.segmentation.unet.build_unet``.
         tta: mirror test-time augmentation (:func:`tta_variants`; ``True``: 8 forward passes averaged).
         postprocess: apply :func:`postprocess_labels` to the label map.
         progress: ``(fraction, message)`` callback.

@@ -20,7 +20,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from core.labels import NUM_CLASSES
+from core.io.labels import NUM_CLASSES
 
 DISPLAY_PERCENTILE = 99.9  # intensities above this percentile of the brain saturate in the 8-bit copy
 

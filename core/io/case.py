@@ -24,9 +24,9 @@ from typing import BinaryIO
 import nibabel as nib
 import numpy as np
 
-from core.labels import CONVENTIONS, check_convention, detect_convention, from_internal, to_internal
-from core.nifti import NiftiError, check_volume_shape, header_warnings, nifti_bytes, read_nifti, save_nifti
-from core.orientation import axcodes, onto_grid
+from core.io.labels import CONVENTIONS, check_convention, detect_convention, from_internal, to_internal
+from core.io.nifti import NiftiError, check_volume_shape, header_warnings, nifti_bytes, read_nifti, save_nifti
+from core.io.orientation import axcodes, onto_grid
 
 MODALITIES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
 
@@ -39,7 +39,7 @@ class Case:
         image: float32 array ``(4, X, Y, Z)``, channels in ``MODALITIES`` order.
         affine: ``(4, 4)`` voxel-to-world matrix of the reference (t1) file.
         header: copy of the reference NIfTI header (written back on save).
-        seg: uint8 ``(X, Y, Z)`` internal labels 0..3 (see ``core.labels``), or ``None``.
+        seg: uint8 ``(X, Y, Z)`` internal labels 0..3 (see ``core.io.labels``), or ``None``.
         label_convention: convention of the source segmentation file (``"2020"``/``"2023"``) or ``None``.
         files: source file name per modality (and ``"seg"``).
         naming: how the files were named: ``"2020"``, ``"2023"``, ``"plain"`` or ``None`` (in memory).
@@ -553,7 +553,7 @@ def load_case_from_zip(
     """Load a case from a zip of its folder (files at the top or inside one folder).
 
     Nothing is extracted to disk: each NIfTI entry is streamed from the archive into memory with the
-    checks of ``core.nifti.read_nifti`` (header first, so a header that claims a huge volume is
+    checks of ``core.io.nifti.read_nifti`` (header first, so a header that claims a huge volume is
     rejected before its voxels are inflated), so no temporary file can be left behind whatever ends
     the process. Before any entry is read, the archive is rejected if it has more than
     ``max_entries`` entries (counted from its end record, before the central directory is parsed),
@@ -657,7 +657,7 @@ def _stored_labels(labels_internal: np.ndarray, convention: str) -> np.ndarray:
     try:
         return from_internal(labels_internal, convention)
     except ValueError as exc:
-        raise CaseError(f"label map: {exc}; pass internal labels 0..3 (see core.labels).") from exc
+        raise CaseError(f"label map: {exc}; pass internal labels 0..3 (see core.io.labels).") from exc
 
 
 def save_label_map(
@@ -669,7 +669,7 @@ def save_label_map(
 ) -> Path:
     """Write an internal label map as uint8 in ``convention`` (``"2020"``: ET=4, ``"2023"``: ET=3).
 
-    Keeps ``affine`` and ``header`` (see ``core.nifti.save_nifti``); ``.nii`` or ``.nii.gz`` by name.
+    Keeps ``affine`` and ``header`` (see ``core.io.nifti.save_nifti``); ``.nii`` or ``.nii.gz`` by name.
     """
     stored = _stored_labels(labels_internal, check_convention(convention))
     return save_nifti(path, stored, affine, _label_header(header), dtype=np.uint8)

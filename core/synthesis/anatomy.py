@@ -135,7 +135,8 @@ def derive_anatomy() -> dict[str, np.ndarray]:
     voxels = np.argwhere(inside > 0)
     centroid_mm = mni_affine[:3, :3] @ voxels.mean(axis=0) + mni_affine[:3, 3]
     if not np.allclose(centroid_mm, _MNI_BRAIN_CENTROID_MM, atol=0.05):
-        raise RuntimeError(f"nilearn's MNI152 template changed (brain centroid {centroid_mm}); update core.anatomy")
+        raise RuntimeError(f"nilearn's MNI152 template changed (brain centroid {centroid_mm}); "
+                           "update core.synthesis.anatomy")
     voxel_map = np.linalg.inv(mni_affine) @ brats_to_mni_world()
 
     soft = np.clip(_resample(inside, voxel_map), 0.0, 1.0)

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 SESSION_ENV = "BRATS_SESSION_DIR"
-DEFAULT_ROOT = Path(__file__).resolve().parents[1] / "sessions"
+DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "sessions"
 MAX_RECENT = 8
 MAX_AGE_ENV, MAX_SIZE_ENV = "BRATS_SESSION_MAX_AGE_DAYS", "BRATS_SESSION_MAX_GB"
 DEFAULT_MAX_AGE_DAYS, DEFAULT_MAX_GB = 14.0, 5.0
