@@ -4,7 +4,7 @@
 # Prepare here (the GPU machine has PyTorch/JAX but no TensorFlow, Keras or nibabel, and no ../shared):
 #   python -m train.packed --data ../shared/data/brats-real --exclude train/splits/brats-real-validation.txt \
 #       -o packed/brats-real                                   # 20 training cases, 45 MB
-#   pip download keras namex optree nibabel wheels for CPython 3.12 into .whl/ (see README, "Training on a GPU")
+#   pip download keras namex optree nibabel wheels for CPython 3.12 into .whl/ (README: "Training on a GPU")
 # Run there from the repository root (both folders carried); exports land in $OUT for selection here with
 #   python -m train.evaluate --weights OUT/export_step*.keras ... on the real validation cases.
 # Every setting can be overridden from the environment (a tiny smoke test runs it on a CPU).
