@@ -36,7 +36,8 @@ from scipy import ndimage
 from core.io.case import Case, CaseError, find_case_files, load_case
 from core.io.labels import ED, ET, NCR
 from core.preprocessing.preprocess import prepare_input
-from train.packed import find_packed, is_packed, load_packed, packed_name
+from train.packed import SUFFIX as PACKED_SUFFIX
+from train.packed import find_packed, is_packed, load_packed
 
 VALIDATION_SEED_START = 1_000_000  # phantom seeds >= this are held out (never used for training)
 TUMOUR_CLASSES = (NCR, ED, ET)
@@ -111,8 +112,9 @@ def find_labelled_cases(root: str | Path) -> tuple[Path, ...]:
 
 
 def case_id(path: str | Path) -> str:
-    """Case id of a labelled case folder or packed case file."""
-    return packed_name(path)
+    """Case id of a labelled case folder (its name) or packed case file (its name without the suffix)."""
+    name = Path(path).name
+    return name.removesuffix(PACKED_SUFFIX)
 
 
 @dataclass(frozen=True)
@@ -168,12 +170,28 @@ def _produce(spec: ProducerSpec, worker: int, workers: int, out: mp.Queue, stop:
     while not stop.is_set():
         item = make_case(spec, worker, workers, k, rng)
         k += 1
-        while not stop.is_set():
-            try:
-                out.put(item, timeout=0.5)
-                break
-            except queue.Full:
-                continue
+        _put_until_stopped(out, item, stop)
+
+
+def _put_until_stopped(out: mp.Queue | queue.Queue, item: object, stop: mp.Event | threading.Event) -> bool:
+    """Put ``item`` on ``out``, retrying every 0.5 s while it is full; false (not put) once ``stop`` is set."""
+    while not stop.is_set():
+        try:
+            out.put(item, timeout=0.5)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _get_until_stopped(source: mp.Queue, stop: mp.Event) -> object | None:
+    """Next item of ``source``, retrying every 0.5 s while it is empty; ``None`` once ``stop`` is set."""
+    while not stop.is_set():
+        try:
+            return source.get(timeout=0.5)
+        except queue.Empty:
+            continue
+    return None
 
 
 class _WorkerProcesses:
@@ -529,13 +547,7 @@ class Prefetcher:
     def _run(self, source: Iterator) -> None:
         try:
             for item in source:
-                while not self._stop.is_set():
-                    try:
-                        self._queue.put(item, timeout=0.5)
-                        break
-                    except queue.Full:
-                        continue
-                if self._stop.is_set():
+                if not _put_until_stopped(self._queue, item, self._stop):
                     return
         except BaseException as exc:  # surfaced in __next__
             self._error = exc
@@ -575,31 +587,15 @@ def _sample_patches(spec: ProducerSpec, worker: int, workers: int, pool_size: in
             if ring is None:
                 item = (image.astype(np.float16), labels)
             else:
-                item = _wait(lambda: shared[3].get(timeout=0.5), stop)  # a free slot
+                item = _get_until_stopped(shared[3], stop)  # a free slot
                 if item is None:
                     return
                 images[item], labels_ring[item] = image, labels
-            if _wait(functools.partial(_put, out, item), stop) is None:
+            if not _put_until_stopped(out, item, stop):
                 return
     finally:
         if ring is not None:
             ring.close()
-
-
-def _put(out: mp.Queue, item: object) -> bool:
-    """Put ``item`` on ``out`` (raises ``queue.Full`` after 0.5 s); true when it went in."""
-    out.put(item, timeout=0.5)
-    return True
-
-
-def _wait(attempt: Callable[[], object], stop: mp.Event) -> object | None:
-    """Retry ``attempt`` (a queue call with a timeout) until it succeeds or ``stop`` is set (then ``None``)."""
-    while not stop.is_set():
-        try:
-            return attempt()
-        except (queue.Full, queue.Empty):
-            continue
-    return None
 
 
 def _ring_arrays(ring, image_shape: tuple[int, ...], labels_shape: tuple[int, ...]

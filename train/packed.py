@@ -42,12 +42,6 @@ def is_packed(path: str | Path) -> bool:
     return str(path).endswith(SUFFIX)
 
 
-def packed_name(path: str | Path) -> str:
-    """Case id of a packed case file (its name without :data:`SUFFIX`)."""
-    name = Path(path).name
-    return name[: -len(SUFFIX)] if name.endswith(SUFFIX) else name
-
-
 def find_packed(folder: str | Path) -> list[Path]:
     """Packed case files directly in ``folder``, sorted by name."""
     return sorted(p for p in Path(folder).glob(f"*{SUFFIX}") if p.is_file())
