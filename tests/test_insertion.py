@@ -178,8 +178,9 @@ def test_training_examples_and_one_step():
         assert not np.any(ex["context"][ex["cond"][..., 3] > 0])  # R is blanked in the context
         if kind == "healthy":
             assert not ex["cond"][..., :3].any()  # empty target
-    config = ti.InsertionConfig(batch=1, patch=16, base=4, latent=2, precision="float32")
-    net, disc = build_insertion_model(4, 2), build_discriminator(4)
+    config = ti.InsertionConfig(batch=1, patch=16, base=4, latent=2, precision="float32", upsampling="linear",
+                                disc_antialias=True)
+    net, disc = build_insertion_model(4, 2, upsampling="linear"), build_discriminator(4, antialias=True)
     import keras
 
     step = ti.make_train_step(net, disc, keras.optimizers.Adam(1e-3), keras.optimizers.Adam(1e-3), config)
@@ -190,7 +191,7 @@ def test_training_examples_and_one_step():
     assert not np.array_equal(before, keras.ops.convert_to_numpy(net.generator.weights[0]))
 
 
-def test_augment_experiment_insertion_arm_on_real_style_folders(tmp_path, model):
+def test_augment_experiment_insertion_arm_on_real_style_folders(tmp_path, model, monkeypatch):
     """Arms (a) and (c) on case folders with a fixed validation split: K never drawn from it, samples in arm (c)."""
     from tests.test_cvae import one_mm_toy_case
     from train import augment_experiment as exp
@@ -212,3 +213,57 @@ def test_augment_experiment_insertion_arm_on_real_style_folders(tmp_path, model)
     sample = load_case(tmp_path / "work" / "seed0" / "k_m_insert" / folders[0])
     np.testing.assert_array_equal(sample.affine, host.affine)
     assert not np.array_equal(sample.seg, host.seg)  # a mask of another case (mirrored): a new tumour
+    # rerun: finished arms are reused from their score.json, not retrained; other settings retrain
+    trained = []
+    monkeypatch.setattr(exp, "train_unet", lambda cfg, command: trained.append(cfg.out))
+    again = exp.run(config)
+    assert trained == [] and again["per_seed"][0]["K only"] == seed["K only"]
+    config.lr = config.lr / 2
+    exp.run(config)  # the stub "retrains" both arms (their old models are scored again)
+    assert len(trained) == 2
+
+
+def test_linear_upsampling_is_trilinear_interpolation_at_voxel_centres():
+    """LinearUpSampling3D equals scipy's order-1 zoom (half-pixel grid, edges replicated) on every axis."""
+    from scipy import ndimage
+
+    import keras
+    from core.synthesis.vaegan import LinearUpSampling3D
+
+    x = np.random.default_rng(3).normal(size=(1, 5, 4, 6, 2)).astype("float32")
+    up = keras.ops.convert_to_numpy(LinearUpSampling3D()(x))
+    ref = np.stack([ndimage.zoom(x[0, ..., c], 2, order=1, grid_mode=True, mode="nearest") for c in range(2)], -1)
+    assert up.shape == (1, 10, 8, 12, 2)
+    np.testing.assert_allclose(up[0], ref, atol=1e-5)
+    # a constant stays constant (no seams at the edges), unlike a ringing transposed convolution
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(LinearUpSampling3D()(np.ones((1, 2, 2, 2, 1), "float32"))),
+                               1.0, atol=1e-6)
+
+
+def test_linear_upsampling_model_round_trips_in_safe_mode_and_old_files_stay_nearest(tmp_path, model):
+    """The up-sampling mode is part of the saved config; a file saved without it loads with nearest up-sampling."""
+    import keras
+
+    linear = build_insertion_model(base_filters=4, latent_channels=2, seed=0, upsampling="linear")
+    linear.save(tmp_path / "linear.keras")
+    again = load_insertion_model(tmp_path / "linear.keras")
+    assert again.upsampling == "linear"
+    context = np.random.default_rng(0).normal(size=(1, 16, 16, 16, 4)).astype("float32")
+    cond = np.zeros((1, 16, 16, 16, 5), "float32")
+    z = np.random.default_rng(1).normal(size=(1, 2, 2, 2, 2)).astype("float32")
+    out = keras.ops.convert_to_numpy(again.generate(context, cond, z))
+    np.testing.assert_allclose(out, keras.ops.convert_to_numpy(linear.generate(context, cond, z)), atol=1e-5)
+    assert model.upsampling == "nearest" and linear.count_params() == model.count_params()
+    nearest = keras.ops.convert_to_numpy(model.generate(context, cond, z))
+    assert not np.allclose(out, nearest)  # same weights count, another decoder
+    with pytest.raises(ValueError, match="upsampling"):
+        build_insertion_model(4, 2, upsampling="cubic")
+
+
+def test_antialiased_discriminator_keeps_outputs_and_weights():
+    """Blurring before the strided convolutions adds no weights and keeps the feature / logit grid."""
+    image = np.random.default_rng(0).normal(size=(1, 16, 16, 16, 4)).astype("float32")
+    cond = np.zeros((1, 16, 16, 16, 5), "float32")
+    plain, smooth = build_discriminator(4), build_discriminator(4, antialias=True)
+    assert plain.count_params() == smooth.count_params()
+    assert [tuple(o.shape) for o in plain([image, cond])] == [tuple(o.shape) for o in smooth([image, cond])]

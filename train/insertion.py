@@ -38,7 +38,7 @@ from scipy import ndimage
 from core.io.case import load_case
 from core.preprocessing.preprocess import bounding_box, brain_mask
 from core.synthesis import region as rg
-from core.synthesis.vaegan import build_discriminator, build_insertion_model, kl_loss
+from core.synthesis.vaegan import UPSAMPLING, build_discriminator, build_insertion_model, kl_loss
 from train.common import command_line, labelled_case_folders, read_case_ids, save_atomic, write_json
 
 import keras  # noqa: E402
@@ -65,6 +65,8 @@ class InsertionConfig:
     kind_probs: tuple[float, float, float] = (0.45, 0.3, 0.25)
     margin: float = rg.MARGIN
     precision: str = "mixed_bfloat16"
+    upsampling: str = "nearest"
+    disc_antialias: bool = False
     seed: int = 0
     max_cases: int = 0
     ckpt_every: int = 200
@@ -279,6 +281,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind-probs", type=float, nargs=3, default=d.kind_probs,
                    help="probabilities of tumour / healthy-fill / foreign examples (default %(default)s)")
     p.add_argument("--precision", choices=("float32", "mixed_bfloat16"), default=d.precision)
+    p.add_argument("--upsampling", choices=UPSAMPLING, default=d.upsampling,
+                   help="generator up-sampling; 'linear' avoids the 8-voxel grid of 'nearest' (default %(default)s)")
+    p.add_argument("--disc-antialias", action="store_true",
+                   help="blur before the discriminator's strided convolutions")
     p.add_argument("--out", default=d.out, help="exported model (default %(default)s); card beside it")
     p.add_argument("--run-dir", default=d.run_dir, help="checkpoints and state (default %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
@@ -320,8 +326,8 @@ def train(config: InsertionConfig, command: str = "") -> dict:
     keras.utils.set_random_seed(config.seed)
     run = Path(config.run_dir)
     hosts = _load_hosts(config)
-    model = build_insertion_model(config.base, config.latent, config.seed)
-    disc = build_discriminator(config.base)
+    model = build_insertion_model(config.base, config.latent, config.seed, config.upsampling)
+    disc = build_discriminator(config.base, config.disc_antialias)
     state = {"step": 0, "seconds": 0.0, "history": [], "command": command}
     if config.resume and (run / "state.json").is_file():
         state = _restore(model, disc, run)

@@ -7,6 +7,11 @@ joins at the bottleneck and gives the diversity. Encoder ``q(z | x, condition)``
 the true crop). Discriminator: a 3D patch discriminator over (image, condition) whose features also serve the
 feature-matching (perceptual) loss; it is only needed for training and is not part of the shipped file.
 
+Up-sampling in the generator is ``"nearest"`` (the first shipped file) or ``"linear"`` (:class:`LinearUpSampling3D`,
+trilinear: nearest copies smoothed by a fixed [1, 2, 1] / 4 kernel), and the discriminator can blur before each
+stride-2 convolution (``antialias``, as in anti-aliased CNNs / StyleGAN): nearest up-sampling from the 1/8 latent
+and a strided patch discriminator together leave an 8-voxel grid in the samples.
+
 Fully convolutional: any crop whose sides are multiples of 8 works. Keras 3 layers and ``keras.ops`` only; the
 adversarial training step lives in ``train.insertion``.
 """
@@ -24,12 +29,63 @@ IMAGE_CHANNELS = 4
 DOWNSAMPLING = 8  # three stride-2 levels
 
 
-def _conv(x, filters: int, name: str, strides: int = 1):
+UPSAMPLING = ("nearest", "linear")
+
+
+def blur3(x, axis: int):
+    """``x`` smoothed along ``axis`` by ``[1, 2, 1] / 4`` with edge replication (shape kept)."""
+    first = [slice(None)] * 5
+    last = [slice(None)] * 5
+    head = [slice(None)] * 5
+    tail = [slice(None)] * 5
+    first[axis], last[axis], head[axis], tail[axis] = slice(0, 1), slice(-1, None), slice(None, -1), slice(1, None)
+    previous = ops.concatenate([x[tuple(first)], x[tuple(head)]], axis=axis)
+    following = ops.concatenate([x[tuple(tail)], x[tuple(last)]], axis=axis)
+    return 0.5 * x + 0.25 * (previous + following)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class LinearUpSampling3D(layers.Layer):
+    """2x trilinear up-sampling of ``(B, X, Y, Z, C)`` (half-pixel centres, edges replicated; no weights).
+
+    Per axis: each voxel is repeated twice, then smoothed by ``[1, 2, 1] / 4``, which gives
+    ``0.75 * x[i] + 0.25 * x[i -/+ 1]``, the linear interpolation at the new voxel centres.
+    """
+
+    def call(self, x):
+        for axis in (1, 2, 3):
+            x = blur3(ops.repeat(x, 2, axis=axis), axis)
+        return x
+
+    def compute_output_shape(self, input_shape):
+        b, *spatial, c = input_shape
+        return (b, *(None if s is None else 2 * s for s in spatial), c)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class Blur3D(layers.Layer):
+    """Separable ``[1, 2, 1] / 4`` blur on the three spatial axes (anti-aliasing before a strided convolution)."""
+
+    def call(self, x):
+        for axis in (1, 2, 3):
+            x = blur3(x, axis)
+        return x
+
+
+def _conv(x, filters: int, name: str, strides: int = 1, antialias: bool = False):
+    if antialias and strides > 1:
+        x = Blur3D(name=f"{name}_blur")(x)
     x = layers.Conv3D(filters, 3, strides=strides, padding="same", name=name)(x)
     return layers.LeakyReLU(0.2, name=f"{name}_act")(x)
 
 
-def build_generator(base: int = 16, latent_channels: int = 4) -> keras.Model:
+def _upsample(x, mode: str, name: str):
+    if mode not in UPSAMPLING:
+        raise ValueError(f"upsampling must be one of {UPSAMPLING}, got {mode!r}")
+    return LinearUpSampling3D(name=name)(x) if mode == "linear" else layers.UpSampling3D(2, name=name)(x)
+
+
+def build_generator(base: int = 16, latent_channels: int = 4, upsampling: str = "nearest") -> keras.Model:
     """``G([context (B,X,Y,Z,4), condition (B,X,Y,Z,5), z (B,X/8,Y/8,Z/8,latent)]) -> z-scores (B,X,Y,Z,4)``."""
     context = keras.Input((None, None, None, CONTEXT_CHANNELS), name="context")
     cond = keras.Input((None, None, None, COND_CHANNELS), name="condition")
@@ -40,9 +96,9 @@ def build_generator(base: int = 16, latent_channels: int = 4) -> keras.Model:
     b = _conv(e2, 4 * base, "g_d3", 2)
     b = _conv(layers.Concatenate(name="g_z")([b, z]), 4 * base, "g_b1")
     b = _conv(b, 4 * base, "g_b2")
-    u = _conv(layers.Concatenate(name="g_c2")([layers.UpSampling3D(2, name="g_u2")(b), e2]), 4 * base, "g_r2")
-    u = _conv(layers.Concatenate(name="g_c1")([layers.UpSampling3D(2, name="g_u1")(u), e1]), 2 * base, "g_r1")
-    u = _conv(layers.Concatenate(name="g_c0")([layers.UpSampling3D(2, name="g_u0")(u), e0]), base, "g_r0")
+    u = _conv(layers.Concatenate(name="g_c2")([_upsample(b, upsampling, "g_u2"), e2]), 4 * base, "g_r2")
+    u = _conv(layers.Concatenate(name="g_c1")([_upsample(u, upsampling, "g_u1"), e1]), 2 * base, "g_r1")
+    u = _conv(layers.Concatenate(name="g_c0")([_upsample(u, upsampling, "g_u0"), e0]), base, "g_r0")
     out = layers.Conv3D(IMAGE_CHANNELS, 1, name="g_out", dtype="float32")(u)
     return keras.Model([context, cond, z], out, name="generator")
 
@@ -59,13 +115,16 @@ def build_encoder(base: int = 16, latent_channels: int = 4) -> keras.Model:
     return keras.Model([image, cond], [z_mean, z_log_var], name="encoder")
 
 
-def build_discriminator(base: int = 16) -> keras.Model:
-    """Patch discriminator: ``[image, condition] -> [features at 1/2, 1/4, 1/8 ..., logits (B,X/8,Y/8,Z/8,1)]``."""
+def build_discriminator(base: int = 16, antialias: bool = False) -> keras.Model:
+    """Patch discriminator: ``[image, condition] -> [features at 1/2, 1/4, 1/8 ..., logits (B,X/8,Y/8,Z/8,1)]``.
+
+    ``antialias`` blurs before each stride-2 convolution (:class:`Blur3D`; no extra weights).
+    """
     image = keras.Input((None, None, None, IMAGE_CHANNELS), name="image")
     cond = keras.Input((None, None, None, COND_CHANNELS), name="condition")
-    f1 = _conv(layers.Concatenate(name="d_in")([image, cond]), base, "d_1", 2)
-    f2 = _conv(f1, 2 * base, "d_2", 2)
-    f3 = _conv(f2, 4 * base, "d_3", 2)
+    f1 = _conv(layers.Concatenate(name="d_in")([image, cond]), base, "d_1", 2, antialias)
+    f2 = _conv(f1, 2 * base, "d_2", 2, antialias)
+    f3 = _conv(f2, 4 * base, "d_3", 2, antialias)
     logits = layers.Conv3D(1, 3, padding="same", name="d_logits", dtype="float32")(f3)
     return keras.Model([image, cond], [f1, f2, f3, logits], name="discriminator")
 
@@ -78,14 +137,17 @@ class InsertionVAEGAN(keras.Model):
         base_filters: filters at full resolution (x2, x4 at the coarser levels).
         latent_channels: channels of the spatial latent (1/8 resolution).
         seed: seed of the training-time sampler.
+        upsampling: the generator's up-sampling, ``"nearest"`` (files saved before it was an option) or ``"linear"``.
     """
 
-    def __init__(self, base_filters: int = 16, latent_channels: int = 4, seed: int = 0, **kwargs) -> None:
+    def __init__(self, base_filters: int = 16, latent_channels: int = 4, seed: int = 0, upsampling: str = "nearest",
+                 **kwargs) -> None:
         super().__init__(**kwargs)
         self.base_filters = int(base_filters)
         self.latent_channels = int(latent_channels)
         self.seed = int(seed)
-        self.generator = build_generator(self.base_filters, self.latent_channels)
+        self.upsampling = str(upsampling)
+        self.generator = build_generator(self.base_filters, self.latent_channels, self.upsampling)
         self.encoder = build_encoder(self.base_filters, self.latent_channels)
         self.sampler = GaussianSampler(seed=self.seed, name="sampler", dtype="float32")
         self.built = True
@@ -121,13 +183,14 @@ class InsertionVAEGAN(keras.Model):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "base_filters": self.base_filters,
-                "latent_channels": self.latent_channels, "seed": self.seed}
+                "latent_channels": self.latent_channels, "seed": self.seed, "upsampling": self.upsampling}
 
 
-def build_insertion_model(base_filters: int = 16, latent_channels: int = 4, seed: int = 0) -> InsertionVAEGAN:
+def build_insertion_model(base_filters: int = 16, latent_channels: int = 4, seed: int = 0,
+                          upsampling: str = "nearest") -> InsertionVAEGAN:
     """An :class:`InsertionVAEGAN`, built (tiny configurations for tests: ``build_insertion_model(4, 2)``)."""
     return InsertionVAEGAN(base_filters=base_filters, latent_channels=latent_channels, seed=seed,
-                           name="insertion_vaegan")
+                           upsampling=upsampling, name="insertion_vaegan")
 
 
 def kl_loss(z_mean, z_log_var):
