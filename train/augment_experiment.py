@@ -15,7 +15,8 @@ never saw (``AUGMENT_SEED_START``; optionally another randomisation strength, ``
 of ``--real DIR``: K drawn per seed from the folders not named by ``--val-cases``, scored on the
 ``--val-cases`` folders (without ``--val-cases``: on the folders not drawn). Every U-Net is scored with
 ``train.evaluate.evaluate`` (Dice WT/TC/ET); the table gives mean ± std over the seeds and is printed and
-saved as JSON + Markdown in ``--work-dir``.
+saved as JSON + Markdown in ``--work-dir``. Each finished arm leaves ``score.json`` next to its U-Net: rerunning
+the same command resumes an interrupted experiment (arms with other settings are retrained).
 
     python -m train.augment_experiment --k 4 --m 16 --seeds 0 1 2 --steps 2000
     python -m train.augment_experiment --real ../shared/data/brats-real \\
@@ -67,6 +68,9 @@ class ExperimentConfig:
     base: int = 16
     depth: int = 4
     lr: float = 1e-3
+    regions: bool = False
+    precision: str = "float32"
+    fg_fraction: float = 0.5
     eval_cases: int = 8
     k_strength: float = 1.0
     real: str | None = None
@@ -92,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", type=int, default=d.base)
     p.add_argument("--depth", type=int, default=d.depth)
     p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--regions", action="store_true", help="region outputs (WT, TC, ET sigmoids), as the shipped U-Net")
+    p.add_argument("--precision", choices=["float32", "mixed_bfloat16"], default=d.precision,
+                   help="U-Net training precision (default %(default)s)")
+    p.add_argument("--fg-fraction", type=float, default=d.fg_fraction,
+                   help="share of patches centred on tumour (default %(default)s)")
     p.add_argument("--eval-cases", type=int, default=d.eval_cases, help="held-out test phantoms (default %(default)s)")
     p.add_argument("--k-strength", type=float, default=d.k_strength,
                    help="randomisation strength of the K and test phantoms (default %(default)s)")
@@ -190,7 +199,35 @@ def unet_config(config: ExperimentConfig, data: Path, out: Path, seed: int) -> T
     return TrainConfig(data=str(data), steps=config.steps, batch=config.batch, patch=config.patch, base=config.base,
                        depth=config.depth, lr=config.lr, seed=seed, out=str(out / "unet.keras"),
                        run_dir=str(out / "run"), val_every=config.steps, val_cases=0, workers=config.workers,
-                       pool=8, patches_per_case=4)
+                       pool=8, patches_per_case=4, regions=config.regions, precision=config.precision,
+                       fg_fraction=config.fg_fraction)
+
+
+def arm_settings(config: ExperimentConfig) -> dict:
+    """The settings an arm's finished U-Net and score depend on (a rerun reuses them only if these match)."""
+    keep = ("k", "m", "steps", "batch", "patch", "base", "depth", "lr", "regions", "precision", "fg_fraction",
+            "eval_cases", "k_strength", "real", "val_cases", "cvae", "insertion", "temperature")
+    return {key: getattr(config, key) for key in keep}
+
+
+def train_and_score(config: ExperimentConfig, seed: int, arm: str, data: Path, eval_root: Path) -> dict:
+    """Train one arm's U-Net and score it: ``{region: dice}``, reused from ``score.json`` when a previous run with
+    the same settings finished it (so an interrupted experiment resumes where it stopped)."""
+    out = data.parent / f"unet_{data.name}"
+    score_file = out / "score.json"
+    if score_file.exists():
+        saved = json.loads(score_file.read_text())
+        if saved.get("settings") == arm_settings(config) and (out / "unet.keras").exists():
+            print(f"seed {seed} {arm}: reusing {score_file}", flush=True)
+            return saved["dice"]
+    start = time.time()
+    train_unet(unet_config(config, data, out, seed), command=f"train.augment_experiment seed {seed} {arm}")
+    report = evaluate(eval_root, load_model(out / "unet.keras"), quiet=True)
+    dice = {r: report["mean"][r]["dice"] for r in REGIONS}
+    score_file.write_text(json.dumps({"settings": arm_settings(config), "dice": dice,
+                                      "per_case": report.get("cases"), "wall_time_s": round(time.time() - start, 1)},
+                                     indent=2, default=float) + "\n")
+    return dice
 
 
 def run_seed(config: ExperimentConfig, seed: int, models: dict, eval_root: Path | None) -> dict:
@@ -217,10 +254,7 @@ def run_seed(config: ExperimentConfig, seed: int, models: dict, eval_root: Path 
         arms[ARM_NAMES["c"]] = write_cases([*k_cases, *samples], work / "k_m_insert")
     result: dict = {"k_cases": [c.name for c in k_cases]}
     for arm, data in arms.items():
-        out = data.parent / f"unet_{data.name}"
-        train_unet(unet_config(config, data, out, seed), command=f"train.augment_experiment seed {seed} {arm}")
-        report = evaluate(eval_root, load_model(out / "unet.keras"), quiet=True)
-        result[arm] = {r: report["mean"][r]["dice"] for r in REGIONS}
+        result[arm] = train_and_score(config, seed, arm, data, eval_root)
         print(f"seed {seed} {arm}: " + " ".join(f"{r} {v:.3f}" for r, v in result[arm].items()), flush=True)
     return result
 
