@@ -6,6 +6,7 @@ segmentation over FLAIR, all on the same slice: through the tumour's largest cro
 a segmentation exists, else the middle of the brain.
 
     .venv/bin/python bench/contact_sheet.py [--seeds 0 1 2 3] [--plane axial|coronal] [--out PATH]
+    .venv/bin/python bench/contact_sheet.py --cases CASE_DIR ... --out PATH   # only these case folders
 """
 
 from __future__ import annotations
@@ -88,15 +89,25 @@ def contact_sheet(rows: list[tuple[str, Case]], plane: str) -> Image.Image:
     return sheet
 
 
+def _row_label(name: str, width: int = 17) -> str:
+    """A folder name wrapped to the label column."""
+    return "\n".join(name[i:i + width] for i in range(0, len(name), width))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     parser.add_argument("--plane", choices=("axial", "coronal", "sagittal"), default="axial")
     parser.add_argument("--strength", type=float, default=1.0)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "phantom_contact_sheet.png")
+    parser.add_argument("--cases", type=Path, nargs="+", default=None,
+                        help="draw these case folders (one row each, labelled by folder name) instead")
     args = parser.parse_args()
     rows: list[tuple[str, Case]] = []
-    if REAL_ROOT.is_dir():
+    if args.cases:
+        rows = [(_row_label(folder.name), load_case(folder)) for folder in args.cases]
+        args.seeds = []
+    elif REAL_ROOT.is_dir():
         for folder in sorted(p for p in REAL_ROOT.iterdir() if p.is_dir()):
             rows.append((f"real\n{folder.name[10:]}", load_case(folder)))
     config = PhantomConfig(strength=args.strength)
