@@ -205,9 +205,7 @@ def unet_config(config: ExperimentConfig, data: Path, out: Path, seed: int) -> T
 
 def arm_settings(config: ExperimentConfig) -> dict:
     """The settings an arm's finished U-Net and score depend on (a rerun reuses them only if these match)."""
-    keep = ("k", "m", "steps", "batch", "patch", "base", "depth", "lr", "regions", "precision", "fg_fraction",
-            "eval_cases", "k_strength", "real", "val_cases", "cvae", "insertion", "temperature")
-    return {key: getattr(config, key) for key in keep}
+    return {key: value for key, value in asdict(config).items() if key not in ("seeds", "arms", "workers", "work_dir")}
 
 
 def train_and_score(config: ExperimentConfig, seed: int, arm: str, data: Path, eval_root: Path) -> dict:

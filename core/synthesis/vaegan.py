@@ -32,15 +32,17 @@ DOWNSAMPLING = 8  # three stride-2 levels
 UPSAMPLING = ("nearest", "linear")
 
 
+def _along(x, axis: int, part: slice):
+    """``x`` sliced by ``part`` on ``axis`` of a ``(B, X, Y, Z, C)`` tensor."""
+    index = [slice(None)] * 5
+    index[axis] = part
+    return x[tuple(index)]
+
+
 def blur3(x, axis: int):
     """``x`` smoothed along ``axis`` by ``[1, 2, 1] / 4`` with edge replication (shape kept)."""
-    first = [slice(None)] * 5
-    last = [slice(None)] * 5
-    head = [slice(None)] * 5
-    tail = [slice(None)] * 5
-    first[axis], last[axis], head[axis], tail[axis] = slice(0, 1), slice(-1, None), slice(None, -1), slice(1, None)
-    previous = ops.concatenate([x[tuple(first)], x[tuple(head)]], axis=axis)
-    following = ops.concatenate([x[tuple(tail)], x[tuple(last)]], axis=axis)
+    previous = ops.concatenate([_along(x, axis, slice(0, 1)), _along(x, axis, slice(None, -1))], axis=axis)
+    following = ops.concatenate([_along(x, axis, slice(1, None)), _along(x, axis, slice(-1, None))], axis=axis)
     return 0.5 * x + 0.25 * (previous + following)
 
 
