@@ -46,7 +46,7 @@ from core.synthesis.generate import default_cvae_path, generate_cases, load_cvae
 from train.common import read_case_ids
 from train.data import find_labelled_cases
 from train.evaluate import evaluate
-from train.unet import TrainConfig
+from train.unet import PRECISIONS, TrainConfig
 from train.unet import train as train_unet
 
 AUGMENT_SEED_START = 2_000_000  # phantom seeds of the K cases (the CVAE and the U-Net train below 1,000,000)
@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--depth", type=int, default=d.depth)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--regions", action="store_true", help="region outputs (WT, TC, ET sigmoids), as the shipped U-Net")
-    p.add_argument("--precision", choices=["float32", "mixed_bfloat16"], default=d.precision,
+    p.add_argument("--precision", choices=PRECISIONS, default=d.precision,
                    help="U-Net training precision (default %(default)s)")
     p.add_argument("--fg-fraction", type=float, default=d.fg_fraction,
                    help="share of patches centred on tumour (default %(default)s)")
