@@ -227,8 +227,9 @@ def test_linear_upsampling_is_trilinear_interpolation_at_voxel_centres():
     """LinearUpSampling3D equals scipy's order-1 zoom (half-pixel grid, edges replicated) on every axis."""
     from scipy import ndimage
 
-    import keras
     from core.synthesis.vaegan import LinearUpSampling3D
+
+    import keras
 
     x = np.random.default_rng(3).normal(size=(1, 5, 4, 6, 2)).astype("float32")
     up = keras.ops.convert_to_numpy(LinearUpSampling3D()(x))
