@@ -291,14 +291,14 @@ def test_region_training_on_real_validation_ids_in_phases(tmp_path, toy_cases_di
     out, run_dir = tmp_path / "w" / "unet.keras", tmp_path / "run"
     args = ["--data", str(toy_cases_dir), "--data", "phantom", "--phantom-fraction", "0.5", "--val-cases", "toy-1",
             "--regions", "--precision", "mixed_bfloat16", "--init", str(init), "--steps", "4", "--workers", "0",
-            "--out", str(out), "--run-dir", str(run_dir), *TINY]
+            "--ema", "0.9", "--out", str(out), "--run-dir", str(run_dir), *TINY]
     proc = _run("train.unet", *args, "--stop-at", "2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     card = json.loads(out.with_suffix(".json").read_text())
     assert card["training_cases"] == ["toy-0"] and card["phantom_fraction"] == 0.5
     assert "toy-1" in card["validation"]["cases"] and set(card["validation"]["dice"]) == {"WT", "TC", "ET"}
     assert card["architecture"]["dtype_policy"] == "mixed_bfloat16" and "sigmoid" in card["architecture"]["outputs"]
-    assert card["init"]["fresh_layers"] == ["region_head"]
+    assert card["init"]["fresh_layers"] == ["region_head"] and card["config"]["ema"] == 0.9
     assert json.loads((run_dir / "state.json").read_text())["step"] == 2  # stopped at 2 of 4
     proc = _run("train.unet", *args, "--resume")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -350,3 +350,35 @@ def test_soup_averages_the_weights_and_refuses_another_architecture(tmp_path):
     unet.build_unet(base_filters=8, depth=2, regions=True).save(other)
     with pytest.raises(SystemExit, match="different architecture"):
         soup.main(["-o", str(tmp_path / "bad.keras"), str(paths[0]), str(other)])
+
+
+def test_ema_export_is_the_moving_average_of_the_training_weights():
+    from core.segmentation.unet import build_unet
+    from train.unet import averaged_weights, compile_model
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1, 16, 16, 16, 4)).astype(np.float32)
+    y = (rng.random((1, 16, 16, 16)) < 0.3).astype(np.int32)
+    momentum = 0.5
+    model = compile_model(build_unet(base_filters=4, depth=2), lr=1e-2, steps=10, ema=momentum)
+    assert [a.shape for a in averaged_weights(model)] == [w.shape for w in model.get_weights()]
+    trainable = [i for i, v in enumerate(model.weights) if v.trainable]
+    expected = None
+    for _ in range(3):
+        model.train_on_batch(x, y)
+        current = model.get_weights()
+        # Keras: the first step's average is the weights themselves, then avg = m * avg + (1 - m) * w
+        expected = current if expected is None else [momentum * e + (1 - momentum) * c
+                                                     for e, c in zip(expected, current)]
+    averaged = averaged_weights(model)
+    for i in trainable:
+        np.testing.assert_allclose(averaged[i], expected[i], rtol=1e-5, atol=1e-6)
+    assert any(not np.allclose(averaged[i], current[i]) for i in trainable)  # not the raw weights
+    np.testing.assert_array_equal(model.get_weights()[trainable[0]], current[trainable[0]])  # training untouched
+
+    plain = compile_model(build_unet(base_filters=4, depth=2), lr=1e-2, steps=10)
+    plain.train_on_batch(x, y)
+    for a, w in zip(averaged_weights(plain), plain.get_weights()):
+        np.testing.assert_array_equal(a, w)
+    with pytest.raises(SystemExit, match="--ema"):
+        compile_model(build_unet(base_filters=4, depth=2), lr=1e-2, steps=10, ema=1.0)

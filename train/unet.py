@@ -120,6 +120,7 @@ class TrainConfig:
     stop_at: int | None = None
     patch_workers: int = 0
     keep_exports: bool = False
+    ema: float = 0.0
 
 
 PRECISIONS = ("float32", "mixed_bfloat16")
@@ -183,6 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-at", type=int, default=None,
                    help="stop after this step (a multiple of --val-every), keeping the --steps learning-rate "
                         "schedule: a phase of a longer run that --resume continues")
+    p.add_argument("--ema", type=float, default=d.ema,
+                   help="keep an exponential moving average of the weights with this momentum (e.g. 0.998: "
+                        "an average over ~500 steps); validation, exports and the card use the average "
+                        "(default 0: off)")
     p.add_argument("--resume", action="store_true", help=f"continue from RUN_DIR/{CHECKPOINT}")
     return p
 
@@ -242,11 +247,33 @@ def distribution_scope(devices: int) -> tuple[contextlib.AbstractContextManager,
 # ------------------------------------------------------------------------------------ model
 
 
-def compile_model(model: keras.Model, lr: float, steps: int, loss=unet.dice_ce_loss) -> keras.Model:
-    """Adam with polynomial (power 0.9) decay to ``lr * END_LR_FRACTION`` over ``steps``; ``loss`` (Dice + CE)."""
+def compile_model(model: keras.Model, lr: float, steps: int, loss=unet.dice_ce_loss, ema: float = 0.0
+                  ) -> keras.Model:
+    """Adam with polynomial (power 0.9) decay to ``lr * END_LR_FRACTION`` over ``steps``; ``loss`` (Dice + CE).
+
+    ``ema`` > 0 makes the optimizer keep an exponential moving average of the weights with that momentum
+    (Keras ``use_ema``; the training weights themselves are never overwritten, see :func:`averaged_weights`).
+    """
+    if not 0.0 <= ema < 1.0:
+        raise SystemExit(f"error: --ema {ema} must be in [0, 1)")
     schedule = keras.optimizers.schedules.PolynomialDecay(lr, max(steps, 1), lr * END_LR_FRACTION, power=0.9)
-    model.compile(optimizer=keras.optimizers.Adam(schedule, clipnorm=CLIP_NORM), loss=loss)
+    optimizer = keras.optimizers.Adam(schedule, clipnorm=CLIP_NORM, use_ema=ema > 0, ema_momentum=ema or 0.99)
+    model.compile(optimizer=optimizer, loss=loss)
     return model
+
+
+def averaged_weights(model: keras.Model) -> list[np.ndarray]:
+    """``model.get_weights()`` with every trainable variable replaced by the optimizer's moving average.
+
+    Without an EMA optimizer (or before its first step) these are the weights themselves.
+    """
+    optimizer = getattr(model, "optimizer", None)
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)  # a loss-scale wrapper holds the real one
+    average = {}
+    if optimizer is not None and optimizer.use_ema and optimizer.built and int(optimizer.iterations) > 0:
+        for v in model.trainable_variables:
+            average[id(v)] = optimizer._model_variables_moving_average[optimizer._get_variable_index(v)]
+    return [keras.ops.convert_to_numpy(average.get(id(v), v)) for v in model.weights]
 
 
 def build_model(config: TrainConfig) -> keras.Model:
@@ -257,13 +284,13 @@ def build_model(config: TrainConfig) -> keras.Model:
 def compile_for(model: keras.Model, config: TrainConfig) -> keras.Model:
     """Compile ``model`` for ``config`` (region loss for a region head)."""
     loss = unet.region_dice_bce_loss if config.regions else unet.dice_ce_loss
-    return compile_model(model, config.lr, config.steps, loss)
+    return compile_model(model, config.lr, config.steps, loss, config.ema)
 
 
 def inference_copy(model: keras.Model, config: TrainConfig) -> keras.Model:
-    """Fresh uncompiled U-Net with ``model``'s weights (no optimizer state, no distribution scope)."""
+    """Fresh uncompiled U-Net with ``model``'s weights, or their moving average with ``--ema`` (no optimizer)."""
     copy = build_model(config)
-    copy.set_weights(model.get_weights())
+    copy.set_weights(averaged_weights(model))
     return copy
 
 
