@@ -179,7 +179,7 @@ def test_training_examples_and_one_step():
         if kind == "healthy":
             assert not ex["cond"][..., :3].any()  # empty target
     config = ti.InsertionConfig(batch=1, patch=16, base=4, latent=2, precision="float32", upsampling="linear",
-                                disc_antialias=True)
+                                disc_antialias=True, hf_weight=1.0)
     net, disc = build_insertion_model(4, 2, upsampling="linear"), build_discriminator(4, antialias=True)
     import keras
 
@@ -189,6 +189,34 @@ def test_training_examples_and_one_step():
     losses = step(batch["image"], batch["context"], batch["cond"], batch["real_cond"], batch["paired"])
     assert all(np.isfinite(float(v)) for v in losses.values())
     assert not np.array_equal(before, keras.ops.convert_to_numpy(net.generator.weights[0]))
+    paired = next(ti.example_stream(hosts, 16, 1, 0, (1.0, 0.0, 0.0)))  # tumour kind: paired with the truth
+    unpaired = next(ti.example_stream(hosts, 16, 1, 0, (0.0, 0.0, 1.0)))  # foreign kind: no truth
+    assert float(step(*(paired[k] for k in ("image", "context", "cond", "real_cond", "paired")))["hf"]) > 0
+    assert float(step(*(unpaired[k] for k in ("image", "context", "cond", "real_cond", "paired")))["hf"]) == 0
+
+
+def test_high_pass_keeps_only_voxel_scale_texture():
+    """A constant or linear ramp has no high-pass content (inside); a one-voxel checkerboard keeps all of it."""
+    from train.insertion import high_pass
+
+    ramp = np.broadcast_to(np.arange(8, dtype="float32")[None, :, None, None, None], (1, 8, 8, 8, 1))
+    np.testing.assert_allclose(np.asarray(high_pass(ramp))[:, 1:-1], 0.0, atol=1e-6)
+    grid = np.indices((8, 8, 8)).sum(axis=0) % 2 * 2.0 - 1.0
+    hp = np.asarray(high_pass(grid[None, ..., None].astype("float32")))[0, 1:-1, 1:-1, 1:-1, 0]
+    np.testing.assert_allclose(hp, grid[1:-1, 1:-1, 1:-1], atol=1e-6)  # blur of a 1-voxel checkerboard is 0
+
+
+def test_init_copies_the_generator_and_refuses_another_size(tmp_path, model):
+    """--init starts a run from a saved model's weights (nearest -> linear up-sampling) and names a mismatch."""
+    from train import insertion as ti
+
+    model.save(tmp_path / "start.keras")
+    linear = build_insertion_model(4, 2, seed=1, upsampling="linear")
+    ti.init_from(linear, tmp_path / "start.keras")
+    for a, b in zip(linear.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(SystemExit, match="base 4, latent 2"):
+        ti.init_from(build_insertion_model(8, 2), tmp_path / "start.keras")
 
 
 def test_augment_experiment_insertion_arm_on_real_style_folders(tmp_path, model, monkeypatch):

@@ -38,7 +38,8 @@ from scipy import ndimage
 from core.io.case import load_case
 from core.preprocessing.preprocess import bounding_box, brain_mask
 from core.synthesis import region as rg
-from core.synthesis.vaegan import UPSAMPLING, build_discriminator, build_insertion_model, kl_loss
+from core.synthesis.insert import load_insertion_model
+from core.synthesis.vaegan import UPSAMPLING, blur3, build_discriminator, build_insertion_model, kl_loss
 from train.common import command_line, labelled_case_folders, read_case_ids, save_atomic, write_json
 
 import keras  # noqa: E402
@@ -62,6 +63,7 @@ class InsertionConfig:
     fm_weight: float = 1.0
     adv_weight: float = 0.1
     kl_weight: float = 0.01
+    hf_weight: float = 0.0
     kind_probs: tuple[float, float, float] = (0.45, 0.3, 0.25)
     margin: float = rg.MARGIN
     precision: str = "mixed_bfloat16"
@@ -73,6 +75,7 @@ class InsertionConfig:
     out: str = "weights/insertion.keras"
     run_dir: str = "runs/insertion"
     resume: bool = False
+    init: str | None = None
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -223,6 +226,14 @@ def _masked_mean(values, weight):
     return ops.sum(values * weight) / ops.maximum(ops.sum(weight), 1.0)
 
 
+def high_pass(x):
+    """``x`` minus its separable ``[1, 2, 1] / 4`` blur: the voxel-scale texture (and any grid artefact)."""
+    smooth = x
+    for axis in (1, 2, 3):
+        smooth = blur3(smooth, axis)
+    return x - smooth
+
+
 def patch_weight(region):
     """1 on the discriminator's patches (1/8 resolution) that hold any voxel of ``R``."""
     return keras.ops.cast(keras.ops.max_pool(region, 8, 8) > 0, "float32")
@@ -256,12 +267,13 @@ def make_train_step(model, disc, g_opt, d_opt, config: InsertionConfig):
             adv = _masked_mean(ops.square(l_fake - 1.0), weight)
             n_region = ops.maximum(ops.sum(region * pair) * 4.0, 1.0)
             kl = kl_loss(z_mean * pair, z_log_var * pair) / n_region
+            hf = ops.sum(ops.abs(high_pass(fake) - high_pass(image)) * region * pair) / n_region
             g_loss = (config.rec_weight * rec + config.fm_weight * fm + config.adv_weight * adv
-                      + config.kl_weight * kl)
+                      + config.kl_weight * kl + config.hf_weight * hf)
             d_loss = _masked_mean(ops.square(l_real - 1.0), weight) + _masked_mean(ops.square(l_fake), weight)
         g_opt.apply_gradients(zip(g_tape.gradient(g_loss, g_vars), g_vars))
         d_opt.apply_gradients(zip(d_tape.gradient(d_loss, d_vars), d_vars))
-        return {"g": g_loss, "rec": rec, "fm": fm, "adv": adv, "kl": kl, "d": d_loss}
+        return {"g": g_loss, "rec": rec, "fm": fm, "adv": adv, "kl": kl, "hf": hf, "d": d_loss}
 
     return step
 
@@ -276,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="case ids never trained on (comma-separated or a file; default %(default)s)")
     for name in ("steps", "batch", "patch", "base", "latent", "seed", "max_cases", "ckpt_every"):
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name))
-    for name in ("lr", "rec_weight", "fm_weight", "adv_weight", "kl_weight", "margin"):
+    for name in ("lr", "rec_weight", "fm_weight", "adv_weight", "kl_weight", "hf_weight", "margin"):
         p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(d, name))
     p.add_argument("--kind-probs", type=float, nargs=3, default=d.kind_probs,
                    help="probabilities of tumour / healthy-fill / foreign examples (default %(default)s)")
@@ -287,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="blur before the discriminator's strided convolutions")
     p.add_argument("--out", default=d.out, help="exported model (default %(default)s); card beside it")
     p.add_argument("--run-dir", default=d.run_dir, help="checkpoints and state (default %(default)s)")
+    p.add_argument("--init", default=None,
+                   help="start the generator and encoder from this insertion model (.keras, same --base/--latent; "
+                        "the up-sampling may differ: it has no weights); the discriminator starts fresh")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     return p
 
@@ -299,6 +314,19 @@ def _load_hosts(config: InsertionConfig) -> list[HostCase]:
     from tqdm import tqdm
 
     return [host_case(f) for f in tqdm(folders, desc="load", unit="case", file=sys.stderr)]
+
+
+def init_from(model, path: str | Path) -> None:
+    """Copy the generator and encoder weights of the insertion model saved at ``path`` into ``model``.
+
+    Raises:
+        SystemExit: the file holds another architecture (base filters or latent channels).
+    """
+    source = load_insertion_model(path)
+    if [w.shape for w in source.weights] != [w.shape for w in model.weights]:
+        raise SystemExit(f"error: --init {path}: base {source.base_filters}, latent {source.latent_channels} "
+                         f"differ from this run's base {model.base_filters}, latent {model.latent_channels}")
+    model.set_weights(source.get_weights())
 
 
 def _restore(model, disc, run: Path) -> dict:
@@ -331,6 +359,8 @@ def train(config: InsertionConfig, command: str = "") -> dict:
     state = {"step": 0, "seconds": 0.0, "history": [], "command": command}
     if config.resume and (run / "state.json").is_file():
         state = _restore(model, disc, run)
+    elif config.init:
+        init_from(model, config.init)
     g_opt = keras.optimizers.Adam(config.lr, beta_1=0.5)
     d_opt = keras.optimizers.Adam(config.lr, beta_1=0.5)
     step_fn = make_train_step(model, disc, g_opt, d_opt, config)
