@@ -8,7 +8,7 @@ the true crop). Discriminator: a 3D patch discriminator over (image, condition) 
 feature-matching (perceptual) loss; it is only needed for training and is not part of the shipped file.
 
 Up-sampling in the generator is ``"nearest"`` (the first shipped file) or ``"linear"`` (:class:`LinearUpSampling3D`,
-trilinear: nearest copies smoothed by a fixed [1, 2, 1] / 4 kernel), and the discriminator can blur before each
+trilinear: 0.75 / 0.25 blends of neighbours, interleaved), and the discriminator can blur before each
 stride-2 convolution (``antialias``, as in anti-aliased CNNs / StyleGAN): nearest up-sampling from the 1/8 latent
 and a strided patch discriminator together leave an 8-voxel grid in the samples.
 
@@ -39,10 +39,16 @@ def _along(x, axis: int, part: slice):
     return x[tuple(index)]
 
 
-def blur3(x, axis: int):
-    """``x`` smoothed along ``axis`` by ``[1, 2, 1] / 4`` with edge replication (shape kept)."""
+def _neighbours(x, axis: int):
+    """``(x[i - 1], x[i + 1])`` along ``axis``, edges replicated (shapes kept)."""
     previous = ops.concatenate([_along(x, axis, slice(0, 1)), _along(x, axis, slice(None, -1))], axis=axis)
     following = ops.concatenate([_along(x, axis, slice(1, None)), _along(x, axis, slice(-1, None))], axis=axis)
+    return previous, following
+
+
+def blur3(x, axis: int):
+    """``x`` smoothed along ``axis`` by ``[1, 2, 1] / 4`` with edge replication (shape kept)."""
+    previous, following = _neighbours(x, axis)
     return 0.5 * x + 0.25 * (previous + following)
 
 
@@ -50,13 +56,18 @@ def blur3(x, axis: int):
 class LinearUpSampling3D(layers.Layer):
     """2x trilinear up-sampling of ``(B, X, Y, Z, C)`` (half-pixel centres, edges replicated; no weights).
 
-    Per axis: each voxel is repeated twice, then smoothed by ``[1, 2, 1] / 4``, which gives
-    ``0.75 * x[i] + 0.25 * x[i -/+ 1]``, the linear interpolation at the new voxel centres.
+    Per axis, new voxels ``2i`` and ``2i + 1`` are ``0.75 * x[i] + 0.25 * x[i -/+ 1]`` (the linear interpolation
+    at the new voxel centres), interleaved by a stack and a reshape: the same as repeating every voxel and
+    smoothing by ``[1, 2, 1] / 4``, at half the cost.
     """
 
     def call(self, x):
         for axis in (1, 2, 3):
-            x = blur3(ops.repeat(x, 2, axis=axis), axis)
+            previous, following = _neighbours(x, axis)
+            pair = ops.stack([0.75 * x + 0.25 * previous, 0.75 * x + 0.25 * following], axis=axis + 1)
+            shape = list(ops.shape(x))
+            shape[axis] = shape[axis] * 2
+            x = ops.reshape(pair, shape)
         return x
 
     def compute_output_shape(self, input_shape):
