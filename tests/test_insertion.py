@@ -246,9 +246,12 @@ def test_augment_experiment_insertion_arm_on_real_style_folders(tmp_path, model,
     monkeypatch.setattr(exp, "train_unet", lambda cfg, command: trained.append(cfg.out))
     again = exp.run(config)
     assert trained == [] and again["per_seed"][0]["K only"] == seed["K only"]
+    build_insertion_model(4, 2, seed=5).save(tmp_path / "ins.keras")  # the insertion model retrained in place
+    exp.run(config)
+    assert trained == [str(tmp_path / "work" / "seed0" / "unet_k_m_insert" / "unet.keras")]  # only arm (c)
     config.lr = config.lr / 2
     exp.run(config)  # the stub "retrains" both arms (their old models are scored again)
-    assert len(trained) == 2
+    assert len(trained) == 3
 
 
 def test_linear_upsampling_is_trilinear_interpolation_at_voxel_centres():

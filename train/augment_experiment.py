@@ -43,7 +43,7 @@ from core.preprocessing.preprocess import brain_mask
 from core.segmentation.inference import load_model
 from core.synthesis import cvae  # noqa: F401  (TF options before Keras loads)
 from core.synthesis.generate import default_cvae_path, generate_cases, load_cvae
-from train.common import read_case_ids
+from train.common import file_sha256, read_case_ids
 from train.data import find_labelled_cases
 from train.evaluate import evaluate
 from train.unet import PRECISIONS, TrainConfig
@@ -203,9 +203,20 @@ def unet_config(config: ExperimentConfig, data: Path, out: Path, seed: int) -> T
                        fg_fraction=config.fg_fraction)
 
 
-def arm_settings(config: ExperimentConfig) -> dict:
-    """The settings an arm's finished U-Net and score depend on (a rerun reuses them only if these match)."""
-    return {key: value for key, value in asdict(config).items() if key not in ("seeds", "arms", "workers", "work_dir")}
+GENERATOR_OF_ARM = {"b": "cvae", "c": "insertion"}
+
+
+def arm_settings(config: ExperimentConfig, arm: str) -> dict:
+    """The settings an arm's finished U-Net and score depend on (a rerun reuses them only if these match).
+
+    The generator an arm draws its samples from is named by the SHA-256 of its file, not its path: retraining
+    the insertion model in place retrains arm (c) and leaves (a) and (b) as they were.
+    """
+    settings = {key: value for key, value in asdict(config).items()
+                if key not in ("seeds", "arms", "workers", "work_dir", *GENERATOR_OF_ARM.values())}
+    if arm in GENERATOR_OF_ARM:
+        settings[f"{GENERATOR_OF_ARM[arm]}_sha256"] = file_sha256(getattr(config, GENERATOR_OF_ARM[arm]))
+    return settings
 
 
 def train_and_score(config: ExperimentConfig, seed: int, arm: str, data: Path, eval_root: Path) -> dict:
@@ -215,14 +226,14 @@ def train_and_score(config: ExperimentConfig, seed: int, arm: str, data: Path, e
     score_file = out / "score.json"
     if score_file.exists():
         saved = json.loads(score_file.read_text())
-        if saved.get("settings") == arm_settings(config) and (out / "unet.keras").exists():
-            print(f"seed {seed} {arm}: reusing {score_file}", flush=True)
+        if saved.get("settings") == arm_settings(config, arm) and (out / "unet.keras").exists():
+            print(f"seed {seed} arm {arm}: reusing {score_file}", flush=True)
             return saved["dice"]
     start = time.time()
-    train_unet(unet_config(config, data, out, seed), command=f"train.augment_experiment seed {seed} {arm}")
+    train_unet(unet_config(config, data, out, seed), command=f"train.augment_experiment seed {seed} arm {arm}")
     report = evaluate(eval_root, load_model(out / "unet.keras"), quiet=True)
     dice = {r: report["mean"][r]["dice"] for r in REGIONS}
-    score_file.write_text(json.dumps({"settings": arm_settings(config), "dice": dice,
+    score_file.write_text(json.dumps({"settings": arm_settings(config, arm), "dice": dice,
                                       "per_case": report.get("cases"), "wall_time_s": round(time.time() - start, 1)},
                                      indent=2, default=float) + "\n")
     return dice
@@ -241,19 +252,20 @@ def run_seed(config: ExperimentConfig, seed: int, models: dict, eval_root: Path 
     else:
         k_cases = phantom_cases(AUGMENT_SEED_START + seed * 1000, config.k, config.k_strength)
     assert eval_root is not None
-    arms: dict[str, Path] = {}
+    arms: dict[str, Path] = {}  # arm letter -> its training folder
     if "a" in config.arms:
-        arms[ARM_NAMES["a"]] = write_cases(k_cases, work / "k")
+        arms["a"] = write_cases(k_cases, work / "k")
     if "b" in config.arms:
         samples = cvae_samples(k_cases, config.m, models["b"], seed, config.temperature)
-        arms[ARM_NAMES["b"]] = write_cases([*k_cases, *samples], work / "k_m")
+        arms["b"] = write_cases([*k_cases, *samples], work / "k_m")
     if "c" in config.arms:
         samples = insertion_samples(k_cases, config.m, models["c"], seed, config.temperature)
-        arms[ARM_NAMES["c"]] = write_cases([*k_cases, *samples], work / "k_m_insert")
+        arms["c"] = write_cases([*k_cases, *samples], work / "k_m_insert")
     result: dict = {"k_cases": [c.name for c in k_cases]}
     for arm, data in arms.items():
-        result[arm] = train_and_score(config, seed, arm, data, eval_root)
-        print(f"seed {seed} {arm}: " + " ".join(f"{r} {v:.3f}" for r, v in result[arm].items()), flush=True)
+        name = ARM_NAMES[arm]
+        result[name] = train_and_score(config, seed, arm, data, eval_root)
+        print(f"seed {seed} {name}: " + " ".join(f"{r} {v:.3f}" for r, v in result[name].items()), flush=True)
     return result
 
 

@@ -15,7 +15,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from collections.abc import Sequence
@@ -41,10 +40,6 @@ def average_weights(weight_lists: Sequence[Sequence[np.ndarray]]) -> list[np.nda
             for k in range(len(first))]
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: ``python -m train.soup -o OUT.keras IN.keras IN.keras ...``."""
     p = argparse.ArgumentParser(prog="python -m train.soup", description=__doc__.split("\n\n")[0])
@@ -55,6 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("give at least two models to average")
 
     from core.segmentation.inference import ModelLoadError, load_model
+    from train.common import file_sha256
 
     paths = [Path(m) for m in args.models]
     try:
@@ -71,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     soup.save(out)
     card = {"model": "uniform weight average (train.soup) of U-Nets of one lineage",
-            "ingredients": [{"path": str(path), "sha256": _sha256(path)} for path in paths],
+            "ingredients": [{"path": str(path), "sha256": file_sha256(path)} for path in paths],
             "params": int(soup.count_params()), "created": datetime.now(UTC).isoformat(timespec="seconds")}
     out.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
     print(f"averaged {len(paths)} models into {out}")
