@@ -39,7 +39,7 @@ from core.io.case import load_case
 from core.preprocessing.preprocess import bounding_box, brain_mask
 from core.synthesis import region as rg
 from core.synthesis.insert import load_insertion_model
-from core.synthesis.vaegan import UPSAMPLING, blur3, build_discriminator, build_insertion_model, kl_loss
+from core.synthesis.vaegan import UPSAMPLING, blur3d, build_discriminator, build_insertion_model, kl_loss
 from train.common import command_line, labelled_case_folders, read_case_ids, save_atomic, write_json
 
 import keras  # noqa: E402
@@ -228,10 +228,7 @@ def _masked_mean(values, weight):
 
 def high_pass(x):
     """``x`` minus its separable ``[1, 2, 1] / 4`` blur: the voxel-scale texture (and any grid artefact)."""
-    smooth = x
-    for axis in (1, 2, 3):
-        smooth = blur3(smooth, axis)
-    return x - smooth
+    return x - blur3d(x)
 
 
 def patch_weight(region):

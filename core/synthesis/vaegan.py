@@ -52,6 +52,13 @@ def blur3(x, axis: int):
     return 0.5 * x + 0.25 * (previous + following)
 
 
+def blur3d(x):
+    """``x`` smoothed by the separable ``[1, 2, 1] / 4`` kernel on the three spatial axes (shape kept)."""
+    for axis in (1, 2, 3):
+        x = blur3(x, axis)
+    return x
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class LinearUpSampling3D(layers.Layer):
     """2x trilinear up-sampling of ``(B, X, Y, Z, C)`` (half-pixel centres, edges replicated; no weights).
@@ -80,9 +87,7 @@ class Blur3D(layers.Layer):
     """Separable ``[1, 2, 1] / 4`` blur on the three spatial axes (anti-aliasing before a strided convolution)."""
 
     def call(self, x):
-        for axis in (1, 2, 3):
-            x = blur3(x, axis)
-        return x
+        return blur3d(x)
 
 
 def _conv(x, filters: int, name: str, strides: int = 1, antialias: bool = False):
