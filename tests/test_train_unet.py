@@ -164,6 +164,38 @@ def test_training_cli_writes_weights_card_and_resumes(tmp_path, toy_cases_dir):
     assert state["step"] == 3 and [h["step"] for h in state["history"]] == [1, 2, 3]
 
 
+def test_sigterm_stops_the_case_producer_processes_too(tmp_path, toy_cases_dir):
+    """A killed run (``kill PID``) must not leave its ``--workers`` case producers running."""
+    import signal
+    import time
+
+    import psutil
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "train.unet", "--data", str(toy_cases_dir), "--steps", "100000",
+                             "--val-cases", "0", "--workers", "1", "--out", str(tmp_path / "unet.keras"),
+                             "--run-dir", str(tmp_path / "run"), *TINY[:-4], "--val-every", "100000"],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        children: list = []
+        while time.monotonic() < deadline and proc.poll() is None:
+            children = [c for c in psutil.Process(proc.pid).children(recursive=True)
+                        if "spawn_main" in " ".join(c.cmdline())]
+            if children and (tmp_path / "run").exists():
+                break
+            time.sleep(0.5)
+        assert children, "the case producer never started: " + (proc.stderr.read()[-2000:] if proc.poll() else "")
+        time.sleep(2)  # training under way
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+        _, alive = psutil.wait_procs(children, timeout=15)
+        assert not alive, f"orphaned: {[c.pid for c in alive]}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def test_training_on_two_logical_cpu_devices(tmp_path, toy_cases_dir):
     out = tmp_path / "unet.keras"
     proc = _run("train.unet", "--data", str(toy_cases_dir), "--steps", "2", "--val-cases", "0", "--workers", "0",

@@ -41,6 +41,7 @@ from core.io.labels import REGIONS
 from core.io.weights import shipped_path
 from core.preprocessing.preprocess import brain_mask
 from core.segmentation.inference import load_model
+from core.services.cli import exit_on_sigterm
 from core.synthesis import cvae  # noqa: F401  (TF options before Keras loads)
 from core.synthesis.generate import default_cvae_path, generate_cases, load_cvae
 from train.common import file_sha256, read_case_ids
@@ -333,6 +334,7 @@ def run(config: ExperimentConfig) -> dict:
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point."""
     args = build_parser().parse_args(argv)
+    exit_on_sigterm()  # SIGTERM unwinds: the case-producer processes are stopped, not orphaned
     fields = ExperimentConfig.__dataclass_fields__
     run(ExperimentConfig(**{k: v for k, v in vars(args).items() if k in fields}))
     return 0

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.services.cli import exit_on_sigterm
 from core.synthesis import cvae
 from train.common import (
     CHECKPOINT,
@@ -281,6 +282,7 @@ def train(config: CvaeTrainConfig, resume: bool = False, command: str | None = N
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point."""
     args = build_parser().parse_args(argv)
+    exit_on_sigterm()  # SIGTERM unwinds: the case-producer processes are stopped, not orphaned
     config = config_from_args(CvaeTrainConfig, args)
     command = command_line("train.cvae", argv)
     state = train(config, resume=args.resume, command=command)

@@ -58,6 +58,7 @@ from core.io.labels import REGIONS, region_mask
 from core.segmentation import unet
 from core.segmentation.inference import segment_case
 from core.segmentation.metrics import dice
+from core.services.cli import exit_on_sigterm
 from train.common import (
     CHECKPOINT,
     RunMonitor,
@@ -516,6 +517,7 @@ def train(config: TrainConfig, resume: bool = False, command: str | None = None)
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point."""
     args = build_parser().parse_args(argv)
+    exit_on_sigterm()  # SIGTERM unwinds: the case-producer processes are stopped, not orphaned
     args.data = args.data or ["phantom"]
     config = config_from_args(TrainConfig, args)
     command = command_line("train.unet", argv)
