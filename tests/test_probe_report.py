@@ -1,0 +1,48 @@
+"""train.probe_report: validation Dice against the CPU-hours each side-by-side run used."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from train.probe_report import main, run_report
+
+
+def _run(tmp_path: Path, name: str, cpu_s: float | None, means: list[float]) -> Path:
+    run = tmp_path / name
+    run.mkdir()
+    history = [{"step": 100 * (i + 1), "wall_time_s": 600.0 * (i + 1), "median_step_s": 3.0,
+                "val_dice": {"WT": m + 0.1, "TC": m, "ET": m - 0.1}, "val_mean_dice": m}
+               for i, m in enumerate(means)]
+    history.insert(1, {"step": 150, "wall_time_s": 900.0, "loss": 0.5})  # a training-only row is skipped
+    (run / "state.json").write_text(json.dumps({"history": history, "step": 100 * len(means),
+                                                "wall_time_s": 600.0 * len(means), "command": "x"}))
+    if cpu_s is not None:
+        (run / "time.json").write_text(json.dumps({"cpu_user_s": cpu_s - 100, "cpu_system_s": 100,
+                                                   "wall_s": 600.0 * (len(means) + 1), "max_rss_kb": 2 ** 21}))
+    return run
+
+
+def test_cpu_hours_scale_with_each_step_share_of_the_process_wall_time(tmp_path: Path) -> None:
+    # 2 CPU-hours over a process that ran 2400 s (the last 600 s after the last validation: saving, exit)
+    report = run_report(_run(tmp_path, "a", cpu_s=7200.0, means=[0.5, 0.7, 0.6]))
+    assert [c["step"] for c in report["curve"]] == [100, 200, 300]
+    assert [c["cpu_h"] for c in report["curve"]] == pytest.approx([0.5, 1.0, 1.5], abs=1e-3)
+    assert report["best"]["step"] == 200
+    assert report["best_mean_dice_per_cpu_h"] == pytest.approx(0.7, abs=1e-3)
+    assert report["max_rss_gb"] == 2.0
+
+
+def test_without_timing_cpu_hours_are_unknown_not_invented(tmp_path: Path) -> None:
+    report = run_report(_run(tmp_path, "b", cpu_s=None, means=[0.4]))
+    assert report["curve"][0]["cpu_h"] is None and report["best_mean_dice_per_cpu_h"] is None
+
+
+def test_cli_writes_json_and_names_a_folder_that_is_not_a_run(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "r.json"
+    assert main([str(_run(tmp_path, "c", 3600.0, [0.3, 0.35])), "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["runs"]["c"]["best"]["step"] == 200
+    assert main([str(tmp_path / "missing")]) == 2
+    assert "missing/state.json" in capsys.readouterr().err
