@@ -66,12 +66,10 @@ class PeakRss:
 
 def weights_info(path: Path) -> dict:
     """Which weights were measured: sha256 prefix and the model card's step and date."""
-    import hashlib
-
-    from core.io.weights import load_model_card
+    from core.io.weights import file_sha256, load_model_card
 
     card = load_model_card(path) or {}
-    return {"weights_sha256": hashlib.sha256(path.read_bytes()).hexdigest()[:16],
+    return {"weights_sha256": file_sha256(path)[:16],
             "weights_step": card.get("step"), "weights_created": card.get("created")}
 
 

@@ -38,13 +38,13 @@ import numpy as np
 
 from core.io.case import Case, load_case, save_case
 from core.io.labels import REGIONS
-from core.io.weights import shipped_path
+from core.io.weights import file_sha256, shipped_path
 from core.preprocessing.preprocess import brain_mask
 from core.segmentation.inference import load_model
 from core.services.cli import exit_on_sigterm
 from core.synthesis import cvae  # noqa: F401  (TF options before Keras loads)
 from core.synthesis.generate import default_cvae_path, generate_cases, load_cvae
-from train.common import file_sha256, read_case_ids
+from train.common import read_case_ids
 from train.data import find_labelled_cases
 from train.evaluate import evaluate
 from train.unet import PRECISIONS, TrainConfig

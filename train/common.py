@@ -7,7 +7,6 @@ next phantom seed, command); ``--resume`` continues from both.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -72,11 +71,6 @@ def labelled_case_folders(data: str | Sequence[str], exclude: Sequence[str] = ()
                              f"packed case, train.packed) found")
         folders += [f for f in found if case_id(f) not in excluded]
     return folders
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file's bytes (hex): what a model card or a reuse check names a weights file by."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def read_case_ids(value: str) -> list[str]:

@@ -3,7 +3,7 @@
 Each run folder holds ``train.unet``'s ``state.json`` (validation history with wall times) and ``time.json``
 (``/usr/bin/time``: the run's CPU seconds, its case-producer child included). CPU-hours at a validation step are
 the run's total CPU time scaled by that step's share of the run's wall time, so arms that shared the machine are
-compared by the compute each one used, not by the wall clock (an estimate: CPU use is taken as even over the run's wall time).
+compared by the compute each one used, not by the wall clock (an estimate: CPU use is taken as even over the run).
 
     python -m train.probe_report runs/probe/init16 runs/probe/scratch16 --json bench/results/unet_probe.json
 """

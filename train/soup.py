@@ -49,8 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(args.models) < 2:
         p.error("give at least two models to average")
 
+    from core.io.weights import file_sha256
     from core.segmentation.inference import ModelLoadError, load_model
-    from train.common import file_sha256
 
     paths = [Path(m) for m in args.models]
     try:

@@ -8,6 +8,7 @@ tiny models this way).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -34,6 +35,11 @@ def weights_path(kind: str) -> tuple[Path, bool]:
     shipped = shipped_path(kind)
     override = os.environ.get(WEIGHTS_ENV[kind], "").strip()
     return (Path(override), True) if override else (shipped, False)
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (hex): what a model card, a benchmark or a reuse check names a weights file by."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def load_model_card(path: str | Path) -> dict | None:
