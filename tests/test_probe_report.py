@@ -36,8 +36,11 @@ def test_cpu_hours_scale_with_each_step_share_of_the_process_wall_time(tmp_path:
 
 
 def test_without_timing_cpu_hours_are_unknown_not_invented(tmp_path: Path) -> None:
-    report = run_report(_run(tmp_path, "b", cpu_s=None, means=[0.4]))
+    run = _run(tmp_path, "b", cpu_s=None, means=[0.4])
+    report = run_report(run)
     assert report["curve"][0]["cpu_h"] is None and report["best_mean_dice_per_cpu_h"] is None
+    (run / "time.json").write_text("")  # a run still going: /usr/bin/time has only created the file
+    assert run_report(run)["curve"][0]["cpu_h"] is None
 
 
 def test_cli_writes_json_and_names_a_folder_that_is_not_a_run(tmp_path: Path, capsys) -> None:

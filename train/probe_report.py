@@ -30,7 +30,8 @@ def run_report(run_dir: Path) -> dict:
     state = json.loads(state_path.read_text())
     history = [h for h in state.get("history", []) if "val_mean_dice" in h]
     timing_path = run_dir / "time.json"
-    timing = json.loads(timing_path.read_text()) if timing_path.is_file() else None
+    text = timing_path.read_text().strip() if timing_path.is_file() else ""
+    timing = json.loads(text) if text else None  # /usr/bin/time writes it when the run ends: empty until then
     wall_total = float(timing["wall_s"]) if timing else float(state.get("wall_time_s") or 0.0)
     cpu_total = (float(timing["cpu_user_s"]) + float(timing["cpu_system_s"])) if timing else None
     curve = []
