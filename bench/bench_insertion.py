@@ -48,6 +48,7 @@ from train.common import labelled_case_folders, read_case_ids  # noqa: E402
 REAL = ROOT.parent / "shared" / "data" / "brats-real"
 SPLIT = ROOT / "train" / "splits" / "brats-real-validation.txt"
 PATCH = 16
+FEATURE_NAMES = [f"{m} {f}" for m in MODALITIES for f in ("mean", "std", "gradient", "|laplacian|", "high-pass std")]
 
 
 def split() -> tuple[list[Path], list[Path]]:
@@ -241,6 +242,8 @@ def main() -> int:
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
     clf.fit(np.vstack(x_train), np.concatenate(y_train))
     auc = roc_auc_score(np.concatenate(y_val), clf.predict_proba(np.vstack(x_val))[:, 1])
+    coefficients = clf[-1].coef_[0]  # on standardised features: what gives a generated patch away
+    telltales = sorted(zip(FEATURE_NAMES, coefficients), key=lambda kv: -abs(kv[1]))[:6]
     hosts = result["hosts"].values()
 
     def mean_of(key: str, metric: str) -> list[float]:
@@ -259,6 +262,7 @@ def main() -> int:
         "patch_classifier_auc": round(float(auc), 4),
         "patch_classifier": f"logistic regression on 20 texture features of {PATCH}^3 patches; trained on "
                             f"{len(x_train)} training hosts, tested on {len(x_val)} validation hosts",
+        "patch_classifier_top_features": {name: round(float(c), 3) for name, c in telltales},
         "seconds_per_sample_median": round(float(np.median(seconds)), 2),
         "seconds_per_sample_warm_median": round(float(np.median(warm_seconds)), 2),
         "modalities": list(MODALITIES),
