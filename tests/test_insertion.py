@@ -124,6 +124,24 @@ def test_blend_has_no_step_at_the_border():
     assert alpha[8, 15, 15] <= 1 / rg.RAMP + 1e-6  # the first voxel inside R is mostly the host
 
 
+def test_blend_on_the_region_box_equals_the_whole_grid_transform():
+    """blend_alpha runs the distance transform on R's box grown by the ramp: same weights as on the whole grid."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(4)
+    for trial in range(4):
+        brain = ndimage.binary_opening(rng.random((40, 36, 30)) < 0.9, iterations=1)
+        region = np.zeros_like(brain)
+        corner = rng.integers(0, 12, size=3) if trial else (0, 0, 0)  # trial 0: R touches the grid's faces
+        region[tuple(slice(c, c + n) for c, n in zip(corner, (20, 18, 15)))] = True
+        region &= rng.random(region.shape) < 0.97
+        keep = brain & ~region
+        reference = np.clip(ndimage.distance_transform_edt(~keep) / rg.RAMP, 0, 1).astype(np.float32)
+        reference[~region] = 0
+        np.testing.assert_array_equal(rg.blend_alpha(region, brain), reference)
+    assert not rg.blend_alpha(np.zeros((5, 5, 5), bool), np.ones((5, 5, 5), bool)).any()
+
+
 def test_save_load_safe_mode(model, tmp_path):
     path = tmp_path / "insertion.keras"
     model.save(path)

@@ -133,7 +133,7 @@ def plan_insertion(host: Case, target: np.ndarray, *, host_tumour: np.ndarray | 
     oriented = np.ascontiguousarray(turn.to_model(image))
     target_m = np.ascontiguousarray(turn.to_model(target))
     brain = brain_mask(oriented) | (target_m > 0)
-    region = rg.insertion_region(target_m, turn.to_model(tumour), brain, margin)
+    region = rg.insertion_region(target_m, np.ascontiguousarray(turn.to_model(tumour)), brain, margin)
     if not region.any():
         raise CaseError(f"{name}: the target holds no tumour and the host has none either: nothing to generate; "
                         "draw a tumour on the mask.")

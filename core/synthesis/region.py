@@ -70,12 +70,23 @@ def blend_alpha(region: np.ndarray, brain: np.ndarray, ramp: float = RAMP) -> np
     so where ``R`` reaches the edge of the brain the weight stays 1.
     """
     region = np.asarray(region, bool)
-    keep = np.asarray(brain, bool) & ~region
+    alpha = np.zeros(region.shape, np.float32)
+    box = bounding_box(region)
+    if box is None:
+        return alpha
+    # only distances up to the ramp matter, so the transform runs on R's box grown by the ramp: a host voxel
+    # within `ramp` of a voxel of R lies inside it, and farther ones give weight 1 either way
+    pad = int(np.ceil(ramp)) + 1
+    grown = tuple(slice(max(s.start - pad, 0), min(s.stop + pad, n)) for s, n in zip(box, region.shape))
+    inside = region[grown]
+    keep = np.asarray(brain, bool)[grown] & ~inside
     if not keep.any():
-        return region.astype(np.float32)
+        alpha[grown] = inside
+        return alpha
     distance = ndimage.distance_transform_edt(~keep)
-    alpha = np.clip(distance / max(float(ramp), 1e-6), 0.0, 1.0).astype(np.float32)
-    alpha[~region] = 0.0
+    local = np.clip(distance / max(float(ramp), 1e-6), 0.0, 1.0).astype(np.float32)
+    local[~inside] = 0.0
+    alpha[grown] = local
     return alpha
 
 
@@ -113,8 +124,8 @@ def healthy_stats(image: np.ndarray, brain: np.ndarray, region: np.ndarray) -> t
         keep = np.asarray(brain, bool)
     if not keep.any():
         raise ValueError("the host has no brain voxels (every voxel is background)")
-    values = image[:, keep].astype(np.float64)
-    mean, std = values.mean(axis=1), values.std(axis=1)
+    values = image[:, keep]  # float64 accumulation without a float64 copy
+    mean, std = values.mean(axis=1, dtype=np.float64), values.std(axis=1, dtype=np.float64)
     return mean.astype(np.float32), np.where(std < 1e-6, 1.0, std).astype(np.float32)
 
 
