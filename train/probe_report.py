@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-REGIONS = ("WT", "TC", "ET")
+from core.io.labels import REGIONS
 
 
 def run_report(run_dir: Path) -> dict:

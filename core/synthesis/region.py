@@ -31,14 +31,18 @@ COND_CHANNELS = 5  # NCR, ED, ET one-hot; R; brain
 CONTEXT_CHANNELS = 4  # host z-scores, 0 inside R and outside the brain
 
 
+def _grown(box: tuple[slice, ...], pad: int, shape: tuple[int, ...]) -> tuple[slice, ...]:
+    """``box`` grown by ``pad`` voxels on every side, clipped to the grid."""
+    return tuple(slice(max(s.start - pad, 0), min(s.stop + pad, n)) for s, n in zip(box, shape))
+
+
 def dilate(mask: np.ndarray, radius: float) -> np.ndarray:
     """Dilation of a bool mask by a ball of ``radius`` voxels (Euclidean), computed on its bounding box only."""
     mask = np.asarray(mask, bool)
     box = bounding_box(mask)
     if box is None or radius <= 0:
         return mask.copy()
-    pad = int(np.ceil(radius)) + 1
-    grown = tuple(slice(max(s.start - pad, 0), min(s.stop + pad, n)) for s, n in zip(box, mask.shape))
+    grown = _grown(box, int(np.ceil(radius)) + 1, mask.shape)
     out = np.zeros_like(mask)
     out[grown] = ndimage.distance_transform_edt(~mask[grown]) <= radius
     return out
@@ -76,8 +80,7 @@ def blend_alpha(region: np.ndarray, brain: np.ndarray, ramp: float = RAMP) -> np
         return alpha
     # only distances up to the ramp matter, so the transform runs on R's box grown by the ramp: a host voxel
     # within `ramp` of a voxel of R lies inside it, and farther ones give weight 1 either way
-    pad = int(np.ceil(ramp)) + 1
-    grown = tuple(slice(max(s.start - pad, 0), min(s.stop + pad, n)) for s, n in zip(box, region.shape))
+    grown = _grown(box, int(np.ceil(ramp)) + 1, region.shape)
     inside = region[grown]
     keep = np.asarray(brain, bool)[grown] & ~inside
     if not keep.any():
