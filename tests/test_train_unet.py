@@ -174,7 +174,7 @@ def test_sigterm_stops_the_case_producer_processes_too(tmp_path, toy_cases_dir):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "train.unet", "--data", str(toy_cases_dir), "--steps", "100000",
                              "--val-cases", "0", "--workers", "1", "--out", str(tmp_path / "unet.keras"),
-                             "--run-dir", str(tmp_path / "run"), *TINY[:-4], "--val-every", "100000"],
+                             "--run-dir", str(tmp_path / "run"), *TINY, "--val-every", "100000"],  # no validation
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
