@@ -43,9 +43,18 @@ def test_without_timing_cpu_hours_are_unknown_not_invented(tmp_path: Path) -> No
     assert run_report(run)["curve"][0]["cpu_h"] is None
 
 
+def test_architecture_comes_from_the_run_card(tmp_path: Path) -> None:
+    run = _run(tmp_path, "d", 3600.0, [0.3])
+    assert run_report(run)["depth"] is None  # no card yet: unknown, not a default
+    (run / "unet.json").write_text(json.dumps({"params": 5647715, "config": {"base": 16, "depth": 5, "patch": 96}}))
+    report = run_report(run)
+    assert (report["base"], report["depth"], report["patch"], report["params"]) == (16, 5, 96, 5647715)
+
+
 def test_cli_writes_json_and_names_a_folder_that_is_not_a_run(tmp_path: Path, capsys) -> None:
     out = tmp_path / "r.json"
     assert main([str(_run(tmp_path, "c", 3600.0, [0.3, 0.35])), "--json", str(out)]) == 0
     assert json.loads(out.read_text())["runs"]["c"]["best"]["step"] == 200
+    assert "depth None patch None" in capsys.readouterr().out
     assert main([str(tmp_path / "missing")]) == 2
     assert "missing/state.json" in capsys.readouterr().err

@@ -43,12 +43,14 @@ def run_report(run_dir: Path) -> dict:
                       "val_dice": {r: round(float(h["val_dice"][r]), 4) for r in REGIONS},
                       "val_mean_dice": round(float(h["val_mean_dice"]), 4)})
     best = max(curve, key=lambda c: c["val_mean_dice"], default=None)
-    config = {}
+    card = {}
     card_path = run_dir / "unet.json"
     if card_path.is_file():
-        config = json.loads(card_path.read_text()).get("config", {})
+        card = json.loads(card_path.read_text())
+    config = card.get("config", {})
     return {"run": str(run_dir), "command": state.get("command"), "steps_done": state.get("step"),
-            "base": config.get("base"), "init": config.get("init"), "lr": config.get("lr"),
+            "base": config.get("base"), "depth": config.get("depth"), "patch": config.get("patch"),
+            "params": card.get("params"), "init": config.get("init"), "lr": config.get("lr"),
             "cpu_s_total": cpu_total, "max_rss_gb": round(timing["max_rss_kb"] / 2**20, 2) if timing else None,
             "curve": curve, "best": best,
             "best_mean_dice_per_cpu_h": (round(best["val_mean_dice"] / best["cpu_h"], 4)
@@ -66,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     for name, r in report["runs"].items():
-        print(f"{name}: base {r['base']} init {r['init']}")
+        print(f"{name}: base {r['base']} depth {r['depth']} patch {r['patch']} ({r['params']} parameters) "
+              f"init {r['init']}")
         for c in r["curve"]:
             dice = " / ".join(f"{c['val_dice'][k]:.3f}" for k in REGIONS)
             print(f"  step {c['step']:5d}  {c['cpu_h'] if c['cpu_h'] is not None else '?':>6} CPU-h  "
