@@ -197,7 +197,7 @@ def test_training_examples_and_one_step():
         if kind == "healthy":
             assert not ex["cond"][..., :3].any()  # empty target
     config = ti.InsertionConfig(batch=1, patch=16, base=4, latent=2, precision="float32", upsampling="linear",
-                                disc_antialias=True, hf_weight=1.0)
+                                disc_antialias=True, hf_weight=1.0, hf_mode="energy")
     net, disc = build_insertion_model(4, 2, upsampling="linear"), build_discriminator(4, antialias=True)
     import keras
 
@@ -222,6 +222,28 @@ def test_high_pass_keeps_only_voxel_scale_texture():
     grid = np.indices((8, 8, 8)).sum(axis=0) % 2 * 2.0 - 1.0
     hp = np.asarray(high_pass(grid[None, ..., None].astype("float32")))[0, 1:-1, 1:-1, 1:-1, 0]
     np.testing.assert_allclose(hp, grid[1:-1, 1:-1, 1:-1], atol=1e-6)  # blur of a 1-voxel checkerboard is 0
+
+
+def test_texture_energy_loss_ignores_the_texture_phase_but_not_its_amplitude():
+    """The same noise shifted by a voxel has the truth's roughness: the energy term is ~0, the pixel term is not;
+    a smooth fill costs the energy term the truth's whole amplitude; unpaired examples cost nothing."""
+    from train.insertion import texture_loss
+
+    rng = np.random.default_rng(0)
+    truth = rng.normal(size=(1, 16, 16, 16, 4)).astype("float32")
+    shifted = np.roll(truth, 1, axis=1)
+    region = np.zeros((1, 16, 16, 16, 1), "float32")
+    region[:, 3:13, 3:13, 3:13] = 1.0
+    paired, unpaired = np.ones((1,), "float32"), np.zeros((1,), "float32")
+
+    def loss(fake, pair, mode):
+        return float(texture_loss(fake, truth, region, pair, mode))
+
+    assert loss(shifted, paired, "energy") < 0.02 < 0.5 < loss(shifted, paired, "pixel")
+    smooth = np.zeros_like(truth)
+    assert loss(smooth, paired, "energy") == pytest.approx(loss(smooth, paired, "pixel"), rel=1e-4)  # all of |HP|
+    assert loss(smooth, paired, "energy") > 0.5
+    assert loss(smooth, unpaired, "energy") == 0.0 and loss(smooth, unpaired, "pixel") == 0.0
 
 
 def test_init_copies_the_generator_and_refuses_another_size(tmp_path, model):

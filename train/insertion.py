@@ -64,6 +64,7 @@ class InsertionConfig:
     adv_weight: float = 0.1
     kl_weight: float = 0.01
     hf_weight: float = 0.0
+    hf_mode: str = "pixel"
     kind_probs: tuple[float, float, float] = (0.45, 0.3, 0.25)
     margin: float = rg.MARGIN
     precision: str = "mixed_bfloat16"
@@ -231,6 +232,29 @@ def high_pass(x):
     return x - blur3d(x)
 
 
+def texture_energy(x, region):
+    """Mean ``|high_pass(x)|`` inside ``region`` per example and channel, shape ``(batch, channels)``."""
+    ops = keras.ops
+    n = ops.maximum(ops.sum(region, axis=(1, 2, 3)), 1.0)
+    return ops.sum(ops.abs(high_pass(x)) * region, axis=(1, 2, 3)) / n
+
+
+def texture_loss(fake, image, region, pair, mode: str):
+    """The generator's texture term on paired examples.
+
+    ``pixel``: L1 between the high-pass of fake and truth voxel by voxel (pins the texture's phase, which a sampler
+    cannot know: it pulls towards the mean texture). ``energy``: L1 between their texture *amplitudes* inside
+    ``R`` per channel (phase-free, like a Gram/statistics loss), so fills are pushed to be as rough as the truth.
+    """
+    ops = keras.ops
+    if mode == "energy":
+        pair_b = ops.reshape(pair, (-1, 1))
+        gap = ops.abs(texture_energy(fake, region) - texture_energy(image, region)) * pair_b
+        return ops.sum(gap) / ops.maximum(ops.sum(pair_b) * ops.cast(ops.shape(gap)[1], "float32"), 1.0)
+    n_region = ops.maximum(ops.sum(region * pair) * 4.0, 1.0)
+    return ops.sum(ops.abs(high_pass(fake) - high_pass(image)) * region * pair) / n_region
+
+
 def patch_weight(region):
     """1 on the discriminator's patches (1/8 resolution) that hold any voxel of ``R``."""
     return keras.ops.cast(keras.ops.max_pool(region, 8, 8) > 0, "float32")
@@ -264,7 +288,7 @@ def make_train_step(model, disc, g_opt, d_opt, config: InsertionConfig):
             adv = _masked_mean(ops.square(l_fake - 1.0), weight)
             n_region = ops.maximum(ops.sum(region * pair) * 4.0, 1.0)
             kl = kl_loss(z_mean * pair, z_log_var * pair) / n_region
-            hf = ops.sum(ops.abs(high_pass(fake) - high_pass(image)) * region * pair) / n_region
+            hf = texture_loss(fake, image, region, pair, config.hf_mode)
             g_loss = (config.rec_weight * rec + config.fm_weight * fm + config.adv_weight * adv
                       + config.kl_weight * kl + config.hf_weight * hf)
             d_loss = _masked_mean(ops.square(l_real - 1.0), weight) + _masked_mean(ops.square(l_fake), weight)
@@ -287,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name))
     for name in ("lr", "rec_weight", "fm_weight", "adv_weight", "kl_weight", "hf_weight", "margin"):
         p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(d, name))
+    p.add_argument("--hf-mode", choices=("pixel", "energy"), default=d.hf_mode,
+                   help="texture term (weight --hf-weight): voxel-wise high-pass L1 or high-pass amplitude per "
+                        "channel inside R (default %(default)s)")
     p.add_argument("--kind-probs", type=float, nargs=3, default=d.kind_probs,
                    help="probabilities of tumour / healthy-fill / foreign examples (default %(default)s)")
     p.add_argument("--precision", choices=("float32", "mixed_bfloat16"), default=d.precision)
