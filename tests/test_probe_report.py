@@ -25,13 +25,18 @@ def _run(tmp_path: Path, name: str, cpu_s: float | None, means: list[float]) -> 
     return run
 
 
-def test_cpu_hours_scale_with_each_step_share_of_the_process_wall_time(tmp_path: Path) -> None:
-    # 2 CPU-hours over a process that ran 2400 s (the last 600 s after the last validation: saving, exit)
-    report = run_report(_run(tmp_path, "a", cpu_s=7200.0, means=[0.5, 0.7, 0.6]))
+def test_cpu_hours_scale_with_each_step_share_of_the_run_steps(tmp_path: Path) -> None:
+    # 2 CPU-hours over 300 steps; the wall clock is uneven (the first validation came late: shared machine), so a
+    # wall-time share would say 0.75 CPU-h at step 100 instead of a third of the run's compute
+    run = _run(tmp_path, "a", cpu_s=7200.0, means=[0.5, 0.7, 0.6])
+    state = json.loads((run / "state.json").read_text())
+    state["history"][0]["wall_time_s"] = 1350.0
+    (run / "state.json").write_text(json.dumps(state))
+    report = run_report(run)
     assert [c["step"] for c in report["curve"]] == [100, 200, 300]
-    assert [c["cpu_h"] for c in report["curve"]] == pytest.approx([0.5, 1.0, 1.5], abs=1e-3)
+    assert [c["cpu_h"] for c in report["curve"]] == pytest.approx([2 / 3, 4 / 3, 2.0], abs=1e-3)
     assert report["best"]["step"] == 200
-    assert report["best_mean_dice_per_cpu_h"] == pytest.approx(0.7, abs=1e-3)
+    assert report["best_mean_dice_per_cpu_h"] == pytest.approx(0.7 / (4 / 3), abs=1e-3)
     assert report["max_rss_gb"] == 2.0
 
 

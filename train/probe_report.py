@@ -2,8 +2,10 @@
 
 Each run folder holds ``train.unet``'s ``state.json`` (validation history with wall times) and ``time.json``
 (``/usr/bin/time``: the run's CPU seconds, its case-producer child included). CPU-hours at a validation step are
-the run's total CPU time scaled by that step's share of the run's wall time, so arms that shared the machine are
-compared by the compute each one used, not by the wall clock (an estimate: CPU use is taken as even over the run).
+the run's total CPU time scaled by that step's share of the run's steps, so arms that shared the machine are
+compared by the compute each one used, not by the wall clock (an estimate: every step is taken to cost the same CPU,
+which holds for one architecture and patch size; a share of the *wall* time would not, since an arm runs faster
+once the others have finished).
 
     python -m train.probe_report runs/probe/init16 runs/probe/scratch16 --json bench/results/unet_probe.json
 """
@@ -32,11 +34,11 @@ def run_report(run_dir: Path) -> dict:
     timing_path = run_dir / "time.json"
     text = timing_path.read_text().strip() if timing_path.is_file() else ""
     timing = json.loads(text) if text else None  # /usr/bin/time writes it when the run ends: empty until then
-    wall_total = float(timing["wall_s"]) if timing else float(state.get("wall_time_s") or 0.0)
     cpu_total = (float(timing["cpu_user_s"]) + float(timing["cpu_system_s"])) if timing else None
+    steps_done = int(state.get("step") or 0)
     curve = []
     for h in history:
-        share = h["wall_time_s"] / wall_total if wall_total > 0 else float("nan")
+        share = h["step"] / steps_done if steps_done > 0 else float("nan")
         cpu_h = None if cpu_total is None else round(cpu_total * share / 3600.0, 3)
         curve.append({"step": h["step"], "wall_h": round(h["wall_time_s"] / 3600.0, 3), "cpu_h": cpu_h,
                       "median_step_s": h.get("median_step_s"),
