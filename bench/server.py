@@ -148,9 +148,13 @@ def always_edema_unet(path: Path) -> None:
 
 
 def goto_page(page: object, link: str, heading: str | None = None) -> None:
-    """Click a page in the sidebar navigation and wait until its title (default: ``link``) shows."""
+    """Click a page in the sidebar navigation and wait until its title (default: ``link``) shows.
+
+    Two minutes at most: a page switch takes seconds on an idle machine, but over a minute when a training run holds
+    both cores (seen in session 12: the Segment page missed a 60-s limit; it passes in 61 s for the whole test idle).
+    """
     page.get_by_role("link", name=link, exact=True).first.click()  # type: ignore[attr-defined]
-    page.get_by_role("heading", name=heading or link).first.wait_for(timeout=60_000)  # type: ignore[attr-defined]
+    page.get_by_role("heading", name=heading or link).first.wait_for(timeout=120_000)  # type: ignore[attr-defined]
 
 
 _BUSY_JS = """() => !document.querySelector('[data-testid=stStatusWidgetRunningIcon],'
