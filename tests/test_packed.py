@@ -116,3 +116,38 @@ def test_training_from_packed_cases_with_parallel_samplers_keeps_every_export(tm
     card = json.loads(out.with_suffix(".json").read_text())
     assert card["training_cases"] == ["toy-0", "toy-1"] and card["config"]["patch_workers"] == 2
     assert "parallel patches: " in proc.stderr
+
+
+def test_a_consumer_waiting_on_a_stalled_prefetcher_is_released_by_close():
+    """tf.data calls ``next`` from its own thread; after a SIGTERM's cleanup that call must return, or the
+    interpreter can hang at exit waiting for it."""
+    import threading
+
+    release = threading.Event()
+
+    def stalls_after_one():
+        yield 1
+        release.wait(30)  # a source that has nothing more to give (its producers were stopped)
+        yield 2
+
+    prefetched = data.Prefetcher(stalls_after_one(), buffer=2)
+    assert next(prefetched) == 1
+    outcome: list = []
+    consumer = threading.Thread(target=lambda: outcome.append(next(prefetched, "ended")), daemon=True)
+    consumer.start()
+    consumer.join(1.0)
+    assert consumer.is_alive()  # waiting: the source stalls
+    prefetched.close()
+    consumer.join(3.0)
+    release.set()
+    assert not consumer.is_alive() and outcome == ["ended"]
+
+
+def test_parallel_patches_end_their_stream_once_closed(packed_dir):
+    spec = data.ProducerSpec(tuple(str(f) for f in data.find_labelled_cases(str(packed_dir))), seed=3)
+    stream = functools.partial(data.patch_stream, size=16, seed=5, fg_fraction=1.0, aug=data.NO_AUGMENTATION)
+    patches = data.ParallelPatches(spec, 1, pool_size=2, patches_per_case=4, stream=stream,
+                                   shapes=((16, 16, 16, 4), (16, 16, 16)))
+    with patches:
+        next(patches)
+    assert next(patches, "ended") == "ended"

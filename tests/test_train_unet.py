@@ -164,6 +164,16 @@ def test_training_cli_writes_weights_card_and_resumes(tmp_path, toy_cases_dir):
     assert state["step"] == 3 and [h["step"] for h in state["history"]] == [1, 2, 3]
 
 
+def _is_spawned_worker(process) -> bool:
+    """Whether ``process`` is a multiprocessing spawn child (false for one that ended or is a zombie)."""
+    import psutil
+
+    try:
+        return "spawn_main" in " ".join(process.cmdline())
+    except psutil.Error:  # short-lived helpers (e.g. a zombie awaiting its parent) cannot be read
+        return False
+
+
 def test_sigterm_stops_the_case_producer_processes_too(tmp_path, toy_cases_dir):
     """A killed run (``kill PID``) must not leave its ``--workers`` case producers running."""
     import signal
@@ -172,7 +182,8 @@ def test_sigterm_stops_the_case_producer_processes_too(tmp_path, toy_cases_dir):
     import psutil
 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "train.unet", "--data", str(toy_cases_dir), "--steps", "100000",
+    proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "train.unet", "--data", str(toy_cases_dir),
+                             "--steps", "100000",
                              "--val-cases", "0", "--workers", "1", "--out", str(tmp_path / "unet.keras"),
                              "--run-dir", str(tmp_path / "run"), *TINY, "--val-every", "100000"],  # no validation
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -180,15 +191,20 @@ def test_sigterm_stops_the_case_producer_processes_too(tmp_path, toy_cases_dir):
         deadline = time.monotonic() + 120
         children: list = []
         while time.monotonic() < deadline and proc.poll() is None:
-            children = [c for c in psutil.Process(proc.pid).children(recursive=True)
-                        if "spawn_main" in " ".join(c.cmdline())]
+            children = [c for c in psutil.Process(proc.pid).children(recursive=True) if _is_spawned_worker(c)]
             if children and (tmp_path / "run").exists():
                 break
             time.sleep(0.5)
         assert children, "the case producer never started: " + (proc.stderr.read()[-2000:] if proc.poll() else "")
         time.sleep(2)  # training under way
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:  # hung on the way out: SIGABRT makes faulthandler print every thread
+            proc.send_signal(signal.SIGABRT)
+            proc.wait(timeout=30)
+            pytest.fail("no exit within 60 s of SIGTERM; thread stacks:\n" + proc.stderr.read()[-6000:])
+        assert proc.returncode == 128 + signal.SIGTERM, proc.stderr.read()[-3000:]
         _, alive = psutil.wait_procs(children, timeout=15)
         assert not alive, f"orphaned: {[c.pid for c in alive]}"
     finally:
@@ -382,6 +398,37 @@ def test_soup_averages_the_weights_and_refuses_another_architecture(tmp_path):
     unet.build_unet(base_filters=8, depth=2, regions=True).save(other)
     with pytest.raises(SystemExit, match="different architecture"):
         soup.main(["-o", str(tmp_path / "bad.keras"), str(paths[0]), str(other)])
+
+
+def test_ensemble_averages_the_members_outputs_in_one_safe_file(tmp_path):
+    from core.segmentation import unet
+    from core.segmentation.inference import load_model, segment_case
+    from tests.test_inference import toy_case
+    from train import ensemble
+
+    import keras
+
+    paths = []
+    for seed, depth in ((1, 2), (2, 3)):  # members may differ in architecture (here: depth)
+        keras.utils.set_random_seed(seed)
+        paths.append(tmp_path / f"m{seed}.keras")
+        unet.build_unet(base_filters=4, depth=depth, regions=True).save(paths[-1])
+    out = tmp_path / "ens" / "ens.keras"
+    assert ensemble.main(["-o", str(out), *map(str, paths)]) == 0
+    model = load_model(out)  # safe_mode: built-in layers only
+    assert unet.size_multiple(model) == 4 and unet.is_region_model(model)  # the deeper member's multiple
+    x = np.random.default_rng(0).normal(size=(1, 8, 12, 16, 4)).astype(np.float32)
+    a, b = (np.asarray(load_model(p).predict_on_batch(x)) for p in paths)
+    assert not np.allclose(a, b)
+    np.testing.assert_allclose(np.asarray(model.predict_on_batch(x)), (a + b) / 2, atol=1e-6)
+    labels = segment_case(toy_case((20, 22, 18), seed=3), model, postprocess=False).labels
+    assert labels.shape == (20, 22, 18)  # padded to the multiple 4 and cropped back
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert [m["path"] for m in card["members"]] == [str(p) for p in paths]
+    classes = tmp_path / "classes.keras"
+    unet.build_unet(base_filters=4, depth=2).save(classes)
+    with pytest.raises(SystemExit, match="output channels"):
+        ensemble.main(["-o", str(tmp_path / "bad.keras"), str(paths[0]), str(classes)])
 
 
 def test_ema_export_is_the_moving_average_of_the_training_weights():

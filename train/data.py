@@ -557,13 +557,20 @@ class Prefetcher:
         return self
 
     def __next__(self):
-        item = self._queue.get()
+        while True:  # polls, so a consumer thread (tf.data's generator thread) is not left blocked after close()
+            if self._stop.is_set():
+                raise StopIteration
+            try:
+                item = self._queue.get(timeout=0.5)
+                break
+            except queue.Empty:
+                continue
         if item is None and self._error is not None:
             raise RuntimeError(f"patch sampling failed: {self._error!r}") from self._error
         return item
 
     def close(self) -> None:
-        """Stop the thread (it exits at its next put)."""
+        """Stop the thread (it exits at its next put) and end the iteration (``StopIteration`` within 0.5 s)."""
         self._stop.set()
 
 
@@ -663,6 +670,8 @@ class ParallelPatches(_WorkerProcesses):
     def __next__(self) -> tuple[np.ndarray, np.ndarray]:
         start = time.monotonic()
         while True:
+            if self._stop.is_set():  # closed: end the stream (a consumer thread is not left waiting)
+                raise StopIteration
             try:
                 item = self._queue.get(timeout=1.0)
                 break

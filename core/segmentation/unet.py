@@ -148,14 +148,21 @@ def build_unet(
 
 
 def is_region_model(model: keras.Model) -> bool:
-    """Whether ``model`` outputs the three region sigmoids (WT, TC, ET) rather than class softmax."""
-    return any(layer.name == "region_head" for layer in model.layers)
+    """Whether ``model`` outputs the three region sigmoids (WT, TC, ET) rather than class softmax
+    (an ensemble of U-Nets, ``train.ensemble``: whether its members do)."""
+    return any(layer.name == "region_head" or (isinstance(layer, keras.Model) and is_region_model(layer))
+               for layer in model.layers)
 
 
 def size_multiple(model: keras.Model) -> int:
-    """Multiple that every spatial input size of ``model`` must have (``2 ** number_of_poolings``)."""
+    """Multiple that every spatial input size of ``model`` must have (``2 ** number_of_poolings``).
+
+    A model that wraps U-Nets (an output-averaging ensemble, ``train.ensemble``) needs the largest
+    multiple of its members.
+    """
     pools = sum(isinstance(layer, layers.MaxPooling3D) for layer in model.layers)
-    return 2**pools
+    nested = [size_multiple(layer) for layer in model.layers if isinstance(layer, keras.Model)]
+    return max([2**pools, *nested])
 
 
 # --------------------------------------------------------------------------------------------- loss
