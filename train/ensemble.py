@@ -16,12 +16,12 @@ Example::
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from pathlib import Path
+
+from train.soup import parse_models
 
 
 def build_ensemble(members: Sequence, name: str = "unet_ensemble"):
@@ -50,23 +50,15 @@ def build_ensemble(members: Sequence, name: str = "unet_ensemble"):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: ``python -m train.ensemble -o OUT.keras IN.keras IN.keras ...``."""
-    p = argparse.ArgumentParser(prog="python -m train.ensemble", description=__doc__.split("\n\n")[0])
-    p.add_argument("models", nargs="+", help="U-Net .keras files (same output kind: regions or classes)")
-    p.add_argument("-o", "--out", required=True, help="ensemble model (.keras); its card is written beside it")
-    args = p.parse_args(argv)
-    if len(args.models) < 2:
-        p.error("give at least two models")
-
+    paths, out, members = parse_models("python -m train.ensemble", __doc__.split("\n\n")[0],
+                                       "U-Net .keras files (same output kind: regions or classes)",
+                                       "ensemble model (.keras); its card is written beside it", argv)
     from core.io.weights import file_sha256
-    from core.segmentation.inference import ModelLoadError, load_model
 
-    paths = [Path(m) for m in args.models]
     try:
-        members = [load_model(path) for path in paths]
         ensemble = build_ensemble(members)
-    except (ModelLoadError, ValueError) as exc:
+    except ValueError as exc:
         raise SystemExit(f"error: {exc}") from exc
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     ensemble.save(out)
     cards = [path.with_suffix(".json") for path in paths]

@@ -40,30 +40,45 @@ def average_weights(weight_lists: Sequence[Sequence[np.ndarray]]) -> list[np.nda
             for k in range(len(first))]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """CLI: ``python -m train.soup -o OUT.keras IN.keras IN.keras ...``."""
-    p = argparse.ArgumentParser(prog="python -m train.soup", description=__doc__.split("\n\n")[0])
-    p.add_argument("models", nargs="+", help="U-Net .keras files of one lineage (same architecture)")
-    p.add_argument("-o", "--out", required=True, help="averaged model (.keras); its card is written beside it")
+def parse_models(prog: str, description: str, models_help: str, out_help: str,
+                 argv: Sequence[str] | None) -> tuple[list[Path], Path, list]:
+    """Parse ``prog -o OUT.keras IN.keras IN.keras ...`` and load the U-Nets (``train.soup``, ``train.ensemble``).
+
+    Returns:
+        The input paths, the output path and the loaded models.
+
+    Raises:
+        SystemExit: fewer than two models, or one does not load (the message names it).
+    """
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("models", nargs="+", help=models_help)
+    p.add_argument("-o", "--out", required=True, help=out_help)
     args = p.parse_args(argv)
     if len(args.models) < 2:
-        p.error("give at least two models to average")
+        p.error("give at least two models")
 
-    from core.io.weights import file_sha256
     from core.segmentation.inference import ModelLoadError, load_model
 
     paths = [Path(m) for m in args.models]
     try:
-        models = [load_model(path) for path in paths]
+        return paths, Path(args.out), [load_model(path) for path in paths]
     except ModelLoadError as exc:
         raise SystemExit(f"error: {exc}") from exc
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI: ``python -m train.soup -o OUT.keras IN.keras IN.keras ...``."""
+    paths, out, models = parse_models("python -m train.soup", __doc__.split("\n\n")[0],
+                                      "U-Net .keras files of one lineage (same architecture)",
+                                      "averaged model (.keras); its card is written beside it", argv)
+    from core.io.weights import file_sha256
+
     try:
         averaged = average_weights([m.get_weights() for m in models])
     except ValueError as exc:
         raise SystemExit(f"error: {exc} ({', '.join(map(str, paths))})") from exc
     soup = models[0]
     soup.set_weights(averaged)
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     soup.save(out)
     card = {"model": "uniform weight average (train.soup) of U-Nets of one lineage",
