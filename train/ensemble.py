@@ -19,9 +19,8 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime
 
-from train.soup import parse_models
+from train.soup import parse_models, save_with_card
 
 
 def build_ensemble(members: Sequence, name: str = "unet_ensemble"):
@@ -59,15 +58,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         ensemble = build_ensemble(members)
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from exc
-    out.parent.mkdir(parents=True, exist_ok=True)
-    ensemble.save(out)
     cards = [path.with_suffix(".json") for path in paths]
-    card = {"model": f"output-averaging ensemble (train.ensemble) of {len(paths)} U-Nets",
-            "members": [{"path": str(path), "sha256": file_sha256(path), "params": int(m.count_params()),
-                         "card": json.loads(c.read_text()) if c.is_file() else None}
-                        for path, m, c in zip(paths, members, cards, strict=True)],
-            "params": int(ensemble.count_params()), "created": datetime.now(UTC).isoformat(timespec="seconds")}
-    out.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
+    save_with_card(ensemble, out, {
+        "model": f"output-averaging ensemble (train.ensemble) of {len(paths)} U-Nets",
+        "members": [{"path": str(path), "sha256": file_sha256(path), "params": int(m.count_params()),
+                     "card": json.loads(c.read_text()) if c.is_file() else None}
+                    for path, m, c in zip(paths, members, cards, strict=True)]})
     print(f"ensemble of {len(paths)} models written to {out}")
     return 0
 

@@ -66,6 +66,15 @@ def parse_models(prog: str, description: str, models_help: str, out_help: str,
         raise SystemExit(f"error: {exc}") from exc
 
 
+def save_with_card(model, out: Path, card: dict) -> None:
+    """Save ``model`` to ``out`` (parents created) and ``card`` beside it as ``out.json``, with the model's
+    parameter count and the creation time added (``train.soup``, ``train.ensemble``)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model.save(out)
+    card = {**card, "params": int(model.count_params()), "created": datetime.now(UTC).isoformat(timespec="seconds")}
+    out.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: ``python -m train.soup -o OUT.keras IN.keras IN.keras ...``."""
     paths, out, models = parse_models("python -m train.soup", __doc__.split("\n\n")[0],
@@ -79,12 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"error: {exc} ({', '.join(map(str, paths))})") from exc
     soup = models[0]
     soup.set_weights(averaged)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    soup.save(out)
-    card = {"model": "uniform weight average (train.soup) of U-Nets of one lineage",
-            "ingredients": [{"path": str(path), "sha256": file_sha256(path)} for path in paths],
-            "params": int(soup.count_params()), "created": datetime.now(UTC).isoformat(timespec="seconds")}
-    out.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
+    save_with_card(soup, out, {"model": "uniform weight average (train.soup) of U-Nets of one lineage",
+                               "ingredients": [{"path": str(path), "sha256": file_sha256(path)} for path in paths]})
     print(f"averaged {len(paths)} models into {out}")
     return 0
 
