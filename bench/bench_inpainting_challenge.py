@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -81,12 +82,13 @@ def challenge_scores(truth: np.ndarray, result: np.ndarray, region: np.ndarray) 
     return {key: round(float(metrics[key]), 4) for key in ("ssim", "psnr", "psnr_01")}
 
 
-def fills(host: Case, region: np.ndarray, brain: np.ndarray, model, empty: np.ndarray, fill_shape: np.ndarray
-          ) -> dict[str, np.ndarray]:
-    """The three fills of ``R`` on the host's grid."""
-    generated = insert_tumour(host, empty, model, temperature=0.0, host_tumour=fill_shape)[0].image
-    return {"model": generated, "constant": constant_fill(host.image, region, brain),
-            "mirror": mirror_fill(host.image, region, brain)}
+def fills(host: Case, region: np.ndarray, brain: np.ndarray, model, empty: np.ndarray, fill_shape: np.ndarray,
+          methods: Sequence[str] = METHODS) -> dict[str, np.ndarray]:
+    """The fills of ``R`` named in ``methods`` on the host's grid."""
+    makers = {"model": lambda: insert_tumour(host, empty, model, temperature=0.0, host_tumour=fill_shape)[0].image,
+              "constant": lambda: constant_fill(host.image, region, brain),
+              "mirror": lambda: mirror_fill(host.image, region, brain)}
+    return {name: makers[name]() for name in methods}
 
 
 def main() -> int:
@@ -94,6 +96,8 @@ def main() -> int:
     parser.add_argument("--weights", type=Path, default=default_insertion_path())
     parser.add_argument("--fills", type=int, default=3, help="fill regions per validation host")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "inpainting_challenge.json")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
+                        help="fills to score (default: all; 'model' alone to compare insertion models quickly)")
     args = parser.parse_args()
     if not REAL.is_dir():
         print(f"real data not found at {REAL}")
@@ -123,7 +127,7 @@ def main() -> int:
             region = plan_insertion(host, empty, host_tumour=shape).region_on_host()
             row = {"host": host.name, "fill": k, "R_ml": round(float(region.sum()) * float(np.prod(host.spacing))
                                                                 / 1000, 1)}
-            for name, image in fills(host, region, brain, model, empty, shape).items():
+            for name, image in fills(host, region, brain, model, empty, shape, args.methods).items():
                 changed = int((image[:, ~region] != host.image[:, ~region]).sum())
                 if changed:
                     raise AssertionError(f"{name} fill changed {changed} voxels outside R")
@@ -131,7 +135,7 @@ def main() -> int:
                              "challenge": challenge_scores(host.image, image, region)}
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k in ("host", "fill", "R_ml")}),
-                  {m: (row[m]["ours"]["ssim"][0], row[m]["challenge"]["ssim"]) for m in METHODS}, flush=True)
+                  {m: (row[m]["ours"]["ssim"][0], row[m]["challenge"]["ssim"]) for m in args.methods}, flush=True)
 
     def ours(method: str, metric: str) -> list[float]:
         return [round(float(np.mean([r[method]["ours"][metric][c] for r in rows])), 4) for c in range(len(MODALITIES))]
@@ -141,7 +145,7 @@ def main() -> int:
 
     summary = {m: {"ours_ssim": ours(m, "ssim"), "ours_psnr": ours(m, "psnr"), "challenge_t1_ssim":
                    challenge(m, "ssim"), "challenge_t1_psnr": challenge(m, "psnr"),
-                   "challenge_t1_psnr_01": challenge(m, "psnr_01")} for m in METHODS}
+                   "challenge_t1_psnr_01": challenge(m, "psnr_01")} for m in args.methods}
     result = {"weights": str(args.weights), "modalities": list(MODALITIES), "fills": len(rows),
               "hosts": [f.name for f in val_folders], "summary": summary, "rows": rows}
     print(json.dumps(summary, indent=2))

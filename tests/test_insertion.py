@@ -213,6 +213,30 @@ def test_training_examples_and_one_step():
     assert float(step(*(unpaired[k] for k in ("image", "context", "cond", "real_cond", "paired")))["hf"]) == 0
 
 
+def test_mean_z_fraction_one_decodes_paired_examples_at_z_zero():
+    """With ``mean_z_fraction=1`` a paired example is decoded at z = 0: the reconstruction loss of the same weights
+    is the same on every call; with 0 it is decoded from a posterior sample and changes from call to call."""
+    from train import insertion as ti
+
+    import keras
+
+    host = _host()
+    brain = np.any(host.image != 0, axis=0)
+    mean, std = rg.healthy_stats(host.image, brain, host.seg > 0)
+    hosts = [ti.HostCase(rg.normalise(host.image, brain, mean, std).astype(np.float16), host.seg, brain, "h")]
+    paired = next(ti.example_stream(hosts, 16, 1, 0, (1.0, 0.0, 0.0)))
+    args = [paired[k] for k in ("image", "context", "cond", "real_cond", "paired")]
+    recs = {}
+    for fraction in (0.0, 1.0):
+        config = ti.InsertionConfig(batch=1, patch=16, base=4, latent=2, precision="float32",
+                                    mean_z_fraction=fraction)
+        net, disc = build_insertion_model(4, 2, seed=1), build_discriminator(4)
+        step = ti.make_train_step(net, disc, keras.optimizers.Adam(0.0), keras.optimizers.Adam(0.0), config)
+        recs[fraction] = [float(step(*args)["rec"]) for _ in range(3)]  # lr 0: the weights stay as they are
+    assert len(set(recs[1.0])) == 1
+    assert len(set(recs[0.0])) == 3
+
+
 def test_high_pass_keeps_only_voxel_scale_texture():
     """A constant or linear ramp has no high-pass content (inside); a one-voxel checkerboard keeps all of it."""
     from train.insertion import high_pass

@@ -8,7 +8,8 @@ Every training example is a 1 mm crop of a real training case (the host) with a 
 * **foreign** (unpaired): a tumour of another case, moved / rotated / scaled, is the target (half of the time on
   top of the host's own tumour), ``R`` = target | host tumour, dilated; there is no truth, only the discriminator.
 
-Losses of the generator: L1 inside ``R`` (paired) + feature matching on the discriminator's features (paired) +
+Losses of the generator: L1 inside ``R`` (paired; ``--mean-z-fraction`` of them decoded at z = 0, the
+temperature-0 fill, instead of from the posterior) + feature matching on the discriminator's features (paired) +
 least-squares adversarial loss over the patches that hold ``R`` + KL of the posterior (paired; unpaired
 examples sample the prior). The discriminator sees (image, condition) of the real crop vs the generated one.
 
@@ -65,6 +66,7 @@ class InsertionConfig:
     kl_weight: float = 0.01
     hf_weight: float = 0.0
     hf_mode: str = "pixel"
+    mean_z_fraction: float = 0.0
     kind_probs: tuple[float, float, float] = (0.45, 0.3, 0.25)
     margin: float = rg.MARGIN
     precision: str = "mixed_bfloat16"
@@ -276,7 +278,10 @@ def make_train_step(model, disc, g_opt, d_opt, config: InsertionConfig):
             z_mean, z_log_var = model.encoder([image, cond], training=True)
             prior = keras.random.normal(ops.shape(z_mean))
             posterior = model.sampler(z_mean, z_log_var)
-            z = pair * posterior + (1.0 - pair) * prior
+            # a share of the paired examples decode z = 0 (temperature 0): the fill from context alone
+            use_posterior = pair * ops.cast(
+                keras.random.uniform(ops.shape(pair)) >= config.mean_z_fraction, "float32")
+            z = use_posterior * posterior + (1.0 - pair) * prior
             fake = model.generator([context, cond, z], training=True)
             comp = (context + fake * region) * brain
             *f_real, l_real = disc([image, real_cond], training=True)
@@ -311,6 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name))
     for name in ("lr", "rec_weight", "fm_weight", "adv_weight", "kl_weight", "hf_weight", "margin"):
         p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(d, name))
+    p.add_argument("--mean-z-fraction", type=float, default=d.mean_z_fraction,
+                   help="share of paired examples decoded at z = 0 (temperature 0) instead of the posterior, so "
+                        "that the temperature-0 fill is learnt from the context alone (default %(default)s)")
     p.add_argument("--hf-mode", choices=("pixel", "energy"), default=d.hf_mode,
                    help="texture term (weight --hf-weight): voxel-wise high-pass L1 or high-pass amplitude per "
                         "channel inside R (default %(default)s)")
