@@ -400,6 +400,29 @@ def test_soup_averages_the_weights_and_refuses_another_architecture(tmp_path):
         soup.main(["-o", str(tmp_path / "bad.keras"), str(paths[0]), str(other)])
 
 
+def test_soup_averages_insertion_models_and_refuses_a_unet_among_them(tmp_path):
+    from core.segmentation import unet
+    from core.synthesis.insert import load_insertion_model
+    from core.synthesis.vaegan import build_insertion_model
+    from train import soup
+
+    paths = []
+    for seed in (1, 2):
+        paths.append(tmp_path / f"ins{seed}.keras")
+        build_insertion_model(4, 2, seed=seed, upsampling="linear").save(paths[-1])
+    out = tmp_path / "ins_soup.keras"
+    assert soup.main(["-o", str(out), *map(str, paths)]) == 0
+    a, b = (load_insertion_model(p).get_weights() for p in paths)
+    assert any(not np.allclose(x, y) for x, y in zip(a, b))
+    for x, y, z in zip(a, b, load_insertion_model(out).get_weights()):
+        np.testing.assert_allclose(z, (x + y) / 2, rtol=1e-6, atol=1e-7)
+    assert "InsertionVAEGAN" in json.loads(out.with_suffix(".json").read_text())["model"]
+    net = tmp_path / "unet.keras"
+    unet.build_unet(base_filters=4, depth=2, regions=True).save(net)
+    with pytest.raises(SystemExit, match="different architecture"):
+        soup.main(["-o", str(tmp_path / "bad.keras"), str(paths[0]), str(net)])
+
+
 def test_ensemble_averages_the_members_outputs_in_one_safe_file(tmp_path):
     from core.segmentation import unet
     from core.segmentation.inference import load_model, segment_case

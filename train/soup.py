@@ -1,4 +1,6 @@
-"""Average the weights of U-Nets fine-tuned from one start (a uniform "model soup"): ``python -m train.soup``.
+"""Average the weights of models fine-tuned from one start (a uniform "model soup"): ``python -m train.soup``.
+
+U-Nets and insertion VAE-GANs (``core.synthesis``) alike.
 
 Checkpoints of one lineage (fine-tuned from the same weights) usually sit in one basin, where the average of
 their weights scores at least as well as the best of them and costs nothing at inference (Wortsman et al.,
@@ -40,9 +42,27 @@ def average_weights(weight_lists: Sequence[Sequence[np.ndarray]]) -> list[np.nda
             for k in range(len(first))]
 
 
+def load_unet_or_insertion(path: Path):
+    """A soup ingredient: a U-Net (checked as ``core.segmentation.inference.load_model`` does) or an insertion
+    VAE-GAN (``core.synthesis``), loaded with ``safe_mode``.
+
+    Raises:
+        ModelLoadError: the file does not load, or holds neither kind of model.
+    """
+    from core.io.weights import load_keras_file
+    from core.segmentation.inference import check_unet_io
+    from core.synthesis.vaegan import InsertionVAEGAN
+
+    model = load_keras_file(path, "model", "python -m train.unet or python -m train.insertion")
+    if not isinstance(model, InsertionVAEGAN):
+        check_unet_io(model, str(path))
+    return model
+
+
 def parse_models(prog: str, description: str, models_help: str, out_help: str,
-                 argv: Sequence[str] | None) -> tuple[list[Path], Path, list]:
-    """Parse ``prog -o OUT.keras IN.keras IN.keras ...`` and load the U-Nets (``train.soup``, ``train.ensemble``).
+                 argv: Sequence[str] | None, loader=None) -> tuple[list[Path], Path, list]:
+    """Parse ``prog -o OUT.keras IN.keras IN.keras ...`` and load the models (``train.soup``, ``train.ensemble``)
+    with ``loader`` (default: ``core.segmentation.inference.load_model``, U-Nets only).
 
     Returns:
         The input paths, the output path and the loaded models.
@@ -61,7 +81,7 @@ def parse_models(prog: str, description: str, models_help: str, out_help: str,
 
     paths = [Path(m) for m in args.models]
     try:
-        return paths, Path(args.out), [load_model(path) for path in paths]
+        return paths, Path(args.out), [(loader or load_model)(path) for path in paths]
     except ModelLoadError as exc:
         raise SystemExit(f"error: {exc}") from exc
 
@@ -78,8 +98,9 @@ def save_with_card(model, out: Path, card: dict) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: ``python -m train.soup -o OUT.keras IN.keras IN.keras ...``."""
     paths, out, models = parse_models("python -m train.soup", __doc__.split("\n\n")[0],
-                                      "U-Net .keras files of one lineage (same architecture)",
-                                      "averaged model (.keras); its card is written beside it", argv)
+                                      "U-Net or insertion VAE-GAN .keras files of one lineage (same architecture)",
+                                      "averaged model (.keras); its card is written beside it", argv,
+                                      loader=load_unet_or_insertion)
     from core.io.weights import file_sha256
 
     try:
@@ -88,7 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"error: {exc} ({', '.join(map(str, paths))})") from exc
     soup = models[0]
     soup.set_weights(averaged)
-    save_with_card(soup, out, {"model": "uniform weight average (train.soup) of U-Nets of one lineage",
+    save_with_card(soup, out, {"model": f"uniform weight average (train.soup) of {type(soup).__name__} models "
+                                        "of one lineage",
                                "ingredients": [{"path": str(path), "sha256": file_sha256(path)} for path in paths]})
     print(f"averaged {len(paths)} models into {out}")
     return 0

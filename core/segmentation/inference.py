@@ -91,7 +91,7 @@ def default_unet_path() -> Path:
 REGION_THRESHOLD = 0.5  # sigmoid threshold of a region-based U-Net (nnU-Net's)
 
 
-def _check_io(model: keras.Model, name: str) -> None:
+def check_unet_io(model: keras.Model, name: str) -> None:
     """Raise ``ModelLoadError`` unless ``model`` maps ``(B, X, Y, Z, 4)`` to 4 classes or 3 regions."""
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise ModelLoadError(f"{name}: expected a model with one input and one output, got "
@@ -124,7 +124,7 @@ def load_model(path: str | Path) -> keras.Model:
     model = load_keras_file(path, "U-Net", "python -m train.unet")
     if not isinstance(model, keras.Model):
         raise ModelLoadError(f"{path} holds a {type(model).__name__}, not a Keras model.")
-    _check_io(model, str(path))
+    check_unet_io(model, str(path))
     return model
 
 
