@@ -416,7 +416,7 @@ def test_soup_averages_insertion_models_and_refuses_a_unet_among_them(tmp_path):
     assert any(not np.allclose(x, y) for x, y in zip(a, b))
     for x, y, z in zip(a, b, load_insertion_model(out).get_weights()):
         np.testing.assert_allclose(z, (x + y) / 2, rtol=1e-6, atol=1e-7)
-    assert "InsertionVAEGAN" in json.loads(out.with_suffix(".json").read_text())["model"]
+    assert "insertion VAE-GANs" in json.loads(out.with_suffix(".json").read_text())["model"]
     net = tmp_path / "unet.keras"
     unet.build_unet(base_filters=4, depth=2, regions=True).save(net)
     with pytest.raises(SystemExit, match="different architecture"):

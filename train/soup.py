@@ -109,8 +109,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"error: {exc} ({', '.join(map(str, paths))})") from exc
     soup = models[0]
     soup.set_weights(averaged)
-    save_with_card(soup, out, {"model": f"uniform weight average (train.soup) of {type(soup).__name__} models "
-                                        "of one lineage",
+    from core.synthesis.vaegan import InsertionVAEGAN
+
+    kind = "insertion VAE-GANs" if isinstance(soup, InsertionVAEGAN) else "U-Nets"
+    save_with_card(soup, out, {"model": f"uniform weight average (train.soup) of {kind} of one lineage",
                                "ingredients": [{"path": str(path), "sha256": file_sha256(path)} for path in paths]})
     print(f"averaged {len(paths)} models into {out}")
     return 0

@@ -91,8 +91,11 @@ def default_unet_path() -> Path:
 REGION_THRESHOLD = 0.5  # sigmoid threshold of a region-based U-Net (nnU-Net's)
 
 
-def check_unet_io(model: keras.Model, name: str) -> None:
-    """Raise ``ModelLoadError`` unless ``model`` maps ``(B, X, Y, Z, 4)`` to 4 classes or 3 regions."""
+def check_unet_io(model, name: str) -> None:
+    """Raise ``ModelLoadError`` unless ``model`` is a Keras model that maps ``(B, X, Y, Z, 4)`` to 4 classes or
+    3 regions."""
+    if not isinstance(model, keras.Model):
+        raise ModelLoadError(f"{name} holds a {type(model).__name__}, not a Keras model.")
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise ModelLoadError(f"{name}: expected a model with one input and one output, got "
                              f"{len(model.inputs)} inputs and {len(model.outputs)} outputs; "
@@ -122,8 +125,6 @@ def load_model(path: str | Path) -> keras.Model:
             or ``(B, X, Y, Z, 3)`` region probabilities.
     """
     model = load_keras_file(path, "U-Net", "python -m train.unet")
-    if not isinstance(model, keras.Model):
-        raise ModelLoadError(f"{path} holds a {type(model).__name__}, not a Keras model.")
     check_unet_io(model, str(path))
     return model
 
