@@ -15,7 +15,11 @@ On each of the 6 validation hosts (``train/splits/brats-real-validation.txt``, n
 * **Real-vs-generated patch classifier**: 16^3 patches inside generated tumours vs inside real tumours; 20
   texture features per patch (per modality: mean, std, mean gradient magnitude, mean |Laplacian|, std of the
   high-pass residual, all in the host's healthy z-scores); logistic regression trained on insertions into the
-  *training* cases, AUC on the validation hosts (0.5 = indistinguishable).
+  *training* cases, AUC on the validation hosts (0.5 = indistinguishable). The real patches are the host's own
+  tumour, whose labels differ from the inserted one's, so a second, **label-matched** classifier compares each
+  generated patch with the patch at the same place in the mask's donor (the same labels, a real scan): training
+  rows from the same training insertions, test rows from a second insertion into each validation host of the next
+  validation case's mask (validation donors only, so nothing the classifier was trained on is tested).
 * **Diversity**: mean pairwise SSIM inside R of 3 samples of one mask (temperature 1).
 * **Speed**: seconds per ``insert_tumour`` call for one sample, model loaded (median over the hosts): the first
   call per host (a new crop shape) and a second call (warm: the app's steady state, e.g. another seed).
@@ -121,6 +125,32 @@ def classifier_rows(host: Case, generated: Case, target: np.ndarray, rng: np.ran
     return np.vstack([fake, real]), np.r_[np.ones(len(fake)), np.zeros(len(real))]
 
 
+def matched_rows(generated: Case, host_brain: np.ndarray, donor: Case, target: np.ndarray,
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Features and labels (1 = generated) of patches in a generated tumour and of the donor's real tumour at the
+    same centres: the mask is the donor's own labels, so both sides have identical labels."""
+    centres = centres_in(target > 0, rng)
+    fake = patch_features(generated.image, host_brain, rg.dilate(target > 0, 4), centres)
+    real = patch_features(donor.image, brain_mask(donor.image), rg.dilate(donor.seg > 0, 4), centres)
+    return np.vstack([fake, real]), np.r_[np.ones(len(fake)), np.zeros(len(real))]
+
+
+def fit_auc(x_train: list[np.ndarray], y_train: list[np.ndarray], x_test: list[np.ndarray],
+            y_test: list[np.ndarray]) -> tuple[float, list[tuple[str, float]]]:
+    """AUC on the test rows of a standardised logistic regression fitted on the training rows, and its six
+    strongest features (coefficients on standardised features: what gives a generated patch away)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    clf.fit(np.vstack(x_train), np.concatenate(y_train))
+    auc = roc_auc_score(np.concatenate(y_test), clf.predict_proba(np.vstack(x_test))[:, 1])
+    telltales = sorted(zip(FEATURE_NAMES, clf[-1].coef_[0]), key=lambda kv: -abs(kv[1]))[:6]
+    return float(auc), [(name, float(c)) for name, c in telltales]
+
+
 def sheet(host: Case, samples: list[Case], target: np.ndarray, out: Path, size: int = 128, zoom: int = 2) -> None:
     """1 mm contact sheet: rows host / samples / target mask over the host; columns the four modalities (axial)."""
     from PIL import Image, ImageDraw
@@ -169,6 +199,8 @@ def main() -> int:
     parser.add_argument("--card", type=Path, default=None, help="model card to add the validation numbers to")
     parser.add_argument("--train-hosts", type=int, default=6, help="training cases used for the classifier")
     parser.add_argument("--hosts", type=int, default=6, help="validation hosts scored (all 6 for the README)")
+    parser.add_argument("--texture", type=float, default=None,
+                        help="strength of the host-matched noise in samples (default: the temperature, 1; 0: none)")
     args = parser.parse_args()
     if not REAL.is_dir():
         print(f"real data not found at {REAL}")
@@ -181,33 +213,38 @@ def main() -> int:
     unet_card = load_model_card(args.unet) or {}
     train_folders, val_folders = split()
     rng = np.random.default_rng(0)
+    rng_matched = np.random.default_rng(1)  # its own stream: the other rows and regions stay as in earlier runs
     donors = [load_case(f) for f in train_folders[: max(args.train_hosts, 2)]]
     lineage = [f"phase {p.get('phase')}: {p.get('steps')} steps" for p in unet_card.get("lineage", [])]
-    result: dict = {"weights": str(args.weights), "unet": str(args.unet),
+    result: dict = {"weights": str(args.weights), "unet": str(args.unet), "texture": args.texture,
                     "unet_card": {"step": unet_card.get("step"), "created": unet_card.get("created"),
                                   "lineage": lineage},
                     "hosts": {}}
     x_train, y_train, x_val, y_val, seconds, warm_seconds = [], [], [], [], [], []
+    xm_train, ym_train, xm_val, ym_val = [], [], [], []
     for i, host in enumerate(donors[: args.train_hosts]):  # classifier training rows: insertions into training hosts
         donor = donors[(i + 1) % len(donors)]
-        target = donor_mask(donor, brain_mask(host.image))
-        generated = insert_tumour(host, target, model, seed=100 + i)[0]
+        host_brain = brain_mask(host.image)
+        target = donor_mask(donor, host_brain)
+        generated = insert_tumour(host, target, model, seed=100 + i, texture=args.texture)[0]
         x, y = classifier_rows(host, generated, target, rng)
         x_train.append(x), y_train.append(y)
+        x, y = matched_rows(generated, host_brain, donor, target, rng_matched)
+        xm_train.append(x), ym_train.append(y)
         print(f"classifier training host {host.name}", flush=True)
-    for i, folder in enumerate(val_folders[: args.hosts]):
-        host = load_case(folder)
+    val_cases = [load_case(f) for f in val_folders[: args.hosts]]
+    for i, host in enumerate(val_cases):
         brain = brain_mask(host.image)
         row: dict = {}
         donor = donors[i % len(donors)]
         target = donor_mask(donor, brain)
         start = time.perf_counter()
-        samples = insert_tumour(host, target, model, n_samples=1, seed=0)
+        samples = insert_tumour(host, target, model, n_samples=1, seed=0, texture=args.texture)
         seconds.append(time.perf_counter() - start)
         start = time.perf_counter()  # model loaded and this crop's shape seen: the app's steady state
-        insert_tumour(host, target, model, n_samples=1, seed=1)
+        insert_tumour(host, target, model, n_samples=1, seed=1, texture=args.texture)
         warm_seconds.append(time.perf_counter() - start)
-        samples += insert_tumour(host, target, model, n_samples=3, seed=0)[1:]
+        samples += insert_tumour(host, target, model, n_samples=3, seed=0, texture=args.texture)[1:]
         seg = segment_oriented(samples[0], unet).labels
         metrics = region_metrics(seg, target, host.spacing)
         row["donor"] = donor.name
@@ -228,22 +265,19 @@ def main() -> int:
             row["healthy_fill_R"] = rg.region_ssim_psnr(host.image, fill.image, r_fill, brain)
         x, y = classifier_rows(host, samples[0], target, rng)
         x_val.append(x), y_val.append(y)
+        val_donor = val_cases[(i + 1) % len(val_cases)]
+        val_target = donor_mask(val_donor, brain)
+        matched = insert_tumour(host, val_target, model, seed=200 + i, texture=args.texture)[0]
+        x, y = matched_rows(matched, brain, val_donor, val_target, rng_matched)
+        xm_val.append(x), ym_val.append(y)
         row["seconds_one_sample"] = round(seconds[-1], 2)
         row["seconds_one_sample_warm"] = round(warm_seconds[-1], 2)
         result["hosts"][host.name] = row
         print(host.name, json.dumps(row), flush=True)
         if i == 0:
             sheet(host, samples, target, args.sheet)
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-    clf.fit(np.vstack(x_train), np.concatenate(y_train))
-    auc = roc_auc_score(np.concatenate(y_val), clf.predict_proba(np.vstack(x_val))[:, 1])
-    coefficients = clf[-1].coef_[0]  # on standardised features: what gives a generated patch away
-    telltales = sorted(zip(FEATURE_NAMES, coefficients), key=lambda kv: -abs(kv[1]))[:6]
+    auc, telltales = fit_auc(x_train, y_train, x_val, y_val)
+    auc_matched, telltales_matched = fit_auc(xm_train, ym_train, xm_val, ym_val)
     hosts = result["hosts"].values()
 
     def mean_of(key: str, metric: str) -> list[float]:
@@ -263,6 +297,10 @@ def main() -> int:
         "patch_classifier": f"logistic regression on 20 texture features of {PATCH}^3 patches; trained on "
                             f"{len(x_train)} training hosts, tested on {len(x_val)} validation hosts",
         "patch_classifier_top_features": {name: round(float(c), 3) for name, c in telltales},
+        "patch_classifier_auc_label_matched": round(auc_matched, 4),
+        "patch_classifier_label_matched": "the same, real patches from the mask's donor at the same centres; test "
+                                          "masks from the next validation case",
+        "patch_classifier_label_matched_top_features": {name: round(c, 3) for name, c in telltales_matched},
         "seconds_per_sample_median": round(float(np.median(seconds)), 2),
         "seconds_per_sample_warm_median": round(float(np.median(warm_seconds)), 2),
         "modalities": list(MODALITIES),

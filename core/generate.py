@@ -45,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", required=True, help="output folder; one BraTS case folder per sample")
     p.add_argument("--samples", type=int, default=1, help="number of cases (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default %(default)s)")
-    p.add_argument("--temperature", type=float, default=1.0, help="prior temperature (default %(default)s)")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="prior temperature (default %(default)s); with --host it also scales the host-matched "
+                        "scanner noise in the fill (0: the smooth mean fill)")
     p.add_argument("--naming", choices=("2020", "2023"), default="2020",
                    help="file naming and label values of the written cases (default %(default)s)")
     p.add_argument("--weights", default=None,

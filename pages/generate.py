@@ -39,7 +39,9 @@ if state is not None:
                                      help="Each sample is a full 4-modality volume (~140 MB in memory).")
     seed = cols[2].number_input("Seed", 0, 2**31 - 1, 0, key="gen_seed")
     temperature = cols[3].slider("Temperature", 0.0, 1.5, 1.0, 0.05, key="gen_temperature",
-                                 help="Scale of the latent noise: 0 gives the mean image, higher more variety.")
+                                 help="Scale of the latent noise: 0 gives the mean image, higher more variety. "
+                                      "Into a case it also scales the scanner noise matched to the host "
+                                      "(0: a smooth, noise-free fill).")
     label = "Render into this case" if into_case else "Generate"
     if cols[4].button(label, type="primary", disabled=not (info.exists and masks), key="gen_run"):
         bar = st.progress(0.0, text="Loading the model…")

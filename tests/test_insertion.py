@@ -364,3 +364,36 @@ def test_antialiased_discriminator_keeps_outputs_and_weights():
     plain, smooth = build_discriminator(4), build_discriminator(4, antialias=True)
     assert plain.count_params() == smooth.count_params()
     assert [tuple(o.shape) for o in plain([image, cond])] == [tuple(o.shape) for o in smooth([image, cond])]
+
+
+def test_samples_carry_the_hosts_texture_inside_R_and_the_mean_fill_none(model):
+    """Temperature > 0 adds host-matched noise inside R (seeded, nothing outside); temperature 0 adds none."""
+    from core.synthesis.insert import render
+    from core.synthesis.texture import high_pass, robust_level
+
+    host, target = _host(), _target()
+    plan = plan_insertion(host, target)
+    assert plan.texture is not None
+    z = model.sample_latent(plan.crop_shape, seed=0, temperature=1.0)
+    plain = render(plan, model, z)
+    grainy = render(plan, model, z, texture=1.0, texture_seed=7)
+    region = plan.region_on_host()
+    np.testing.assert_array_equal(plain[:, ~region], grainy[:, ~region])
+    inner = rg.dilate(~region, 3)  # R away from the blend ramp
+    core_r = region & ~inner
+
+    def level(image):
+        return robust_level(high_pass(np.moveaxis(image, 0, -1))[core_r])
+
+    assert np.all(level(grainy) > 1.5 * level(plain))
+    np.testing.assert_array_equal(grainy, render(plan, model, z, texture=1.0, texture_seed=7))
+    mean_fill = insert_tumour(host, target, model, temperature=0.0)[0].image
+    z0 = model.sample_latent(plan.crop_shape, seed=0, temperature=0.0)
+    np.testing.assert_array_equal(mean_fill, render(plan, model, z0))
+    from core.synthesis.generate import sample_seed
+
+    z1 = model.sample_latent(plan.crop_shape, seed=sample_seed(4, 0), temperature=1.0)
+    no_noise = insert_tumour(host, target, model, seed=4, texture=0.0)[0].image
+    np.testing.assert_array_equal(no_noise, render(plan, model, z1))
+    with pytest.raises(ValueError, match="texture"):
+        insert_tumour(host, target, model, texture=-1.0)

@@ -8,7 +8,9 @@ API (used by ``core.generate --host``, the app and the evaluation)::
 The host's own tumour (``host_tumour=``, else ``host.seg``, else the U-Net passed as ``unet=``) and the target
 ``T`` define the region ``R`` (:func:`core.synthesis.region.insertion_region`); the generator paints ``R`` on a
 1 mm crop around it, and each result is the host outside ``R`` voxel for voxel (same dtype, affine and header),
-blended into it at ``R``'s border. Where the host had tumour and ``T`` is empty, healthy tissue is filled in.
+blended into it at ``R``'s border. Samples (temperature > 0) carry noise with the host's own spectrum and level
+(:mod:`core.synthesis.texture`), so the fill is as grainy as the scan around it. Where the host had tumour and
+``T`` is empty, healthy tissue is filled in.
 Generation runs in the models' (BraTS, LPS) voxel orientation and the images are turned back exactly
 (``core.io.orientation``). ``.seg`` of each result is ``T``.
 """
@@ -28,6 +30,7 @@ from core.io.weights import ModelLoadError, load_keras_file, shipped_path
 from core.preprocessing.preprocess import CropBox, brain_mask
 from core.synthesis import region as rg
 from core.synthesis.generate import SPACING_TOLERANCE, check_mask, sample_seed
+from core.synthesis.texture import HostTexture, add_texture, host_texture
 from core.synthesis.vaegan import InsertionVAEGAN
 
 import keras  # noqa: E402
@@ -67,6 +70,7 @@ class InsertionPlan:
         cond: generator condition ``(x, y, z, 5)`` of the crop.
         alpha: blend weight of the crop.
         mean, std, floor: the host's healthy intensity statistics per modality.
+        texture: the host's noise spectrum and level next to ``R`` (``None``: too little healthy context).
     """
 
     turn: Reorientation
@@ -79,6 +83,7 @@ class InsertionPlan:
     mean: np.ndarray
     std: np.ndarray
     floor: np.ndarray
+    texture: HostTexture | None = None
 
     @property
     def crop_shape(self) -> tuple[int, int, int]:
@@ -141,16 +146,30 @@ def plan_insertion(host: Case, target: np.ndarray, *, host_tumour: np.ndarray | 
     box = rg.region_box(region)
     crop_brain, crop_region = box.apply(brain), box.apply(region)
     zscores = rg.normalise(box.apply(oriented), crop_brain, mean, std)
+    context = rg.masked_context(zscores, crop_region)
     return InsertionPlan(
-        turn=turn, image=oriented, region=region, box=box,
-        context=rg.masked_context(zscores, crop_region),
+        turn=turn, image=oriented, region=region, box=box, context=context,
         cond=rg.condition(box.apply(target_m), crop_region, crop_brain),
-        alpha=rg.blend_alpha(crop_region, crop_brain), mean=mean, std=std, floor=rg.brain_floor(oriented, brain))
+        alpha=rg.blend_alpha(crop_region, crop_brain), mean=mean, std=std, floor=rg.brain_floor(oriented, brain),
+        texture=host_texture(context, crop_brain & ~crop_region))
 
 
-def render(plan: InsertionPlan, model: InsertionVAEGAN, z: Any) -> np.ndarray:
-    """The host image with ``R`` generated from latent ``z``, on the host's own grid (``(4, X, Y, Z)``)."""
+def render(plan: InsertionPlan, model: InsertionVAEGAN, z: Any, *, texture: float = 0.0,
+           texture_seed: int = 0) -> np.ndarray:
+    """The host image with ``R`` generated from latent ``z``, on the host's own grid (``(4, X, Y, Z)``).
+
+    Args:
+        plan: from :func:`plan_insertion`.
+        model: the generator.
+        z: latent sample (``model.sample_latent``).
+        texture: strength of the host-matched scanner noise added inside ``R``
+            (:func:`core.synthesis.texture.add_texture`; 0: the generator's smooth fill alone).
+        texture_seed: seed of that noise.
+    """
     generated = keras.ops.convert_to_numpy(model.generate(plan.context[None], plan.cond[None], z))[0]
+    if texture > 0 and plan.texture is not None:
+        generated = add_texture(generated, plan.texture, plan.box.apply(plan.region),
+                                np.random.default_rng(texture_seed), strength=texture)
     generated = rg.denormalise(np.moveaxis(generated, -1, 0), plan.mean, plan.std, plan.floor)
     crop_host = plan.box.apply(plan.image)
     crop_out = rg.composite(crop_host, generated, plan.box.apply(plan.region), plan.alpha)
@@ -167,28 +186,31 @@ def _check_model(model: Any) -> InsertionVAEGAN:
 
 
 def iter_insertions(host: Case, target: np.ndarray, model: InsertionVAEGAN, *, n_samples: int = 1, seed: int = 0,
-                    temperature: float = 1.0, host_tumour: np.ndarray | None = None, unet: Any = None,
-                    margin: float = rg.MARGIN, progress: Progress | None = None, name: str = "mask"
-                    ) -> Iterator[Case]:
+                    temperature: float = 1.0, texture: float | None = None, host_tumour: np.ndarray | None = None,
+                    unet: Any = None, margin: float = rg.MARGIN, progress: Progress | None = None,
+                    name: str = "mask") -> Iterator[Case]:
     """Like :func:`insert_tumour`, but yields each case when it is made; inputs are checked before the first."""
     model = _check_model(model)
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
     if not (np.isfinite(temperature) and temperature >= 0):
         raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
+    texture = temperature if texture is None else texture
+    if not (np.isfinite(texture) and texture >= 0):
+        raise ValueError(f"texture must be a finite number >= 0, got {texture}")
     report = progress or (lambda fraction, message: None)
     report(0.0, "preparing the region")
     plan = plan_insertion(host, target, host_tumour=host_tumour, unet=unet, margin=margin, name=name)
     target = check_mask(target, name)
-    return _samples(plan, model, host, target, n_samples, seed, temperature, report)
+    return _samples(plan, model, host, target, n_samples, seed, temperature, texture, report)
 
 
 def _samples(plan: InsertionPlan, model: InsertionVAEGAN, host: Case, target: np.ndarray, n_samples: int,
-             seed: int, temperature: float, report: Progress) -> Iterator[Case]:
+             seed: int, temperature: float, texture: float, report: Progress) -> Iterator[Case]:
     for i in range(n_samples):
         report(0.1 + 0.9 * i / n_samples, f"generating sample {i + 1}/{n_samples}")
         z = model.sample_latent(plan.crop_shape, seed=sample_seed(seed, i), temperature=temperature)
-        image = render(plan, model, z)
+        image = render(plan, model, z, texture=texture, texture_seed=sample_seed(seed, i))
         yield Case(image=image, affine=np.array(host.affine, copy=True), header=host.header.copy(),
                    seg=target.copy(), label_convention=host.label_convention, files={}, naming=None,
                    name=f"{host.name}-ins-s{seed}-{i:03d}")
@@ -196,8 +218,9 @@ def _samples(plan: InsertionPlan, model: InsertionVAEGAN, host: Case, target: np
 
 
 def insert_tumour(host: Case, target: np.ndarray, model: InsertionVAEGAN, *, n_samples: int = 1, seed: int = 0,
-                  temperature: float = 1.0, host_tumour: np.ndarray | None = None, unet: Any = None,
-                  margin: float = rg.MARGIN, progress: Progress | None = None, name: str = "mask") -> list[Case]:
+                  temperature: float = 1.0, texture: float | None = None, host_tumour: np.ndarray | None = None,
+                  unet: Any = None, margin: float = rg.MARGIN, progress: Progress | None = None,
+                  name: str = "mask") -> list[Case]:
     """Generate ``n_samples`` versions of ``host`` whose tumour is ``target``.
 
     Args:
@@ -206,7 +229,9 @@ def insert_tumour(host: Case, target: np.ndarray, model: InsertionVAEGAN, *, n_s
         model: an :class:`InsertionVAEGAN`.
         n_samples: number of cases.
         seed: sample ``i`` uses latent seed ``core.synthesis.generate.sample_seed(seed, i)``: same seed, same cases.
-        temperature: scale of the prior's standard deviation (0: the mean fill).
+        temperature: scale of the prior's standard deviation and of the host-matched scanner noise added inside
+            ``R`` (:mod:`core.synthesis.texture`); 0: the mean fill, smooth and noise-free.
+        texture: strength of that noise when it should differ from ``temperature`` (0: none).
         host_tumour: the host's tumour (non-zero); default ``host.seg``, else segmented with ``unet``.
         unet: U-Net used when the host's tumour is not given and it has no seg.
         margin: dilation (voxels) of target | host tumour that makes ``R``.
@@ -218,7 +243,8 @@ def insert_tumour(host: Case, target: np.ndarray, model: InsertionVAEGAN, *, n_s
 
     Raises:
         CaseError: bad target, host or nothing to generate (see :func:`plan_insertion`).
-        ValueError: ``n_samples < 1`` or a negative temperature.
+        ValueError: ``n_samples < 1``, a negative temperature or texture.
     """
     return list(iter_insertions(host, target, model, n_samples=n_samples, seed=seed, temperature=temperature,
-                                host_tumour=host_tumour, unet=unet, margin=margin, progress=progress, name=name))
+                                texture=texture, host_tumour=host_tumour, unet=unet, margin=margin,
+                                progress=progress, name=name))

@@ -1,0 +1,137 @@
+"""Scanner texture for generated fills: noise with the host's own spectrum and level.
+
+The insertion generator paints a smooth image: inside generated tumours the high-pass residual and the mean
+|Laplacian| were 30-70 % below the host's (FLAIR most), and those were the real-vs-generated patch classifier's
+telltales. Real scans carry acquisition noise whose spectrum depends on the scanner and the resampling (thick
+slices correlate it along one axis). This module measures that texture on the host's healthy tissue around ``R``
+and adds noise with the same power spectrum (random-phase noise: Galerne, Gousseau & Morel, "Random phase
+textures", IEEE TIP 2011) to a generated crop, scaled so that the sum's high-pass level inside ``R`` matches the
+host's. Levels are robust (1.4826 x the median absolute deviation) and the residual is clipped at 3 of them before
+its spectrum is taken: the noise is what is wanted, not the sparse anatomical edges that also pass the filter.
+
+Arrays are channel-last z-scores ``(X, Y, Z, C)`` as the generator sees them; no Keras import.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import fft, ndimage
+
+from core.preprocessing.preprocess import bounding_box
+
+HIGH_PASS_SIGMA = 1.0  # voxels: the residual ``z - gaussian(z, sigma)`` is what "texture" means here
+EDGE = 3  # voxels of healthy context dropped next to R and the brain's edge (their residual is an edge, not noise)
+MIN_VOXELS = 1000  # fewer healthy context voxels than this: no texture (too little to measure a spectrum)
+CLIP = 3.0  # robust levels at which the residual is clipped before its spectrum is taken
+LEVEL_SAMPLES = 200_000  # values a robust level is taken from (an even stride through larger sets)
+
+
+def robust_level(values: np.ndarray) -> np.ndarray:
+    """1.4826 x the median absolute deviation along axis 0 (the standard deviation of Gaussian noise)."""
+    values = np.asarray(values, np.float32)
+    values = values[:: max(len(values) // LEVEL_SAMPLES, 1)]
+    return 1.4826 * np.median(np.abs(values - np.median(values, axis=0)), axis=0)
+
+
+def _level_inside(z: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """Robust high-pass level per channel of ``z`` inside ``region`` (filtered on the region's box only)."""
+    box = bounding_box(region)
+    pad = int(4 * HIGH_PASS_SIGMA) + 1  # the Gaussian's reach: the box's residual equals the whole crop's
+    box = tuple(slice(max(b.start - pad, 0), min(b.stop + pad, n)) for b, n in zip(box, region.shape))
+    return robust_level(high_pass(z[box])[region[box]])
+
+
+def high_pass(z: np.ndarray, sigma: float = HIGH_PASS_SIGMA) -> np.ndarray:
+    """``z - gaussian(z, sigma)`` per channel of a channel-last ``(X, Y, Z, C)`` array (float32)."""
+    z = np.asarray(z, np.float32)
+    return z - ndimage.gaussian_filter(z, sigma=(sigma, sigma, sigma, 0))
+
+
+@dataclass(frozen=True)
+class HostTexture:
+    """The host's texture next to ``R``, per channel.
+
+    Attributes:
+        amplitude: ``(C, X, Y, Z // 2 + 1)`` magnitude of the real FFT of the host's high-pass residual over the
+            healthy context (clipped at ``CLIP`` levels), divided by the square root of its voxel count: white noise
+            filtered with it has the clipped residual's mean square per voxel.
+        level: ``(C,)`` robust level of that residual (:func:`robust_level`, z-score units).
+        shape: spatial shape of the crop it was measured on.
+    """
+
+    amplitude: np.ndarray
+    level: np.ndarray
+    shape: tuple[int, int, int]
+
+
+def host_texture(context: np.ndarray, healthy: np.ndarray) -> HostTexture | None:
+    """Measure the host's texture on a crop.
+
+    Args:
+        context: ``(X, Y, Z, C)`` host z-scores of the crop (values inside ``R`` and outside the brain are ignored).
+        healthy: bool ``(X, Y, Z)``: the crop's brain voxels outside ``R``.
+
+    Returns:
+        The texture, or ``None`` when fewer than ``MIN_VOXELS`` healthy voxels remain away from edges.
+    """
+    context = np.asarray(context, np.float32)
+    keep = ndimage.binary_erosion(np.asarray(healthy, bool), iterations=EDGE)
+    count = int(keep.sum())
+    if count < MIN_VOXELS:
+        return None
+    residual = high_pass(context)
+    amplitude, level = [], []
+    for c in range(context.shape[-1]):
+        c_level = float(robust_level(residual[..., c][keep]))
+        r = np.where(keep, np.clip(residual[..., c], -CLIP * c_level, CLIP * c_level), 0.0).astype(np.float32)
+        level.append(c_level)
+        amplitude.append((np.abs(fft.rfftn(r, workers=-1)) / np.sqrt(count)).astype(np.float32))
+    return HostTexture(amplitude=np.stack(amplitude), level=np.asarray(level, np.float32),
+                       shape=tuple(int(n) for n in context.shape[:3]))  # type: ignore[arg-type]
+
+
+def matched_noise(texture: HostTexture, rng: np.random.Generator) -> np.ndarray:
+    """Random-phase noise ``(X, Y, Z, C)`` with the texture's power spectrum (zero mean)."""
+    shape = texture.shape
+    out = np.empty((*shape, len(texture.level)), np.float32)
+    for c, amplitude in enumerate(texture.amplitude):
+        white = fft.rfftn(rng.standard_normal(shape, dtype=np.float32), workers=-1)
+        white[0, 0, 0] = 0.0  # no offset: the noise must not shift the fill's mean
+        out[..., c] = fft.irfftn(white * amplitude, s=shape, workers=-1)
+    return out
+
+
+def add_texture(generated: np.ndarray, texture: HostTexture, region: np.ndarray, rng: np.random.Generator,
+                strength: float = 1.0) -> np.ndarray:
+    """``generated`` plus host-matched noise inside ``region``.
+
+    Per channel, the noise's robust high-pass level inside ``region`` is ``strength`` times the part of the host's
+    level the fill lacks: ``sqrt(level_host**2 - level_generated**2)`` (0 where the fill is already as rough as the
+    host). Voxels outside ``region`` are returned unchanged.
+
+    Args:
+        generated: ``(X, Y, Z, C)`` generated z-scores of the crop the texture was measured on.
+        texture: from :func:`host_texture`.
+        region: bool ``(X, Y, Z)`` ``R`` in the crop.
+        rng: noise source (seed it for reproducible samples).
+        strength: scale of the added noise (the sampling temperature; 0 adds nothing).
+    """
+    generated = np.asarray(generated, np.float32)
+    region = np.asarray(region, bool)
+    if generated.shape[:3] != texture.shape or region.shape != texture.shape:
+        raise ValueError(f"crop {generated.shape[:3]} / region {region.shape} differ from the texture's "
+                         f"{texture.shape}")
+    if strength <= 0 or not region.any():
+        return generated.copy()
+    own = _level_inside(generated, region)
+    missing = np.sqrt(np.maximum(texture.level ** 2 - own ** 2, 0.0))
+    if not missing.any():
+        return generated.copy()
+    noise = matched_noise(texture, rng)
+    noise_level = _level_inside(noise, region)
+    scale = strength * missing / np.maximum(noise_level, 1e-6)
+    out = generated.copy()
+    out[region] += noise[region] * scale
+    return out
