@@ -484,3 +484,26 @@ def test_ema_export_is_the_moving_average_of_the_training_weights():
         np.testing.assert_array_equal(a, w)
     with pytest.raises(SystemExit, match="--ema"):
         compile_model(build_unet(base_filters=4, depth=2), lr=1e-2, steps=10, ema=1.0)
+
+
+def test_fade_lesion_lowers_tumour_contrast_and_leaves_the_rest():
+    """Faded tumours keep a share of their contrast to the healthy median; far tissue and labels are untouched."""
+    from train.data import AugmentConfig, fade_lesion
+
+    rng = np.random.default_rng(0)
+    image = rng.normal(0.0, 0.1, (32, 32, 32, 2)).astype(np.float32)
+    labels = np.zeros((32, 32, 32), np.uint8)
+    labels[12:20, 12:20, 12:20] = 2
+    image[labels > 0] += 3.0
+    brain = np.ones(labels.shape, bool)
+    before = image.copy()
+    aug = AugmentConfig(lesion_contrast=(0.25, 0.25))
+    fade_lesion(image, labels, brain, rng, aug)
+    contrast = image[labels > 0].mean(axis=0) - np.median(image[labels == 0], axis=0)
+    np.testing.assert_allclose(contrast, 0.25 * 3.0, atol=0.05)
+    far = np.ones(labels.shape, bool)
+    far[4:28, 4:28, 4:28] = False
+    np.testing.assert_array_equal(image[far], before[far])
+    empty = np.zeros_like(labels)
+    again = before.copy()
+    np.testing.assert_array_equal(fade_lesion(again, empty, brain, rng, aug), before)

@@ -75,6 +75,7 @@ from train.common import (
 )
 from train.data import (
     REAL_DATA_AUGMENTATION,
+    REAL_FADED_AUGMENTATION,
     VALIDATION_SEED_START,
     AugmentConfig,
     batches,
@@ -125,7 +126,7 @@ class TrainConfig:
 
 
 PRECISIONS = ("float32", "mixed_bfloat16")
-AUGMENTATIONS = {"phantom": AugmentConfig(), "real": REAL_DATA_AUGMENTATION}
+AUGMENTATIONS = {"phantom": AugmentConfig(), "real": REAL_DATA_AUGMENTATION, "real-faded": REAL_FADED_AUGMENTATION}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,8 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=PRECISIONS, default=d.precision,
                    help="Keras dtype policy for training and the exported model (default %(default)s)")
     p.add_argument("--augment", choices=("auto", *AUGMENTATIONS), default=d.augment,
-                   help="augmentation setting: 'real' adds elastic deformation and a bias field; auto: 'real' "
-                        "when any --data is a folder (default %(default)s)")
+                   help="augmentation setting: 'real' adds elastic deformation and a bias field; 'real-faded' also "
+                        "lowers the tumour's contrast in 30 %% of patches; auto: 'real' when any --data is a folder "
+                        "(default %(default)s)")
     p.add_argument("--workers", type=int, default=d.workers, help="case-producer processes (0: in-process)")
     p.add_argument("--patch-workers", type=int, default=d.patch_workers,
                    help="> 0: that many processes sample augmented patches in parallel, each with its own pool of "
