@@ -171,14 +171,13 @@ def insertion_samples(cases: Sequence[Case], m: int, model, seed: int, temperatu
     """``m`` insertion samples: K case ``j % K`` gets the mask of the next K case (mirrored in X every second round,
     or always when K = 1), clipped to the host's brain; its own tumour is replaced."""
     from core.synthesis.insert import insert_tumour
+    from train.insertion_cases import target_map
 
     samples = []
     for j in range(m):
         host = cases[j % len(cases)]
-        donor = cases[(j + 1) % len(cases)].seg
-        if (j // len(cases)) % 2 == 1 or len(cases) == 1:
-            donor = donor[::-1]
-        target = np.where(brain_mask(host.image), donor, 0).astype(np.uint8)
+        mirror = (j // len(cases)) % 2 == 1 or len(cases) == 1
+        target = target_map(host.image, cases[(j + 1) % len(cases)].seg, mirror)
         case = insert_tumour(host, target, model, seed=seed * 100_003 + j, temperature=temperature)[0]
         case.name = f"insert-{j:03d}-{host.name}"
         samples.append(case)
