@@ -52,6 +52,9 @@ from train.common import labelled_case_folders, read_case_ids  # noqa: E402
 REAL = ROOT.parent / "shared" / "data" / "brats-real"
 SPLIT = ROOT / "train" / "splits" / "brats-real-validation.txt"
 PATCH = 16
+SAMPLES_TEXTURE = ("samples (temperature 1) carry noise with the host's spectrum inside R (core.synthesis.texture, "
+                   "since session 16), each tumour class at its own level relative to the host's healthy brain "
+                   "(since session 17); temperature-0 fills (reconstruction, healthy fill) none")
 FEATURE_NAMES = [f"{m} {f}" for m in MODALITIES for f in ("mean", "std", "gradient", "|laplacian|", "high-pass std")]
 
 
@@ -311,7 +314,8 @@ def main() -> int:
     if args.card is not None and args.card.is_file():
         card = json.loads(args.card.read_text())
         card["validation"] = {"cases": [f.name for f in val_folders], "unet": result["unet"],
-                              "unet_card": result["unet_card"], **result["summary"]}
+                              "unet_card": result["unet_card"], **result["summary"],
+                              "samples_texture": SAMPLES_TEXTURE}
         args.card.write_text(json.dumps(card, indent=2) + "\n")
     print(f"wrote {args.json} and {args.sheet}")
     return 0

@@ -71,6 +71,7 @@ class InsertionPlan:
         alpha: blend weight of the crop.
         mean, std, floor: the host's healthy intensity statistics per modality.
         texture: the host's noise spectrum and level next to ``R`` (``None``: too little healthy context).
+        labels: the target's internal labels 0..3 on the crop (the tumour class each generated voxel is).
     """
 
     turn: Reorientation
@@ -84,6 +85,7 @@ class InsertionPlan:
     std: np.ndarray
     floor: np.ndarray
     texture: HostTexture | None = None
+    labels: np.ndarray | None = None
 
     @property
     def crop_shape(self) -> tuple[int, int, int]:
@@ -147,11 +149,12 @@ def plan_insertion(host: Case, target: np.ndarray, *, host_tumour: np.ndarray | 
     crop_brain, crop_region = box.apply(brain), box.apply(region)
     zscores = rg.normalise(box.apply(oriented), crop_brain, mean, std)
     context = rg.masked_context(zscores, crop_region)
+    crop_target = box.apply(target_m)
     return InsertionPlan(
         turn=turn, image=oriented, region=region, box=box, context=context,
-        cond=rg.condition(box.apply(target_m), crop_region, crop_brain),
+        cond=rg.condition(crop_target, crop_region, crop_brain),
         alpha=rg.blend_alpha(crop_region, crop_brain), mean=mean, std=std, floor=rg.brain_floor(oriented, brain),
-        texture=host_texture(context, crop_brain & ~crop_region))
+        texture=host_texture(context, crop_brain & ~crop_region), labels=crop_target)
 
 
 def render(plan: InsertionPlan, model: InsertionVAEGAN, z: Any, *, texture: float = 0.0,
@@ -169,7 +172,7 @@ def render(plan: InsertionPlan, model: InsertionVAEGAN, z: Any, *, texture: floa
     generated = keras.ops.convert_to_numpy(model.generate(plan.context[None], plan.cond[None], z))[0]
     if texture > 0 and plan.texture is not None:
         generated = add_texture(generated, plan.texture, plan.box.apply(plan.region),
-                                np.random.default_rng(texture_seed), strength=texture)
+                                np.random.default_rng(texture_seed), strength=texture, labels=plan.labels)
     generated = rg.denormalise(np.moveaxis(generated, -1, 0), plan.mean, plan.std, plan.floor)
     crop_host = plan.box.apply(plan.image)
     crop_out = rg.composite(crop_host, generated, plan.box.apply(plan.region), plan.alpha)

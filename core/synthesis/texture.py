@@ -8,6 +8,8 @@ and adds noise with the same power spectrum (random-phase noise: Galerne, Gousse
 textures", IEEE TIP 2011) to a generated crop, scaled so that the sum's high-pass level inside ``R`` matches the
 host's. Levels are robust (1.4826 x the median absolute deviation) and the residual is clipped at 3 of them before
 its spectrum is taken: the noise is what is wanted, not the sparse anatomical edges that also pass the filter.
+Given the target's labels, each tumour class is brought to its own level instead (:data:`TUMOUR_LEVEL_RATIO`, measured
+on real training cases: oedema is smoother than the healthy brain, necrosis and enhancing tumour rougher).
 
 Arrays are channel-last z-scores ``(X, Y, Z, C)`` as the generator sees them; no Keras import.
 """
@@ -26,6 +28,17 @@ EDGE = 3  # voxels of healthy context dropped next to R and the brain's edge (th
 MIN_VOXELS = 1000  # fewer healthy context voxels than this: no texture (too little to measure a spectrum)
 CLIP = 3.0  # robust levels at which the residual is clipped before its spectrum is taken
 LEVEL_SAMPLES = 200_000  # values a robust level is taken from (an even stride through larger sets)
+MIN_CLASS_VOXELS = 200  # a tumour class smaller than this in R takes the whole region's fill level as its own
+
+# Robust high-pass level of real tumour tissue over that of the healthy brain around it, per internal label
+# (1 NCR, 2 ED, 3 ET) and modality (T1, T1ce, T2, FLAIR): medians over the 20 real training cases
+# (``bench/tumour_texture.py``, ``bench/results/tumour_texture.json``). Oedema is smoother than the healthy brain
+# (no cortical folding), necrosis and enhancing rims are rougher; label 0 inside R (healthy fill) is 1.
+TUMOUR_LEVEL_RATIO: dict[int, tuple[float, float, float, float]] = {
+    1: (0.81, 1.50, 1.18, 1.42),
+    2: (0.72, 0.84, 0.82, 0.95),
+    3: (0.80, 3.31, 1.01, 1.63),
+}
 
 
 def robust_level(values: np.ndarray) -> np.ndarray:
@@ -35,12 +48,19 @@ def robust_level(values: np.ndarray) -> np.ndarray:
     return 1.4826 * np.median(np.abs(values - np.median(values, axis=0)), axis=0)
 
 
+def _high_pass_on(z: np.ndarray, region: np.ndarray) -> tuple[np.ndarray, tuple[slice, ...]]:
+    """High-pass residual of ``z`` on ``region``'s box padded by the Gaussian's reach (equal there to the whole
+    crop's residual), and that box."""
+    box = bounding_box(region)
+    pad = int(4 * HIGH_PASS_SIGMA) + 1
+    box = tuple(slice(max(b.start - pad, 0), min(b.stop + pad, n)) for b, n in zip(box, region.shape))
+    return high_pass(z[box]), box
+
+
 def _level_inside(z: np.ndarray, region: np.ndarray) -> np.ndarray:
     """Robust high-pass level per channel of ``z`` inside ``region`` (filtered on the region's box only)."""
-    box = bounding_box(region)
-    pad = int(4 * HIGH_PASS_SIGMA) + 1  # the Gaussian's reach: the box's residual equals the whole crop's
-    box = tuple(slice(max(b.start - pad, 0), min(b.stop + pad, n)) for b, n in zip(box, region.shape))
-    return robust_level(high_pass(z[box])[region[box]])
+    residual, box = _high_pass_on(z, region)
+    return robust_level(residual[region[box]])
 
 
 def high_pass(z: np.ndarray, sigma: float = HIGH_PASS_SIGMA) -> np.ndarray:
@@ -103,13 +123,24 @@ def matched_noise(texture: HostTexture, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
+def level_ratio(label: int, channels: int) -> np.ndarray:
+    """Target level of ``label``'s tissue relative to the healthy brain, per channel (:data:`TUMOUR_LEVEL_RATIO`;
+    1 for healthy tissue and for channel counts other than the four modalities)."""
+    ratio = TUMOUR_LEVEL_RATIO.get(int(label))
+    if ratio is None or len(ratio) != channels:
+        return np.ones(channels, np.float32)
+    return np.asarray(ratio, np.float32)
+
+
 def add_texture(generated: np.ndarray, texture: HostTexture, region: np.ndarray, rng: np.random.Generator,
-                strength: float = 1.0) -> np.ndarray:
+                strength: float = 1.0, labels: np.ndarray | None = None) -> np.ndarray:
     """``generated`` plus host-matched noise inside ``region``.
 
-    Per channel, the noise's robust high-pass level inside ``region`` is ``strength`` times the part of the host's
-    level the fill lacks: ``sqrt(level_host**2 - level_generated**2)`` (0 where the fill is already as rough as the
-    host). Voxels outside ``region`` are returned unchanged.
+    Per channel, the noise's robust high-pass level inside ``region`` is ``strength`` times the part of the target
+    level the fill lacks: ``sqrt(target**2 - level_generated**2)`` (0 where the fill is already as rough). The
+    target is the host's healthy level; with ``labels``, each tumour class of ``region`` gets its own target (the
+    host's level times :func:`level_ratio`) and is measured and scaled on its own voxels. Voxels outside
+    ``region`` are returned unchanged.
 
     Args:
         generated: ``(X, Y, Z, C)`` generated z-scores of the crop the texture was measured on.
@@ -117,21 +148,31 @@ def add_texture(generated: np.ndarray, texture: HostTexture, region: np.ndarray,
         region: bool ``(X, Y, Z)`` ``R`` in the crop.
         rng: noise source (seed it for reproducible samples).
         strength: scale of the added noise (the sampling temperature; 0 adds nothing).
+        labels: optional ``(X, Y, Z)`` internal labels 0..3 of the target in the crop.
     """
     generated = np.asarray(generated, np.float32)
     region = np.asarray(region, bool)
     if generated.shape[:3] != texture.shape or region.shape != texture.shape:
         raise ValueError(f"crop {generated.shape[:3]} / region {region.shape} differ from the texture's "
                          f"{texture.shape}")
+    if labels is not None and np.shape(labels) != texture.shape:
+        raise ValueError(f"labels {np.shape(labels)} differ from the texture's crop {texture.shape}")
     if strength <= 0 or not region.any():
         return generated.copy()
-    own = _level_inside(generated, region)
-    missing = np.sqrt(np.maximum(texture.level ** 2 - own ** 2, 0.0))
-    if not missing.any():
+    channels = len(texture.level)
+    classes = [(region, np.ones(channels, np.float32))] if labels is None else [
+        (region & (labels == k), level_ratio(k, channels)) for k in np.unique(np.asarray(labels)[region])]
+    residual, box = _high_pass_on(generated, region)
+    whole = robust_level(residual[region[box]])
+    missing = []
+    for mask, ratio in classes:
+        own = robust_level(residual[mask[box]]) if mask.sum() >= MIN_CLASS_VOXELS else whole
+        missing.append(np.sqrt(np.maximum((texture.level * ratio) ** 2 - own ** 2, 0.0)))
+    if not any(m.any() for m in missing):
         return generated.copy()
     noise = matched_noise(texture, rng)
-    noise_level = _level_inside(noise, region)
-    scale = strength * missing / np.maximum(noise_level, 1e-6)
+    noise_level = _level_inside(noise, region)  # the noise is stationary: one level serves every class
     out = generated.copy()
-    out[region] += noise[region] * scale
+    for (mask, _), miss in zip(classes, missing):
+        out[mask] += noise[mask] * (strength * miss / np.maximum(noise_level, 1e-6))
     return out
