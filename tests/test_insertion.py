@@ -145,7 +145,7 @@ def test_blend_on_the_region_box_equals_the_whole_grid_transform():
 def test_save_load_safe_mode(model, tmp_path):
     path = tmp_path / "insertion.keras"
     model.save(path)
-    loaded = load_insertion_model(path)
+    loaded = load_insertion_model(path, precision=None)
     host, target = _host(), _target()
     np.testing.assert_array_equal(insert_tumour(host, target, loaded, seed=2)[0].image,
                                   insert_tumour(host, target, model, seed=2)[0].image)
@@ -342,7 +342,7 @@ def test_linear_upsampling_model_round_trips_in_safe_mode_and_old_files_stay_nea
 
     linear = build_insertion_model(base_filters=4, latent_channels=2, seed=0, upsampling="linear")
     linear.save(tmp_path / "linear.keras")
-    again = load_insertion_model(tmp_path / "linear.keras")
+    again = load_insertion_model(tmp_path / "linear.keras", precision=None)
     assert again.upsampling == "linear"
     context = np.random.default_rng(0).normal(size=(1, 16, 16, 16, 4)).astype("float32")
     cond = np.zeros((1, 16, 16, 16, 5), "float32")
@@ -397,3 +397,29 @@ def test_samples_carry_the_hosts_texture_inside_R_and_the_mean_fill_none(model):
     np.testing.assert_array_equal(no_noise, render(plan, model, z1))
     with pytest.raises(ValueError, match="texture"):
         insert_tumour(host, target, model, texture=-1.0)
+
+
+def test_bfloat16_sampling_is_close_to_float32_and_leaves_the_model_float32(model, tmp_path):
+    """Loading for sampling runs the generator in mixed bfloat16 through an untracked copy: samples stay close to
+    the float32 ones, the model's weights and its saved file are unchanged, and precision=None is exact."""
+    import keras
+
+    path = tmp_path / "ins.keras"
+    model.save(path)
+    exact = load_insertion_model(path, precision=None)
+    fast = load_insertion_model(path)
+    assert len(fast.weights) == len(exact.weights) and fast.generator.dtype_policy.name == "float32"
+    host, target = _host(), _target()
+    a = insert_tumour(host, target, exact, seed=2, texture=0.0)[0].image
+    b = insert_tumour(host, target, fast, seed=2, texture=0.0)[0].image
+    np.testing.assert_array_equal(a, insert_tumour(host, target, model, seed=2, texture=0.0)[0].image)
+    region = plan_insertion(host, target).region_on_host()
+    assert not np.array_equal(a[:, region], b[:, region])  # it did run in another precision
+    scale = np.abs(a[:, region]).max()
+    assert np.abs(a - b).max() < 0.02 * scale
+    np.testing.assert_array_equal(a[:, ~region], b[:, ~region])
+    fast.save(tmp_path / "again.keras")
+    again = keras.saving.load_model(tmp_path / "again.keras", safe_mode=True)
+    assert again.generator.dtype_policy.name == "float32"
+    for w, v in zip(again.weights, exact.weights):
+        np.testing.assert_array_equal(np.asarray(w), np.asarray(v))

@@ -354,7 +354,7 @@ def init_from(model, path: str | Path) -> None:
     Raises:
         SystemExit: the file holds another architecture (base filters or latent channels).
     """
-    source = load_insertion_model(path)
+    source = load_insertion_model(path, precision=None)
     if [w.shape for w in source.weights] != [w.shape for w in model.weights]:
         raise SystemExit(f"error: --init {path}: base {source.base_filters}, latent {source.latent_channels} "
                          f"differ from this run's base {model.base_filters}, latent {model.latent_channels}")
