@@ -54,7 +54,8 @@ SPLIT = ROOT / "train" / "splits" / "brats-real-validation.txt"
 PATCH = 16
 SAMPLES_TEXTURE = ("samples (temperature 1) carry noise with the host's spectrum inside R (core.synthesis.texture, "
                    "since session 16), each tumour class at its own level relative to the host's healthy brain "
-                   "(since session 17); temperature-0 fills (reconstruction, healthy fill) none")
+                   "(since session 17), after each tumour class is given its real 1-3 voxel band with patchy, "
+                   "heavy-tailed noise (since session 18); temperature-0 fills (reconstruction, healthy fill) none")
 FEATURE_NAMES = [f"{m} {f}" for m in MODALITIES for f in ("mean", "std", "gradient", "|laplacian|", "high-pass std")]
 
 

@@ -9,7 +9,9 @@ texture setting side by side on the same insertions' latents:
 
 * ``none``: the generator's smooth fill (texture 0);
 * ``uniform``: host-matched noise at the host's healthy level everywhere in R (session 16);
-* ``per-class``: the same noise with each tumour class at its own level (``TUMOUR_LEVEL_RATIO``; shipped).
+* ``per-class``: the same noise with each tumour class at its own level (``TUMOUR_LEVEL_RATIO``; session 17);
+* ``patchy``: per-class, after each tumour class is given its real mid-band level with patchy, heavy-tailed noise
+  (``TUMOUR_MID_LEVEL``, ``HETEROGENEITY``; shipped).
 
     .venv/bin/python bench/insertion_texture_cv.py [--hosts 12] [--json bench/results/insertion_texture_cv.json]
 """
@@ -32,7 +34,7 @@ from core.preprocessing.preprocess import brain_mask  # noqa: E402
 from core.synthesis import insert as ins  # noqa: E402
 from core.synthesis.insert import default_insertion_path, insert_tumour, load_insertion_model  # noqa: E402
 
-SETTINGS = ("none", "uniform", "per-class")
+SETTINGS = ("none", "uniform", "per-class", "patchy")
 
 
 def cross_validated_auc(rows: list[tuple[np.ndarray, np.ndarray]]) -> float:
@@ -65,8 +67,10 @@ def main() -> int:
         brain = brain_mask(host.image)
         target = donor_mask(donor, brain)
         for setting in SETTINGS:
-            ins.add_texture = original if setting == "per-class" else (
-                lambda *a, labels=None, **k: original(*a, **k))  # uniform: the labels are not passed on
+            ins.add_texture = {
+                "patchy": original,
+                "per-class": lambda *a, **k: original(*a, mid=False, **k),
+            }.get(setting, lambda *a, labels=None, **k: original(*a, **k))  # uniform: the labels are not passed on
             generated = insert_tumour(host, target, model, seed=300 + i,
                                       texture=0.0 if setting == "none" else None)[0]
             # the same patch centres for every setting: a fresh stream per host

@@ -124,3 +124,40 @@ def test_each_tumour_class_gets_its_own_level():
     assert not np.allclose(no_labels, out)
     with pytest.raises(ValueError, match="labels"):
         tx.add_texture(out, texture, region, rng, labels=labels[:-1])
+
+
+def test_tumour_classes_get_their_real_mid_band_level_only_on_their_voxels():
+    """add_mid_band brings each tumour class's 1-3 voxel band to TUMOUR_MID_LEVEL; healthy fill, voxels outside R,
+    already-coarse fills and non-four-channel crops are left as they are."""
+    _, region = _split()
+    labels = np.zeros(SHAPE, np.uint8)
+    labels[12:28, 12:28, 12:19] = 2  # ED
+    labels[12:28, 12:28, 21:28] = 3  # ET; z 19-20 of R is healthy fill (label 0)
+    out = tx.add_mid_band(np.zeros((*SHAPE, 4), np.float32), region, labels, np.random.default_rng(6))
+    for label in (2, 3):  # the added noise is band-limited: its level is its mid-band level away from the edges
+        np.testing.assert_allclose(tx.robust_level(out[labels == label]), tx.TUMOUR_MID_LEVEL[label], rtol=0.15)
+    np.testing.assert_array_equal(out[~region], 0)
+    np.testing.assert_array_equal(out[region & (labels == 0)], 0)
+    coarse = 10.0 * tx.mid_band(np.random.default_rng(7).standard_normal((*SHAPE, 4)).astype(np.float32))
+    np.testing.assert_array_equal(tx.add_mid_band(coarse, region, labels, np.random.default_rng(6)), coarse)
+    two = np.zeros((*SHAPE, 2), np.float32)
+    np.testing.assert_array_equal(tx.add_mid_band(two, region, labels, np.random.default_rng(6)), two)
+    half = tx.add_mid_band(np.zeros((*SHAPE, 4), np.float32), region, labels, np.random.default_rng(6), 0.5)
+    np.testing.assert_allclose(np.abs(half).sum(), 0.5 * np.abs(out).sum(), rtol=1e-4)
+
+
+def test_mid_band_noise_is_patchy_with_real_tumour_tails():
+    """The log-normal amplitude field makes the noise's contrast vary from place to place, with as many voxels
+    beyond 3 robust levels as real tumour tissue has (TAIL_FRACTION), which stationary noise lacks."""
+    def tail(x: np.ndarray) -> float:
+        x = x.ravel() - np.median(x)
+        return float(np.mean(np.abs(x) > 3 * tx.robust_level(x[:, None])[0]))
+
+    shape = (64, 64, 64, 1)
+    stationary = tx.patchy_mid_noise(shape, np.random.default_rng(8), heterogeneity=0.0)
+    patchy = tx.patchy_mid_noise(shape, np.random.default_rng(8))
+    assert tail(stationary) < 0.005
+    assert 0.6 * tx.TAIL_FRACTION < tail(patchy) < 1.5 * tx.TAIL_FRACTION
+    energy = ndimage.uniform_filter(patchy[..., 0] ** 2, 8)[8:-8, 8:-8, 8:-8]
+    flat = ndimage.uniform_filter(stationary[..., 0] ** 2, 8)[8:-8, 8:-8, 8:-8]
+    assert energy.std() / energy.mean() > 1.3 * flat.std() / flat.mean()

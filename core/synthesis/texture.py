@@ -11,6 +11,13 @@ its spectrum is taken: the noise is what is wanted, not the sparse anatomical ed
 Given the target's labels, each tumour class is brought to its own level instead (:data:`TUMOUR_LEVEL_RATIO`, measured
 on real training cases: oedema is smoother than the healthy brain, necrosis and enhancing tumour rougher).
 
+Real tumour tissue is also coarser and patchier than noise: the band between 1 and 3 voxels
+(:func:`mid_band`) holds blobs, cysts and vessels, and their contrast varies from place to place. So, before the fine
+noise, each class is given that band up to its real level (:data:`TUMOUR_MID_LEVEL`) with band-passed white noise
+whose local amplitude follows a smooth log-normal field (:data:`HETEROGENEITY`), set so that its tails are as heavy
+as real tumour tissue's (:data:`TAIL_FRACTION`): patchy tissue rather than stationary grain. Checked by host-wise
+cross-validation on training hosts (``bench/insertion_texture_cv.py``).
+
 Arrays are channel-last z-scores ``(X, Y, Z, C)`` as the generator sees them; no Keras import.
 """
 
@@ -29,6 +36,9 @@ MIN_VOXELS = 1000  # fewer healthy context voxels than this: no texture (too lit
 CLIP = 3.0  # robust levels at which the residual is clipped before its spectrum is taken
 LEVEL_SAMPLES = 200_000  # values a robust level is taken from (an even stride through larger sets)
 MIN_CLASS_VOXELS = 200  # a tumour class smaller than this in R takes the whole region's fill level as its own
+MID_BAND_SIGMAS = (1.0, 3.0)  # voxels: the band ``gaussian(z, 1) - gaussian(z, 3)`` is the tissue's coarse texture
+HETEROGENEITY = 0.2  # std of the log of the mid-band noise's local amplitude (0: stationary noise); see TAIL_FRACTION
+HETEROGENEITY_SIGMA = 2.0  # voxels: smoothness of that log-amplitude field
 
 # Robust high-pass level of real tumour tissue over that of the healthy brain around it, per internal label
 # (1 NCR, 2 ED, 3 ET) and modality (T1, T1ce, T2, FLAIR): medians over the 20 real training cases
@@ -38,6 +48,20 @@ TUMOUR_LEVEL_RATIO: dict[int, tuple[float, float, float, float]] = {
     1: (0.81, 1.50, 1.18, 1.42),
     2: (0.72, 0.84, 0.82, 0.95),
     3: (0.80, 3.31, 1.01, 1.63),
+}
+
+# Share of real tumour voxels whose mid band lies beyond 3 robust levels: 0.5-1.5 % per class and modality (medians
+# over the 20 training cases, ``bench/tumour_texture.py``; Gaussian noise: 0.3 %). HETEROGENEITY 0.2 gives 0.9 %
+# (0.8 gave 9 % and salt-and-pepper voxels that the patch classifier liked and a reader would not).
+TAIL_FRACTION = 0.009
+
+# Robust level of :func:`mid_band` inside real tumour tissue, in z-scores of the case's healthy brain, per internal
+# label and modality: medians over the 20 real training cases (``bench/tumour_texture.py``). A generated class whose
+# fill has less is brought up to it; healthy fill (label 0) is left to the fine noise.
+TUMOUR_MID_LEVEL: dict[int, tuple[float, float, float, float]] = {
+    1: (0.15, 0.32, 0.32, 0.48),
+    2: (0.13, 0.17, 0.21, 0.41),
+    3: (0.13, 0.57, 0.21, 0.49),
 }
 
 
@@ -67,6 +91,58 @@ def high_pass(z: np.ndarray, sigma: float = HIGH_PASS_SIGMA) -> np.ndarray:
     """``z - gaussian(z, sigma)`` per channel of a channel-last ``(X, Y, Z, C)`` array (float32)."""
     z = np.asarray(z, np.float32)
     return z - ndimage.gaussian_filter(z, sigma=(sigma, sigma, sigma, 0))
+
+
+def mid_band(z: np.ndarray) -> np.ndarray:
+    """``gaussian(z, 1) - gaussian(z, 3)`` per channel of a channel-last ``(X, Y, Z, C)`` array (float32)."""
+    z = np.asarray(z, np.float32)
+    low, high = MID_BAND_SIGMAS
+    return (ndimage.gaussian_filter(z, sigma=(low, low, low, 0))
+            - ndimage.gaussian_filter(z, sigma=(high, high, high, 0)))
+
+
+def patchy_mid_noise(shape: tuple[int, ...], rng: np.random.Generator,
+                     heterogeneity: float = HETEROGENEITY) -> np.ndarray:
+    """Zero-mean ``(X, Y, Z, C)`` noise in the mid band whose local amplitude is ``exp(heterogeneity * f)``, ``f`` a
+    smooth unit-variance Gaussian field shared by the channels (tissue that is patchy in every modality at once)."""
+    noise = mid_band(rng.standard_normal(shape, dtype=np.float32))
+    if heterogeneity > 0:
+        field = ndimage.gaussian_filter(rng.standard_normal(shape[:3], dtype=np.float32), HETEROGENEITY_SIGMA)
+        field /= max(float(field.std()), 1e-6)
+        noise *= np.exp(heterogeneity * field)[..., None]
+    return noise
+
+
+def add_mid_band(generated: np.ndarray, region: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
+                 strength: float = 1.0) -> np.ndarray:
+    """``generated`` with each tumour class of ``region`` brought up to its real mid-band level
+    (:data:`TUMOUR_MID_LEVEL` times ``strength``) by :func:`patchy_mid_noise`; other voxels unchanged.
+
+    Args:
+        generated: ``(X, Y, Z, C)`` z-scores (``C`` = 4 modalities; other channel counts are returned unchanged).
+        region: bool ``(X, Y, Z)`` ``R``.
+        labels: ``(X, Y, Z)`` internal labels 0..3.
+        rng: noise source.
+        strength: scale of the target level (0 adds nothing).
+    """
+    out = np.asarray(generated, np.float32).copy()
+    classes = [(k, region & (labels == k)) for k in TUMOUR_MID_LEVEL]
+    classes = [(k, m) for k, m in classes if m.sum() >= MIN_CLASS_VOXELS]
+    if strength <= 0 or out.shape[-1] != 4 or not classes:
+        return out
+    box = bounding_box(np.any([m for _, m in classes], axis=0))
+    reach = int(4 * MID_BAND_SIGMAS[1]) + 1  # the band on the padded box equals the whole crop's band on the box
+    box = tuple(slice(max(b.start - reach, 0), min(b.stop + reach, n)) for b, n in zip(box, region.shape))
+    own_band = mid_band(out[box])
+    noise = patchy_mid_noise(own_band.shape, rng)
+    inside = np.any([m[box] for _, m in classes], axis=0)
+    noise_level = np.maximum(robust_level(noise[inside]), 1e-6)
+    for k, mask in classes:
+        inner = mask[box]
+        own = robust_level(own_band[inner])
+        missing = np.sqrt(np.maximum((strength * np.asarray(TUMOUR_MID_LEVEL[k], np.float32)) ** 2 - own ** 2, 0.0))
+        out[box][inner] += noise[inner] * (missing / noise_level)
+    return out
 
 
 @dataclass(frozen=True)
@@ -133,14 +209,15 @@ def level_ratio(label: int, channels: int) -> np.ndarray:
 
 
 def add_texture(generated: np.ndarray, texture: HostTexture, region: np.ndarray, rng: np.random.Generator,
-                strength: float = 1.0, labels: np.ndarray | None = None) -> np.ndarray:
+                strength: float = 1.0, labels: np.ndarray | None = None, mid: bool = True) -> np.ndarray:
     """``generated`` plus host-matched noise inside ``region``.
 
     Per channel, the noise's robust high-pass level inside ``region`` is ``strength`` times the part of the target
     level the fill lacks: ``sqrt(target**2 - level_generated**2)`` (0 where the fill is already as rough). The
     target is the host's healthy level; with ``labels``, each tumour class of ``region`` gets its own target (the
-    host's level times :func:`level_ratio`) and is measured and scaled on its own voxels. Voxels outside
-    ``region`` are returned unchanged.
+    host's level times :func:`level_ratio`) and is measured and scaled on its own voxels, after its coarse
+    texture is added (:func:`add_mid_band`, unless ``mid`` is false). Voxels outside ``region`` are returned
+    unchanged.
 
     Args:
         generated: ``(X, Y, Z, C)`` generated z-scores of the crop the texture was measured on.
@@ -149,6 +226,7 @@ def add_texture(generated: np.ndarray, texture: HostTexture, region: np.ndarray,
         rng: noise source (seed it for reproducible samples).
         strength: scale of the added noise (the sampling temperature; 0 adds nothing).
         labels: optional ``(X, Y, Z)`` internal labels 0..3 of the target in the crop.
+        mid: with ``labels``, add the tumour classes' mid-band texture first.
     """
     generated = np.asarray(generated, np.float32)
     region = np.asarray(region, bool)
@@ -159,6 +237,8 @@ def add_texture(generated: np.ndarray, texture: HostTexture, region: np.ndarray,
         raise ValueError(f"labels {np.shape(labels)} differ from the texture's crop {texture.shape}")
     if strength <= 0 or not region.any():
         return generated.copy()
+    if labels is not None and mid:
+        generated = add_mid_band(generated, region, np.asarray(labels), rng, strength)
     channels = len(texture.level)
     classes = [(region, np.ones(channels, np.float32))] if labels is None else [
         (region & (labels == k), level_ratio(k, channels)) for k in np.unique(np.asarray(labels)[region])]
