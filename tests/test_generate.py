@@ -226,6 +226,27 @@ def test_augment_summary_is_mean_and_std_over_seeds():
     assert "0.700 ± 0.100" in table and "0.800 ± 0.100" in table and "2 seeds" in table
 
 
+def test_arm_reuse_key_names_the_generator_file_and_its_sampling_code(tmp_path, monkeypatch):
+    """A finished arm is reused only while its generator's weights *and* the code that samples from them are
+    unchanged; arms without a generator depend on neither."""
+    from train import augment_experiment as exp
+
+    assert all(path.is_file() for paths in exp.SAMPLING_SOURCES.values() for path in paths)
+    weights, code = tmp_path / "insertion.keras", tmp_path / "texture.py"
+    weights.write_bytes(b"weights v1")
+    code.write_text("LEVEL = 1\n")
+    monkeypatch.setitem(exp.SAMPLING_SOURCES, "c", (code,))
+    config = exp.ExperimentConfig(insertion=str(weights))
+    first, plain = exp.arm_settings(config, "c"), exp.arm_settings(config, "a")
+    assert exp.arm_settings(config, "c") == first
+    code.write_text("LEVEL = 2\n")
+    after_code = exp.arm_settings(config, "c")
+    assert after_code != first and after_code["insertion_sha256"] == first["insertion_sha256"]
+    weights.write_bytes(b"weights v2")
+    assert exp.arm_settings(config, "c")["insertion_sha256"] != first["insertion_sha256"]
+    assert exp.arm_settings(config, "a") == plain and not any("sha256" in key for key in plain)
+
+
 def test_shipped_cvae_gives_each_subregion_its_contrast():
     """Regression floor for weights/cvae.keras on a held-out phantom mask (skips without shipped weights)."""
     path = generate.default_cvae_path()

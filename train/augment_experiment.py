@@ -27,6 +27,7 @@ the same command resumes an interrupted experiment (arms with other settings are
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -204,18 +205,35 @@ def unet_config(config: ExperimentConfig, data: Path, out: Path, seed: int) -> T
 
 
 GENERATOR_OF_ARM = {"b": "cvae", "c": "insertion"}
+# The code that turns a generator's weights into an arm's samples: a change to it (texture, precision, blending)
+# changes the samples as surely as new weights do, so its source is part of the arm's reuse key.
+_SYNTHESIS = Path(__file__).resolve().parents[1] / "core" / "synthesis"
+SAMPLING_SOURCES: dict[str, tuple[Path, ...]] = {
+    "b": tuple(_SYNTHESIS / name for name in ("cvae.py", "generate.py")),
+    "c": tuple(_SYNTHESIS / name for name in ("insert.py", "region.py", "texture.py", "vaegan.py")),
+}
+
+
+def sources_sha256(paths: Sequence[Path]) -> str:
+    """One SHA-256 over the files' names and bytes, in the given order."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 def arm_settings(config: ExperimentConfig, arm: str) -> dict:
     """The settings an arm's finished U-Net and score depend on (a rerun reuses them only if these match).
 
-    The generator an arm draws its samples from is named by the SHA-256 of its file, not its path: retraining
-    the insertion model in place retrains arm (c) and leaves (a) and (b) as they were.
+    The generator an arm draws its samples from is named by the SHA-256 of its file, not its path, and by that of
+    the sampling code (:data:`SAMPLING_SOURCES`): retraining the insertion model in place, or changing how it
+    samples, retrains arm (c) and leaves (a) and (b) as they were.
     """
     settings = {key: value for key, value in asdict(config).items()
                 if key not in ("seeds", "arms", "workers", "work_dir", *GENERATOR_OF_ARM.values())}
     if arm in GENERATOR_OF_ARM:
         settings[f"{GENERATOR_OF_ARM[arm]}_sha256"] = file_sha256(getattr(config, GENERATOR_OF_ARM[arm]))
+        settings[f"{GENERATOR_OF_ARM[arm]}_code_sha256"] = sources_sha256(SAMPLING_SOURCES[arm])
     return settings
 
 
