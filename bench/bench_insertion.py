@@ -33,6 +33,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +56,9 @@ PATCH = 16
 SAMPLES_TEXTURE = ("samples (temperature 1) carry noise with the host's spectrum inside R (core.synthesis.texture, "
                    "since session 16), each tumour class at its own level relative to the host's healthy brain "
                    "(since session 17), after each tumour class is given its real 1-3 voxel band with patchy, "
-                   "heavy-tailed noise (since session 18); temperature-0 fills (reconstruction, healthy fill) none")
+                   "heavy-tailed noise (since session 18); temperature-0 fills (reconstruction, healthy fill) none. "
+                   "Every fill has the generator's per-class intensity bias removed (core.synthesis.calibration, "
+                   "since session 18)")
 FEATURE_NAMES = [f"{m} {f}" for m in MODALITIES for f in ("mean", "std", "gradient", "|laplacian|", "high-pass std")]
 
 
@@ -65,6 +68,29 @@ def split() -> tuple[list[Path], list[Path]]:
     train = labelled_case_folders(str(REAL), exclude=val_ids)
     val = [REAL / i for i in val_ids]
     return train, val
+
+
+def training_hosts_setup(doc: str, default_json: Path) -> tuple[argparse.Namespace, object, list[Case]] | None:
+    """Arguments (``--weights``, ``--hosts``, ``--json``), the insertion model and the first ``--hosts`` real
+    *training* cases, for the benches that measure on training hosts only; ``None`` without the real data."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--weights", type=Path, default=default_insertion_path())
+    parser.add_argument("--hosts", type=int, default=12)
+    parser.add_argument("--json", type=Path, default=default_json)
+    args = parser.parse_args()
+    if not REAL.is_dir():
+        print(f"real data not found at {REAL}")
+        return None
+    train_folders, _ = split()
+    return args, load_insertion_model(args.weights), [load_case(f) for f in train_folders[: args.hosts]]
+
+
+def next_case_insertions(cases: list[Case]) -> Iterator[tuple[int, Case, Case, np.ndarray, np.ndarray]]:
+    """``(i, host, donor, host brain, target)``: each case as host of the next one's tumour (:func:`donor_mask`)."""
+    for i, host in enumerate(cases):
+        donor = cases[(i + 1) % len(cases)]
+        brain = brain_mask(host.image)
+        yield i, host, donor, brain, donor_mask(donor, brain)
 
 
 def donor_mask(donor: Case, host_brain: np.ndarray) -> np.ndarray:

@@ -18,7 +18,6 @@ texture setting side by side on the same insertions' latents:
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -28,11 +27,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_insertion import REAL, classifier_rows, donor_mask, fit_auc, matched_rows, split  # noqa: E402
-from core.io.case import load_case  # noqa: E402
-from core.preprocessing.preprocess import brain_mask  # noqa: E402
+from bench.bench_insertion import classifier_rows, fit_auc, matched_rows, next_case_insertions, training_hosts_setup  # noqa: E402
 from core.synthesis import insert as ins  # noqa: E402
-from core.synthesis.insert import default_insertion_path, insert_tumour, load_insertion_model  # noqa: E402
+from core.synthesis.insert import insert_tumour  # noqa: E402
 
 SETTINGS = ("none", "uniform", "per-class", "patchy")
 
@@ -49,23 +46,13 @@ def cross_validated_auc(rows: list[tuple[np.ndarray, np.ndarray]]) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--weights", type=Path, default=default_insertion_path())
-    parser.add_argument("--hosts", type=int, default=12)
-    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "insertion_texture_cv.json")
-    args = parser.parse_args()
-    if not REAL.is_dir():
-        print(f"real data not found at {REAL}")
+    setup = training_hosts_setup(__doc__, ROOT / "bench" / "results" / "insertion_texture_cv.json")
+    if setup is None:
         return 1
-    model = load_insertion_model(args.weights)
-    train_folders, _ = split()
-    cases = [load_case(f) for f in train_folders[: args.hosts]]
+    args, model, cases = setup
     original = ins.add_texture
     rows: dict[str, dict[str, list]] = {s: {"issue": [], "matched": []} for s in SETTINGS}
-    for i, host in enumerate(cases):
-        donor = cases[(i + 1) % len(cases)]
-        brain = brain_mask(host.image)
-        target = donor_mask(donor, brain)
+    for i, host, donor, brain, target in next_case_insertions(cases):
         for setting in SETTINGS:
             ins.add_texture = {
                 "patchy": original,

@@ -29,6 +29,7 @@ from core.io.orientation import Reorientation, reorientation
 from core.io.weights import ModelLoadError, load_keras_file, shipped_path
 from core.preprocessing.preprocess import CropBox, brain_mask
 from core.synthesis import region as rg
+from core.synthesis.calibration import calibrate
 from core.synthesis.generate import SPACING_TOLERANCE, check_mask, sample_seed
 from core.synthesis.texture import HostTexture, add_texture, host_texture
 from core.synthesis.vaegan import InsertionVAEGAN
@@ -177,6 +178,8 @@ def render(plan: InsertionPlan, model: InsertionVAEGAN, z: Any, *, texture: floa
         texture_seed: seed of that noise.
     """
     generated = keras.ops.convert_to_numpy(model.generate(plan.context[None], plan.cond[None], z))[0]
+    if plan.labels is not None:  # the generator's per-class intensity bias (core.synthesis.calibration)
+        generated = calibrate(generated, plan.labels, plan.box.apply(plan.region))
     if texture > 0 and plan.texture is not None:
         generated = add_texture(generated, plan.texture, plan.box.apply(plan.region),
                                 np.random.default_rng(texture_seed), strength=texture, labels=plan.labels)
