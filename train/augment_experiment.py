@@ -210,7 +210,7 @@ GENERATOR_OF_ARM = {"b": "cvae", "c": "insertion"}
 _SYNTHESIS = Path(__file__).resolve().parents[1] / "core" / "synthesis"
 SAMPLING_SOURCES: dict[str, tuple[Path, ...]] = {
     "b": tuple(_SYNTHESIS / name for name in ("cvae.py", "generate.py")),
-    "c": tuple(_SYNTHESIS / name for name in ("insert.py", "region.py", "texture.py", "vaegan.py")),
+    "c": tuple(_SYNTHESIS / name for name in ("insert.py", "region.py", "texture.py", "calibration.py", "vaegan.py")),
 }
 
 
