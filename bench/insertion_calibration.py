@@ -45,7 +45,7 @@ def main() -> int:
         return 1
     args, model, cases = setup
     original = ins.calibrate
-    ins.calibrate = lambda generated, labels, region: generated  # the raw generator
+    ins.calibrate = lambda generated, labels, region, field=None: generated  # the raw generator
     gaps: dict[int, list[list[float]]] = {label: [] for label in CLASS_BIAS}
     try:
         for i, host, donor, brain, target in next_case_insertions(cases):

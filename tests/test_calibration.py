@@ -42,3 +42,13 @@ def test_other_channel_counts_and_shapes():
     np.testing.assert_array_equal(cal.calibrate(two, labels, region), two)
     with pytest.raises(ValueError, match="differ"):
         cal.calibrate(np.zeros((*SHAPE, 4), np.float32), labels[:-1], region)
+
+
+def test_a_precomputed_field_gives_the_same_result_and_must_fit_the_crop():
+    labels, region = _target()
+    generated = np.random.default_rng(1).normal(0, 1, (*SHAPE, 4)).astype(np.float32)
+    field = cal.bias_field(labels, 4)
+    np.testing.assert_array_equal(cal.calibrate(generated, labels, region, field=field),
+                                  cal.calibrate(generated, labels, region))
+    with pytest.raises(ValueError, match="bias field"):
+        cal.calibrate(generated, labels, region, field=field[..., :2])

@@ -37,13 +37,15 @@ def bias_field(labels: np.ndarray, channels: int) -> np.ndarray:
     return ndimage.gaussian_filter(field, sigma=(EDGE_SIGMA, EDGE_SIGMA, EDGE_SIGMA, 0))
 
 
-def calibrate(generated: np.ndarray, labels: np.ndarray, region: np.ndarray) -> np.ndarray:
+def calibrate(generated: np.ndarray, labels: np.ndarray, region: np.ndarray,
+              field: np.ndarray | None = None) -> np.ndarray:
     """``generated`` minus the class bias field inside ``region`` (other voxels unchanged).
 
     Args:
         generated: ``(X, Y, Z, C)`` generated z-scores of a crop.
         labels: ``(X, Y, Z)`` internal labels 0..3 of the target on the crop.
         region: bool ``(X, Y, Z)`` ``R`` on the crop.
+        field: ``bias_field(labels, C)`` when already computed (all samples of one target share it).
     """
     generated = np.asarray(generated, np.float32)
     if np.shape(labels) != generated.shape[:3] or np.shape(region) != generated.shape[:3]:
@@ -51,5 +53,9 @@ def calibrate(generated: np.ndarray, labels: np.ndarray, region: np.ndarray) -> 
                          f"{generated.shape[:3]}")
     out = generated.copy()
     inside = np.asarray(region, bool)
-    out[inside] -= bias_field(labels, generated.shape[-1])[inside]
+    if field is None:
+        field = bias_field(labels, generated.shape[-1])
+    elif field.shape != generated.shape:
+        raise ValueError(f"bias field {field.shape} differs from the crop {generated.shape}")
+    out[inside] -= field[inside]
     return out

@@ -29,7 +29,7 @@ from core.io.orientation import Reorientation, reorientation
 from core.io.weights import ModelLoadError, load_keras_file, shipped_path
 from core.preprocessing.preprocess import CropBox, brain_mask
 from core.synthesis import region as rg
-from core.synthesis.calibration import calibrate
+from core.synthesis.calibration import bias_field, calibrate
 from core.synthesis.generate import SPACING_TOLERANCE, check_mask, sample_seed
 from core.synthesis.texture import HostTexture, add_texture, host_texture
 from core.synthesis.vaegan import InsertionVAEGAN
@@ -80,6 +80,9 @@ class InsertionPlan:
         mean, std, floor: the host's healthy intensity statistics per modality.
         texture: the host's noise spectrum and level next to ``R`` (``None``: too little healthy context).
         labels: the target's internal labels 0..3 on the crop (the tumour class each generated voxel is).
+        crop_region: ``R`` on the crop.
+        bias: the generator's per-class intensity bias on the crop
+            (:func:`core.synthesis.calibration.bias_field`; ``None`` without labels).
     """
 
     turn: Reorientation
@@ -94,6 +97,14 @@ class InsertionPlan:
     floor: np.ndarray
     texture: HostTexture | None = None
     labels: np.ndarray | None = None
+    crop_region: np.ndarray | None = None
+    bias: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.crop_region is None:
+            self.crop_region = self.box.apply(self.region)
+        if self.bias is None and self.labels is not None:
+            self.bias = bias_field(self.labels, self.context.shape[-1])
 
     @property
     def crop_shape(self) -> tuple[int, int, int]:
@@ -162,7 +173,7 @@ def plan_insertion(host: Case, target: np.ndarray, *, host_tumour: np.ndarray | 
         turn=turn, image=oriented, region=region, box=box, context=context,
         cond=rg.condition(crop_target, crop_region, crop_brain),
         alpha=rg.blend_alpha(crop_region, crop_brain), mean=mean, std=std, floor=rg.brain_floor(oriented, brain),
-        texture=host_texture(context, crop_brain & ~crop_region), labels=crop_target)
+        texture=host_texture(context, crop_brain & ~crop_region), labels=crop_target, crop_region=crop_region)
 
 
 def render(plan: InsertionPlan, model: InsertionVAEGAN, z: Any, *, texture: float = 0.0,
@@ -179,13 +190,13 @@ def render(plan: InsertionPlan, model: InsertionVAEGAN, z: Any, *, texture: floa
     """
     generated = keras.ops.convert_to_numpy(model.generate(plan.context[None], plan.cond[None], z))[0]
     if plan.labels is not None:  # the generator's per-class intensity bias (core.synthesis.calibration)
-        generated = calibrate(generated, plan.labels, plan.box.apply(plan.region))
+        generated = calibrate(generated, plan.labels, plan.crop_region, field=plan.bias)
     if texture > 0 and plan.texture is not None:
-        generated = add_texture(generated, plan.texture, plan.box.apply(plan.region),
+        generated = add_texture(generated, plan.texture, plan.crop_region,
                                 np.random.default_rng(texture_seed), strength=texture, labels=plan.labels)
     generated = rg.denormalise(np.moveaxis(generated, -1, 0), plan.mean, plan.std, plan.floor)
     crop_host = plan.box.apply(plan.image)
-    crop_out = rg.composite(crop_host, generated, plan.box.apply(plan.region), plan.alpha)
+    crop_out = rg.composite(crop_host, generated, plan.crop_region, plan.alpha)
     out = plan.image.copy()
     out[(Ellipsis, *plan.box.slices)] = crop_out[(Ellipsis, *plan.box.inner_slices)]
     return np.ascontiguousarray(plan.turn.to_source(out))
