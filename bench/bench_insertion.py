@@ -33,7 +33,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -70,13 +70,18 @@ def split() -> tuple[list[Path], list[Path]]:
     return train, val
 
 
-def training_hosts_setup(doc: str, default_json: Path) -> tuple[argparse.Namespace, object, list[Case]] | None:
-    """Arguments (``--weights``, ``--hosts``, ``--json``), the insertion model and the first ``--hosts`` real
-    *training* cases, for the benches that measure on training hosts only; ``None`` without the real data."""
+def training_hosts_setup(doc: str, default_json: Path,
+                         more_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+                         ) -> tuple[argparse.Namespace, object, list[Case]] | None:
+    """Arguments (``--weights``, ``--hosts``, ``--json`` and what ``more_arguments`` adds), the insertion model and
+    the first ``--hosts`` real *training* cases, for the benches that measure on training hosts only; ``None``
+    without the real data."""
     parser = argparse.ArgumentParser(description=doc.split("\n")[0])
     parser.add_argument("--weights", type=Path, default=default_insertion_path())
     parser.add_argument("--hosts", type=int, default=12)
     parser.add_argument("--json", type=Path, default=default_json)
+    if more_arguments is not None:
+        more_arguments(parser)
     args = parser.parse_args()
     if not REAL.is_dir():
         print(f"real data not found at {REAL}")

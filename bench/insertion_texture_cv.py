@@ -13,7 +13,12 @@ texture setting side by side on the same insertions' latents:
 * ``patchy``: per-class, after each tumour class is given its real mid-band level with patchy, heavy-tailed noise
   (``TUMOUR_MID_LEVEL``, ``HETEROGENEITY``; shipped).
 
-    .venv/bin/python bench/insertion_texture_cv.py [--hosts 12] [--json bench/results/insertion_texture_cv.json]
+Beside the AUCs, each setting's texture is compared with the real tumour at the same voxels (the donor's): generated
+over real 1-voxel high-pass std, robust level and share of voxels beyond 3 robust levels (the tails: sparse strong
+structures), per modality, median over the hosts. ``--weights`` compares generators, ``--settings`` limits the run.
+
+    .venv/bin/python bench/insertion_texture_cv.py [--hosts 12] [--weights W] [--settings patchy ...] \\
+        [--json bench/results/insertion_texture_cv.json]
 """
 
 from __future__ import annotations
@@ -28,10 +33,25 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_insertion import classifier_rows, fit_auc, matched_rows, next_case_insertions, training_hosts_setup  # noqa: E402
+from bench.insertion_calibration import zscores  # noqa: E402
+from core.preprocessing.preprocess import brain_mask  # noqa: E402
 from core.synthesis import insert as ins  # noqa: E402
 from core.synthesis.insert import insert_tumour  # noqa: E402
+from core.synthesis.texture import high_pass, robust_level  # noqa: E402
 
 SETTINGS = ("none", "uniform", "per-class", "patchy")
+TAIL_LEVELS = 3.0  # a voxel is in the tail beyond this many robust levels of its high-pass
+
+
+def texture_ratios(z_generated: np.ndarray, z_real: np.ndarray, tumour: np.ndarray) -> np.ndarray:
+    """Generated over real, inside ``tumour``, per modality: high-pass std, robust level and tail share
+    (``(4, 3)``; ``(4, X, Y, Z)`` z-scores of the same labels, the 1-voxel high-pass of ``core.synthesis.texture``)."""
+    rows = []
+    for volume in (z_generated, z_real):
+        hp = high_pass(np.moveaxis(volume, 0, -1))[tumour]
+        level = robust_level(hp)
+        rows.append(np.stack([hp.std(0), level, (np.abs(hp) > TAIL_LEVELS * level).mean(0)], axis=1))
+    return rows[0] / np.maximum(rows[1], 1e-6)
 
 
 def cross_validated_auc(rows: list[tuple[np.ndarray, np.ndarray]]) -> float:
@@ -46,14 +66,18 @@ def cross_validated_auc(rows: list[tuple[np.ndarray, np.ndarray]]) -> float:
 
 
 def main() -> int:
-    setup = training_hosts_setup(__doc__, ROOT / "bench" / "results" / "insertion_texture_cv.json")
+    setup = training_hosts_setup(__doc__, ROOT / "bench" / "results" / "insertion_texture_cv.json",
+                                 lambda p: p.add_argument("--settings", nargs="+", choices=SETTINGS, default=SETTINGS,
+                                                          help="texture settings to compare (default: all)"))
     if setup is None:
         return 1
     args, model, cases = setup
+    settings = tuple(args.settings)
     original = ins.add_texture
-    rows: dict[str, dict[str, list]] = {s: {"issue": [], "matched": []} for s in SETTINGS}
+    rows: dict[str, dict[str, list]] = {s: {"issue": [], "matched": []} for s in settings}
+    ratios: dict[str, list[np.ndarray]] = {s: [] for s in settings}
     for i, host, donor, brain, target in next_case_insertions(cases):
-        for setting in SETTINGS:
+        for setting in settings:
             ins.add_texture = {
                 "patchy": original,
                 "per-class": lambda *a, **k: original(*a, mid=False, **k),
@@ -64,12 +88,21 @@ def main() -> int:
             rows[setting]["issue"].append(classifier_rows(host, generated, target, np.random.default_rng(i)))
             rows[setting]["matched"].append(matched_rows(generated, brain, donor, target,
                                                          np.random.default_rng(1000 + i)))
+            ratios[setting].append(texture_ratios(zscores(generated.image, brain, target),
+                                                  zscores(donor.image, brain_mask(donor.image), donor.seg),
+                                                  target > 0))
         print(f"host {host.name} <- {donor.name}", flush=True)
     ins.add_texture = original
-    result = {"hosts": [c.name for c in cases], "weights": str(args.weights), "auc": {}}
-    for setting in SETTINGS:
+    result = {"hosts": [c.name for c in cases], "weights": str(args.weights), "auc": {},
+              "texture_vs_real": {"what": "generated / real (the donor at the same voxels), inside the tumour, median "
+                                          "over hosts, per modality T1 / T1ce / T2 / FLAIR: 1-voxel high-pass std, "
+                                          f"robust level, share of voxels beyond {TAIL_LEVELS:g} robust levels"}}
+    for setting in settings:
         result["auc"][setting] = {kind: round(cross_validated_auc(r), 4) for kind, r in rows[setting].items()}
-        print(setting, result["auc"][setting], flush=True)
+        median = np.median(ratios[setting], axis=0).round(2)
+        result["texture_vs_real"][setting] = {name: median[:, k].tolist()
+                                              for k, name in enumerate(("std", "robust level", "tail share"))}
+        print(setting, result["auc"][setting], result["texture_vs_real"][setting], flush=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.json}")
     return 0
