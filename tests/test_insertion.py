@@ -457,3 +457,18 @@ def test_texture_distribution_loss_sees_the_tails_the_energy_loss_misses():
     expected = np.mean([wasserstein_distance(hp_gauss[..., c][inside], hp_truth[..., c][inside]) for c in range(2)])
     assert loss(gauss, paired, "distribution") == pytest.approx(expected, rel=1e-3)
     assert loss(gauss, unpaired, "distribution") == 0.0
+
+
+def test_host_texture_is_measured_once_and_only_when_noise_is_added(model, monkeypatch):
+    """The texture's spectrum is the plan's slowest part: temperature-0 fills never measure it; samples with
+    texture measure it once per plan, however many samples."""
+    from core.synthesis import insert as ins
+
+    calls = []
+    real = ins.host_texture
+    monkeypatch.setattr(ins, "host_texture", lambda *a, **k: calls.append(1) or real(*a, **k))
+    host, target = _host(), _target()
+    insert_tumour(host, target, model, n_samples=2, temperature=0.0)
+    assert calls == []
+    insert_tumour(host, target, model, n_samples=3, seed=1)
+    assert calls == [1]

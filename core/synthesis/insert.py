@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -78,11 +79,14 @@ class InsertionPlan:
         cond: generator condition ``(x, y, z, 5)`` of the crop.
         alpha: blend weight of the crop.
         mean, std, floor: the host's healthy intensity statistics per modality.
-        texture: the host's noise spectrum and level next to ``R`` (``None``: too little healthy context).
+        healthy: bool healthy context of the crop (brain outside ``R``) the host's texture is measured on.
         labels: the target's internal labels 0..3 on the crop (the tumour class each generated voxel is).
         crop_region: ``R`` on the crop.
         bias: the generator's per-class intensity bias on the crop
             (:func:`core.synthesis.calibration.bias_field`; ``None`` without labels).
+
+    ``texture`` (the host's noise spectrum and level next to ``R``; ``None``: too little healthy context) is measured
+    on first use: temperature-0 fills never need it.
     """
 
     turn: Reorientation
@@ -95,7 +99,7 @@ class InsertionPlan:
     mean: np.ndarray
     std: np.ndarray
     floor: np.ndarray
-    texture: HostTexture | None = None
+    healthy: np.ndarray | None = None
     labels: np.ndarray | None = None
     crop_region: np.ndarray | None = None
     bias: np.ndarray | None = None
@@ -105,6 +109,11 @@ class InsertionPlan:
             self.crop_region = self.box.apply(self.region)
         if self.bias is None and self.labels is not None:
             self.bias = bias_field(self.labels, self.context.shape[-1])
+
+    @cached_property
+    def texture(self) -> HostTexture | None:
+        """The host's texture around ``R`` (:func:`core.synthesis.texture.host_texture`), measured once."""
+        return None if self.healthy is None else host_texture(self.context, self.healthy)
 
     @property
     def crop_shape(self) -> tuple[int, int, int]:
@@ -173,7 +182,7 @@ def plan_insertion(host: Case, target: np.ndarray, *, host_tumour: np.ndarray | 
         turn=turn, image=oriented, region=region, box=box, context=context,
         cond=rg.condition(crop_target, crop_region, crop_brain),
         alpha=rg.blend_alpha(crop_region, crop_brain), mean=mean, std=std, floor=rg.brain_floor(oriented, brain),
-        texture=host_texture(context, crop_brain & ~crop_region), labels=crop_target, crop_region=crop_region)
+        healthy=crop_brain & ~crop_region, labels=crop_target, crop_region=crop_region)
 
 
 def render(plan: InsertionPlan, model: InsertionVAEGAN, z: Any, *, texture: float = 0.0,
