@@ -368,6 +368,27 @@ def test_antialiased_discriminator_keeps_outputs_and_weights():
     assert [tuple(o.shape) for o in plain([image, cond])] == [tuple(o.shape) for o in smooth([image, cond])]
 
 
+def test_full_resolution_discriminator_sees_the_texture_the_blur_removes():
+    """The anti-aliased discriminator is blind to a 1-voxel checkerboard (the blur zeroes it: its outputs equal
+    those of a flat image); with a full-resolution convolution in front it is not, and it leads the feature list."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    flat = np.zeros((1, 64, 64, 64, 4), "float32")
+    board = (np.indices((64, 64, 64)).sum(axis=0) % 2 * 2.0 - 1.0)[None, ..., None].repeat(4, -1).astype("float32")
+    cond = np.zeros((1, 64, 64, 64, 5), "float32")
+    blind, seeing = build_discriminator(4, antialias=True), build_discriminator(4, antialias=True, full_res=True)
+
+    def logits(disc, image):
+        return keras.ops.convert_to_numpy(disc([image, cond])[-1])[:, 2:-2, 2:-2, 2:-2]  # away from the edges
+
+    np.testing.assert_allclose(logits(blind, board), logits(blind, flat), atol=1e-5)
+    assert np.abs(logits(seeing, board) - logits(seeing, flat)).max() > 1e-3
+    outputs = seeing([board, cond])
+    assert len(outputs) == 5 and tuple(outputs[0].shape[1:4]) == (64, 64, 64)
+    assert tuple(outputs[-1].shape) == tuple(blind([board, cond])[-1].shape)
+
+
 def test_samples_carry_the_hosts_texture_inside_R_and_the_mean_fill_none(model):
     """Temperature > 0 adds host-matched noise inside R (seeded, nothing outside); temperature 0 adds none."""
     from core.synthesis.insert import render

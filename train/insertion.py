@@ -75,6 +75,7 @@ class InsertionConfig:
     precision: str = "mixed_bfloat16"
     upsampling: str = "nearest"
     disc_antialias: bool = False
+    disc_full_res: bool = False
     seed: int = 0
     max_cases: int = 0
     ckpt_every: int = 200
@@ -356,6 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="generator up-sampling; 'linear' avoids the 8-voxel grid of 'nearest' (default %(default)s)")
     p.add_argument("--disc-antialias", action="store_true",
                    help="blur before the discriminator's strided convolutions")
+    p.add_argument("--disc-full-res", action="store_true",
+                   help="a stride-1 convolution in front of the discriminator, so that it also judges the 1-voxel "
+                        "texture that --disc-antialias blurs away")
     p.add_argument("--out", default=d.out, help="exported model (default %(default)s); card beside it")
     p.add_argument("--run-dir", default=d.run_dir, help="checkpoints and state (default %(default)s)")
     p.add_argument("--init", default=None,
@@ -414,7 +418,7 @@ def train(config: InsertionConfig, command: str = "") -> dict:
     run = Path(config.run_dir)
     hosts = _load_hosts(config)
     model = build_insertion_model(config.base, config.latent, config.seed, config.upsampling)
-    disc = build_discriminator(config.base, config.disc_antialias)
+    disc = build_discriminator(config.base, config.disc_antialias, config.disc_full_res)
     state = {"step": 0, "seconds": 0.0, "history": [], "command": command}
     if config.resume and (run / "state.json").is_file():
         state = _restore(model, disc, run)

@@ -147,18 +147,25 @@ def build_encoder(base: int = 16, latent_channels: int = 4) -> keras.Model:
     return keras.Model([image, cond], [z_mean, z_log_var], name="encoder")
 
 
-def build_discriminator(base: int = 16, antialias: bool = False) -> keras.Model:
+def build_discriminator(base: int = 16, antialias: bool = False, full_res: bool = False) -> keras.Model:
     """Patch discriminator: ``[image, condition] -> [features at 1/2, 1/4, 1/8 ..., logits (B,X/8,Y/8,Z/8,1)]``.
 
-    ``antialias`` blurs before each stride-2 convolution (:class:`Blur3D`; no extra weights).
+    ``antialias`` blurs before each stride-2 convolution (:class:`Blur3D`; no extra weights): the blur removes the
+    1-voxel texture from what the discriminator sees. ``full_res`` puts a stride-1 convolution (``base // 2``
+    filters) in front, whose features at full resolution lead the list, so that fine texture is judged too.
     """
     image = keras.Input((None, None, None, IMAGE_CHANNELS), name="image")
     cond = keras.Input((None, None, None, COND_CHANNELS), name="condition")
-    f1 = _conv(layers.Concatenate(name="d_in")([image, cond]), base, "d_1", 2, antialias)
+    x = layers.Concatenate(name="d_in")([image, cond])
+    features = []
+    if full_res:
+        x = _conv(x, max(base // 2, 1), "d_0")
+        features.append(x)
+    f1 = _conv(x, base, "d_1", 2, antialias)
     f2 = _conv(f1, 2 * base, "d_2", 2, antialias)
     f3 = _conv(f2, 4 * base, "d_3", 2, antialias)
     logits = layers.Conv3D(1, 3, padding="same", name="d_logits", dtype="float32")(f3)
-    return keras.Model([image, cond], [f1, f2, f3, logits], name="discriminator")
+    return keras.Model([image, cond], [*features, f1, f2, f3, logits], name="discriminator")
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
