@@ -43,15 +43,12 @@ SETTINGS = ("none", "uniform", "per-class", "patchy")
 TAIL_LEVELS = 3.0  # a voxel is in the tail beyond this many robust levels of its high-pass
 
 
-def texture_ratios(z_generated: np.ndarray, z_real: np.ndarray, tumour: np.ndarray) -> np.ndarray:
-    """Generated over real, inside ``tumour``, per modality: high-pass std, robust level and tail share
-    (``(4, 3)``; ``(4, X, Y, Z)`` z-scores of the same labels, the 1-voxel high-pass of ``core.synthesis.texture``)."""
-    rows = []
-    for volume in (z_generated, z_real):
-        hp = high_pass(np.moveaxis(volume, 0, -1))[tumour]
-        level = robust_level(hp)
-        rows.append(np.stack([hp.std(0), level, (np.abs(hp) > TAIL_LEVELS * level).mean(0)], axis=1))
-    return rows[0] / np.maximum(rows[1], 1e-6)
+def texture_stats(z: np.ndarray, tumour: np.ndarray) -> np.ndarray:
+    """Inside ``tumour``, per modality: 1-voxel high-pass std, robust level and tail share (``(4, 3)``; ``z``:
+    ``(4, X, Y, Z)`` z-scores, the high-pass of ``core.synthesis.texture``)."""
+    hp = high_pass(np.moveaxis(z, 0, -1))[tumour]
+    level = robust_level(hp)
+    return np.stack([hp.std(0), level, (np.abs(hp) > TAIL_LEVELS * level).mean(0)], axis=1)
 
 
 def cross_validated_auc(rows: list[tuple[np.ndarray, np.ndarray]]) -> float:
@@ -77,6 +74,7 @@ def main() -> int:
     rows: dict[str, dict[str, list]] = {s: {"issue": [], "matched": []} for s in settings}
     ratios: dict[str, list[np.ndarray]] = {s: [] for s in settings}
     for i, host, donor, brain, target in next_case_insertions(cases):
+        real = texture_stats(zscores(donor.image, brain_mask(donor.image), donor.seg), target > 0)
         for setting in settings:
             ins.add_texture = {
                 "patchy": original,
@@ -88,9 +86,8 @@ def main() -> int:
             rows[setting]["issue"].append(classifier_rows(host, generated, target, np.random.default_rng(i)))
             rows[setting]["matched"].append(matched_rows(generated, brain, donor, target,
                                                          np.random.default_rng(1000 + i)))
-            ratios[setting].append(texture_ratios(zscores(generated.image, brain, target),
-                                                  zscores(donor.image, brain_mask(donor.image), donor.seg),
-                                                  target > 0))
+            generated_stats = texture_stats(zscores(generated.image, brain, target), target > 0)
+            ratios[setting].append(generated_stats / np.maximum(real, 1e-6))
         print(f"host {host.name} <- {donor.name}", flush=True)
     ins.add_texture = original
     result = {"hosts": [c.name for c in cases], "weights": str(args.weights), "auc": {},
