@@ -422,6 +422,24 @@ def test_samples_carry_the_hosts_texture_inside_R_and_the_mean_fill_none(model):
         insert_tumour(host, target, model, texture=-1.0)
 
 
+def test_uncalibrated_render_is_the_raw_generator_inside_the_tumour_classes(model):
+    """``calibrated=False`` skips the class bias removal: outside R nothing differs, inside the target's ET the
+    calibrated fill is brighter in FLAIR and darker in T1ce (CLASS_BIAS: the generator's ET is too dark / too
+    bright there)."""
+    from core.synthesis.calibration import CLASS_BIAS
+    from core.synthesis.insert import render
+
+    host, target = _host(), _target()
+    plan = plan_insertion(host, target)
+    z = model.sample_latent(plan.crop_shape, seed=0, temperature=1.0)
+    calibrated, raw = render(plan, model, z), render(plan, model, z, calibrated=False)
+    region = plan.region_on_host()
+    np.testing.assert_array_equal(calibrated[:, ~region], raw[:, ~region])
+    shift = (calibrated - raw)[:, target == ET].mean(axis=1)
+    assert CLASS_BIAS[3][3] < 0 < CLASS_BIAS[3][1]
+    assert shift[3] > 0 > shift[1]
+
+
 def test_bfloat16_sampling_is_close_to_float32_and_leaves_the_model_float32(model, tmp_path):
     """Loading for sampling runs the generator in mixed bfloat16 through an untracked copy: samples stay close to
     the float32 ones, the model's weights and its saved file are unchanged, and precision=None is exact."""

@@ -186,7 +186,7 @@ def plan_insertion(host: Case, target: np.ndarray, *, host_tumour: np.ndarray | 
 
 
 def render(plan: InsertionPlan, model: InsertionVAEGAN, z: Any, *, texture: float = 0.0,
-           texture_seed: int = 0) -> np.ndarray:
+           texture_seed: int = 0, calibrated: bool = True) -> np.ndarray:
     """The host image with ``R`` generated from latent ``z``, on the host's own grid (``(4, X, Y, Z)``).
 
     Args:
@@ -196,9 +196,11 @@ def render(plan: InsertionPlan, model: InsertionVAEGAN, z: Any, *, texture: floa
         texture: strength of the host-matched scanner noise added inside ``R``
             (:func:`core.synthesis.texture.add_texture`; 0: the generator's smooth fill alone).
         texture_seed: seed of that noise.
+        calibrated: remove the generator's per-class intensity bias (:mod:`core.synthesis.calibration`); False:
+            the raw generator (what ``bench/insertion_calibration.py`` measures that bias on).
     """
     generated = keras.ops.convert_to_numpy(model.generate(plan.context[None], plan.cond[None], z))[0]
-    if plan.labels is not None:  # the generator's per-class intensity bias (core.synthesis.calibration)
+    if calibrated and plan.labels is not None:
         generated = calibrate(generated, plan.labels, plan.crop_region, field=plan.bias)
     if texture > 0 and plan.texture is not None:
         generated = add_texture(generated, plan.texture, plan.crop_region,
