@@ -42,6 +42,35 @@ def test_region_loss_prefers_the_right_regions():
     assert float(unet.region_dice_bce_loss(labels[..., None], perfect)) == pytest.approx(good, rel=1e-6)
 
 
+def test_tversky_loss_charges_missed_tumour_more_than_over_called_tumour():
+    """Tversky with alpha = beta = 0.5 is the soft Dice; at 0.3 / 0.7, missing n tumour voxels costs more than
+    over-calling n, by about twice the margin Dice + BCE puts between the two; the loss is 0-ish when perfect."""
+    labels = np.zeros((1, 8, 8, 8), np.uint8)
+    labels[0, 2:6, 2:6, 2:6] = ET  # 64 voxels of WT, TC and ET
+    truth = np.stack([region_mask(labels, r) for r in unet.REGION_CHANNELS], axis=-1).astype(np.float32)
+    probs = np.clip(truth, 1e-4, 1 - 1e-4)
+    missed, over = probs.copy(), probs.copy()
+    missed[0, 2:6, 2:6, 2:4] = 1e-4  # 32 tumour voxels called background
+    over[0, 6:8, 2:6, 2:6] = 1 - 1e-4  # 32 background voxels called tumour
+    half = np.asarray(unet._batch_tversky(truth, missed, 0.5, 0.5))
+    np.testing.assert_allclose(half, np.asarray(unet._batch_dice(truth, missed)), rtol=1e-5)
+    tversky = {name: float(unet.region_tversky_bce_loss(labels, p)) for name, p in
+               (("perfect", probs), ("missed", missed), ("over", over))}
+    dice = {name: float(unet.region_dice_bce_loss(labels, p)) for name, p in (("missed", missed), ("over", over))}
+    assert tversky["perfect"] < 0.01
+    assert tversky["missed"] - tversky["over"] > 1.8 * (dice["missed"] - dice["over"]) > 0
+
+
+def test_tversky_loss_needs_the_region_head():
+    from train.unet import TrainConfig, build_model, compile_for
+
+    config = TrainConfig(base=2, depth=2, loss="tversky", regions=False)
+    with pytest.raises(ValueError, match="--regions"):
+        compile_for(build_model(config), config)
+    config = TrainConfig(base=2, depth=2, loss="tversky", regions=True)
+    assert compile_for(build_model(config), config).loss is unet.region_tversky_bce_loss
+
+
 def test_regions_decode_to_nested_labels():
     regions = np.array([
         [0.2, 0.9, 0.9],  # not WT: background, whatever TC/ET say

@@ -123,9 +123,11 @@ class TrainConfig:
     patch_workers: int = 0
     keep_exports: bool = False
     ema: float = 0.0
+    loss: str = "dice"
 
 
 PRECISIONS = ("float32", "mixed_bfloat16")
+REGION_LOSSES = {"dice": unet.region_dice_bce_loss, "tversky": unet.region_tversky_bce_loss}
 AUGMENTATIONS = {"phantom": AugmentConfig(), "real": REAL_DATA_AUGMENTATION, "real-faded": REAL_FADED_AUGMENTATION}
 
 
@@ -158,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default 0.25)")
     p.add_argument("--regions", action="store_true",
                    help="region-based head: sigmoids for WT, TC, ET with Dice + BCE (nnU-Net's BraTS setting)")
+    p.add_argument("--loss", choices=tuple(REGION_LOSSES), default=d.loss,
+                   help="region head's overlap term: 'dice' (Dice + BCE) or 'tversky' (Tversky alpha 0.3 / beta 0.7 + "
+                        "BCE: missed tumour costs more than over-called tumour) (default %(default)s)")
     p.add_argument("--precision", choices=PRECISIONS, default=d.precision,
                    help="Keras dtype policy for training and the exported model (default %(default)s)")
     p.add_argument("--augment", choices=("auto", *AUGMENTATIONS), default=d.augment,
@@ -286,7 +291,9 @@ def build_model(config: TrainConfig) -> keras.Model:
 
 def compile_for(model: keras.Model, config: TrainConfig) -> keras.Model:
     """Compile ``model`` for ``config`` (region loss for a region head)."""
-    loss = unet.region_dice_bce_loss if config.regions else unet.dice_ce_loss
+    if config.loss != "dice" and not config.regions:
+        raise ValueError(f"--loss {config.loss} needs the region head (--regions)")
+    loss = REGION_LOSSES[config.loss] if config.regions else unet.dice_ce_loss
     return compile_model(model, config.lr, config.steps, loss, config.ema)
 
 

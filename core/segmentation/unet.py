@@ -7,7 +7,8 @@ Layout follows MONAI's ``basic_unet.py``: a stem ``ConvBlock`` (two conv-norm-Le
 * **classes** (``regions=False``): a softmax over the four internal classes (background, NCR, ED,
   ET; see ``core.io.labels``), trained with :func:`dice_ce_loss`;
 * **regions** (``regions=True``, nnU-Net's BraTS setting): three sigmoids for the nested regions
-  WT, TC, ET (:data:`REGION_CHANNELS`), trained with :func:`region_dice_bce_loss`; the label map is
+  WT, TC, ET (:data:`REGION_CHANNELS`), trained with :func:`region_dice_bce_loss` (or its recall-weighted
+  variant :func:`region_tversky_bce_loss`); the label map is
   derived from them (``core.segmentation.inference``), so the 0..3 label contract stays.
 
 The blocks are small typed builders that wire *built-in* Keras layers into a functional model,
@@ -167,6 +168,8 @@ def size_multiple(model: keras.Model) -> int:
 
 # --------------------------------------------------------------------------------------------- loss
 DICE_SMOOTH = 1e-5
+# Tversky weights of false positives / false negatives (Salehi et al. 2017); 0.5 / 0.5 is the soft Dice
+TVERSKY_ALPHA, TVERSKY_BETA = 0.3, 0.7
 
 
 def _batch_dice(target, y_pred):
@@ -175,6 +178,15 @@ def _batch_dice(target, y_pred):
     intersection = ops.sum(target * y_pred, axis=axes)
     denominator = ops.sum(target, axis=axes) + ops.sum(y_pred, axis=axes)
     return (2.0 * intersection + DICE_SMOOTH) / (denominator + DICE_SMOOTH)
+
+
+def _batch_tversky(target, y_pred, alpha: float, beta: float):
+    """Soft Tversky index per channel, pooled like :func:`_batch_dice`: ``TP / (TP + alpha FP + beta FN)``."""
+    axes = (0, 1, 2, 3)
+    true_pos = ops.sum(target * y_pred, axis=axes)
+    false_pos = ops.sum((1.0 - target) * y_pred, axis=axes)
+    false_neg = ops.sum(target * (1.0 - y_pred), axis=axes)
+    return (true_pos + DICE_SMOOTH) / (true_pos + alpha * false_pos + beta * false_neg + DICE_SMOOTH)
 
 
 def _one_hot_targets(y_true, num_classes: int):
@@ -236,6 +248,12 @@ def _region_targets(y_true):
     return ops.cast(ops.stack([wt, tc, et], axis=-1), "float32")
 
 
+def _binary_cross_entropy(target, y_pred):
+    """Mean binary cross-entropy of sigmoid probabilities (clipped away from 0 and 1)."""
+    probs = ops.clip(y_pred, 1e-7, 1.0 - 1e-7)
+    return -ops.mean(target * ops.log(probs) + (1.0 - target) * ops.log(1.0 - probs))
+
+
 @keras.saving.register_keras_serializable(package="brats_studio", name="region_dice_bce_loss")
 def region_dice_bce_loss(y_true, y_pred):
     """Soft Dice (batch-pooled) + binary cross-entropy over the three region sigmoids (nnU-Net BraTS).
@@ -249,7 +267,16 @@ def region_dice_bce_loss(y_true, y_pred):
     """
     y_pred = ops.cast(y_pred, "float32")
     target = _region_targets(y_true)
-    dice = _batch_dice(target, y_pred)
-    probs = ops.clip(y_pred, 1e-7, 1.0 - 1e-7)
-    bce = -ops.mean(target * ops.log(probs) + (1.0 - target) * ops.log(1.0 - probs))
-    return bce + 1.0 - ops.mean(dice)
+    return _binary_cross_entropy(target, y_pred) + 1.0 - ops.mean(_batch_dice(target, y_pred))
+
+
+@keras.saving.register_keras_serializable(package="brats_studio", name="region_tversky_bce_loss")
+def region_tversky_bce_loss(y_true, y_pred):
+    """:func:`region_dice_bce_loss` with the soft Dice replaced by the Tversky index (``TVERSKY_ALPHA`` on false
+    positives, ``TVERSKY_BETA`` on false negatives): missed tumour costs more than over-called tumour. Same arguments;
+    returns ``mean BCE + 1 - mean_r Tversky_r``.
+    """
+    y_pred = ops.cast(y_pred, "float32")
+    target = _region_targets(y_true)
+    tversky = _batch_tversky(target, y_pred, TVERSKY_ALPHA, TVERSKY_BETA)
+    return _binary_cross_entropy(target, y_pred) + 1.0 - ops.mean(tversky)
