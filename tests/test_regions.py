@@ -71,6 +71,16 @@ def test_tversky_loss_needs_the_region_head():
     assert compile_for(build_model(config), config).loss is unet.region_tversky_bce_loss
 
 
+def test_train_cli_refuses_tversky_without_regions_before_making_the_run_dir(tmp_path):
+    from train import unet as train_unet
+
+    run_dir = tmp_path / "run"
+    with pytest.raises(SystemExit, match="add --regions"):
+        train_unet.main(["--data", "phantom", "--loss", "tversky", "--base", "2", "--depth", "2",
+                         "--steps", "1", "--val-every", "1", "--run-dir", str(run_dir)])
+    assert not run_dir.exists()
+
+
 def test_regions_decode_to_nested_labels():
     regions = np.array([
         [0.2, 0.9, 0.9],  # not WT: background, whatever TC/ET say

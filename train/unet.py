@@ -462,6 +462,12 @@ def train(config: TrainConfig, resume: bool = False, command: str | None = None)
               phantom_fraction=config.phantom_fraction)  # fail early on a bad --data
     if config.val_every < 1 or config.steps < 1 or config.batch < 1:
         raise SystemExit("error: --steps, --batch and --val-every must be >= 1")
+    if config.loss != "dice" and not config.regions:
+        raise SystemExit(f"error: --loss {config.loss} needs the region head: add --regions")
+    if config.steps % config.val_every:
+        rounded = math.ceil(config.steps / config.val_every) * config.val_every
+        print(f"warning: --steps {config.steps} is not a multiple of --val-every {config.val_every}: "
+              f"training {rounded} steps", file=sys.stderr)
     if config.patch % 2 ** (config.depth - 1):
         raise SystemExit(f"error: --patch {config.patch} must be a multiple of 2**(depth-1) = "
                          f"{2 ** (config.depth - 1)}")
