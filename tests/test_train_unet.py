@@ -116,6 +116,41 @@ def test_pool_reuses_each_case_for_several_patches():
     assert 3 + 40 // 5 - 1 <= producers.made <= 3 + 40 // 5 + 1
 
 
+class _LateProducers(_CountingProducers):
+    """Cases in a fixed order; a non-blocking ``get`` finds none ready on the draws in ``late``."""
+
+    def __init__(self, late: set[int]):
+        super().__init__()
+        self.late, self.asked = late, 0
+
+    def get(self, block=True, timeout=None):
+        self.asked += 1
+        if not block and self.asked in self.late:
+            return None
+        return super().get(block, timeout)
+
+
+def _drawn_names(producers, wait_for_cases: bool) -> list[str]:
+    pool = data.CasePool(producers, pool_size=3, patches_per_case=2, min_cases=2, wait_for_cases=wait_for_cases)
+    rng = np.random.default_rng(7)
+    return [pool.draw(rng).name for _ in range(30)]
+
+
+def test_waiting_pool_draws_the_same_cases_however_late_the_producer_is():
+    on_time, late = set(), {4, 5, 9, 12, 13}
+    assert _drawn_names(_LateProducers(on_time), True) == _drawn_names(_LateProducers(late), True)
+    # without waiting, a late producer changes which cases are drawn: what --reproducible removes
+    assert _drawn_names(_LateProducers(on_time), False) != _drawn_names(_LateProducers(late), False)
+
+
+def test_reproducible_needs_a_single_case_producer(tmp_path):
+    from train import unet as train_unet
+
+    with pytest.raises(SystemExit, match="--reproducible needs one case producer"):
+        train_unet.main(["--data", "phantom", "--reproducible", "--workers", "2", "--base", "2", "--depth", "2",
+                         "--steps", "1", "--val-every", "1", "--run-dir", str(tmp_path / "run")])
+
+
 # ---------------------------------------------------------------------------------------- CLIs
 
 

@@ -287,7 +287,8 @@ class RunMonitor(keras.callbacks.Callback):
 def fit_on_pool(model: keras.Model, monitor: RunMonitor, spec: ProducerSpec, *, workers: int, pool_size: int,
                 uses_per_case: int, stream: Callable[[CasePool], Iterator], batches: Callable[[Prefetcher], Any],
                 buffer: int, steps_per_epoch: int, epochs: int, initial_epoch: int, patch_workers: int = 0,
-                sample_shapes: tuple[tuple[int, ...], tuple[int, ...]] | None = None) -> None:
+                sample_shapes: tuple[tuple[int, ...], tuple[int, ...]] | None = None, reproducible: bool = False
+                ) -> None:
     """``model.fit`` on cases made by background producers, drawn from a rotating pool.
 
     Args:
@@ -308,6 +309,8 @@ def fit_on_pool(model: keras.Model, monitor: RunMonitor, spec: ProducerSpec, *, 
             Their phantom seeds are not recorded for a resume.
         sample_shapes: ``(image, labels)`` shapes of every sample: parallel samplers then hand patches over
             through shared memory instead of pickling them.
+        reproducible: the pool waits for each due case (:class:`train.data.CasePool` ``wait_for_cases``), so
+            with one producer the patches depend on the seed alone, not on the machine's load.
     """
     fit_args = dict(steps_per_epoch=steps_per_epoch, epochs=epochs, initial_epoch=initial_epoch, callbacks=[monitor],
                     verbose=0, shuffle=False)
@@ -322,7 +325,7 @@ def fit_on_pool(model: keras.Model, monitor: RunMonitor, spec: ProducerSpec, *, 
         return
     first_seed = spec.seed
     with CaseProducers(spec, workers=workers) as producers:
-        pool = CasePool(producers, pool_size=pool_size, patches_per_case=uses_per_case)
+        pool = CasePool(producers, pool_size=pool_size, patches_per_case=uses_per_case, wait_for_cases=reproducible)
         samples = Prefetcher(stream(pool), buffer=buffer)
         monitor.case_counter = lambda: first_seed + pool.received + 2 * max(workers, 1)
         try:

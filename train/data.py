@@ -270,19 +270,27 @@ class CasePool:
         patches_per_case: patches drawn between two replacements (each case then gives this many
             patches on average).
         min_cases: cases to wait for before the first draw.
+        wait_for_cases: a due replacement waits for the next case instead of skipping it when none is
+            ready, so the cases drawn depend on the seed alone, not on how fast the producers run (with
+            one producer process: a reproducible run, slower when the producer falls behind).
     """
 
-    def __init__(self, producers: CaseProducers, pool_size: int = 12, patches_per_case: int = 16, min_cases: int = 2):
+    def __init__(self, producers: CaseProducers, pool_size: int = 12, patches_per_case: int = 16, min_cases: int = 2,
+                 wait_for_cases: bool = False):
         self.producers = producers
+        self.wait_for_cases = wait_for_cases
         self.pool_size, self.patches_per_case = pool_size, patches_per_case
         self.cases: list[TrainingCase] = []
         self._since_swap = 0
         self.received = 0
         while len(self.cases) < min(min_cases, pool_size):
-            case = producers.get(block=True, timeout=FIRST_CASE_TIMEOUT_S)
-            if case is None:
-                raise RuntimeError(f"no training case arrived within {FIRST_CASE_TIMEOUT_S} s")
-            self._add(case)
+            self._add(self._wait_for_case())
+
+    def _wait_for_case(self) -> TrainingCase:
+        case = self.producers.get(block=True, timeout=FIRST_CASE_TIMEOUT_S)
+        if case is None:
+            raise RuntimeError(f"no training case arrived within {FIRST_CASE_TIMEOUT_S} s")
+        return case
 
     def _add(self, case: TrainingCase | None) -> None:
         if case is None:
@@ -293,11 +301,11 @@ class CasePool:
             self.cases.pop(0)
 
     def draw(self, rng: np.random.Generator) -> TrainingCase:
-        """A random case of the pool (taking a new one in when it is due and ready)."""
+        """A random case of the pool (taking a new one in when it is due and ready, or waited for)."""
         self._since_swap += 1
         due = self._since_swap >= self.patches_per_case or len(self.cases) < self.pool_size
         if due:
-            case = self.producers.get(block=False)
+            case = self._wait_for_case() if self.wait_for_cases else self.producers.get(block=False)
             if case is not None:
                 self._add(case)
                 self._since_swap = 0

@@ -124,6 +124,7 @@ class TrainConfig:
     keep_exports: bool = False
     ema: float = 0.0
     loss: str = "dice"
+    reproducible: bool = False
 
 
 PRECISIONS = ("float32", "mixed_bfloat16")
@@ -174,6 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="> 0: that many processes sample augmented patches in parallel, each with its own pool of "
                         "--pool cases (for an accelerator that one sampling thread cannot feed; --workers is then "
                         "unused). Default %(default)s: one sampling thread")
+    p.add_argument("--reproducible", action="store_true",
+                   help="the case pool waits for each due case instead of skipping it when the producer is late, "
+                        "so two runs with the same seed train on the same patches whatever the machine's load "
+                        "(needs --workers 0 or 1 and --patch-workers 0)")
     p.add_argument("--keep-exports", action="store_true",
                    help="keep every validation step's export as RUN_DIR/export_stepNNNNNN.keras (to select later)")
     p.add_argument("--pool", type=int, default=d.pool, help="cases kept for patch sampling (default %(default)s)")
@@ -464,6 +469,8 @@ def train(config: TrainConfig, resume: bool = False, command: str | None = None)
         raise SystemExit("error: --steps, --batch and --val-every must be >= 1")
     if config.loss != "dice" and not config.regions:
         raise SystemExit(f"error: --loss {config.loss} needs the region head: add --regions")
+    if config.reproducible and (config.workers > 1 or config.patch_workers > 0):
+        raise SystemExit("error: --reproducible needs one case producer: --workers 0 or 1 and --patch-workers 0")
     if config.steps % config.val_every:
         rounded = math.ceil(config.steps / config.val_every) * config.val_every
         print(f"warning: --steps {config.steps} is not a multiple of --val-every {config.val_every}: "
@@ -525,7 +532,7 @@ def train(config: TrainConfig, resume: bool = False, command: str | None = None)
                 batches=lambda samples: (_tf_dataset(samples, config) if keras.backend.backend() == "tensorflow"
                                          else batches(samples, config.batch)),
                 buffer=2 * config.batch, steps_per_epoch=config.val_every, epochs=epochs,
-                initial_epoch=initial_epoch)
+                initial_epoch=initial_epoch, reproducible=config.reproducible)
     return state
 
 
