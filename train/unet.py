@@ -24,6 +24,10 @@ checkpoint (model + optimizer, ``RUN_DIR/checkpoint.keras`` + ``RUN_DIR/state.js
 best model so far (mean validation Dice) to ``--out`` without optimizer state, with a JSON model card
 beside it (``unet.keras`` -> ``unet.json``).
 
+``--reproducible`` makes the patches a function of ``--seed`` alone (the case pool waits for a late
+producer instead of skipping its case): use it for A/B trials, whose differences are otherwise mixed
+with the machine's load.
+
 Multiple devices (data parallelism; the global ``--batch`` is split across devices):
 
 * TensorFlow backend: ``tf.distribute.MirroredStrategy`` over the visible GPUs (or CPUs); the model is
