@@ -151,6 +151,18 @@ def test_reproducible_needs_a_single_case_producer(tmp_path):
                          "--steps", "1", "--val-every", "1", "--run-dir", str(tmp_path / "run")])
 
 
+def test_steps_that_are_not_a_multiple_of_val_every_are_announced(tmp_path, capsys):
+    from train import unet as train_unet
+
+    args = ["--data", "phantom", "--base", "2", "--depth", "3", "--patch", "30", "--run-dir", str(tmp_path / "run")]
+    with pytest.raises(SystemExit, match="--patch 30"):  # stops before building a model
+        train_unet.main([*args, "--steps", "5", "--val-every", "4"])
+    assert "--steps 5 is not a multiple of --val-every 4: training 8 steps" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="--patch 30"):
+        train_unet.main([*args, "--steps", "8", "--val-every", "4"])
+    assert "not a multiple" not in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------------------------------- CLIs
 
 
