@@ -303,11 +303,13 @@ def test_evaluate_selects_cases_and_reports_median_worst_and_lesion_wise(tmp_pat
     wt = report["summary"]["WT"]["dice"]
     assert wt["median"] == pytest.approx(np.median(dice)) and wt["worst"] == pytest.approx(min(dice))
     assert wt["worst_case"] == report["cases"][int(np.argmin(dice))]["case"]
+    assert min(dice) - 1e-4 <= wt["mean_ci95"][0] <= wt["mean"] <= wt["mean_ci95"][1] <= max(dice) + 1e-4
     hd = [c["ET"]["hd95"] for c in report["cases"]]
     assert report["summary"]["ET"]["hd95"]["worst"] == pytest.approx(max(hd))
     for c in report["cases"]:
         assert 0.0 <= c["TC"]["lesion_dice"] <= 1.0 and c["TC"]["lesion_hd95"] >= 0.0
-    assert "**median**" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "**median**" in printed and "**mean, 95 % CI over cases**" in printed
     with pytest.raises(SystemExit, match="toy-9 not found"):
         evaluate.main([str(toy_cases_dir), "--cases", "toy-9", "--out", str(report_path), "--weights", str(weights)])
 

@@ -14,7 +14,9 @@ with ``core.segmentation.inference.segment_case`` and scored with ``core.segment
 (Dice and HD95 for WT/TC/ET) and ``core.segmentation.metrics.lesion_wise_metrics`` (BraTS 2023 lesion-wise
 Dice/HD95); cases
 without a segmentation (or that fail to load) are skipped with a note. The JSON report holds
-per-case results and, per region, the mean, median and worst case (lowest Dice, highest HD95).
+per-case results and, per region, the mean (with a 95 % bootstrap interval over the cases: with 6 cases it is wide),
+median and worst case (lowest Dice, highest HD95). ``python -m train.compare A.json B.json`` says whether two such
+reports differ by more than the case-to-case noise.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from core.io.nifti import NiftiError
 from core.segmentation.inference import ModelLoadError, default_unet_path, load_model, load_model_card, segment_case
 from core.segmentation.metrics import lesion_wise_metrics, region_metrics
 from train.common import folders_named, read_case_ids
+from train.compare import mean_ci
 from train.data import case_folders
 
 REPORTED = ("dice", "hd95")
@@ -58,14 +61,17 @@ def select_folders(roots: Sequence[Path], ids: Sequence[str] | None = None) -> l
 
 
 def summarise(cases: Sequence[dict]) -> dict:
-    """Per region and metric: mean, median and worst case (lowest Dice, highest HD95) with its case id."""
+    """Per region and metric: mean with its 95 % bootstrap interval over cases, median, and the worst case (lowest
+    Dice, highest HD95) with its id."""
     out: dict = {}
     for region in REGIONS:
         out[region] = {}
         for metric in (*REPORTED, *LESION_REPORTED):
             values = np.array([c[region][metric] for c in cases], dtype=float)
             worst = int(np.argmax(values) if "hd95" in metric else np.argmin(values))
-            out[region][metric] = {"mean": float(values.mean()), "median": float(np.median(values)),
+            low, high = mean_ci(values)
+            out[region][metric] = {"mean": float(values.mean()), "mean_ci95": [round(low, 4), round(high, 4)],
+                                   "median": float(np.median(values)),
                                    "worst": float(values[worst]), "worst_case": cases[worst]["case"]}
     return out
 
@@ -121,6 +127,10 @@ def format_report(report: dict) -> str:
                                for r in REGIONS)
             seconds = f"{report['mean_seconds']:.1f}" if stat == "mean" else ""
             rows.append(f"| **{stat}** | {cells} | {seconds} |")
+        cells = " | ".join(" | ".join("{:.3f} .. {:.3f}".format(*report["summary"][r][m]["mean_ci95"]) if m == "dice"
+                                      else "{:.1f} .. {:.1f}".format(*report["summary"][r][m]["mean_ci95"])
+                                      for m in REPORTED) for r in REGIONS)
+        rows.append(f"| **mean, 95 % CI over cases** | {cells} | |")
         cells = " | ".join(f"{report['mean'][r]['lesion_dice']:.3f} | {report['mean'][r]['lesion_hd95']:.1f}"
                            for r in REGIONS)
         rows.append(f"| **mean, lesion-wise** | {cells} | |")
