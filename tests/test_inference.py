@@ -216,6 +216,59 @@ def test_cli_writes_labels_with_the_input_affine_and_header(tmp_path, tiny_model
     np.testing.assert_array_equal(data, np.where(expected == ET, 4, expected))
 
 
+def test_region_probabilities_are_nested_and_follow_the_classes():
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(4), size=(5, 6, 7)).astype(np.float32)  # (5, 6, 7, 4), sums to 1
+    probs = np.moveaxis(probs, -1, 0)
+    regions = inference.region_probabilities(probs)
+    assert regions.shape == (5, 6, 7, 3)
+    np.testing.assert_allclose(regions[..., 0], 1.0 - probs[BACKGROUND], atol=1e-6)
+    np.testing.assert_allclose(regions[..., 1], probs[NCR] + probs[ET], atol=1e-6)
+    np.testing.assert_allclose(regions[..., 2], probs[ET], atol=1e-6)
+    assert np.all(regions[..., 0] >= regions[..., 1] - 1e-6) and np.all(regions[..., 1] >= regions[..., 2])
+    with pytest.raises(ValueError, match=r"\(4, X, Y, Z\)"):
+        inference.region_probabilities(probs[:3])
+
+
+def test_cli_writes_region_probabilities_on_the_input_grid(tmp_path, tiny_model_path):
+    from core.io.case import PROBABILITY_INTENT
+
+    case = toy_case((37, 45, 29), seed=4, name="toy-prob")
+    folder = save_case(case, tmp_path / "in", naming="2020")
+    out, prob = tmp_path / "seg.nii.gz", tmp_path / "prob.nii.gz"
+    proc = _run_segment(str(folder), "-o", str(out), "--weights", str(tiny_model_path), "--probabilities", str(prob))
+    assert proc.returncode == 0, proc.stderr
+    assert "prob.nii.gz" in proc.stdout
+    written = nib.load(prob)
+    source = nib.load(next(folder.glob("*_t1.nii.gz")))
+    assert written.shape == (*case.shape, 3) and written.header.get_data_dtype() == np.uint8
+    np.testing.assert_array_equal(written.affine, source.affine)
+    assert written.header["intent_name"].tobytes().rstrip(b"\0").decode() == PROBABILITY_INTENT
+    expected = inference.region_probabilities(segment_case(case, load_model(tiny_model_path)).probabilities)
+    np.testing.assert_allclose(written.get_fdata(), expected, atol=0.5 / 255 + 1e-6)
+
+
+@pytest.mark.parametrize("problem", ["same path", "bad name", "no folder"])
+def test_cli_rejects_a_bad_probabilities_path_before_segmenting(tmp_path, tiny_model_path, problem):
+    folder = save_case(toy_case((16, 16, 16)), tmp_path / "in", naming="2020")
+    out = tmp_path / "s.nii.gz"
+    prob = {"same path": out, "bad name": tmp_path / "p.npz", "no folder": tmp_path / "nope" / "p.nii.gz"}[problem]
+    proc = _run_segment(str(folder), "-o", str(out), "--weights", str(tiny_model_path), "--probabilities", str(prob))
+    assert proc.returncode == 2 and "error:" in proc.stderr
+    assert {"same path": "another name", "bad name": "p.npz", "no folder": "nope"}[problem] in proc.stderr
+    assert not out.exists()
+
+
+def test_save_region_probabilities_rejects_what_is_not_a_probability_map(tmp_path):
+    from core.io.case import CaseError, save_region_probabilities
+
+    with pytest.raises(CaseError, match="X, Y, Z, 3"):
+        save_region_probabilities(tmp_path / "p.nii.gz", np.zeros((4, 4, 4, 4)), np.eye(4), None)
+    with pytest.raises(CaseError, match=r"\[0, 1\]"):
+        save_region_probabilities(tmp_path / "p.nii.gz", np.full((4, 4, 4, 3), 1.5), np.eye(4), None)
+    assert not (tmp_path / "p.nii.gz").exists()
+
+
 @pytest.mark.parametrize("problem", ["missing case", "bad weights", "bad output name"])
 def test_cli_bad_input_exits_2_with_a_message(tmp_path, tiny_model_path, problem):
     folder = save_case(toy_case((16, 16, 16)), tmp_path, naming="2020")

@@ -683,6 +683,33 @@ def label_map_bytes(
     return nifti_bytes(stored, affine, _label_header(header), dtype=np.uint8)
 
 
+PROBABILITY_INTENT = "P(WT,TC,ET)"  # intent_name of a region-probability map (16 characters at most)
+
+
+def save_region_probabilities(
+    path: str | os.PathLike, probabilities: np.ndarray, affine: np.ndarray, header: nib.Nifti1Header | None
+) -> Path:
+    """Write region probabilities ``(X, Y, Z, 3)`` (WT, TC, ET in [0, 1]) as a 4D NIfTI on the case's grid.
+
+    Stored as uint8 with a scale factor (``scl_slope``, about 1/255: readers that apply it, as nibabel, ITK-SNAP and
+    3D Slicer do, get the probability to within 0.002) and the source ``affine`` and ``header``; the fourth axis is
+    the region, named in ``intent_name`` (``PROBABILITY_INTENT``).
+
+    Raises:
+        CaseError: ``probabilities`` is not ``(X, Y, Z, 3)`` with values in [0, 1].
+    """
+    probs = np.asarray(probabilities, dtype=np.float32)
+    if probs.ndim != 4 or probs.shape[-1] != 3:
+        raise CaseError(f"region probabilities must be (X, Y, Z, 3) for WT, TC, ET, got shape {probs.shape}")
+    if probs.size and not (np.isfinite(probs).all() and probs.min() >= 0.0 and probs.max() <= 1.0):
+        raise CaseError("region probabilities must lie in [0, 1]; pass core.segmentation.inference."
+                        "region_probabilities of a segmentation")
+    hdr = _label_header(header) or nib.Nifti1Header()
+    hdr["intent_code"] = 0
+    hdr["intent_name"] = PROBABILITY_INTENT.encode()
+    return save_nifti(path, probs, affine, hdr, dtype=np.uint8)
+
+
 def case_file_name(name: str, key: str, naming: str) -> str:
     """BraTS file name of one modality (or ``"seg"``), e.g. ``("X", "t1ce", "2023") -> "X-t1c.nii.gz"``."""
     if naming not in SUFFIXES:
