@@ -3,12 +3,14 @@
 Usage::
 
     python -m serve.batch ROOT -o OUT [--address ray://HOST:10001|auto] [--workers N] [--cpus-per-worker C]
-                          [--weights P] [--tta] [--labels 2020|2023] [--verbose]
+                          [--weights P] [--tta] [--labels 2020|2023] [--probabilities] [--verbose]
 
 Writes ``OUT/<case>_seg.nii.gz`` (uint8, the case's affine and header) and ``OUT/results.csv`` (one row per
-case: volumes in mL, Dice/HD95 where the case folder holds a reference seg, or the error). Resumable: a case
-whose ``<case>_seg.nii.gz`` exists is skipped (files appear atomically, after their CSV row); failed cases are
-tried again on the next run. One bad case never stops the run; the exit status is 1 when any case failed.
+case: volumes in mL, Dice/HD95 where the case folder holds a reference seg, or the error); with
+``--probabilities`` also ``OUT/<case>_prob.nii.gz``, the WT/TC/ET probabilities as ``core.segment --probabilities``
+writes them. Resumable: a case whose ``<case>_seg.nii.gz`` (and, with ``--probabilities``, ``<case>_prob.nii.gz``)
+exists is skipped (files appear atomically, after their CSV row); failed cases are tried again on the next run.
+One bad case never stops the run; the exit status is 1 when any case failed.
 
 Without ``--address`` a local Ray starts on this machine (and stops at the end); with one, the same command
 runs on a cluster: the ``core`` and ``serve`` packages travel with the job (Ray ``py_modules``), the weights
@@ -38,6 +40,7 @@ from core.io.nifti import NiftiError
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = "results.csv"
 SEG_SUFFIX = "_seg.nii.gz"
+PROB_SUFFIX = "_prob.nii.gz"
 CSV_FIELDS: tuple[str, ...] = (
     "case", "status", "seconds", *(f"{r}_ml" for r in REGIONS), *(f"dice_{r}" for r in REGIONS),
     *(f"hd95_{r}" for r in REGIONS), "seg_file", "worker", "error", "warnings",
@@ -72,11 +75,21 @@ def seg_path(out: Path, case: str) -> Path:
     return out / f"{case}{SEG_SUFFIX}"
 
 
-def plan(root: str | os.PathLike, out: str | os.PathLike) -> tuple[list[Path], list[Path]]:
-    """``(to do, already done)``: a case is done when its ``<case>_seg.nii.gz`` exists in ``out``."""
+def prob_path(out: Path, case: str) -> Path:
+    """Where the region probabilities of ``case`` go (``--probabilities``)."""
+    return out / f"{case}{PROB_SUFFIX}"
+
+
+def plan(root: str | os.PathLike, out: str | os.PathLike,
+         probabilities: bool = False) -> tuple[list[Path], list[Path]]:
+    """``(to do, already done)``: a case is done when its ``<case>_seg.nii.gz`` exists in ``out`` (and, with
+    ``probabilities``, its ``<case>_prob.nii.gz``)."""
+    out = Path(out)
     todo, done = [], []
     for folder in find_cases(root):
-        (done if seg_path(Path(out), folder.name).is_file() else todo).append(folder)
+        finished = seg_path(out, folder.name).is_file() and (
+            not probabilities or prob_path(out, folder.name).is_file())
+        (done if finished else todo).append(folder)
     return todo, done
 
 
@@ -88,25 +101,30 @@ def _number(value: float) -> str:
 
 
 def segment_one(folder: str | os.PathLike, model: Any, *, tta: bool = False, labels: str = "2020",
-                force: bool = False) -> dict[str, Any]:
+                force: bool = False, probabilities: bool = False) -> dict[str, Any]:
     """Segment one case folder as ``python -m core.segment`` does (checks, ``--force``); never raises.
 
     Returns:
-        A CSV row (``CSV_FIELDS`` as strings) plus ``"seg"``: the ``.nii.gz`` bytes (``b""`` on failure).
+        A CSV row (``CSV_FIELDS`` as strings) plus ``"seg"``: the ``.nii.gz`` bytes (``b""`` on failure), and
+        ``"prob"``: those of the region probabilities (``b""`` unless ``probabilities``).
     """
-    from core.io.case import label_map_bytes, load_case
+    from core.io.case import label_map_bytes, load_case, region_probabilities_bytes
+    from core.segmentation.inference import region_probabilities
     from core.segmentation.metrics import region_metrics, volumes_ml
     from core.segmentation.segment import segment_checked
 
     folder = Path(folder)
     row: dict[str, Any] = {k: "" for k in CSV_FIELDS}
-    row.update(case=folder.name, worker=f"{os.uname().nodename}:{os.getpid()}", seg=b"")
+    row.update(case=folder.name, worker=f"{os.uname().nodename}:{os.getpid()}", seg=b"", prob=b"")
     start = time.perf_counter()
     try:
         case = load_case(folder)
         result, warnings = segment_checked(case, model, tta=tta, force=force)
         row["warnings"] = " | ".join(" ".join(w.split()) for w in warnings)
         row["seg"] = label_map_bytes(result.labels, case.affine, case.header, labels)
+        if probabilities:
+            row["prob"] = region_probabilities_bytes(region_probabilities(result.probabilities), case.affine,
+                                                     case.header)
         for region, ml in volumes_ml(result.labels, case.spacing).items():
             row[f"{region}_ml"] = f"{ml:.3f}"
         if case.seg is not None:
@@ -116,9 +134,9 @@ def segment_one(folder: str | os.PathLike, model: Any, *, tta: bool = False, lab
                 row[f"hd95_{region}"] = _number(metrics[region]["hd95"])
         row.update(status="ok", seg_file=seg_path(Path("."), folder.name).name)
     except (CaseError, NiftiError, ValueError) as exc:
-        row.update(status="error", error=str(exc))
+        row.update(status="error", error=str(exc), seg=b"", prob=b"")
     except Exception as exc:  # keep the run going; the message says what broke
-        row.update(status="error", error=f"{type(exc).__name__}: {exc}")
+        row.update(status="error", error=f"{type(exc).__name__}: {exc}", seg=b"", prob=b"")
     row["seconds"] = f"{time.perf_counter() - start:.2f}"
     return row
 
@@ -126,7 +144,8 @@ def segment_one(folder: str | os.PathLike, model: Any, *, tta: bool = False, lab
 class SegmentWorker:
     """Ray Data actor: loads the U-Net once (from bytes), then segments one case folder per call."""
 
-    def __init__(self, model_ref: list, tta: bool, labels: str, threads: int, force: bool = False) -> None:
+    def __init__(self, model_ref: list, tta: bool, labels: str, threads: int, force: bool = False,
+                 probabilities: bool = False) -> None:
         """``model_ref``: ``[ObjectRef of the .keras bytes]`` (in a list so Ray passes the reference, not a copy)."""
         import tempfile
 
@@ -142,12 +161,12 @@ class SegmentWorker:
             path = Path(tmp) / "unet.keras"
             path.write_bytes(ray.get(model_ref[0]))
             self.model = load_model(path)
-        self.tta, self.labels, self.force = tta, labels, force
+        self.tta, self.labels, self.force, self.probabilities = tta, labels, force, probabilities
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        rows = [segment_one(str(p), self.model, tta=self.tta, labels=self.labels, force=self.force)
-                for p in batch["path"]]
-        return {key: np.array([r[key] for r in rows], dtype=object) for key in (*CSV_FIELDS, "seg")}
+        rows = [segment_one(str(p), self.model, tta=self.tta, labels=self.labels, force=self.force,
+                            probabilities=self.probabilities) for p in batch["path"]]
+        return {key: np.array([r[key] for r in rows], dtype=object) for key in (*CSV_FIELDS, "seg", "prob")}
 
 
 # ------------------------------------------------------------------------------------------ results
@@ -182,15 +201,20 @@ def _append_row(path: Path, row: dict[str, Any]) -> None:
 
 
 def _store(out: Path, row: dict[str, Any]) -> None:
-    """Write the label map (atomically, after its CSV row) and append the row."""
-    seg = row.pop("seg", b"")
-    target = seg_path(out, row["case"])
-    tmp = target.with_name(target.name + ".part")
-    if row["status"] == "ok":
-        tmp.write_bytes(seg)
+    """Write the label map and any probability map (atomically, after their CSV row) and append the row.
+
+    The label map is renamed into place last: its presence is what marks the case done (:func:`plan`).
+    """
+    files = [(prob_path(out, row["case"]), row.pop("prob", b"")), (seg_path(out, row["case"]), row.pop("seg", b""))]
+    files = [(target, data) for target, data in files if data]
+    ok = row["status"] == "ok"
+    if ok:
+        for target, data in files:
+            target.with_name(target.name + ".part").write_bytes(data)
     _append_row(out / RESULTS, row)
-    if row["status"] == "ok":
-        tmp.replace(target)
+    if ok:
+        for target, _ in files:
+            target.with_name(target.name + ".part").replace(target)
 
 
 # ------------------------------------------------------------------------------------------ the run
@@ -244,8 +268,8 @@ def _start_ray(address: str | None, cpus: int | None, verbose: bool) -> None:
 
 def run_batch(root: str | os.PathLike, out: str | os.PathLike, *, address: str | None = None,
               workers: int | None = None, cpus_per_worker: int | None = None, weights: str | os.PathLike | None = None,
-              tta: bool = False, labels: str = "2020", force: bool = False, progress: bool = True,
-              verbose: bool = False) -> BatchSummary:
+              tta: bool = False, labels: str = "2020", force: bool = False, probabilities: bool = False,
+              progress: bool = True, verbose: bool = False) -> BatchSummary:
     """Segment the pending cases under ``root`` into ``out`` on Ray (see the module docstring).
 
     Uses the Ray session already running in this process if there is one (and leaves it running);
@@ -264,7 +288,7 @@ def run_batch(root: str | os.PathLike, out: str | os.PathLike, *, address: str |
     start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    todo, done = plan(root, out)
+    todo, done = plan(root, out, probabilities)
     summary = BatchSummary(skipped=len(done))
     if not todo:
         return summary
@@ -301,10 +325,11 @@ def run_batch(root: str | os.PathLike, out: str | os.PathLike, *, address: str |
             SegmentWorker, batch_size=1, batch_format="numpy", num_cpus=cpus_per_worker,
             compute=ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1),
             fn_constructor_kwargs={"model_ref": [model_ref], "tta": tta, "labels": labels,
-                                   "threads": cpus_per_worker, "force": force})
+                                   "threads": cpus_per_worker, "force": force, "probabilities": probabilities})
         with tqdm(total=len(todo), unit="case", desc="segment", file=sys.stderr, disable=not progress) as bar:
             for raw in dataset.iter_rows():
-                row = {k: (v.decode() if isinstance(v, bytes) and k != "seg" else v) for k, v in raw.items()}
+                row = {k: (v.decode() if isinstance(v, bytes) and k not in ("seg", "prob") else v)
+                       for k, v in raw.items()}
                 row = {k: ("" if v is None else v) for k, v in row.items()}
                 _store(out, row)
                 new_rows[row["case"]] = row
@@ -348,6 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", choices=CONVENTIONS, default="2020", help="label values written (default %(default)s)")
     p.add_argument("--force", action="store_true",
                    help="segment even cases that fail the plausibility checks (as core.segment --force)")
+    p.add_argument("--probabilities", action="store_true",
+                   help="also write <case>_prob.nii.gz: WT/TC/ET probabilities (as core.segment --probabilities)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--verbose", action="store_true", help="Ray's own logs and progress bars")
     return p
@@ -365,7 +392,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         summary = run_batch(args.root, args.out, address=args.address, workers=args.workers,
                             cpus_per_worker=args.cpus_per_worker, weights=args.weights, tta=args.tta,
-                            labels=args.labels, force=args.force, progress=not args.quiet, verbose=args.verbose)
+                            labels=args.labels, force=args.force, probabilities=args.probabilities,
+                            progress=not args.quiet, verbose=args.verbose)
     except (CaseError, ModelLoadError, BatchError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -57,6 +57,10 @@ def test_plan_finds_cases_and_skips_done_ones(cases_root, tmp_path):
     batch.seg_path(out, "BraTS-Toy-001").write_bytes(b"x")
     todo, done = batch.plan(cases_root, out)
     assert [p.name for p in done] == ["BraTS-Toy-001"] and len(todo) == 3
+    # Asked for probabilities too, a case is done only once its probability map exists as well.
+    assert [p.name for p in batch.plan(cases_root, out, probabilities=True)[1]] == []
+    batch.prob_path(out, "BraTS-Toy-001").write_bytes(b"x")
+    assert [p.name for p in batch.plan(cases_root, out, probabilities=True)[1]] == ["BraTS-Toy-001"]
     assert batch.find_cases(cases_root / "BraTS-Toy-000") == [cases_root / "BraTS-Toy-000"]
 
 
@@ -65,7 +69,7 @@ def test_batch_on_local_ray_then_resume(cases_root, tmp_path, tiny_unet, capsys)
 
     out = tmp_path / "out"
     argv = [str(cases_root), "-o", str(out), "--weights", str(tiny_unet), "--workers", "1", "--cpus-per-worker", "1",
-            "--labels", "2023", "--quiet"]
+            "--labels", "2023", "--probabilities", "--quiet"]
     assert batch.main(argv) == 1  # one case failed, the others were segmented
     assert not ray.is_initialized()  # the local Ray it started is shut down
     printed = capsys.readouterr().out
@@ -81,6 +85,12 @@ def test_batch_on_local_ray_then_resume(cases_root, tmp_path, tiny_unet, capsys)
         data = np.asanyarray(image.dataobj)
         assert data.dtype == np.uint8 and data.shape == SHAPE
         assert float(row["WT_ml"]) == pytest.approx(np.count_nonzero(data) / 1000, abs=1e-3)
+        prob = nib.load(batch.prob_path(out, name))
+        np.testing.assert_array_equal(prob.affine, AFFINE)
+        values = prob.get_fdata()
+        assert values.shape == (*SHAPE, 3) and 0.0 <= values.min() and values.max() <= 1.0 + 1e-6  # float32 slope
+        assert np.all(values[..., 0] >= values[..., 1] - 1e-2)  # WT >= TC (to the 1/255 storage step)
+    assert not batch.prob_path(out, "BraTS-Toy-bad").exists()
     assert 0.0 <= float(rows["BraTS-Toy-000"]["dice_WT"]) <= 1.0
     assert rows["BraTS-Toy-002"]["dice_WT"] == ""  # no reference seg in that folder
     assert "not a whole-brain volume" in rows["BraTS-Toy-000"]["warnings"]  # the CLI's checks ran
@@ -100,7 +110,8 @@ def test_batch_on_local_ray_then_resume(cases_root, tmp_path, tiny_unet, capsys)
     assert "segmented 1 case(s), skipped 3 already done" in cli.stdout
     rows = read_csv(out / batch.RESULTS)
     assert len(rows) == 4 and rows["BraTS-Toy-bad"]["status"] == "ok" and rows["BraTS-Toy-bad"]["error"] == ""
-    assert (out / "BraTS-Toy-bad_seg.nii.gz").is_file()
+    assert (out / "BraTS-Toy-bad_seg.nii.gz").is_file() and batch.prob_path(out, "BraTS-Toy-bad").is_file()
+    assert not list(out.glob("*.part"))
 
 
 def test_bad_arguments_exit_2(tmp_path, capsys, monkeypatch):

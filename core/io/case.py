@@ -698,6 +698,19 @@ def save_region_probabilities(
     Raises:
         CaseError: ``probabilities`` is not ``(X, Y, Z, 3)`` with values in [0, 1].
     """
+    probs, hdr = _probability_map(probabilities, header)
+    return save_nifti(path, probs, affine, hdr, dtype=np.uint8)
+
+
+def region_probabilities_bytes(probabilities: np.ndarray, affine: np.ndarray,
+                               header: nib.Nifti1Header | None) -> bytes:
+    """``.nii.gz`` bytes of a region-probability map (as :func:`save_region_probabilities` writes it)."""
+    probs, hdr = _probability_map(probabilities, header)
+    return nifti_bytes(probs, affine, hdr, dtype=np.uint8)
+
+
+def _probability_map(probabilities: np.ndarray, header: nib.Nifti1Header | None) -> tuple[np.ndarray, nib.Nifti1Header]:
+    """Checked float32 ``(X, Y, Z, 3)`` probabilities and the header to store them with."""
     probs = np.asarray(probabilities, dtype=np.float32)
     if probs.ndim != 4 or probs.shape[-1] != 3:
         raise CaseError(f"region probabilities must be (X, Y, Z, 3) for WT, TC, ET, got shape {probs.shape}")
@@ -707,7 +720,7 @@ def save_region_probabilities(
     hdr = _label_header(header) or nib.Nifti1Header()
     hdr["intent_code"] = 0
     hdr["intent_name"] = PROBABILITY_INTENT.encode()
-    return save_nifti(path, probs, affine, hdr, dtype=np.uint8)
+    return probs, hdr
 
 
 def case_file_name(name: str, key: str, naming: str) -> str:
