@@ -8,8 +8,9 @@ Run::
 
 Routes: ``POST /segment`` (label map ``.nii.gz``, volumes in the ``X-Volumes-ML`` header; the case is checked
 and segmented as ``python -m core.segment`` does, ``force=true`` being its ``--force``),
-``POST /segment.json`` (volumes, Dice/HD95 against an uploaded seg, warnings), ``POST /generate`` (zip of BraTS
-case folders), ``GET /health``, ``GET /models`` (model cards), OpenAPI docs at ``/docs``.
+``POST /segment.json`` (volumes, Dice/HD95 against an uploaded seg, warnings; ``include_seg=true`` /
+``include_probabilities=true`` add the label map / the WT-TC-ET probability map in base64), ``POST /generate``
+(zip of BraTS case folders), ``GET /health``, ``GET /models`` (model cards), OpenAPI docs at ``/docs``.
 
 Settings (flags override the environment): ``BRATS_API_KEY`` (when set, every route but ``/health`` and the docs
 needs the header ``X-API-Key``), ``BRATS_API_WORKERS``, ``BRATS_API_QUEUE`` (jobs that may wait),
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import logging
 import os
@@ -301,9 +303,11 @@ def _add_routes(app: FastAPI) -> None:
     key_scheme = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="needed when BRATS_API_KEY is set")
     secured = [Security(key_scheme)]  # documents the header; the Guard middleware enforces it
 
-    async def segment_result(request: Request, files: list[UploadFile], labels: str, tta: bool, force: bool):
+    async def segment_result(request: Request, files: list[UploadFile], labels: str, tta: bool, force: bool,
+                             probabilities: bool = False):
         uploads = await _read_uploads(files)
-        return await _run(request, _model_job(request, "unet", partial(_segment, uploads, labels, tta, force)))
+        return await _run(request, _model_job(request, "unet",
+                                              partial(_segment, uploads, labels, tta, force, probabilities)))
 
     @app.post("/segment", dependencies=secured, response_class=Response,
               responses={200: {"content": {"application/gzip": {}}, "description": "label map .nii.gz"}})
@@ -321,15 +325,16 @@ def _add_routes(app: FastAPI) -> None:
 
     @app.post("/segment.json", dependencies=secured)
     async def segment_json(request: Request, files: Files, labels: Labels = "2020", tta: bool = False,
-                           force: bool = False, include_seg: bool = False) -> dict[str, Any]:
+                           force: bool = False, include_seg: bool = False,
+                           include_probabilities: bool = False) -> dict[str, Any]:
         """Segment a case; returns volumes (mL), Dice/HD95 against an uploaded seg, warnings, optionally the map
-        (base64)."""
-        result = await segment_result(request, files, labels, tta, force)
+        and the WT/TC/ET probability map (4D .nii.gz, as ``core.segment --probabilities``), base64."""
+        result = await segment_result(request, files, labels, tta, force, include_probabilities)
         body = result.summary()
         if include_seg:
-            import base64
-
             body["seg_nii_gz_base64"] = base64.b64encode(result.nii_gz).decode("ascii")
+        if include_probabilities:
+            body["prob_nii_gz_base64"] = base64.b64encode(result.prob_nii_gz).decode("ascii")
         return body
 
     @app.post("/generate", dependencies=secured, response_class=Response,
@@ -378,8 +383,8 @@ def _add_routes(app: FastAPI) -> None:
         return out
 
 
-def _segment(uploads: dict[str, bytes], labels: str, tta: bool, force: bool, model: Any):
-    return segment_upload(uploads, model, labels=labels, tta=tta, force=force)
+def _segment(uploads: dict[str, bytes], labels: str, tta: bool, force: bool, probabilities: bool, model: Any):
+    return segment_upload(uploads, model, labels=labels, tta=tta, force=force, probabilities=probabilities)
 
 
 def _generate(mask_name: str, mask_bytes: bytes, host: dict[str, bytes] | None, samples: int, seed: int,

@@ -54,6 +54,7 @@ class SegmentResult:
     metrics: dict[str, dict[str, float]] | None = None
     files: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    prob_nii_gz: bytes | None = None  # WT/TC/ET probability map (core.io.case.region_probabilities_bytes), if asked
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready description (everything but the file bytes)."""
@@ -105,13 +106,20 @@ def case_from_uploads(uploads: Mapping[str, bytes]) -> Case:
 
 
 def segment_upload(uploads: Mapping[str, bytes], model: Any, *, labels: str = "2020", tta: bool = False,
-                   force: bool = False) -> SegmentResult:
+                   force: bool = False, probabilities: bool = False) -> SegmentResult:
     """Segment an uploaded case: the ``.nii.gz`` label map (source affine/header, ``labels`` values) + volumes.
 
-    Dice/HD95 against the upload's own seg file are added when one was sent.
+    Dice/HD95 against the upload's own seg file are added when one was sent; with ``probabilities``, the WT/TC/ET
+    probability map as ``core.segment --probabilities`` writes it.
     """
     case = case_from_uploads(uploads)
     result, warnings = segment_checked(case, model, tta=tta, force=force, force_hint="force=true")
+    prob = None
+    if probabilities:
+        from core.io.case import region_probabilities_bytes
+        from core.segmentation.inference import region_probabilities
+
+        prob = region_probabilities_bytes(region_probabilities(result.probabilities), case.affine, case.header)
     metrics = None
     if case.seg is not None:
         raw = region_metrics(result.labels, case.seg, case.spacing)
@@ -121,7 +129,8 @@ def segment_upload(uploads: Mapping[str, bytes], model: Any, *, labels: str = "2
         shape=case.shape, spacing_mm=case.spacing,
         volumes_ml={k: round(v, 3) for k, v in volumes_ml(result.labels, case.spacing).items()},
         class_volumes_ml={k: round(v, 3) for k, v in class_volumes_ml(result.labels, case.spacing).items()},
-        seconds=result.seconds, tta=tta, metrics=metrics, files=dict(case.files), warnings=warnings)
+        seconds=result.seconds, tta=tta, metrics=metrics, files=dict(case.files), warnings=warnings,
+        prob_nii_gz=prob)
 
 
 def _finite(value: float) -> float | None:

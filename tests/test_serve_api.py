@@ -153,14 +153,20 @@ def test_segment_json_from_a_zip_with_reference_metrics(client, case_dir):
         for path in case_dir.iterdir():
             zf.write(path, f"{case_dir.name}/{path.name}")
     response = client.post("/segment.json", files=[("files", ("case.zip", buffer.getvalue(), "application/zip"))],
-                           params={"include_seg": "true"})
+                           params={"include_seg": "true", "include_probabilities": "true"})
     assert response.status_code == 200, response.text
     body = response.json()
+    prob = read_label_map(base64.b64decode(body["prob_nii_gz_base64"]))
+    assert prob.shape == (*SHAPE, 3) and prob.header["intent_name"].tobytes().rstrip(b"\0") == b"P(WT,TC,ET)"
+    values = prob.get_fdata()
+    assert 0.0 <= values.min() and values.max() <= 1.0 + 1e-6
     assert body["case"] == case_dir.name and body["labels"] == "2020" and body["shape"] == list(SHAPE)
     assert set(body["metrics"]) == {"WT", "TC", "ET"} and 0.0 <= body["metrics"]["WT"]["dice"] <= 1.0
     labels = np.asanyarray(read_label_map(base64.b64decode(body["seg_nii_gz_base64"])).dataobj)
     assert set(np.unique(labels)) <= {0, 1, 2, 4}  # 2020 labels
     assert body["volumes_ml"]["WT"] == pytest.approx(float(np.count_nonzero(labels)) / 1000, abs=1e-3)
+    plain = client.post("/segment.json", files=case_files(case_dir, ("t1", "t1ce", "t2", "flair")))
+    assert plain.status_code == 200 and not {"seg_nii_gz_base64", "prob_nii_gz_base64"} & set(plain.json())
 
 
 def test_bad_uploads_get_json_errors_naming_file_and_fix(client, case_dir):
