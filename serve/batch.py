@@ -206,15 +206,15 @@ def _store(out: Path, row: dict[str, Any]) -> None:
     The label map is renamed into place last: its presence is what marks the case done (:func:`plan`).
     """
     files = [(prob_path(out, row["case"]), row.pop("prob", b"")), (seg_path(out, row["case"]), row.pop("seg", b""))]
-    files = [(target, data) for target, data in files if data]
+    parts = [(target, target.with_name(target.name + ".part"), data) for target, data in files if data]
     ok = row["status"] == "ok"
     if ok:
-        for target, data in files:
-            target.with_name(target.name + ".part").write_bytes(data)
+        for _, part, data in parts:
+            part.write_bytes(data)
     _append_row(out / RESULTS, row)
     if ok:
-        for target, _ in files:
-            target.with_name(target.name + ".part").replace(target)
+        for target, part, _ in parts:
+            part.replace(target)
 
 
 # ------------------------------------------------------------------------------------------ the run

@@ -133,12 +133,13 @@ def format_comparison(result: dict) -> str:
 
 
 def _load_report(path: Path) -> dict:
+    """A ``train.evaluate`` report; ``ValueError`` naming the file and the fix otherwise."""
     try:
         report = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise SystemExit(f"error: cannot read {path} ({exc}); pass a JSON report of python -m train.evaluate") from None
+        raise ValueError(f"cannot read {path} ({exc}); pass a JSON report of python -m train.evaluate") from None
     if not isinstance(report, dict) or not isinstance(report.get("cases"), list):
-        raise SystemExit(f"error: {path} has no 'cases' list; pass a JSON report of python -m train.evaluate")
+        raise ValueError(f"{path} has no 'cases' list; pass a JSON report of python -m train.evaluate")
     return report
 
 
@@ -154,9 +155,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = compare(_load_report(args.baseline), _load_report(args.candidate), metric=args.metric,
                          resamples=args.resamples)
-    except SystemExit as exc:
-        print(exc, file=sys.stderr)
-        return 2
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

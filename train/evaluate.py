@@ -127,9 +127,8 @@ def format_report(report: dict) -> str:
                                for r in REGIONS)
             seconds = f"{report['mean_seconds']:.1f}" if stat == "mean" else ""
             rows.append(f"| **{stat}** | {cells} | {seconds} |")
-        cells = " | ".join(" | ".join("{:.3f} .. {:.3f}".format(*report["summary"][r][m]["mean_ci95"]) if m == "dice"
-                                      else "{:.1f} .. {:.1f}".format(*report["summary"][r][m]["mean_ci95"])
-                                      for m in REPORTED) for r in REGIONS)
+        interval = {"dice": "{:.3f} .. {:.3f}", "hd95": "{:.1f} .. {:.1f}"}
+        cells = " | ".join(interval[m].format(*report["summary"][r][m]["mean_ci95"]) for r in REGIONS for m in REPORTED)
         rows.append(f"| **mean, 95 % CI over cases** | {cells} | |")
         cells = " | ".join(f"{report['mean'][r]['lesion_dice']:.3f} | {report['mean'][r]['lesion_hd95']:.1f}"
                            for r in REGIONS)
