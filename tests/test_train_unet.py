@@ -342,6 +342,41 @@ def test_mixed_producer_draws_phantoms_at_the_asked_rate_and_never_an_excluded_c
     assert names == {"toy-1"}
 
 
+def test_rare_kinds_name_absent_enhancement_small_tumours_and_non_enhancing_cores():
+    labels = np.zeros((60, 60, 60), np.uint8)
+    labels[:40, :40, :20] = ED  # 32 mL of oedema
+    labels[:10, :10, :10] = ET  # 1 mL ET, no NCR
+    assert data.rare_kinds(labels) == ()
+    labels[10:20, :10, :10] = NCR  # core: 1 mL NCR + 1 mL ET -> half non-enhancing
+    assert data.rare_kinds(labels) == ("non-enhancing-core",)
+    labels[labels == ET] = NCR
+    assert data.rare_kinds(labels) == ("no-ET", "non-enhancing-core")
+    assert data.rare_kinds(labels, voxel_ml=0.0005) == ("no-ET", "small", "non-enhancing-core")  # 16 mL
+
+
+def test_rare_weight_draws_rare_cases_proportionally_more_often(toy_cases_dir, monkeypatch):
+    from train.common import data_spec
+
+    typical = np.zeros((40, 40, 40), np.uint8)
+    typical[:10, :10, :10] = ET  # 1 mL ET, no NCR
+    typical[:35, :35, :35][typical[:35, :35, :35] == 0] = ED  # 43 mL: not small
+    no_et = np.where(typical == ET, NCR, typical).astype(np.uint8)
+    monkeypatch.setattr(data, "reference_labels", lambda f: (no_et if Path(f).name == "toy-0" else typical, 0.001))
+    uniform = data_spec([str(toy_cases_dir)], 0, 1.0)
+    assert uniform.weights == ()
+    kinds = {Path(f).name: data.rare_kinds(data.reference_labels(f)[0]) for f in uniform.folders}
+    assert kinds == {"toy-0": ("no-ET", "non-enhancing-core"), "toy-1": ()}
+    spec = data_spec([str(toy_cases_dir)], 0, 1.0, rare_weight=3.0)
+    assert sorted(spec.weights) == [1.0, 3.0]
+    rng = np.random.default_rng(1)
+    draws = [Path(spec.draw_folder(rng)).name for _ in range(4000)]
+    assert abs(draws.count("toy-0") / len(draws) - 0.75) < 0.03
+    with pytest.raises(SystemExit, match="rare-weight"):
+        data_spec([str(toy_cases_dir)], 0, 1.0, rare_weight=0.0)
+    with pytest.raises(ValueError, match="one positive weight per folder"):
+        data.ProducerSpec(folders=("a", "b"), weights=(1.0,))
+
+
 def test_read_case_ids_from_text_or_file(tmp_path):
     from train.common import read_case_ids
     from train.unet import parse_val_cases

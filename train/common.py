@@ -20,7 +20,16 @@ from typing import Any
 import numpy as np
 
 import core  # noqa: F401  (sets the TensorFlow options before Keras loads)
-from train.data import CasePool, CaseProducers, ParallelPatches, Prefetcher, ProducerSpec, case_id, find_labelled_cases
+from train.data import (
+    CasePool,
+    CaseProducers,
+    ParallelPatches,
+    Prefetcher,
+    ProducerSpec,
+    case_id,
+    find_labelled_cases,
+    rare_case_weights,
+)
 
 import keras  # noqa: E402  (after core)
 
@@ -104,7 +113,7 @@ def folders_named(folders: Sequence[Path], ids: Sequence[str], option: str, wher
 
 
 def data_spec(data: str | Sequence[str], first_seed: int, phantom_strength: float, *, exclude: Sequence[str] = (),
-              phantom_fraction: float | None = None) -> ProducerSpec:
+              phantom_fraction: float | None = None, rare_weight: float = 1.0) -> ProducerSpec:
     """Training-data source of ``--data``: ``"phantom"``, folders of labelled BraTS case folders, or both.
 
     Args:
@@ -114,6 +123,8 @@ def data_spec(data: str | Sequence[str], first_seed: int, phantom_strength: floa
         exclude: case names never trained on (the validation cases).
         phantom_fraction: share of phantoms when folders and ``'phantom'`` are mixed (default
             :data:`DEFAULT_MIX_PHANTOM_FRACTION`); without ``'phantom'`` in ``data`` it must be unset or 0.
+        rare_weight: real cases of a rare tumour kind (``train.data.rare_kinds``: no ET, small, non-enhancing core)
+            are drawn this many times as often as the others (1: uniform).
 
     Raises:
         SystemExit: a bad folder, no training case left, or a phantom fraction that contradicts ``data``.
@@ -130,7 +141,11 @@ def data_spec(data: str | Sequence[str], first_seed: int, phantom_strength: floa
     fraction = 0.0
     if with_phantoms:
         fraction = DEFAULT_MIX_PHANTOM_FRACTION if phantom_fraction is None else phantom_fraction
-    return ProducerSpec(tuple(str(f) for f in folders), first_seed, phantom_strength, fraction)
+    if rare_weight <= 0:
+        raise SystemExit(f"error: --rare-weight {rare_weight} must be > 0")
+    names = tuple(str(f) for f in folders)
+    weights, _ = rare_case_weights(names, rare_weight)
+    return ProducerSpec(names, first_seed, phantom_strength, fraction, weights)
 
 
 def new_state(command: str | None) -> dict[str, Any]:

@@ -33,11 +33,11 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from core.io.case import Case, CaseError, find_case_files, load_case
+from core.io.case import Case, CaseError, affine_spacing, find_case_files, load_case, load_label_map
 from core.io.labels import ED, ET, NCR
 from core.preprocessing.preprocess import prepare_input
-from train.packed import SUFFIX as PACKED_SUFFIX
-from train.packed import find_packed, is_packed, load_packed
+from train.packed_format import SUFFIX as PACKED_SUFFIX
+from train.packed_format import find_packed, is_packed, load_packed
 
 VALIDATION_SEED_START = 1_000_000  # phantom seeds >= this are held out (never used for training)
 TUMOUR_CLASSES = (NCR, ED, ET)
@@ -117,6 +117,51 @@ def case_id(path: str | Path) -> str:
     return name.removesuffix(PACKED_SUFFIX)
 
 
+# Kinds of tumour that are rare among BraTS training cases and that the U-Net missed on unseen cases (issue 35).
+RARE_SMALL_WT_ML = 30.0  # whole tumour under this volume is "small"
+RARE_NCR_SHARE = 0.5  # non-enhancing core (NCR) at least this share of the tumour core is a "non-enhancing core"
+RARE_NO_ET_ML = 0.5  # enhancing tumour under this volume counts as "no enhancement" (BraTS-style absent ET)
+
+
+def rare_kinds(labels: np.ndarray, voxel_ml: float = 0.001) -> tuple[str, ...]:
+    """The rare tumour kinds a reference label map (internal labels) shows.
+
+    Returns:
+        Any of ``"no-ET"`` (ET under :data:`RARE_NO_ET_ML`), ``"small"`` (WT under :data:`RARE_SMALL_WT_ML`)
+        and ``"non-enhancing-core"`` (NCR at least :data:`RARE_NCR_SHARE` of the core), in that order.
+    """
+    counts = np.bincount(labels.ravel(), minlength=4)
+    wt_ml, ncr, et = float(counts[1:].sum()) * voxel_ml, int(counts[NCR]), int(counts[ET])
+    kinds = []
+    if et * voxel_ml < RARE_NO_ET_ML:
+        kinds.append("no-ET")
+    if wt_ml < RARE_SMALL_WT_ML:
+        kinds.append("small")
+    if ncr + et and ncr / (ncr + et) >= RARE_NCR_SHARE:
+        kinds.append("non-enhancing-core")
+    return tuple(kinds)
+
+
+def reference_labels(source: str | Path) -> tuple[np.ndarray, float]:
+    """``(internal reference labels, mL per voxel)`` of a labelled case folder or packed case file."""
+    if is_packed(source):
+        return load_packed(source)[1], 0.001  # packed cases are on the BraTS 1 mm grid
+    labels, affine, _, _ = load_label_map(find_case_files(source)["seg"])
+    return labels, float(np.prod(affine_spacing(affine))) / 1000.0
+
+
+def rare_case_weights(folders: tuple[str, ...], rare_weight: float) -> tuple[tuple[float, ...], dict[str, list[str]]]:
+    """Sampling weights that draw cases of a rare kind (:func:`rare_kinds`) ``rare_weight`` times as often.
+
+    Returns:
+        ``(weights, {case id: kinds})``; weights are empty (uniform draws) when ``rare_weight`` is 1.
+    """
+    kinds = {case_id(f): list(rare_kinds(*reference_labels(f))) for f in folders} if rare_weight != 1 else {}
+    if rare_weight == 1:
+        return (), kinds
+    return tuple(rare_weight if kinds[case_id(f)] else 1.0 for f in folders), kinds
+
+
 @dataclass(frozen=True)
 class ProducerSpec:
     """What a producer process makes: phantoms, real labelled case folders, or a mix of both.
@@ -134,10 +179,21 @@ class ProducerSpec:
     seed: int = 0
     phantom_strength: float = 1.0
     phantom_fraction: float = 0.0
+    weights: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.phantom_fraction <= 1.0:
             raise ValueError(f"phantom_fraction must be in [0, 1], got {self.phantom_fraction}")
+        if self.weights and (len(self.weights) != len(self.folders) or min(self.weights) <= 0):
+            raise ValueError(f"weights: one positive weight per folder expected ({len(self.folders)} folders), "
+                             f"got {self.weights}")
+
+    def draw_folder(self, rng: np.random.Generator) -> str:
+        """A real case folder: uniformly, or in proportion to ``weights`` (one draw of ``rng`` either way)."""
+        if not self.weights:
+            return self.folders[int(rng.integers(len(self.folders)))]
+        cumulative = np.cumsum(self.weights)
+        return self.folders[int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right"))]
 
     def draws_phantom(self, rng: np.random.Generator) -> bool:
         """Whether the next case is a phantom (consumes one draw of ``rng`` when the data is mixed)."""
@@ -156,7 +212,7 @@ def make_case(spec: ProducerSpec, worker: int, workers: int, k: int, rng: np.ran
             raise RuntimeError("training phantom seeds ran into the held-out validation range")
         case = generate_phantom(seed, PhantomConfig(strength=spec.phantom_strength))
     else:
-        source = spec.folders[int(rng.integers(len(spec.folders)))]
+        source = spec.draw_folder(rng)
         if is_packed(source):
             return TrainingCase(*load_packed(source))
         case = load_case(source)

@@ -129,6 +129,7 @@ class TrainConfig:
     ema: float = 0.0
     loss: str = "dice"
     reproducible: bool = False
+    rare_weight: float = 1.0
 
 
 PRECISIONS = ("float32", "mixed_bfloat16")
@@ -188,6 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pool", type=int, default=d.pool, help="cases kept for patch sampling (default %(default)s)")
     p.add_argument("--patches-per-case", type=int, default=d.patches_per_case,
                    help="patches drawn per new case taken into the pool (default %(default)s)")
+    p.add_argument("--rare-weight", type=float, default=d.rare_weight,
+                   help="draw real cases of a rare tumour kind (no enhancing tumour, whole tumour < 30 mL, or a core "
+                        "at least half non-enhancing; train.data.rare_kinds) this many times as often as the others "
+                        "(default %(default)s: uniform)")
     p.add_argument("--fg-fraction", type=float, default=d.fg_fraction,
                    help="fraction of patches centred on tumour (default %(default)s)")
     p.add_argument("--phantom-strength", type=float, default=d.phantom_strength,
@@ -509,7 +514,7 @@ def train(config: TrainConfig, resume: bool = False, command: str | None = None)
 
     # Phantom seeds continue where the previous run stopped (upper bound of what it had made).
     spec = data_spec(config.data, int(state.get("next_case_seed", config.seed)), config.phantom_strength,
-                     exclude=val_ids, phantom_fraction=config.phantom_fraction)
+                     exclude=val_ids, phantom_fraction=config.phantom_fraction, rare_weight=config.rare_weight)
     if val_ids:
         val_cases = real_validation_cases(config.data, val_ids)
         val_text = f"{len(val_ids)} real cases (model selection only, never trained on): {', '.join(val_ids)}"
@@ -522,6 +527,8 @@ def train(config: TrainConfig, resume: bool = False, command: str | None = None)
             "training_cases": sorted(case_id(f) for f in spec.folders),
             "phantom_fraction": spec.phantom_fraction if spec.folders else 1.0,
             "validation_description": val_text}
+    if spec.weights:
+        info["case_weights"] = {case_id(f): w for f, w in zip(spec.folders, spec.weights, strict=True)}
     if config.init:
         info["init"] = {"weights": config.init, "fresh_layers": fresh}
     monitor = TrainingMonitor(config, state, val_cases, info)
