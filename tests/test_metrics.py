@@ -235,3 +235,27 @@ def test_region_dice_equals_dice_of_the_region_masks() -> None:
     assert region_dice(no_et, no_et)["ET"] == 1.0  # both empty
     with pytest.raises(ValueError):
         region_dice(pred, ref[:-1])
+
+
+def test_a_reference_without_enhancing_tumour_is_scored_the_brats_way():
+    """BraTS: empty reference + empty prediction = Dice 1 / HD95 0; empty reference + any prediction = 0 / 373.13
+    (legacy per-region scores, what train.evaluate reports first); lesion-wise (2023) ignores predicted lesions
+    under 50 voxels, so a few stray ET voxels cost nothing there and a larger ET blob counts as a false positive."""
+    from core.segmentation.metrics import HD95_EMPTY, lesion_wise_metrics, region_dice, region_metrics
+
+    ref = np.zeros((40, 40, 40), np.uint8)
+    ref[5:25, 5:25, 5:25] = 2  # oedema
+    ref[10:20, 10:20, 10:20] = 1  # non-enhancing core, no ET at all
+    pred = ref.copy()
+    assert region_metrics(pred, ref)["ET"]["dice"] == 1.0 and region_metrics(pred, ref)["ET"]["hd95"] == 0.0
+    assert region_dice(pred, ref)["ET"] == 1.0 and lesion_wise_metrics(pred, ref)["ET"]["dice"] == 1.0
+    few = pred.copy()
+    few[12:14, 12:14, 12:14] = 3  # 8 stray ET voxels
+    assert region_metrics(few, ref)["ET"]["dice"] == 0.0 and region_metrics(few, ref)["ET"]["hd95"] == HD95_EMPTY
+    assert region_dice(few, ref)["ET"] == 0.0
+    assert lesion_wise_metrics(few, ref)["ET"]["dice"] == 1.0  # below the 50-voxel lesion size
+    blob = pred.copy()
+    blob[11:16, 11:16, 11:16] = 3  # 125 voxels
+    assert lesion_wise_metrics(blob, ref)["ET"] == {"dice": 0.0, "hd95": HD95_EMPTY, "lesions": 0,
+                                                    "false_positives": 1}
+    assert region_metrics(blob, ref)["TC"]["dice"] == 1.0  # ET inside the core leaves TC unchanged

@@ -456,6 +456,26 @@ def test_tune_postprocess_reports_the_best_grid_point(tmp_path, toy_cases_dir):
     assert report["defaults"]["params"] == tune_postprocess.DEFAULTS
 
 
+def test_tune_postprocess_grid_option_varies_only_the_named_knob(tmp_path, toy_cases_dir):
+    from core.segmentation import unet
+    from train import tune_postprocess
+
+    weights = tmp_path / "regions.keras"
+    unet.build_unet(base_filters=4, depth=2, regions=True).save(weights)
+    out = tmp_path / "et.json"
+    assert tune_postprocess.main([str(toy_cases_dir), "--cases", "toy-0", "--weights", str(weights),
+                                  "--grid", "min_et_ml=0,2.5", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert [r["params"]["min_et_ml"] for r in report["all"]] == [0.0, 2.5]
+    fixed = {k: v for k, v in tune_postprocess.DEFAULTS.items() if k != "min_et_ml"}
+    assert all({k: r["params"][k] for k in fixed} == fixed for r in report["all"])
+    assert report["defaults"] is None  # the default 0.5 mL is not among the values searched
+    with pytest.raises(SystemExit, match="unknown key"):
+        tune_postprocess.parse_grid(["min_et=1"])
+    with pytest.raises(SystemExit, match="give numbers"):
+        tune_postprocess.parse_grid(["min_et_ml=a"])
+
+
 def test_soup_averages_the_weights_and_refuses_another_architecture(tmp_path):
     from core.segmentation import unet
     from core.segmentation.inference import load_model

@@ -77,11 +77,32 @@ def decode(item: dict, params: dict, regions: bool) -> np.ndarray:
     return labels if item["on_crop"] else item["box"].invert(labels, fill=BACKGROUND)
 
 
-def search(items: Sequence[dict], regions: bool) -> list[dict]:
-    """Mean Dice/HD95 per region for every grid combination."""
-    keys = list(GRID) if regions else [k for k in GRID if k != "threshold"]
+def parse_grid(values: Sequence[str]) -> dict[str, tuple[float, ...]]:
+    """``--grid KEY=V1,V2,...`` options as a grid (only these keys vary; the others stay at their defaults).
+
+    Raises:
+        SystemExit: an unknown key or a value that is not a number.
+    """
+    grid = {}
+    for value in values:
+        key, _, numbers = value.partition("=")
+        if key not in GRID:
+            raise SystemExit(f"error: --grid {value}: unknown key {key!r} (one of {', '.join(GRID)})")
+        try:
+            grid[key] = tuple(float(v) for v in numbers.split(",") if v.strip())
+        except ValueError:
+            raise SystemExit(f"error: --grid {value}: give numbers, e.g. {key}=0,0.5,1") from None
+        if not grid[key]:
+            raise SystemExit(f"error: --grid {value}: no value given")
+    return grid
+
+
+def search(items: Sequence[dict], regions: bool, grid: dict[str, tuple[float, ...]] | None = None) -> list[dict]:
+    """Mean Dice/HD95 per region for every combination of ``grid`` (default :data:`GRID`)."""
+    grid = GRID if grid is None else grid
+    keys = list(grid) if regions else [k for k in grid if k != "threshold"]
     results = []
-    for values in tqdm(list(itertools.product(*(GRID[k] for k in keys))), desc="grid", file=sys.stderr):
+    for values in tqdm(list(itertools.product(*(grid[k] for k in keys))), desc="grid", file=sys.stderr):
         params = {**DEFAULTS, **dict(zip(keys, values))}
         scores = [region_metrics(decode(item, params, regions), item["ref"], item["case"].spacing)
                   for item in items]
@@ -108,22 +129,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--weights", type=Path, default=inference.default_unet_path())
     parser.add_argument("--tta", action="store_true", help="mirror test-time augmentation")
     parser.add_argument("--out", type=Path, required=True, help="JSON report")
+    parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                        help="search only these values of KEY (repeatable; keys not given stay at their defaults), "
+                             "e.g. --grid min_et_ml=0,0.5,1,2,5 for the absent-enhancement threshold alone "
+                             f"(default: the whole grid {GRID})")
     args = parser.parse_args(argv)
+    grid = parse_grid(args.grid) if args.grid else GRID
     model = inference.load_model(args.weights)
     regions = unet.is_region_model(model)
     folders = select_folders(args.cases_root, read_case_ids(args.cases) if args.cases else None)
     items = [network_outputs(load_case(f), model, tta=args.tta)
              for f in tqdm(folders, desc="predict", unit="case", file=sys.stderr)]
     items = [i for i in items if i["case"].seg is not None]
-    results = search(items, regions)
+    results = search(items, regions, grid)
     chosen = best(results)
-    default = next(r for r in results if all(r["params"][k] == DEFAULTS[k] for k in r["params"]))
+    default = next((r for r in results if all(r["params"][k] == DEFAULTS[k] for k in r["params"])), None)
     report = {"weights": str(args.weights), "tta": args.tta, "cases": [i["case"].name for i in items],
-              "region_model": regions, "grid": GRID, "defaults": default, "best": chosen, "all": results,
+              "region_model": regions, "grid": grid, "defaults": default, "best": chosen, "all": results,
               "created": datetime.now(UTC).isoformat(timespec="seconds")}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     for name, r in (("defaults", default), ("best", chosen)):
+        if r is None:
+            print(f"{name}: not in the grid")
+            continue
         cells = " ".join(f"{reg} {r['mean'][reg]['dice']:.3f}/{r['mean'][reg]['hd95']:.1f}" for reg in REGIONS)
         print(f"{name}: {r['params']} -> {cells} (mean Dice {r['mean_dice']:.4f})")
     return 0

@@ -117,16 +117,23 @@ def load_model(path: str | Path) -> keras.Model:
         path: the ``.keras`` file (e.g. :func:`default_unet_path`).
 
     Returns:
-        The model, uncompiled (inference only).
+        The model, uncompiled (inference only), in the compute precision that is fastest on this machine
+        (``core.segmentation.precision``: a ``mixed_bfloat16`` model runs in float32 on a CPU without native
+        bfloat16; ``BRATS_INFERENCE_PRECISION`` overrides).
 
     Raises:
         ModelLoadError: the file is missing, not a ``.keras`` archive, corrupt or unsafe, or the
             model does not map ``(B, X, Y, Z, 4)`` images to ``(B, X, Y, Z, 4)`` class probabilities
             or ``(B, X, Y, Z, 3)`` region probabilities.
     """
+    from core.segmentation.precision import for_this_machine
+
     model = load_keras_file(path, "U-Net", "python -m train.unet")
     check_unet_io(model, str(path))
-    return model
+    try:
+        return for_this_machine(model)  # a bfloat16 model runs in float32 where bfloat16 is emulated (much slower)
+    except ValueError as exc:
+        raise ModelLoadError(str(exc)) from exc
 
 
 def downsampling_factor(model: keras.Model) -> int:
