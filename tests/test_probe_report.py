@@ -1,13 +1,19 @@
-"""train.probe_report: validation Dice against the CPU-hours each side-by-side run used."""
+"""docs/experiments/scripts/probe_report.py (trial scaffolding, moved out of train/ in issue 39): validation Dice
+against the CPU-hours each side-by-side run used."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-from train.probe_report import main, run_report
+_SCRIPT = Path(__file__).resolve().parents[1] / "docs" / "experiments" / "scripts" / "probe_report.py"
+_spec = importlib.util.spec_from_file_location("probe_report", _SCRIPT)
+probe_report = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(probe_report)
+main, run_report = probe_report.main, probe_report.run_report
 
 
 def _run(tmp_path: Path, name: str, cpu_s: float | None, means: list[float]) -> Path:

@@ -1,4 +1,5 @@
-"""bench.reference_contrast: tumour-class contrast in healthy-brain SDs, and validation cases fainter than training."""
+"""bench.analysis.reference_contrast: tumour-class contrast in healthy-brain SDs, and validation cases fainter than
+training."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.reference_contrast import class_contrasts, fainter_than_training, main
+from bench.analysis.reference_contrast import class_contrasts, fainter_than_training, main
 from core.io.labels import ED, NCR
 from tests import input_corpus
 

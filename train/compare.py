@@ -4,7 +4,7 @@ Usage::
 
     python -m train.compare BASELINE.json CANDIDATE.json [--metric dice] [--out comparison.json]
     # e.g. the shipped U-Net against a fine-tuned soup, both scored by train.evaluate on the validation split
-    python -m train.compare bench/results/unet_validation.json runs/X/val.json
+    python -m train.compare bench/results/segmentation/unet_validation.json runs/X/val.json
 
 Both files are ``python -m train.evaluate`` reports. Cases are paired by id (cases in only one report are listed
 and left out). Per region (WT, TC, ET) and for the mean of the three regions the report gives both means, the mean

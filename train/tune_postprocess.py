@@ -3,7 +3,7 @@
 Usage::
 
     python -m train.tune_postprocess ../shared/data/brats-real --cases train/splits/brats-real-validation.txt \\
-        --weights weights/unet.keras --out bench/results/postprocess_validation.json [--tta]
+        --weights weights/unet.keras --out bench/results/segmentation/postprocess_validation.json [--tta]
 
 The network runs once per case (its outputs are kept on the brain crop); every combination of the
 grid below is then decoded, postprocessed with ``core.segmentation.inference.postprocess_labels`` and scored

@@ -1,6 +1,6 @@
 """Quality and speed of the conditional VAE (numbers for the README).
 
-    .venv/bin/python bench/bench_generate.py [--weights weights/cvae.keras] [--cases 4] [--samples 3]
+    .venv/bin/python bench/synthesis/bench_generate.py [--weights weights/cvae.keras] [--cases 4] [--samples 3]
         [--json PATH]
 
 * **Reconstruction** (``core.synthesis.generate.reconstruct``, posterior mean): SSIM and PSNR per modality
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from core.io.case import MODALITIES, Case, load_case  # noqa: E402

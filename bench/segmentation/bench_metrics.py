@@ -2,7 +2,7 @@
 
 Usage (from the project root)::
 
-    .venv/bin/python -m bench.bench_metrics [--repeats 5] [--case DIR]
+    .venv/bin/python -m bench.segmentation.bench_metrics [--repeats 5] [--case DIR]
 
 ``--case`` is a BraTS 2023-named case folder (``*-t1n/-t1c/-t2w/-t2f.nii.gz``); without it
 a synthetic 4x240x240x155 skull-stripped-like image is used. Label maps are synthetic

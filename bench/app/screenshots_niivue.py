@@ -1,6 +1,6 @@
 """Screenshots of the NiiVue viewer and editor at 1280 px (docs/screenshots/niivue_*.png).
 
-    python -m bench.screenshots_niivue [--out docs/screenshots]
+    python -m bench.app.screenshots_niivue [--out docs/screenshots]
 
 Headless Chromium with software WebGL2 (SwiftShader), the shipped weights when present.
 """

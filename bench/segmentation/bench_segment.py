@@ -16,8 +16,8 @@ Measures, on one full BraTS case:
 
 Usage::
 
-    python bench/bench_segment.py [--case DIR] [--weights weights/unet.keras] [--runs 3]
-                                  [--out bench/results/segment.json] [--no-peer]
+    python bench/segmentation/bench_segment.py [--case DIR] [--weights weights/unet.keras] [--runs 3]
+                                  [--out bench/results/segmentation/segment.json] [--no-peer]
 
 Writes JSON and prints a markdown table. Both frameworks use all CPU cores (2 here).
 """
@@ -35,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 DEFAULT_CASE = ROOT.parent / "shared" / "data" / "brats-real" / "BraTS-GLI-demo-0001"
 PEER_MULTIPLE = 16  # BasicUNet down-samples 4 times
@@ -136,7 +136,7 @@ def main() -> int:
     parser.add_argument("--case", type=Path, default=DEFAULT_CASE)
     parser.add_argument("--weights", type=Path, default=ROOT / "weights" / "unet.keras")
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "segment.json")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "segmentation" / "segment.json")
     parser.add_argument("--no-peer", action="store_true", help="skip the MONAI/PyTorch comparison")
     args = parser.parse_args()
 

@@ -4,10 +4,11 @@
 # training cases (real only, the shipped recipe: regions, mixed bfloat16, 128^3 patches, a third on tumour),
 # validated on the 6 validation cases every VAL_EVERY steps; all arms run at once so that they share the same
 # machine conditions, and `/usr/bin/time` records each arm's CPU seconds (its case-producer child included).
-# Summarise with:  python -m train.probe_report runs/probe/* --json bench/results/unet_probe.json
+# Trial scaffolding (train/probe_unet.sh until issue 39; log: docs/experiments/README.md). Summarise with:
+#   python docs/experiments/scripts/probe_report.py runs/probe/* --json docs/experiments/results/unet_probe.json
 #
-#   bash train/probe_unet.sh             # arms: init16 (phantom weights), scratch16, scratch8
-#   ARMS="scratch24 scratch16d5 scratch16p96" bash train/probe_unet.sh
+#   bash docs/experiments/scripts/probe_unet.sh             # arms: init16 (phantom weights), scratch16, scratch8
+#   ARMS="scratch24 scratch16d5 scratch16p96" bash docs/experiments/scripts/probe_unet.sh
 # Arms: init16 / scratchN (base N, depth 4, 128^3); scratch16d5 (depth 5: one more down-sampling, to 8^3);
 # scratch16p96 (96^3 patches, 0.42x the voxels of 128^3, so it runs 2 x STEPS steps, validated every
 # 2 x VAL_EVERY, to spend about the CPU of a 128^3 arm).

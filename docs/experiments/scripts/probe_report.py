@@ -1,4 +1,7 @@
-"""Validation Dice per CPU-hour of side-by-side U-Net training runs (``train/probe_unet.sh``).
+"""Validation Dice per CPU-hour of side-by-side U-Net training runs (``probe_unet.sh`` beside this file).
+
+Trial scaffolding of sessions 11 and 12 (``train/probe_report.py`` until issue 39), kept with the experiments log
+(``docs/experiments/README.md``); run it from the project root.
 
 Each run folder holds ``train.unet``'s ``state.json`` (validation history with wall times) and ``time.json``
 (``/usr/bin/time``: the run's CPU seconds, its case-producer child included). CPU-hours at a validation step are
@@ -7,7 +10,8 @@ compared by the compute each one used, not by the wall clock (an estimate: every
 which holds for one architecture and patch size; a share of the *wall* time would not, since an arm runs faster
 once the others have finished).
 
-    python -m train.probe_report runs/probe/init16 runs/probe/scratch16 --json bench/results/unet_probe.json
+    python docs/experiments/scripts/probe_report.py runs/probe/init16 runs/probe/scratch16 \
+        --json docs/experiments/results/unet_probe.json
 """
 
 from __future__ import annotations
@@ -17,7 +21,10 @@ import json
 import sys
 from pathlib import Path
 
-from core.io.labels import REGIONS
+ROOT = Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(ROOT))
+
+from core.io.labels import REGIONS  # noqa: E402
 
 
 def run_report(run_dir: Path) -> dict:
@@ -28,7 +35,7 @@ def run_report(run_dir: Path) -> dict:
     """
     state_path = run_dir / "state.json"
     if not state_path.is_file():
-        raise FileNotFoundError(f"{state_path}: no train.unet state here; pass run folders of train/probe_unet.sh")
+        raise FileNotFoundError(f"{state_path}: no train.unet state here; pass run folders of probe_unet.sh")
     state = json.loads(state_path.read_text())
     history = [h for h in state.get("history", []) if "val_mean_dice" in h]
     timing_path = run_dir / "time.json"
@@ -61,7 +68,7 @@ def run_report(run_dir: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", type=Path, help="run folders of train/probe_unet.sh")
+    parser.add_argument("runs", nargs="+", type=Path, help="run folders of probe_unet.sh")
     parser.add_argument("--json", type=Path, default=None, help="write the report here")
     args = parser.parse_args(argv)
     try:

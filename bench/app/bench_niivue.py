@@ -14,7 +14,7 @@ run cut short still leaves what it measured):
   the revisions Python applied, the strokes (separate pieces) in the mask Python saved for the
   session, and whether that mask equals the browser's drawing.
 
-    python -m bench.bench_niivue [--strokes 100] [--opens 3] [--json bench/results/niivue.json]
+    python -m bench.app.bench_niivue [--strokes 100] [--opens 3] [--json bench/results/app/niivue.json]
 
 The numbers depend heavily on the machine: SwiftShader renders on the CPU.
 """

@@ -8,8 +8,8 @@ child's whole process tree (Ray's raylet and actors included), sampled every 0.2
 Usage::
 
     python -m core.phantom /tmp/bench_cases --count 4 --seed 5 --naming 2023
-    python bench/bench_batch.py /tmp/bench_cases [--ray 1x2 2x1] [--weights weights/unet.keras]
-                                [--out bench/results/batch.json]
+    python bench/serve/bench_batch.py /tmp/bench_cases [--ray 1x2 2x1] [--weights weights/unet.keras]
+                                [--out bench/results/serve/batch.json]
 
 ``--ray WxC`` runs the Ray mode with W actors of C CPUs each (one entry per configuration).
 """
@@ -27,10 +27,10 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_serve import PeakRss, weights_info  # noqa: E402
+from bench.serve.bench_serve import PeakRss, weights_info  # noqa: E402
 
 
 def plain_loop(root: Path, out: Path, weights: Path) -> dict:
@@ -91,7 +91,7 @@ def main() -> None:
     p.add_argument("root", type=Path, help="folder of case folders")
     p.add_argument("--ray", nargs="*", default=["1x2"], help="Ray configurations WORKERSxCPUS (default 1x2)")
     p.add_argument("--weights", type=Path, default=ROOT / "weights" / "unet.keras")
-    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "batch.json")
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve" / "batch.json")
     p.add_argument("--note", default="", help="free text stored with the results (e.g. machine load)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()

@@ -2,7 +2,7 @@
 
 Usage (from the project root; needs ``/usr/bin/chromium``)::
 
-    .venv/bin/python -m bench.screenshots [--out docs/screenshots] [--tiny-models]
+    .venv/bin/python -m bench.app.screenshots [--out docs/screenshots] [--tiny-models]
 
 Uses ``weights/unet.keras`` and ``weights/cvae.keras`` when they exist; a missing model leaves
 its page in the "weights missing" state. ``--tiny-models`` fills the gaps with tiny untrained
@@ -42,7 +42,7 @@ def _button_enabled(page: object, name: str) -> bool:
 def take(out: Path, env: dict[str, str]) -> None:
     """Drive the app through every page and save one screenshot each."""
     out.mkdir(parents=True, exist_ok=True)
-    env = {**env, "BRATS_VIEWER": "classic"}  # the PNG viewer's screenshots (bench.screenshots_niivue: NiiVue's)
+    env = {**env, "BRATS_VIEWER": "classic"}  # the PNG viewer's screenshots (bench.app.screenshots_niivue: NiiVue's)
     with streamlit_server(env) as server, chromium_page(WIDTH, HEIGHT) as page:
         page.goto(server.url)
         page.get_by_role("button", name="Load the demo case").click()

@@ -9,9 +9,9 @@ kind would.
 
 Usage (from the project root)::
 
-    python -m bench.reference_contrast ../shared/data/brats-real \
+    python -m bench.analysis.reference_contrast ../shared/data/brats-real \
         --val-cases train/splits/brats-real-validation.txt \
-        --dice bench/results/unet_validation.json --out bench/results/reference_contrast.json
+        --dice bench/results/segmentation/unet_validation.json --out bench/results/segmentation/reference_contrast.json
 
 ``--dice`` joins a ``train.evaluate`` JSON so that the report puts each validation case's Dice beside its contrasts.
 """

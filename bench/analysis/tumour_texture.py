@@ -1,4 +1,4 @@
-"""How rough is real tumour tissue compared with the healthy brain? ``bench/results/tumour_texture.json``.
+"""How rough is real tumour tissue compared with the healthy brain? ``bench/results/synthesis/tumour_texture.json``.
 
 For each real *training* case (never the validation split): the robust level (1.4826 x MAD) of the 1-voxel
 high-pass residual (``core.synthesis.texture.high_pass``) inside each tumour class (NCR, ED, ET; eroded by one voxel,
@@ -12,7 +12,7 @@ over the brain outside the tumour dilated by 4 voxels, as the generator normalis
 ``core.synthesis.texture.TUMOUR_MID_LEVEL``; the share of voxels beyond 3 of those levels (the tails) is what
 ``core.synthesis.texture.TAIL_FRACTION`` matches.
 
-    .venv/bin/python bench/tumour_texture.py [--json bench/results/tumour_texture.json]
+    .venv/bin/python bench/analysis/tumour_texture.py [--json bench/results/synthesis/tumour_texture.json]
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from core.io.case import MODALITIES, load_case  # noqa: E402
@@ -97,7 +97,7 @@ def summarise(cases: dict[str, dict[str, list[float]]], shipped: dict[int, tuple
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "tumour_texture.json")
+    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "synthesis" / "tumour_texture.json")
     args = parser.parse_args()
     if not REAL.is_dir():
         print(f"real data not found at {REAL}")

@@ -1,6 +1,6 @@
 """Speed of the phantom generator: warm median and cold times for one 240x240x155 case.
 
-    .venv/bin/python bench/bench_phantom.py [--seeds 8] [--derive]
+    .venv/bin/python bench/synthesis/bench_phantom.py [--seeds 8] [--derive]
 
 * cold (disk cache): first phantom in a fresh process whose anatomy comes from the disk cache.
 * cold (derive): ``--derive`` also times deriving the anatomy from nilearn's template (uses a
@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 _COLD_SNIPPET = """

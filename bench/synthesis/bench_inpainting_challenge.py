@@ -1,8 +1,8 @@
 """Healthy-tissue fills scored two ways: this project's R-metric and the BraTS inpainting challenge's own code.
 
     .venv/bin/pip install -r bench/requirements-bench.txt   # torch (CPU), torchmetrics, inpainting
-    .venv/bin/python bench/bench_inpainting_challenge.py [--weights weights/insertion.keras] [--fills 3]
-        [--json bench/results/inpainting_challenge.json]
+    .venv/bin/python bench/synthesis/bench_inpainting_challenge.py [--weights weights/insertion.keras] [--fills 3]
+        [--json bench/results/synthesis/inpainting_challenge.json]
 
 The README compared the insertion model's healthy fills (SSIM / PSNR inside R, ``region_ssim_psnr``: images scaled
 by the host's 0.5 / 99.5 *brain* percentiles, SSIM map of the unmasked images) with the BraTS 2024 inpainting
@@ -32,12 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_insertion import REAL, healthy_region, split  # noqa: E402
-
+from bench.synthesis.bench_insertion import REAL, healthy_region, split  # noqa: E402
 from core.io.case import MODALITIES, Case, load_case  # noqa: E402
 from core.preprocessing.preprocess import brain_mask  # noqa: E402
 from core.synthesis import region as rg  # noqa: E402
@@ -95,7 +93,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--weights", type=Path, default=default_insertion_path())
     parser.add_argument("--fills", type=int, default=3, help="fill regions per validation host")
-    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "inpainting_challenge.json")
+    parser.add_argument("--json", type=Path,
+                        default=ROOT / "bench" / "results" / "synthesis" / "inpainting_challenge.json")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
                         help="fills to score (default: all; 'model' alone to compare insertion models quickly)")
     args = parser.parse_args()

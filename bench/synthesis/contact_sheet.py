@@ -5,8 +5,8 @@ Columns: T1, T1ce, T2, FLAIR (each windowed by its own 0.5-99.5 percentiles of t
 segmentation over FLAIR, all on the same slice: through the tumour's largest cross-section when
 a segmentation exists, else the middle of the brain.
 
-    .venv/bin/python bench/contact_sheet.py [--seeds 0 1 2 3] [--plane axial|coronal] [--out PATH]
-    .venv/bin/python bench/contact_sheet.py --cases CASE_DIR ... --out PATH   # only these case folders
+    .venv/bin/python bench/synthesis/contact_sheet.py [--seeds 0 1 2 3] [--plane axial|coronal] [--out PATH]
+    .venv/bin/python bench/synthesis/contact_sheet.py --cases CASE_DIR ... --out PATH   # only these case folders
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from core.io.case import MODALITIES, Case, load_case  # noqa: E402

@@ -1,7 +1,7 @@
 """Realism of insertion samples checked on *training* hosts only: host-wise cross-validated patch classifiers.
 
-The validation bench (``bench/bench_insertion.py``) trains its real-vs-generated classifiers on training hosts and
-tests them on the validation hosts; choosing a texture setting by that AUC would select on validation. This bench
+The validation bench (``bench/synthesis/bench_insertion.py``) trains its real-vs-generated classifiers on training hosts
+and tests them on the validation hosts; choosing a texture setting by that AUC would select on validation. This bench
 never touches the validation split: each of ``--hosts`` training cases gets the next one's tumour (seed per host),
 the bench's two classifiers (the issue's: real = the host's own tumour; label-matched: real = the donor's tumour at
 the same place) are fitted on one half of the hosts and scored on the other, both ways (2-fold, host-wise), for each
@@ -17,8 +17,8 @@ Beside the AUCs, each setting's texture is compared with the real tumour at the 
 over real 1-voxel high-pass std, robust level and share of voxels beyond 3 robust levels (the tails: sparse strong
 structures), per modality, median over the hosts. ``--weights`` compares generators, ``--settings`` limits the run.
 
-    .venv/bin/python bench/insertion_texture_cv.py [--hosts 12] [--weights W] [--settings patchy ...] \\
-        [--json bench/results/insertion_texture_cv.json]
+    .venv/bin/python bench/synthesis/insertion_texture_cv.py [--hosts 12] [--weights W] [--settings patchy ...] \\
+        [--json bench/results/synthesis/insertion_texture_cv.json]
 """
 
 from __future__ import annotations
@@ -29,11 +29,17 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_insertion import classifier_rows, fit_auc, matched_rows, next_case_insertions, training_hosts_setup  # noqa: E402
-from bench.insertion_calibration import zscores  # noqa: E402
+from bench.analysis.insertion_calibration import zscores  # noqa: E402
+from bench.synthesis.bench_insertion import (  # noqa: E402
+    classifier_rows,
+    fit_auc,
+    matched_rows,
+    next_case_insertions,
+    training_hosts_setup,
+)
 from core.preprocessing.preprocess import brain_mask  # noqa: E402
 from core.synthesis import insert as ins  # noqa: E402
 from core.synthesis.insert import insert_tumour  # noqa: E402
@@ -63,7 +69,7 @@ def cross_validated_auc(rows: list[tuple[np.ndarray, np.ndarray]]) -> float:
 
 
 def main() -> int:
-    setup = training_hosts_setup(__doc__, ROOT / "bench" / "results" / "insertion_texture_cv.json",
+    setup = training_hosts_setup(__doc__, ROOT / "bench" / "results" / "synthesis" / "insertion_texture_cv.json",
                                  lambda p: p.add_argument("--settings", nargs="+", choices=SETTINGS, default=SETTINGS,
                                                           help="texture settings to compare (default: all)"))
     if setup is None:

@@ -1,13 +1,15 @@
 """The insertion generator's per-class intensity bias, measured on *training* hosts: ``CLASS_BIAS``.
 
-Each of ``--hosts`` real training cases gets the next one's tumour (``bench/bench_insertion.py``'s ``donor_mask``,
-seed per host, temperature 1, no texture, **uncalibrated**: ``core.synthesis.insert.render(..., calibrated=False)``).
+Each of ``--hosts`` real training cases gets the next one's tumour (``bench/synthesis/bench_insertion.py``'s
+``donor_mask``, seed per host, temperature 1, no texture, **uncalibrated**:
+``core.synthesis.insert.render(..., calibrated=False)``).
 Per class (eroded by one voxel, at least 500 voxels) and modality: the mean z-score of the generated tumour (the host's
 healthy statistics) minus that of the real tumour at the same voxels in the mask's own case (its healthy
 statistics). The medians over the hosts are ``core.synthesis.calibration.CLASS_BIAS``; the validation split is never
 read.
 
-    .venv/bin/python bench/insertion_calibration.py [--hosts 12] [--json bench/results/insertion_calibration.json]
+    .venv/bin/python bench/analysis/insertion_calibration.py [--hosts 12]
+        [--json bench/results/synthesis/insertion_calibration.json]
 """
 
 from __future__ import annotations
@@ -19,10 +21,10 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_insertion import next_case_insertions, training_hosts_setup  # noqa: E402
+from bench.synthesis.bench_insertion import next_case_insertions, training_hosts_setup  # noqa: E402
 from core.io.case import MODALITIES  # noqa: E402
 from core.preprocessing.preprocess import brain_mask  # noqa: E402
 from core.synthesis import region as rg  # noqa: E402
@@ -40,7 +42,7 @@ def zscores(image: np.ndarray, brain: np.ndarray, tumour: np.ndarray) -> np.ndar
 
 
 def main() -> int:
-    setup = training_hosts_setup(__doc__, ROOT / "bench" / "results" / "insertion_calibration.json")
+    setup = training_hosts_setup(__doc__, ROOT / "bench" / "results" / "synthesis" / "insertion_calibration.json")
     if setup is None:
         return 1
     args, model, cases = setup

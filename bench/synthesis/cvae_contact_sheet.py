@@ -3,9 +3,9 @@
 Rows: an unseen source case (a held-out phantom, or ``--real`` for the real demo case) with its
 mask, three CVAE samples conditioned on that mask (template brain, as in the app), and the
 CVAE's reconstruction of the source. Columns: T1, T1ce, T2, FLAIR and the mask over FLAIR, on
-the slice through the tumour's largest cross-section (layout of ``bench/contact_sheet.py``).
+the slice through the tumour's largest cross-section (layout of ``bench/synthesis/contact_sheet.py``).
 
-    .venv/bin/python bench/cvae_contact_sheet.py [--weights weights/cvae.keras] [--seed 0] [--real]
+    .venv/bin/python bench/synthesis/cvae_contact_sheet.py [--weights weights/cvae.keras] [--seed 0] [--real]
         [--plane axial|coronal|sagittal] [--out docs/cvae_contact_sheet.png]
 """
 
@@ -15,11 +15,11 @@ import argparse
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_generate import BENCH_SEED_START, REAL_DEMO  # noqa: E402
-from bench.contact_sheet import contact_sheet  # noqa: E402
+from bench.synthesis.bench_generate import BENCH_SEED_START, REAL_DEMO  # noqa: E402
+from bench.synthesis.contact_sheet import contact_sheet  # noqa: E402
 from core.io.case import Case, load_case  # noqa: E402
 from core.synthesis.generate import default_cvae_path, generate_cases, load_cvae, reconstruct  # noqa: E402
 

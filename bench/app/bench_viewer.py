@@ -2,7 +2,7 @@
 
 Usage (from the project root)::
 
-    .venv/bin/python -m bench.bench_viewer [--repeats 200] [--case DIR] [--no-browser]
+    .venv/bin/python -m bench.app.bench_viewer [--repeats 200] [--case DIR] [--no-browser]
 
 Measures
 
@@ -15,7 +15,7 @@ Measures
    ``weights/unet.keras`` when it exists, else a tiny untrained U-Net (flagged in the results).
    Target <= 20 s.
 
-Prints a table and writes ``bench/results/viewer.json``.
+Prints a table and writes ``bench/results/app/viewer.json``.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from core.io.case import Case, load_case
 from core.synthesis.demo import demo_case
 from core.viewer.render import PLANES, DisplayGeometry, auto_window, display_size, png_bytes, render_plane
 
-RESULTS = ROOT / "bench" / "results" / "viewer.json"
+RESULTS = ROOT / "bench" / "results" / "app" / "viewer.json"
 TARGETS = {"slice_change_ms": 50.0, "home_page_s": 3.0, "segment_to_overlay_s": 20.0}
 VIEW_PIXELS = 480  # as pages/_common.VIEW_PIXELS
 
@@ -78,7 +78,7 @@ def browser_timings(slider_steps: int) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="bench_viewer_") as tmp:
         env = tiny_models_env(Path(tmp), kinds=("unet",))
         weights = "tiny untrained U-Net (weights/unet.keras missing)" if env else "weights/unet.keras"
-        env["BRATS_VIEWER"] = "classic"  # this bench measures the PNG viewer (bench.bench_niivue: the NiiVue one)
+        env["BRATS_VIEWER"] = "classic"  # this bench measures the PNG viewer (bench.app.bench_niivue: the NiiVue one)
         with streamlit_server(env) as server, chromium_page() as page:
             page.goto(server.url)
             page.get_by_role("button", name="Load the demo case").click()

@@ -7,8 +7,9 @@ after a warm-up). The answer to "keep bfloat16 where Dice holds" is the per-regi
 
 Usage::
 
-    python bench/bench_precision.py ../shared/data/brats-real --cases train/splits/brats-real-validation.txt \\
-        [--weights weights/unet.keras] [--runs 2] [--out bench/results/precision.json]
+    python bench/segmentation/bench_precision.py ../shared/data/brats-real \\
+        --cases train/splits/brats-real-validation.txt \\
+        [--weights weights/unet.keras] [--runs 2] [--out bench/results/segmentation/precision.json]
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
@@ -79,7 +80,7 @@ def main() -> int:
     parser.add_argument("--cases", default=None, help="case ids (comma-separated or a file)")
     parser.add_argument("--weights", type=Path, default=ROOT / "weights" / "unet.keras")
     parser.add_argument("--runs", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "precision.json")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "segmentation" / "precision.json")
     args = parser.parse_args()
     folders = select_folders(args.roots, read_case_ids(args.cases) if args.cases else None)
     cases = [c for c in (load_case(f) for f in folders) if c.seg is not None]

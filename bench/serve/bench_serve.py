@@ -10,8 +10,8 @@ server process and its children).
 Usage::
 
     python -m core.phantom /tmp/bench_cases --count 4 --seed 5 --naming 2023
-    python bench/bench_serve.py --case /tmp/bench_cases/<one case> [--clients 4] [--requests 3]
-                                [--weights weights/unet.keras] [--out bench/results/serve.json]
+    python bench/serve/bench_serve.py --case /tmp/bench_cases/<one case> [--clients 4] [--requests 3]
+                                [--weights weights/unet.keras] [--out bench/results/serve/serve.json]
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from pathlib import Path
 import httpx2 as httpx
 import psutil
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from bench.server import free_port, stop_process  # noqa: E402
@@ -177,7 +177,7 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=3, help="requests per client")
     p.add_argument("--weights", type=Path, default=ROOT / "weights" / "unet.keras")
     p.add_argument("--timeout", type=float, default=900.0, help="per-request timeout (server and client)")
-    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve.json")
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve" / "serve.json")
     p.add_argument("--no-generate", action="store_true", help="skip the one /generate request at the end")
     p.add_argument("--note", default="", help="free text stored with the results (e.g. machine load)")
     args = p.parse_args()

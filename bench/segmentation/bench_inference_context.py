@@ -3,7 +3,7 @@
 A U-Net trained on small patches (phases 1–2: 64³, half centred on tumour) with instance
 normalisation is applied by ``core.segmentation.inference`` to the whole brain crop (~144×192×144) in one pass.
 This benchmark measures what that costs, per case, on labelled case folders (the committed
-``bench/results/inference_context.json`` is the phase-2 run; the shipped phase-3 file trains on 128³):
+``bench/results/segmentation/inference_context.json`` is the phase-2 run; the shipped phase-3 file trains on 128³):
 
 * ``whole``: ``core.segmentation.inference.predict_volume`` (what the app and the CLI do);
 * ``sliding``: Gaussian-blended ``--window``³ windows at ``--overlap`` (nnU-Net style);
@@ -13,9 +13,11 @@ This benchmark measures what that costs, per case, on labelled case folders (the
 
 Usage::
 
-    python -m bench.bench_inference_context ROOT[,ROOT...] --out bench/results/inference_context.json
-    python -m bench.bench_inference_context ../shared/data/brats-real \
-        --cases train/splits/brats-real-validation.txt --window 128 --out bench/results/inference_context_real.json
+    python -m bench.segmentation.bench_inference_context ROOT[,ROOT...] \
+        --out bench/results/segmentation/inference_context.json
+    python -m bench.segmentation.bench_inference_context ../shared/data/brats-real \
+        --cases train/splits/brats-real-validation.txt --window 128 \
+        --out bench/results/segmentation/inference_context_real.json
 
 Region-based U-Nets (three sigmoids) are decoded as ``core.segmentation.inference`` does.
 """
@@ -107,7 +109,7 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=64)
     parser.add_argument("--overlap", type=float, default=0.5)
     parser.add_argument("--prior", type=float, default=0.05)
-    parser.add_argument("--out", type=Path, default=Path("bench/results/inference_context.json"))
+    parser.add_argument("--out", type=Path, default=Path("bench/results/segmentation/inference_context.json"))
     args = parser.parse_args()
     model = load_model(args.weights)
     regions = model.outputs[0].shape[-1] == len(REGIONS)

@@ -1,7 +1,8 @@
 """Fidelity, realism, diversity and speed of tumour insertion on the real validation cases (issue 13 targets).
 
-    .venv/bin/python bench/bench_insertion.py [--weights weights/insertion.keras] [--unet weights/unet.keras]
-        [--json bench/results/insertion.json] [--sheet docs/insertion_contact_sheet.png] [--card weights/insertion.json]
+    .venv/bin/python bench/synthesis/bench_insertion.py [--weights weights/insertion.keras] [--unet weights/unet.keras]
+        [--json bench/results/synthesis/insertion.json] [--sheet docs/insertion_contact_sheet.png]
+        [--card weights/insertion.json]
 
 On each of the 6 validation hosts (``train/splits/brats-real-validation.txt``, never trained on):
 
@@ -39,7 +40,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from core.io.case import MODALITIES, Case, load_case  # noqa: E402
@@ -229,7 +230,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--weights", type=Path, default=default_insertion_path())
     parser.add_argument("--unet", type=Path, default=ROOT / "weights" / "unet.keras")
-    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "insertion.json")
+    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "synthesis" / "insertion.json")
     parser.add_argument("--sheet", type=Path, default=ROOT / "docs" / "insertion_contact_sheet.png")
     parser.add_argument("--card", type=Path, default=None, help="model card to add the validation numbers to")
     parser.add_argument("--train-hosts", type=int, default=6, help="training cases used for the classifier")

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # One U-Net training phase on a lent GPU machine (JAX backend), from the shipped weights, on packed real cases.
+# Trial scaffolding of phase 7 (train/accelerator_phase.sh until issue 39; log: docs/experiments/README.md).
 #
 # Prepare here (the GPU machine has PyTorch/JAX but no TensorFlow, Keras or nibabel, and no ../shared):
 #   python -m train.packed --data ../shared/data/brats-real --exclude train/splits/brats-real-validation.txt \

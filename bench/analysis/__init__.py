@@ -1,0 +1,1 @@
+"""One-off analyses of the data (not benchmarks): tumour contrast, tumour texture, insertion intensity bias."""
