@@ -3,7 +3,7 @@
 At the same labels, the insertion generator's tumours are systematically off the real ones' mean intensity: FLAIR
 1.1 / 0.6 / 1.9 healthy standard deviations too dark in necrosis / oedema / enhancing tumour, T1ce enhancing tumour
 0.8 too bright, T1 necrosis 0.5 too bright (medians over 12 training hosts, each given the next one's tumour;
-``bench/insertion_calibration.py``). :func:`calibrate` removes those medians from a generated crop, class by
+``bench/analysis/insertion_calibration.py``). :func:`calibrate` removes those medians from a generated crop, class by
 class, with a 1-voxel Gaussian edge so that no step appears at the class borders.
 
 Arrays are channel-last z-scores ``(X, Y, Z, C)`` as the generator sees them; no Keras import.
@@ -17,7 +17,7 @@ from scipy import ndimage
 EDGE_SIGMA = 1.0  # voxels: the offset field is smoothed by this Gaussian (no step at class borders)
 
 # Median of (generated - real) mean z-score per internal label (1 NCR, 2 ED, 3 ET) and modality (T1, T1ce, T2,
-# FLAIR), real = the mask's own case at the same voxels (``bench/insertion_calibration.py``, training hosts only).
+# FLAIR), real = the mask's own case at the same voxels (``bench/analysis/insertion_calibration.py``, training hosts only).
 CLASS_BIAS: dict[int, tuple[float, float, float, float]] = {
     1: (0.54, 0.41, -0.36, -1.13),
     2: (0.25, 0.13, 0.16, -0.62),

@@ -197,7 +197,7 @@ def render(plan: InsertionPlan, model: InsertionVAEGAN, z: Any, *, texture: floa
             (:func:`core.synthesis.texture.add_texture`; 0: the generator's smooth fill alone).
         texture_seed: seed of that noise.
         calibrated: remove the generator's per-class intensity bias (:mod:`core.synthesis.calibration`); False:
-            the raw generator (what ``bench/insertion_calibration.py`` measures that bias on).
+            the raw generator (what ``bench/analysis/insertion_calibration.py`` measures that bias on).
     """
     generated = keras.ops.convert_to_numpy(model.generate(plan.context[None], plan.cond[None], z))[0]
     if calibrated and plan.labels is not None:
