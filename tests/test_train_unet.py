@@ -388,6 +388,8 @@ def test_read_case_ids_from_text_or_file(tmp_path):
     assert parse_val_cases("4") == 4 and parse_val_cases(0) == 0 and parse_val_cases("A_1") == ["A_1"]
     with pytest.raises(SystemExit, match="no case id"):
         read_case_ids(" , ")
+    many = [f"BraTS2021_{i:05d}" for i in range(40)]  # longer than a file name may be
+    assert read_case_ids(",".join(many)) == many
 
 
 def test_elastic_patch_without_displacement_is_the_plain_crop(toy_training_case):

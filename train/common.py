@@ -89,7 +89,11 @@ def read_case_ids(value: str) -> list[str]:
         SystemExit: no id given.
     """
     path = Path(value)
-    if path.is_file():
+    try:
+        is_file = path.is_file()
+    except OSError:  # a long comma-separated list is no valid file name (ENAMETOOLONG)
+        is_file = False
+    if is_file:
         ids = [line.split("#")[0].strip() for line in path.read_text().splitlines()]
     else:
         ids = [part.strip() for part in str(value).split(",")]
