@@ -17,7 +17,8 @@ from scipy import ndimage
 EDGE_SIGMA = 1.0  # voxels: the offset field is smoothed by this Gaussian (no step at class borders)
 
 # Median of (generated - real) mean z-score per internal label (1 NCR, 2 ED, 3 ET) and modality (T1, T1ce, T2,
-# FLAIR), real = the mask's own case at the same voxels (``bench/analysis/insertion_calibration.py``, training hosts only).
+# FLAIR), real = the mask's own case at the same voxels (``bench/analysis/insertion_calibration.py``, training hosts
+# only).
 CLASS_BIAS: dict[int, tuple[float, float, float, float]] = {
     1: (0.54, 0.41, -0.36, -1.13),
     2: (0.25, 0.13, 0.16, -0.62),

@@ -42,8 +42,8 @@ HETEROGENEITY_SIGMA = 2.0  # voxels: smoothness of that log-amplitude field
 
 # Robust high-pass level of real tumour tissue over that of the healthy brain around it, per internal label
 # (1 NCR, 2 ED, 3 ET) and modality (T1, T1ce, T2, FLAIR): medians over the 20 real training cases
-# (``bench/analysis/tumour_texture.py``, ``bench/results/synthesis/tumour_texture.json``). Oedema is smoother than the healthy brain
-# (no cortical folding), necrosis and enhancing rims are rougher; label 0 inside R (healthy fill) is 1.
+# (``bench/analysis/tumour_texture.py``, ``bench/results/synthesis/tumour_texture.json``). Oedema is smoother than the
+# healthy brain (no cortical folding), necrosis and enhancing rims are rougher; label 0 inside R (healthy fill) is 1.
 TUMOUR_LEVEL_RATIO: dict[int, tuple[float, float, float, float]] = {
     1: (0.81, 1.50, 1.18, 1.42),
     2: (0.72, 0.84, 0.82, 0.95),
@@ -51,13 +51,13 @@ TUMOUR_LEVEL_RATIO: dict[int, tuple[float, float, float, float]] = {
 }
 
 # Share of real tumour voxels whose mid band lies beyond 3 robust levels: 0.5-1.5 % per class and modality (medians
-# over the 20 training cases, ``bench/analysis/tumour_texture.py``; Gaussian noise: 0.3 %). HETEROGENEITY 0.2 gives 0.9 %
-# (0.8 gave 9 % and salt-and-pepper voxels that the patch classifier liked and a reader would not).
+# over the 20 training cases, ``bench/analysis/tumour_texture.py``; Gaussian noise: 0.3 %). HETEROGENEITY 0.2 gives
+# 0.9 % (0.8 gave 9 % and salt-and-pepper voxels that the patch classifier liked and a reader would not).
 TAIL_FRACTION = 0.009
 
 # Robust level of :func:`mid_band` inside real tumour tissue, in z-scores of the case's healthy brain, per internal
-# label and modality: medians over the 20 real training cases (``bench/analysis/tumour_texture.py``). A generated class whose
-# fill has less is brought up to it; healthy fill (label 0) is left to the fine noise.
+# label and modality: medians over the 20 real training cases (``bench/analysis/tumour_texture.py``). A generated class
+# whose fill has less is brought up to it; healthy fill (label 0) is left to the fine noise.
 TUMOUR_MID_LEVEL: dict[int, tuple[float, float, float, float]] = {
     1: (0.15, 0.32, 0.32, 0.48),
     2: (0.13, 0.17, 0.21, 0.41),
