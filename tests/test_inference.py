@@ -129,13 +129,9 @@ def test_postprocessing_drops_specks_and_relabels_a_tiny_et():
     assert out[15, 15, 15] == NCR and not np.any(out == ET)
     assert np.array_equal(out[:30, :30, :30], np.where(labels == ET, NCR, labels)[:30, :30, :30])
     # a large ET survives; thresholds are volumes, so bigger voxels keep the speck
-    labels[11:19, 11:19, 11:19] = ET  # 512 voxels = 0.512 mL: below the default 5 mL -> NCR
-    assert np.count_nonzero(postprocess_labels(labels) == ET) == 0
-    assert np.count_nonzero(postprocess_labels(labels, min_et_ml=0.5) == ET) == 512
+    labels[11:19, 11:19, 11:19] = ET  # 512 voxels = 0.512 mL >= MIN_ET_ML
+    assert np.count_nonzero(postprocess_labels(labels) == ET) == 512
     assert np.count_nonzero(postprocess_labels(labels, min_et_ml=0.6) == ET) == 0
-    enhancing = np.zeros_like(labels)
-    enhancing[5:25, 5:25, 5:25] = ET  # 8 mL of ET survives the default
-    assert np.count_nonzero(postprocess_labels(enhancing) == ET) == 8000
     assert postprocess_labels(labels, spacing=(3.0, 3.0, 3.0), min_component_fraction=0.0)[36, 36, 36] == ED
     brain = np.ones(labels.shape, bool)
     brain[:, :, :10] = False

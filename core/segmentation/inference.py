@@ -18,11 +18,9 @@ Pipeline of :func:`segment_case` (the app and ``python -m core.segment`` call it
    quarter) of the largest one: on the real validation split it removed false-positive blobs far from
    the tumour (mean WT HD95 24.7 -> 10.7 mm, WT Dice +0.017; ``python -m train.tune_postprocess``),
    at the risk of dropping a small second lesion of a multifocal tumour (it did so on phantoms),
-   and an enhancing tumour smaller than ``MIN_ET_ML`` in total is relabelled NCR (absent-enhancement
-   decoding, the BraTS-winner trick: a small ET is usually a false positive, and the ET score of an ET-free
-   case is all-or-nothing). nnU-Net used ~500 voxels; on our 27 training cases (7 of them never seen by the
-   shipped model, 4 without ET) the model called 1-5 mL of ET in ET-free gliomas, and 5 mL scored best
-   (``python -m train.tune_postprocess --grid min_et_ml=...``; README).
+   and an enhancing tumour smaller than ``MIN_ET_ML`` in total is relabelled NCR (the BraTS-winner
+   trick, 500 voxels in Isensee et al. 2018: a tiny ET is almost always a false positive, and the ET
+   score of an ET-free case is all-or-nothing).
 5. ``CropBox.invert`` maps labels and probabilities back onto the case grid exactly.
 """
 
@@ -50,8 +48,8 @@ Progress = Callable[[float, str], None]
 BRAIN_MARGIN = 4  # voxels of context kept around the brain mask when cropping
 MIN_COMPONENT_ML = 0.1  # tumour (WT) connected components smaller than this are dropped
 MIN_COMPONENT_FRACTION = 0.25  # ... and those smaller than this fraction of the largest (tuned on real validation)
-MIN_ET_ML = 5.0  # a total enhancing-tumour volume below this is relabelled NCR (absent-enhancement decoding;
-# chosen on the 27 training cases, README "Absent-enhancement decoding"; was nnU-Net's 0.5 mL)
+MIN_ET_ML = 0.5  # a total enhancing-tumour volume below this is relabelled NCR (nnU-Net's ~500 voxels; 5 mL, the
+# best on the 27 training cases, lost ET on 4 of the 9 validation cases and won none: README, not shipped)
 MIRROR_AXES: tuple[tuple[int, ...], ...] = tuple(
     axes for k in range(4) for axes in combinations((0, 1, 2), k)
 )  # (), (0,), (1,), (2,), (0, 1), ... : the 8 mirror TTA variants
