@@ -607,24 +607,24 @@ def _import_model_code() -> None:
 
 
 def segment_current(model: Any, model_name: str, *, tta: bool, progress: Progress | None = None) -> Prediction:
-    """Segment the current case, store the result as its prediction (with metrics if a reference exists)."""
-    from core.segmentation.metrics import region_metrics
-    from core.segmentation.segment import segment_oriented as segment_case  # model orientation and back (any grid)
+    """Segment the current case, store the result as its prediction (with metrics if a reference exists).
+
+    Runs :func:`core.segmentation.pipeline.segment` with ``force`` (no refusal: the Load page showed the checks).
+    """
+    from core.segmentation.pipeline import SegmentOptions, segment
 
     state = studio()
     if state.case is None:
         raise RuntimeError("no case loaded")
-    start = time.perf_counter()
-    result = segment_case(state.case, model, tta=tta, progress=progress)
-    seconds = time.perf_counter() - start
-    metrics = None
-    if state.case.seg is not None:
-        if progress is not None:
-            progress(1.0, "computing Dice / HD95 against the reference")
-        metrics = region_metrics(result.labels, state.case.seg, state.case.spacing)
-    state.prediction = Prediction(result.labels, seconds, model_name, tta, metrics)
+    result = segment(state.case, model, SegmentOptions(tta=tta, force=True, force_hint=None), progress=progress)
+    state.prediction = _prediction(result, model_name, tta)
     persist_prediction()
     return state.prediction
+
+
+def _prediction(result: Any, model_name: str, tta: bool) -> Prediction:
+    """The app's :class:`Prediction` of a ``core.segmentation.pipeline.CaseSegmentation``."""
+    return Prediction(result.labels, result.seconds, model_name, tta, result.metrics)
 
 
 @st.cache_resource(show_spinner=False)
@@ -644,32 +644,21 @@ def start_segmentation(load_model: Callable[[], Any], model_name: str, *, tta: b
     ``load_model`` runs in the background too (the first TensorFlow import takes seconds). The
     result is stored by :func:`collect_jobs` on the next run of any page.
     """
-    from core.segmentation.metrics import region_metrics
-    from core.segmentation.segment import segment_oriented as segment_case  # model orientation and back (any grid)
+    from core.segmentation.pipeline import SegmentOptions, segment
 
     state = studio()
     case = state.case
     if case is None:
         raise RuntimeError("no case loaded")
+    # noise, constant, too large, ...: what `python -m core.segment` refuses (the Load page showed it already)
+    options = SegmentOptions(tta=tta, force_hint=None)
 
     def run(job: Job) -> Prediction:
-        from core.preprocessing.input_check import require_plausible
-
-        # noise, constant, too large, ...: what `python -m core.segment` refuses (the Load page showed it already)
-        require_plausible(case, force_hint=None)
-        job.progress(0.01, "loading the model (first time: importing TensorFlow)")
-        model = load_model()
-        start = time.perf_counter()
         from core.segmentation.inference import tta_variants
 
         with _EasedProgress(job, len(tta_variants(tta))) as progress:
-            result = segment_case(case, model, tta=tta, progress=progress)
-        seconds = time.perf_counter() - start
-        metrics = None
-        if case.seg is not None:
-            job.progress(1.0, "computing Dice / HD95 against the reference")
-            metrics = region_metrics(result.labels, case.seg, case.spacing)
-        return Prediction(result.labels, seconds, model_name, tta, metrics)
+            result = segment(case, options=options, load_model=load_model, progress=progress)
+        return _prediction(result, model_name, tta)
 
     return job_registry().start(state.sid or "local", "segment", state.key, f"{model_name} on {case.name}", run)
 
@@ -876,15 +865,13 @@ def insert_samples(
 
 def sample_fidelity(index: int, unet: Any, progress: Progress | None = None) -> dict[str, dict[str, float]]:
     """Segment generated sample ``index`` with the U-Net; metrics against the mask it was generated from."""
-    from core.segmentation.metrics import region_metrics
-    from core.segmentation.segment import segment_oriented as segment_case  # model orientation and back (any grid)
+    from core.segmentation.pipeline import SegmentOptions, segment
 
     samples = studio().samples
     if samples is None:
         raise RuntimeError("no samples generated")
-    sample = samples.cases[index]
-    result = segment_case(sample, unet, progress=progress)
-    samples.fidelity[index] = region_metrics(result.labels, sample.seg, sample.spacing)
+    result = segment(samples.cases[index], unet, SegmentOptions(force=True, force_hint=None), progress=progress)
+    samples.fidelity[index] = result.metrics
     persist_samples(meta_only=True)
     return samples.fidelity[index]
 
