@@ -173,15 +173,16 @@ def test_api_job_segments_through_the_pipeline(spy, tmp_path):
 
 
 def test_app_actions_segment_through_the_pipeline(spy, monkeypatch):
-    import app_state
+    from app import actions
+    from app.state import Studio
+    from core.services.jobs import JobRegistry
 
-    state = app_state.Studio(case=toy_case((16, 16, 16), name="app-case"), key="k1")
-    monkeypatch.setattr(app_state, "studio", lambda: state)
-    registry = app_state.JobRegistry()
-    monkeypatch.setattr(app_state, "job_registry", lambda: registry)
-    prediction = app_state.segment_current(object(), "tiny", tta=False)
+    state, registry = Studio(case=toy_case((16, 16, 16), name="app-case"), key="k1"), JobRegistry()
+    monkeypatch.setattr(actions, "studio", lambda: state)
+    monkeypatch.setattr(actions, "job_registry", lambda: registry)
+    prediction = actions.segment_current(object(), "tiny", tta=False)
     assert spy == ["app-case"] and prediction.metrics is not None and state.prediction is prediction
-    job = app_state.start_segmentation(lambda: object(), "tiny", tta=False)
+    job = actions.start_segmentation(lambda: object(), "tiny", tta=False)
     assert job.wait(30) and job.status == "done", job.error
     assert spy == ["app-case", "app-case"] and job.result.labels.max() == ET
 
@@ -190,7 +191,7 @@ def test_no_entry_point_composes_the_steps_itself():
     """Only the pipeline calls the segmentation step or the region-probability step (issue 39)."""
     root = Path(__file__).resolve().parents[1]
     entry_points = [root / "core" / "segment.py", root / "serve" / "jobs.py", root / "serve" / "batch.py",
-                    root / "serve" / "api.py", *sorted((root / "app").rglob("*.py")), root / "app_state.py"]
+                    root / "serve" / "api.py", *sorted((root / "app").rglob("*.py"))]
     for path in entry_points:
         if not path.is_file():
             continue
