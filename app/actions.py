@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import streamlit as st
@@ -46,6 +46,9 @@ from core.io.case import cases_zip as core_cases_zip
 from core.services.jobs import Job
 from core.services.session_store import valid_id
 from core.viewer.mask_edit import MaskEditor
+
+if TYPE_CHECKING:
+    from core.segmentation.pipeline import CaseSegmentation
 
 
 def ensure_session() -> None:
@@ -156,7 +159,7 @@ def segment_current(model: Any, model_name: str, *, tta: bool, progress: Progres
     return state.prediction
 
 
-def _prediction(result: Any, model_name: str, tta: bool) -> Prediction:
+def _prediction(result: CaseSegmentation, model_name: str, tta: bool) -> Prediction:
     """The app's :class:`Prediction` of a ``core.segmentation.pipeline.CaseSegmentation``."""
     return Prediction(result.labels, result.seconds, model_name, tta, result.metrics)
 

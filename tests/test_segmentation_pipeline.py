@@ -198,3 +198,10 @@ def test_no_entry_point_composes_the_steps_itself():
         text = path.read_text()
         for step in ("segment_case(", "region_probabilities(", "require_plausible(", "segment_checked("):
             assert step not in text, f"{path.relative_to(root)} calls {step[:-1]} itself; use the pipeline"
+
+
+def test_region_probabilities_moved_to_labels_and_old_import_still_works():
+    from core.io import labels
+    from core.segmentation import inference
+
+    assert inference.region_probabilities is labels.region_probabilities
