@@ -28,9 +28,9 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
-# Rebuilds the committed NiiVue component bundle (frontend/build) from frontend/src with the pinned lockfile.
+# Rebuilds the committed NiiVue component bundle (app/viewer/frontend/build) from its src/ with the pinned lockfile.
 frontend:
-	cd frontend && npm ci --no-audit --no-fund && npm run build
+	cd app/viewer/frontend && npm ci --no-audit --no-fund && npm run build
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,17 +1,17 @@
 """BraTS Studio: a multipage Streamlit viewer for brain-tumour MRI, segmentation and synthesis.
 
 Run with ``make run`` (``streamlit run streamlit_app.py``). The pages live in ``pages/``; the
-shared state and widgets in ``app_state.py`` and ``pages/_common.py``.
+state, actions and shared widgets in the ``app`` package (``app.state``, ``app.actions``, ``app.widgets``).
 """
 
 import streamlit as st
 
-import app_state
-from pages._common import keep_shared_settings, sidebar
+from app import actions
+from app.widgets import keep_shared_settings, sidebar
 
 st.set_page_config(page_title="BraTS Studio", page_icon="🧠", layout="wide")
 keep_shared_settings()
-app_state.ensure_session()  # session id in the URL; restores the saved work after a reload
+actions.ensure_session()  # session id in the URL; restores the saved work after a reload
 
 navigation = st.navigation(
     {

@@ -167,7 +167,7 @@ def wait_until_idle(page: object, timeout_ms: float = 120_000, settle_ms: int = 
     page.wait_for_function(_BUSY_JS, timeout=timeout_ms)  # type: ignore[attr-defined]
 
 
-NIIVUE_FRAME = 'iframe[title="niivue_component.brats_niivue"]'
+NIIVUE_FRAME = 'iframe[title="app.viewer.component.brats_niivue"]'
 
 
 def niivue_frame(page: object, timeout_s: float = 60.0) -> object:
@@ -175,7 +175,7 @@ def niivue_frame(page: object, timeout_s: float = 60.0) -> object:
     page.locator(NIIVUE_FRAME).wait_for(timeout=timeout_s * 1000)
     deadline = time.time() + timeout_s
     while time.time() < deadline:
-        frames = [f for f in page.frames if "/component/niivue_component" in f.url]
+        frames = [f for f in page.frames if "/component/app.viewer.component" in f.url]
         if frames:
             return frames[-1]
         page.wait_for_timeout(100)

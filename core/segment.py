@@ -9,7 +9,8 @@ The label map is written as uint8 with the input's affine and header (2020 label
 default, 2023 labels 0/1/2/3 with ``--labels 2023``), on the input's voxel grid: a case whose voxel
 axes are not in the model's (BraTS, LPS) orientation is flipped/permuted into it for the network
 and the labels are turned back (:func:`core.segmentation.segment.segment_oriented`), so the output aligns
-with the input in world space.
+with the input in world space. The steps are those of every entry point (:func:`core.segmentation.pipeline.segment`);
+this module only parses arguments, loads the case and the model, and writes the files.
 
 ``--probabilities`` also writes the network's region probabilities (WT, TC, ET; before postprocessing, TTA-averaged
 with ``--tta``) as a 4D NIfTI on the same grid with the same affine (uint8 scaled by about 1/255; see
@@ -33,17 +34,38 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow: errors only on
 
 from tqdm import tqdm
 
-from core.io.case import CaseError, load_case, save_label_map, save_region_probabilities
+from core.io.case import CaseError, load_case
 from core.io.labels import CONVENTIONS, REGIONS
 from core.io.nifti import NiftiError
-from core.preprocessing.input_check import require_plausible
-from core.segmentation.metrics import volumes_ml
-from core.segmentation.segment import segment_oriented
+from core.segmentation.pipeline import SegmentOptions, segment
 from core.services.cli import exit_on_sigterm
 from core.services.cli import fail as _fail
 from core.services.cli import warn as _warn
 
 DEFAULT_WEIGHTS = "weights/unet.keras (core.segmentation.inference.default_unet_path)"
+
+
+class _LazyBar:
+    """tqdm progress bar on stderr, opened at the first progress report."""
+
+    def __init__(self, description: str) -> None:
+        self.description = description
+        self.bar: tqdm | None = None
+
+    def update(self, fraction: float, message: str) -> None:
+        """Progress callback of :func:`core.segmentation.pipeline.segment`."""
+        if self.bar is None:
+            self.bar = tqdm(total=100, desc=self.description, unit="%", file=sys.stderr,
+                            bar_format="{l_bar}{bar}| {elapsed} {postfix}")
+        self.bar.update(round(100 * fraction) - self.bar.n)
+        self.bar.set_postfix_str(message)
+
+    def __enter__(self) -> _LazyBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,40 +106,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.case_dir.is_dir():
         return _fail(f"case folder {args.case_dir} not found (pass a folder holding t1/t1ce/t2/flair NIfTI files)")
     # Keras/TensorFlow load only now, so argument errors answer at once.
-    from core.segmentation.inference import ModelLoadError, default_unet_path, load_model, region_probabilities
+    from core.segmentation.inference import ModelLoadError, default_unet_path, load_model
 
+    options = SegmentOptions(tta=args.tta, probabilities=args.probabilities is not None, labels=args.labels,
+                             postprocess=not args.no_postprocess, metrics=False, force=args.force)
     try:
         case = load_case(args.case_dir)
-        warnings = require_plausible(case, force=args.force)
-        model = load_model(args.weights or default_unet_path())
-    except (CaseError, NiftiError, ModelLoadError) as exc:
+    except (CaseError, NiftiError) as exc:
         return _fail(str(exc))
     except MemoryError:
         return _fail(f"{args.case_dir}: out of memory while loading the case; its volumes are too large - resample "
                      "them to about 1 mm (BraTS: 240 x 240 x 155).")
-    for message in warnings:
-        _warn(message)
 
-    with tqdm(total=100, desc=f"segment {case.name}", unit="%", file=sys.stderr,
-              bar_format="{l_bar}{bar}| {elapsed} {postfix}") as bar:
-        def progress(fraction: float, message: str) -> None:
-            bar.update(round(100 * fraction) - bar.n)
-            bar.set_postfix_str(message)
-
-        result = segment_oriented(case, model, tta=args.tta, postprocess=not args.no_postprocess,
-                                  progress=progress)
-    writes = [(out, lambda: save_label_map(out, result.labels, case.affine, case.header, args.labels))]
+    with _LazyBar(f"segment {case.name}") as bar:  # the bar starts once the gate passed (after any warnings)
+        try:
+            result = segment(case, options=options, load_model=lambda: load_model(args.weights or default_unet_path()),
+                             progress=bar.update, on_warning=_warn)
+        except (CaseError, ModelLoadError) as exc:
+            return _fail(str(exc))
+    writes = [(out, result.save_label_map)]
     if args.probabilities is not None:
-        writes.append((args.probabilities, lambda: save_region_probabilities(
-            args.probabilities, region_probabilities(result.probabilities), case.affine, case.header)))
+        writes.append((args.probabilities, result.save_probabilities))
     for path, write in writes:
         try:
-            write()
+            write(path)
         except OSError as exc:
             return _fail(f"cannot write {path} ({exc.strerror or exc}); choose a writable output folder with free "
                          "space.")
-    volumes = volumes_ml(result.labels, case.spacing)
-    summary = ", ".join(f"{r} {volumes[r]:.1f} mL" for r in REGIONS)
+    summary = ", ".join(f"{r} {result.volumes_ml[r]:.1f} mL" for r in REGIONS)
     print(f"{out}: {summary} ({args.labels} labels, {result.seconds:.1f} s)")
     if args.probabilities is not None:
         print(f"{args.probabilities}: WT, TC, ET probabilities (4D, before postprocessing)")

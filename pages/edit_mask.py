@@ -5,12 +5,10 @@ import functools
 import streamlit as st
 from streamlit_drawable_canvas import CanvasResult, st_canvas
 
-import app_state
-import niivue_component
-from core.io.case import MODALITIES
-from core.io.labels import CLASS_COLOURS, CLASS_NAMES, CONVENTIONS, ED
-from core.viewer.render import PLANES
-from pages._common import (
+from app import actions, persistence, widgets
+from app import state as app_state
+from app.viewer import component as niivue
+from app.widgets import (
     MODALITY_LABELS,
     canvas_without_toolbar,
     convention_label,
@@ -24,6 +22,9 @@ from pages._common import (
     studio_source,
     volumes_table,
 )
+from core.io.case import MODALITIES
+from core.io.labels import CLASS_COLOURS, CLASS_NAMES, CONVENTIONS, ED
+from core.viewer.render import PLANES
 
 CANVAS_PIXELS = 600
 BRUSH_LABELS = {label: label_chip(label) for label in (1, 2, 3, 0)}
@@ -40,7 +41,7 @@ def _hex(label: int) -> str:
 
 def _target() -> tuple[str, int]:
     """Plane and slice the slice tools act on: the canvas's, or the 3D viewer's cursor in the chosen plane."""
-    if "edit_nv_plane" in st.session_state and niivue_component.available():
+    if "edit_nv_plane" in st.session_state and niivue.available():
         current = app_state.studio()
         plane = st.session_state["edit_nv_plane"]
         return plane, int(current.cursor_voxel()[current.geometry.axes(plane)[0]])
@@ -77,7 +78,7 @@ def _run(action: str, *args) -> None:
             editor.copy_slice(plane, index, target)
             if "edit_slice" in st.session_state:
                 st.session_state["edit_slice"] = target
-    app_state.persist_edits()
+    persistence.persist_edits()
 
 
 def _apply_stroke(key: str, plane: str, index: int) -> None:
@@ -95,11 +96,11 @@ def _apply_stroke(key: str, plane: str, index: int) -> None:
     if stroke is not None and stroke[..., 3].any():
         app_state.studio().editor.apply_stroke(plane, index, stroke, label)
         st.session_state["edit_strokes"] = st.session_state.get("edit_strokes", 0) + 1
-        app_state.persist_edits()
+        persistence.persist_edits()
 
 
 def _start(source: str) -> None:
-    app_state.start_editing(source)
+    actions.start_editing(source)
     current = app_state.studio()
     st.session_state["edit_cursor"] = app_state.initial_cursor(current.case, current.editor.labels)
     st.session_state.pop("edit_slice_plane", None)
@@ -132,7 +133,7 @@ def _editing_panel() -> None:
     layer = source.layers[app_state.EDITED]
     channel = st.session_state.get("edit_modality", 3)
     volume = state.case.image[channel]
-    png = plane_png(source.key, channel, plane, index, app_state.window_for(source.key, channel, volume),
+    png = plane_png(source.key, channel, plane, index, widgets.window_for(source.key, channel, volume),
                     layer.key, (1, 2, 3), float(st.session_state.get("edit_opacity", 0.45)), False, None,
                     (width, height), volume, layer.labels, editor.geometry)
     strokes = st.session_state.setdefault("edit_strokes", 0)
@@ -173,8 +174,8 @@ def _editing_panel() -> None:
 def _on_viewer() -> None:
     """Component callback (runs before the fragment redraws): apply new edits, keep the cursor."""
     value = st.session_state.get("edit_nv")
-    niivue_component.note_webgl(value)
-    app_state.apply_viewer_edits(value)
+    niivue.note_webgl(value)
+    actions.apply_viewer_edits(value)
     app_state.note_cursor(value)
 
 
@@ -184,11 +185,11 @@ def _niivue_panel() -> None:
     editor = state.editor
     view, side = st.columns([2.8, 1.1])
     with view:
-        niivue_component.viewer(
+        niivue.viewer(
             key="edit_nv", case_key=state.key, image=state.case.image, affine=state.case.affine,
             names=[MODALITY_LABELS[m] for m in MODALITIES], active=int(st.session_state.get("edit_modality", 3)),
             labels=editor.labels, labels_key=state.edit_layer_key(),
-            labels_token=app_state.editor_labels_token(), editable=True, epoch=state.editor_key,
+            labels_token=actions.editor_labels_token(), editable=True, epoch=state.editor_key,
             acked_rev=state.editor_rev, opacity=float(st.session_state.get("edit_opacity", 0.5)),
             cursor=state.cursor_voxel(), height=600, on_change=_on_viewer,
         )
@@ -231,7 +232,7 @@ def _download() -> None:
                                    format_func=convention_label)
     cols[1].download_button(
         "Download the edited mask (.nii.gz)",
-        data=lambda: app_state.label_download(live.editor.labels, live.case, convention),
+        data=lambda: actions.label_download(live.editor.labels, live.case, convention),
         file_name=f"{live.case.name}_edited_{convention}.nii.gz", mime="application/gzip",
         on_click="ignore", key="edit_download", icon=":material/download:",
     )
@@ -249,7 +250,7 @@ if state is not None:
         st.info("Choose the mask to start from: the U-Net prediction, the reference segmentation or an empty mask.")
     else:
         st.caption(f"Editing a copy of: **{state.editor_source}**. The Viewer and Generate pages use the edited mask.")
-        if niivue_component.available():
+        if niivue.available():
             _niivue_panel()
         else:
             _editing_panel()

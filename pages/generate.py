@@ -2,9 +2,10 @@
 
 import streamlit as st
 
-import app_state
-from app_state import Layer
-from pages._common import (
+from app import actions, models
+from app import state as app_state
+from app.state import Layer
+from app.widgets import (
     ViewSource,
     default_convention,
     metrics_table,
@@ -21,11 +22,11 @@ st.caption("**Into this case**: the tumour of a label map is painted into the lo
 show_flash()
 state = require_case()
 if state is not None:
-    app_state.prefetch_model_code()
+    models.prefetch_model_code()
     mode = st.radio("Generate", (app_state.INTO_CASE, app_state.NEW_BRAIN), horizontal=True, key="gen_mode",
                     format_func=str.capitalize)
     into_case = mode == app_state.INTO_CASE
-    info = app_state.weights_info("insertion" if into_case else "cvae")
+    info = models.weights_info("insertion" if into_case else "cvae")
     if not info.exists:
         st.warning(info.missing_message + " Generation is disabled until then.")
     layers = state.layers()
@@ -46,8 +47,8 @@ if state is not None:
     if cols[4].button(label, type="primary", disabled=not (info.exists and masks), key="gen_run"):
         bar = st.progress(0.0, text="Loading the model…")
         try:
-            run = app_state.insert_samples if into_case else app_state.generate_samples
-            samples = run(app_state.shipped_model("insertion" if into_case else "cvae"), source,
+            run = actions.insert_samples if into_case else actions.generate_samples
+            samples = run(models.shipped_model("insertion" if into_case else "cvae"), source,
                           n_samples=int(n_samples), seed=int(seed), temperature=float(temperature),
                           progress=progress_reporter(bar))
         except Exception as exc:  # a bad weights file must not end the session
@@ -81,13 +82,13 @@ if state is not None:
         else:
             viewer(generated, "gen", compact=True)
 
-        unet = app_state.weights_info("unet")
+        unet = models.weights_info("unet")
         cols = st.columns([1, 2])
         if cols[0].button("Check fidelity with the U-Net", disabled=not unet.exists, key="gen_fidelity",
                           help="Segment this sample and compare with the mask it was generated from."):
             bar = st.progress(0.0, text="Segmenting the sample…")
             try:
-                app_state.sample_fidelity(index, app_state.shipped_model("unet"), progress_reporter(bar))
+                actions.sample_fidelity(index, models.shipped_model("unet"), progress_reporter(bar))
             except Exception as exc:
                 st.error(f"Segmentation failed: {exc}")
             bar.empty()
@@ -104,13 +105,13 @@ if state is not None:
                                    help="BraTS 2020 names (_t1, _t1ce, _t2, _flair, _seg) go with 2020 label values "
                                         "(ET=4); BraTS 2023 names (-t1n, -t1c, -t2w, -t2f, -seg) with ET=3.")
         cols[1].download_button(
-            "Download this sample (.zip)", data=lambda: app_state.cases_zip([sample], naming),
+            "Download this sample (.zip)", data=lambda: actions.cases_zip([sample], naming),
             file_name=f"{sample.name}.zip", mime="application/zip", on_click="ignore", key="gen_download_one",
             icon=":material/download:",
         )
         all_cases = list(samples.cases)
         cols[2].download_button(
-            f"Download all {len(all_cases)} samples (.zip)", data=lambda: app_state.cases_zip(all_cases, naming),
+            f"Download all {len(all_cases)} samples (.zip)", data=lambda: actions.cases_zip(all_cases, naming),
             file_name=f"{state.case.name}-synthetic.zip", mime="application/zip", on_click="ignore",
             key="gen_download_all", icon=":material/download:",
         )

@@ -2,9 +2,10 @@
 
 import streamlit as st
 
-import app_state
+from app import actions, persistence
+from app import state as app_state
+from app.widgets import progress_reporter, recent_cases, show_flash
 from core.preprocessing.input_check import check_case
-from pages._common import progress_reporter, recent_cases, show_flash
 
 st.title("Load a case")
 st.caption(
@@ -37,7 +38,7 @@ with demo:
     )
     if st.button("Load the demo case", type="primary", key="load_demo"):
         with st.spinner("Generating the demo case (first time only)…"):
-            _finish(app_state.load_demo(), st.empty())
+            _finish(actions.load_demo(), st.empty())
 
 with upload:
     files = st.file_uploader(
@@ -47,7 +48,7 @@ with upload:
     if st.button("Load the uploaded case", type="primary", key="load_upload", disabled=not files):
         bar = st.progress(0.0, text="Reading the uploaded files…")
         payload = {f.name: f.getvalue() for f in files}
-        _finish(app_state.load_uploads(payload, progress_reporter(bar)), bar)
+        _finish(actions.load_uploads(payload, progress_reporter(bar)), bar)
 
 with folder:
     path = st.text_input("Case folder on the server", key="load_path",
@@ -56,11 +57,11 @@ with folder:
     entered = st.session_state.pop("load_path_entered", False) and bool(path.strip())  # Enter opens it too
     if st.button("Open the folder", type="primary", key="load_folder") or entered:
         bar = st.progress(0.0, text="Reading the case folder…")
-        _finish(app_state.load_folder(path, progress_reporter(bar)), bar)
+        _finish(actions.load_folder(path, progress_reporter(bar)), bar)
 
 state = app_state.studio()
 if state.case is not None:
     st.divider()
     st.markdown(f"Current case: **{state.case.name}**")
     st.page_link("pages/viewer.py", label="Open the Viewer", icon=":material/view_in_ar:")
-recent_cases(app_state.recent_cases())
+recent_cases(persistence.recent_cases())

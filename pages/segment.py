@@ -4,9 +4,9 @@ import functools
 
 import streamlit as st
 
-import app_state
-from core.io.labels import CONVENTIONS
-from pages._common import (
+from app import actions, models
+from app import state as app_state
+from app.widgets import (
     convention_label,
     default_convention,
     follow_job,
@@ -18,13 +18,14 @@ from pages._common import (
     use_niivue,
     viewer,
 )
+from core.io.labels import CONVENTIONS
 
 st.title("Segment")
 show_flash()
 state = require_case()
 if state is not None:
-    app_state.prefetch_model_code()
-    info = app_state.weights_info("unet")
+    models.prefetch_model_code()
+    info = models.weights_info("unet")
     if not info.exists:
         st.warning(info.missing_message + " Or upload a `.keras` U-Net below.")
     choices = ["Shipped weights", "Upload a .keras file"]
@@ -44,10 +45,10 @@ if state is not None:
     if cols[1].button("Segment", type="primary", disabled=not ready or running is not None, key="seg_run"):
         if upload is not None:
             data, file_name = upload.getvalue(), upload.name
-            load = functools.partial(app_state.uploaded_unet_bytes, data, file_name)
+            load = functools.partial(models.uploaded_unet_bytes, data, file_name)
         else:
-            load = functools.partial(app_state.shipped_model, "unet")
-        running = app_state.start_segmentation(load, model_name, tta=tta)
+            load = functools.partial(models.shipped_model, "unet")
+        running = actions.start_segmentation(load, model_name, tta=tta)
     if running is not None:
         follow_job(running)
 
@@ -72,7 +73,7 @@ if state is not None:
         case, labels = state.case, prediction.labels
         cols[1].download_button(
             "Download the prediction (.nii.gz)",
-            data=lambda: app_state.label_download(labels, case, convention),
+            data=lambda: actions.label_download(labels, case, convention),
             file_name=f"{case.name}_pred_{convention}.nii.gz", mime="application/gzip",
             on_click="ignore", key="seg_download", icon=":material/download:",
         )

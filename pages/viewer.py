@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from pages._common import (
+from app.widgets import (
     niivue_view,
     require_case,
     show_flash,

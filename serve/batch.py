@@ -108,30 +108,25 @@ def segment_one(folder: str | os.PathLike, model: Any, *, tta: bool = False, lab
         A CSV row (``CSV_FIELDS`` as strings) plus ``"seg"``: the ``.nii.gz`` bytes (``b""`` on failure), and
         ``"prob"``: those of the region probabilities (``b""`` unless ``probabilities``).
     """
-    from core.io.case import label_map_bytes, load_case, region_probabilities_bytes
-    from core.segmentation.inference import region_probabilities
-    from core.segmentation.metrics import region_metrics, volumes_ml
-    from core.segmentation.segment import segment_checked
+    from core.io.case import load_case
+    from core.segmentation.pipeline import SegmentOptions, segment
 
     folder = Path(folder)
     row: dict[str, Any] = {k: "" for k in CSV_FIELDS}
     row.update(case=folder.name, worker=f"{os.uname().nodename}:{os.getpid()}", seg=b"", prob=b"")
     start = time.perf_counter()
     try:
-        case = load_case(folder)
-        result, warnings = segment_checked(case, model, tta=tta, force=force)
-        row["warnings"] = " | ".join(" ".join(w.split()) for w in warnings)
-        row["seg"] = label_map_bytes(result.labels, case.affine, case.header, labels)
+        options = SegmentOptions(tta=tta, probabilities=probabilities, labels=labels, force=force)
+        result = segment(load_case(folder), model, options)
+        row["warnings"] = " | ".join(" ".join(w.split()) for w in result.warnings)
+        row["seg"] = result.label_map_bytes()
         if probabilities:
-            row["prob"] = region_probabilities_bytes(region_probabilities(result.probabilities), case.affine,
-                                                     case.header)
-        for region, ml in volumes_ml(result.labels, case.spacing).items():
+            row["prob"] = result.probabilities_bytes()
+        for region, ml in result.volumes_ml.items():
             row[f"{region}_ml"] = f"{ml:.3f}"
-        if case.seg is not None:
-            metrics = region_metrics(result.labels, case.seg, case.spacing)
-            for region in REGIONS:
-                row[f"dice_{region}"] = _number(metrics[region]["dice"])
-                row[f"hd95_{region}"] = _number(metrics[region]["hd95"])
+        for region, values in (result.metrics or {}).items():
+            row[f"dice_{region}"] = _number(values["dice"])
+            row[f"hd95_{region}"] = _number(values["hd95"])
         row.update(status="ok", seg_file=seg_path(Path("."), folder.name).name)
     except (CaseError, NiftiError, ValueError) as exc:
         row.update(status="error", error=str(exc), seg=b"", prob=b"")

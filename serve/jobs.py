@@ -2,9 +2,9 @@
 
 Everything is built from ``core``: ``load_case_from_bytes`` / ``load_case_from_zip`` read and validate the
 upload (their ``CaseError`` / ``NiftiError`` messages name the file and the fix, as in the CLIs),
-``core.segment.segment_checked`` checks and segments it as ``python -m core.segment`` does,
-``label_map_bytes`` writes the label map with the source affine and header, ``volumes_ml`` /
-``region_metrics`` measure it, and ``iter_cases`` + ``cases_zip`` generate cases and zip them in memory.
+``core.segmentation.pipeline.segment`` checks, segments and measures it as ``python -m core.segment`` does and writes
+the label map with the source affine and header, and ``iter_cases`` + ``cases_zip`` generate cases and zip them in
+memory.
 Nothing is left on disk: the one temporary folder (for reading an uploaded mask the way the CLI does) is
 removed when the job ends, also on errors.
 """
@@ -20,18 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from core.io.case import (
-    Case,
-    CaseError,
-    cases_zip,
-    identify_file,
-    label_map_bytes,
-    load_case_from_bytes,
-    load_case_from_zip,
-)
-from core.io.labels import REGIONS
-from core.segmentation.metrics import class_volumes_ml, region_metrics, volumes_ml
-from core.segmentation.segment import segment_checked
+from core.io.case import Case, CaseError, cases_zip, identify_file, load_case_from_bytes, load_case_from_zip
+from core.segmentation.pipeline import SegmentOptions, segment
 
 UPLOAD_HELP = ("send the four modalities (t1, t1ce, t2, flair; optional seg) as repeated form field 'files', "
                "named as in a case folder (e.g. X_t1.nii.gz or X-t1n.nii.gz), or one .zip of the case folder")
@@ -113,24 +103,17 @@ def segment_upload(uploads: Mapping[str, bytes], model: Any, *, labels: str = "2
     probability map as ``core.segment --probabilities`` writes it.
     """
     case = case_from_uploads(uploads)
-    result, warnings = segment_checked(case, model, tta=tta, force=force, force_hint="force=true")
-    prob = None
-    if probabilities:
-        from core.io.case import region_probabilities_bytes
-        from core.segmentation.inference import region_probabilities
-
-        prob = region_probabilities_bytes(region_probabilities(result.probabilities), case.affine, case.header)
+    options = SegmentOptions(tta=tta, probabilities=probabilities, labels=labels, force=force, force_hint="force=true")
+    result = segment(case, model, options)
     metrics = None
-    if case.seg is not None:
-        raw = region_metrics(result.labels, case.seg, case.spacing)
-        metrics = {region: {k: _finite(v) for k, v in raw[region].items()} for region in REGIONS}
+    if result.metrics is not None:
+        metrics = {region: {k: _finite(v) for k, v in values.items()} for region, values in result.metrics.items()}
     return SegmentResult(
-        case=case.name, labels=labels, nii_gz=label_map_bytes(result.labels, case.affine, case.header, labels),
-        shape=case.shape, spacing_mm=case.spacing,
-        volumes_ml={k: round(v, 3) for k, v in volumes_ml(result.labels, case.spacing).items()},
-        class_volumes_ml={k: round(v, 3) for k, v in class_volumes_ml(result.labels, case.spacing).items()},
-        seconds=result.seconds, tta=tta, metrics=metrics, files=dict(case.files), warnings=warnings,
-        prob_nii_gz=prob)
+        case=case.name, labels=labels, nii_gz=result.label_map_bytes(), shape=case.shape, spacing_mm=case.spacing,
+        volumes_ml={k: round(v, 3) for k, v in result.volumes_ml.items()},
+        class_volumes_ml={k: round(v, 3) for k, v in result.class_volumes_ml.items()},
+        seconds=result.seconds, tta=tta, metrics=metrics, files=dict(case.files), warnings=result.warnings,
+        prob_nii_gz=result.probabilities_bytes() if probabilities else None)
 
 
 def _finite(value: float) -> float | None:

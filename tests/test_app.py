@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-import app_state
+from app import actions
+from app import state as app_state
 from core.io.case import load_case_from_zip
 from core.io.labels import from_internal
 from core.io.nifti import nifti_bytes
@@ -208,7 +209,7 @@ def test_segment_with_tiny_unet_and_download(tiny_app):
     assert metrics.index.name == "region" and list(metrics.index) == ["WT", "TC", "ET"] and "Dice" in metrics.columns
     assert app.get("download_button")
     assert app.selectbox(key="seg_convention").value == "2020"  # follows the loaded case (2020 files)
-    data = app_state.label_download(prediction.labels, state.case, "2020")
+    data = actions.label_download(prediction.labels, state.case, "2020")
     image = _nifti(data)
     assert np.allclose(image.affine, TINY_AFFINE) and image.shape == TINY_SHAPE
     assert np.array_equal(np.asarray(image.dataobj), from_internal(prediction.labels, "2020"))
@@ -274,7 +275,7 @@ def test_edit_mask_tools_and_download(tiny_app):
     assert app.slider(key="edit_slice").value == y
     assert not app.exception
 
-    image = _nifti(app_state.label_download(state.editor.labels, state.case, "2023"))
+    image = _nifti(actions.label_download(state.editor.labels, state.case, "2023"))
     assert np.allclose(image.affine, TINY_AFFINE)
     assert np.array_equal(np.asarray(image.dataobj), state.editor.labels)  # 2023 values = internal
 
@@ -333,7 +334,7 @@ def test_generate_page_explains_missing_weights(tiny_app):
 
 def test_cases_zip_round_trips(tiny_app):
     case = tiny_app.session_state["studio"].case
-    data = app_state.cases_zip([case], "2023")
+    data = actions.cases_zip([case], "2023")
     with zipfile.ZipFile(io.BytesIO(data)) as zf:
         assert sorted(zf.namelist()) == sorted(
             f"Tiny_001/Tiny_001-{s}.nii.gz" for s in ("t1n", "t1c", "t2w", "t2f", "seg"))
@@ -377,7 +378,7 @@ def test_generate_with_tiny_cvae_fidelity_and_zip(tiny_app, tiny_cvae_path, monk
     assert not _errors(app) and set(samples.fidelity) == {1}
     assert set(samples.fidelity[1]) == {"WT", "TC", "ET"}
 
-    data = app_state.cases_zip(samples.cases, "2020")
+    data = actions.cases_zip(samples.cases, "2020")
     with zipfile.ZipFile(io.BytesIO(data)) as zf:
         folders = sorted({name.split("/")[0] for name in zf.namelist()})
     assert folders == sorted(c.name for c in samples.cases)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import app_state
+from app import state as app_state
 from core.synthesis.insert import plan_insertion
 from tests.test_app import TINY_AFFINE, _errors, app, model_dir, tiny_app  # noqa: F401  (fixtures)
 

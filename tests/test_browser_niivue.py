@@ -225,7 +225,7 @@ def test_png_viewer_without_webgl(server):
 
 
 def test_bundle_is_modest():
-    build = Path(__file__).resolve().parents[1] / "frontend" / "build"
+    build = Path(__file__).resolve().parents[1] / "app" / "viewer" / "frontend" / "build"
     total = sum(p.stat().st_size for p in build.iterdir())
     assert (build / "index.html").is_file() and (build / "index.js").is_file()
     assert total < 3_000_000, f"{total / 1e6:.1f} MB"

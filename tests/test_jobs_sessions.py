@@ -140,14 +140,14 @@ def test_segment_progress_creeps_during_a_forward_pass(monkeypatch):
     """The Segment bar moves (and says it is an estimate) while a forward pass reports nothing."""
     import time
 
-    import app_state
+    from app import actions
 
-    monkeypatch.setattr(app_state._EasedProgress, "_last_pass_s", [0.5])
+    monkeypatch.setattr(actions._EasedProgress, "_last_pass_s", [0.5])
     registry = JobRegistry()
     seen = []
 
     def work(job):
-        with app_state._EasedProgress(job, passes=1) as progress:
+        with actions._EasedProgress(job, passes=1) as progress:
             progress(0.1, "predicting")
             for _ in range(8):
                 time.sleep(0.15)
@@ -161,4 +161,4 @@ def test_segment_progress_creeps_during_a_forward_pass(monkeypatch):
     fractions = [f for f, _ in seen]
     assert fractions == sorted(fractions) and 0.1 < fractions[-1] < 0.9  # rising, never past the next step
     assert any("estimated" in m for _, m in seen)
-    assert app_state._EasedProgress._last_pass_s[0] >= 1.0  # the measured pass (floored at 1 s) is the next estimate
+    assert actions._EasedProgress._last_pass_s[0] >= 1.0  # the measured pass (floored at 1 s) is the next estimate

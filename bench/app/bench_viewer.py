@@ -37,7 +37,7 @@ from core.viewer.render import PLANES, DisplayGeometry, auto_window, display_siz
 
 RESULTS = ROOT / "bench" / "results" / "app" / "viewer.json"
 TARGETS = {"slice_change_ms": 50.0, "home_page_s": 3.0, "segment_to_overlay_s": 20.0}
-VIEW_PIXELS = 480  # as pages/_common.VIEW_PIXELS
+VIEW_PIXELS = 480  # as app.widgets.VIEW_PIXELS
 
 
 def slice_change_times(case: Case, repeats: int, seed: int = 0) -> np.ndarray:

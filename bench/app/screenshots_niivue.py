@@ -15,8 +15,8 @@ from bench.server import ROOT, chromium_page, goto_page, streamlit_server, wait_
 
 
 def _ready(page) -> object:
-    page.locator('iframe[title="niivue_component.brats_niivue"]').wait_for(timeout=180_000)
-    frame = next(f for f in reversed(page.frames) if "/component/niivue_component" in f.url)
+    page.locator('iframe[title="app.viewer.component.brats_niivue"]').wait_for(timeout=180_000)
+    frame = next(f for f in reversed(page.frames) if "/component/app.viewer.component" in f.url)
     frame.wait_for_function("() => document.body.dataset.ready === '1'", timeout=180_000)
     return frame
 

@@ -715,8 +715,8 @@ def _probability_map(probabilities: np.ndarray, header: nib.Nifti1Header | None)
     if probs.ndim != 4 or probs.shape[-1] != 3:
         raise CaseError(f"region probabilities must be (X, Y, Z, 3) for WT, TC, ET, got shape {probs.shape}")
     if probs.size and not (np.isfinite(probs).all() and probs.min() >= 0.0 and probs.max() <= 1.0):
-        raise CaseError("region probabilities must lie in [0, 1]; pass core.segmentation.inference."
-                        "region_probabilities of a segmentation")
+        raise CaseError("region probabilities must lie in [0, 1]; pass core.io.labels.region_probabilities of "
+                        "a segmentation's class probabilities")
     hdr = _label_header(header) or nib.Nifti1Header()
     hdr["intent_code"] = 0
     hdr["intent_name"] = PROBABILITY_INTENT.encode()

@@ -155,3 +155,17 @@ def region_mask(labels: np.ndarray, region: str) -> np.ndarray:
 def regions(labels: np.ndarray) -> dict[str, np.ndarray]:
     """All three region masks of an internal label map."""
     return {r: region_mask(labels, r) for r in REGIONS}
+
+
+def region_probabilities(class_probabilities: np.ndarray) -> np.ndarray:
+    """Probability of each BraTS region, ``(X, Y, Z, 3)`` for WT, TC, ET, from class probabilities ``(4, X, Y, Z)``.
+
+    WT = 1 - P(background), TC = P(NCR) + P(ET), ET = P(ET): the probability that a voxel lies in the region (for a
+    region U-Net, WT is its WT sigmoid and TC, ET the products of the nested sigmoids). So WT >= TC >= ET voxel by
+    voxel.
+    """
+    probs = np.asarray(class_probabilities, dtype=np.float32)
+    if probs.ndim != 4 or probs.shape[0] != NUM_CLASSES:
+        raise ValueError(f"class probabilities must be ({NUM_CLASSES}, X, Y, Z), got shape {probs.shape}")
+    out = np.stack([1.0 - probs[BACKGROUND], probs[NCR] + probs[ET], probs[ET]], axis=-1)
+    return np.clip(out, 0.0, 1.0, out=out)

@@ -36,7 +36,7 @@ import numpy as np
 from scipy import ndimage
 
 from core.io.case import MODALITIES, Case
-from core.io.labels import BACKGROUND, ED, ET, NCR, NUM_CLASSES
+from core.io.labels import BACKGROUND, ED, ET, NCR, NUM_CLASSES, region_probabilities  # noqa: F401  (moved there)
 from core.io.weights import ModelLoadError, load_keras_file, load_model_card, shipped_path  # noqa: F401  (re-exported API)
 from core.preprocessing.preprocess import prepare_input
 from core.segmentation import unet  # noqa: F401  (registers the loss for safe loading)
@@ -201,20 +201,6 @@ def region_class_probabilities(regions: np.ndarray) -> np.ndarray:
     probs[..., NCR] = wt * tc * (1.0 - et)
     probs[..., ET] = wt * tc * et
     return probs
-
-
-def region_probabilities(class_probabilities: np.ndarray) -> np.ndarray:
-    """Probability of each BraTS region, ``(X, Y, Z, 3)`` for WT, TC, ET, from class probabilities ``(4, X, Y, Z)``.
-
-    WT = 1 - P(background), TC = P(NCR) + P(ET), ET = P(ET): the probability that a voxel lies in the region (for a
-    region U-Net, WT is its WT sigmoid and TC, ET the products of the nested sigmoids). So WT >= TC >= ET voxel by
-    voxel.
-    """
-    probs = np.asarray(class_probabilities, dtype=np.float32)
-    if probs.ndim != 4 or probs.shape[0] != NUM_CLASSES:
-        raise ValueError(f"class probabilities must be ({NUM_CLASSES}, X, Y, Z), got shape {probs.shape}")
-    regions = np.stack([1.0 - probs[BACKGROUND], probs[NCR] + probs[ET], probs[ET]], axis=-1)
-    return np.clip(regions, 0.0, 1.0, out=regions)
 
 
 def _voxels(ml: float, spacing: tuple[float, float, float]) -> int:

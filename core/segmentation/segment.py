@@ -1,9 +1,9 @@
-"""Segmentation of a loaded case on its own voxel grid, and the checked variant the CLI and ``serve`` use.
+"""Segmentation of a loaded case on its own voxel grid.
 
 :func:`segment_oriented` flips/permutes a case whose voxel axes are not in the model's (BraTS, LPS) orientation into
-it for the network and turns the labels back, so the output aligns with the input in world space;
-:func:`segment_checked` adds the plausibility gate of ``core.preprocessing.input_check``. Keras loads only when a
-case is segmented (``core.segmentation.inference``). CLI: ``python -m core.segment`` (:mod:`core.segment`).
+it for the network and turns the labels back, so the output aligns with the input in world space. The use-case
+every entry point calls (gate, model, this, probabilities, metrics) is :func:`core.segmentation.pipeline.segment`.
+Keras loads only when a case is segmented (``core.segmentation.inference``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import numpy as np
 
 from core.io.case import Case
 from core.io.orientation import reorientation
-from core.preprocessing.input_check import require_plausible
 
 if TYPE_CHECKING:
     from core.segmentation.inference import Segmentation
@@ -39,19 +38,3 @@ def segment_oriented(case: Case, model: Any, *, tta: bool = False, postprocess: 
     result = segment_case(oriented, model, tta=tta, postprocess=postprocess, progress=progress)
     return replace(result, labels=np.ascontiguousarray(turn.to_source(result.labels)),  # other fields kept
                    probabilities=np.ascontiguousarray(turn.to_source(result.probabilities)))
-
-
-def segment_checked(case: Case, model: Any, *, tta: bool = False, force: bool = False,
-                    force_hint: str = "--force") -> tuple[Segmentation, list[str]]:
-    """What ``python -m core.segment`` does with a loaded case: the plausibility gate, then :func:`segment_oriented`.
-
-    Used by the REST API and batch runs (``serve``).
-
-    Returns:
-        ``(segmentation on the case's own grid, warnings)``: the loader's and the checks' messages.
-
-    Raises:
-        CaseError: a ``core.preprocessing.input_check`` error and ``force`` is off (the message names ``force_hint``).
-    """
-    warnings = require_plausible(case, force=force, force_hint=force_hint)
-    return segment_oriented(case, model, tta=tta), warnings

@@ -1,4 +1,4 @@
-"""Shared widgets of the BraTS Studio pages: sidebar, linked 3-plane viewer, tables, 3D surfaces.
+"""Shared widgets of the BraTS Studio pages: sidebar, linked 3-plane viewer, tables, 3D surfaces, NiiVue wrapper.
 
 The viewer renders inside an ``st.fragment`` (moving a slider reruns only the viewer) and caches
 every rendered slice as PNG bytes keyed on the case, slice and display settings, so scrolling
@@ -17,13 +17,15 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-import app_state
-from app_state import Layer, Studio
+from app import actions, models, persistence
+from app import state as app_state
+from app.state import Layer, Studio
 from core.io.case import MODALITIES, Case
 from core.io.labels import CLASS_COLOURS, CLASS_NAMES, ED, REGION_COLOURS, REGIONS
 from core.viewer.render import (
     PLANES,
     DisplayGeometry,
+    auto_window,
     display_size,
     display_view,
     png_bytes,
@@ -53,6 +55,19 @@ LABEL_TOGGLES = {label: label_chip(label) for label in (1, 2, 3)}
 LAYOUTS = ("3 planes", "4 modalities", "Side by side")
 VIEW_PIXELS = 480  # longest side of a rendered plane (server side; the browser scales to the column)
 NO_OVERLAY = "None"
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def window_for(image_key: str, channel: int, _volume: np.ndarray) -> tuple[float, float]:
+    """Automatic window (0.5-99.5 % of the brain) of one modality, computed once per case."""
+    return auto_window(_volume)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def intensity_range(image_key: str, channel: int, _volume: np.ndarray) -> tuple[float, float]:
+    """Minimum and maximum of one modality (manual window slider bounds)."""
+    low, high = float(_volume.min()), float(_volume.max())
+    return low, high if high > low else low + 1.0
 
 
 # --------------------------------------------------------------------------- page scaffolding
@@ -90,7 +105,7 @@ def follow_job(job: Any) -> None:
     """Show a background run's progress with a Cancel button until it ends, then rerun to show its result.
 
     Leaving the page or reloading stops only this display: the run goes on, and any page collects
-    its result (``app_state.collect_jobs``) on its next run.
+    its result (``actions.collect_jobs``) on its next run.
     """
     bar = st.progress(job.fraction, text=f"{job.message} · {job.elapsed:.1f} s")
     cols = st.columns([1, 4])
@@ -101,12 +116,12 @@ def follow_job(job: Any) -> None:
     while job.running:
         bar.progress(job.fraction, text=f"{job.message} · {job.elapsed:.1f} s")
         time.sleep(0.2)
-    app_state.collect_jobs()
+    actions.collect_jobs()
     st.rerun()
 
 
 def _switch(case_id: str) -> None:
-    error = app_state.switch_case(case_id)
+    error = persistence.switch_case(case_id)
     if error:
         app_state.flash("error", f"Could not reopen the case: {error}")
     else:
@@ -207,18 +222,18 @@ def sidebar() -> None:
                                                f"({running.elapsed:.0f} s)")
         st.subheader("Models")
         for kind in ("unet", "cvae"):
-            _weights_status(app_state.weights_info(kind))
+            _weights_status(models.weights_info(kind))
 
 
 def _tick(present: bool) -> str:
     return ":green[✓]" if present else ":gray[–]"
 
 
-def _weights_status(info: app_state.WeightsInfo) -> None:
+def _weights_status(info: models.WeightsInfo) -> None:
     if not info.exists:
         st.warning(info.missing_message)
         return
-    st.markdown(f"**{app_state.MODEL_NAMES[info.kind]}**  \n`{info.label}`{info.source_note}")
+    st.markdown(f"**{models.MODEL_NAMES[info.kind]}**  \n`{info.label}`{info.source_note}")
     card = info.card
     if not card:
         st.caption("No model card (JSON) beside the weights.")
@@ -474,7 +489,7 @@ def _controls(source: ViewSource, prefix: str, compact: bool) -> ViewSettings:
     channel = MODALITIES.index(modality)
     volume = source.case.image[channel]
     if compact:
-        window = app_state.window_for(source.key, channel, volume)
+        window = window_for(source.key, channel, volume)
     else:
         with next(it):
             window = _window_control(source, prefix, channel, volume)
@@ -483,11 +498,11 @@ def _controls(source: ViewSource, prefix: str, compact: bool) -> ViewSettings:
 
 
 def _window_control(source: ViewSource, prefix: str, channel: int, volume: np.ndarray) -> tuple[float, float]:
-    auto = app_state.window_for(source.key, channel, volume)
+    auto = window_for(source.key, channel, volume)
     with st.popover("Window / level", use_container_width=True):
         mode = st.radio("Window", ("Auto (0.5–99.5 %)", "Manual"), key=f"{prefix}_wmode", horizontal=True)
         if mode == "Manual":
-            low, high = app_state.intensity_range(source.key, channel, volume)
+            low, high = intensity_range(source.key, channel, volume)
             step = (high - low) / 200.0
             key = f"{prefix}_wlevel_{source.key}_{channel}"
             width = float(np.clip(auto[1] - auto[0], step, high - low))
@@ -595,7 +610,7 @@ def _modalities_grid(source: ViewSource, prefix: str, settings: ViewSettings) ->
             for modality, col in zip(row, st.columns(2)):
                 channel = MODALITIES.index(modality)
                 window = settings.window if channel == settings.channel else \
-                    app_state.window_for(source.key, channel, source.case.image[channel])
+                    window_for(source.key, channel, source.case.image[channel])
                 with col:
                     st.caption(MODALITY_LABELS[modality])
                     _image(source, prefix, replace(settings, channel=channel, window=window), plane, widget="grid")
@@ -641,16 +656,16 @@ def keep_shared_settings() -> None:
 
 def use_niivue() -> bool:
     """Whether this session gets the NiiVue viewer (else the PNG viewer); the user can opt out."""
-    import niivue_component
+    from app.viewer import component
 
-    return niivue_component.available()
+    return component.available()
 
 
 def _on_niivue(key: str) -> None:
-    import niivue_component
+    from app.viewer import component
 
     value = st.session_state.get(key)
-    niivue_component.note_webgl(value)
+    component.note_webgl(value)
     app_state.note_cursor(value)
 
 
@@ -659,7 +674,7 @@ def niivue_view(state: Studio, key: str, *, compact: bool = False, height: int =
 
     Window/level (right-drag), slices (wheel), zoom, layout and modality are set in the viewer itself.
     """
-    import niivue_component
+    from app.viewer import component
 
     source = studio_source(state)
     names = list(source.layers)
@@ -675,7 +690,7 @@ def niivue_view(state: Studio, key: str, *, compact: bool = False, height: int =
                         if col.checkbox(LABEL_TOGGLES[label], value=True, key=f"nv_show_{label}"))
     opacity = cols[2].slider("Opacity", 0.0, 1.0, 0.5, 0.05, key="nv_opacity")
     layer = source.layers.get(layer_name)
-    niivue_component.viewer(
+    component.viewer(
         key=key, case_key=state.key, image=state.case.image, affine=state.case.affine,
         names=[MODALITY_LABELS[m] for m in MODALITIES], active=MODALITIES.index("flair"),
         labels=layer.labels if layer else None, labels_key=layer.key if layer else "", labels_token=layer.key if layer

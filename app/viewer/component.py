@@ -1,7 +1,8 @@
-"""The NiiVue viewer/editor as a Streamlit custom component (v1), built from ``frontend/``.
+"""The NiiVue viewer/editor as a Streamlit custom component (v1), built from ``app/viewer/frontend/``.
 
-The committed bundle in ``frontend/build`` is served by Streamlit itself (``make frontend``
-rebuilds it from ``frontend/src`` with the npm lockfile). Volumes do not travel in the component
+The committed bundle in ``app/viewer/frontend/build`` is served by Streamlit itself (``make frontend``
+rebuilds it from ``app/viewer/frontend/src`` with the npm lockfile). Streamlit names the component after this
+module: ``app.viewer.component.brats_niivue`` (the iframe's title). Volumes do not travel in the component
 arguments: they are registered with Streamlit's media file manager (per session, like an
 ``st.image``) and the component fetches them by URL, so a rerun resends ~2 KB, not megabytes.
 
@@ -101,7 +102,7 @@ def viewer(
         editable: drawing tools on; edits come back in the value, ``epoch`` / ``acked_rev`` tag them.
         cursor: initial crosshair voxel (the browser keeps its own cursor per case after that).
     """
-    assert _component is not None, "frontend/build is missing: run `make frontend`"
+    assert _component is not None, f"{BUILD_DIR} is missing: run `make frontend`"
     files = _volume_files(case_key, image, affine)
     volumes = [{"name": name, "url": media_url(data, f"{key}.vol{i}")} for i, (name, data) in
                enumerate(zip(names, files))]

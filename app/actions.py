@@ -1,0 +1,408 @@
+"""What the pages do to the session: load a case, segment it, edit its mask, generate samples, download.
+
+Each action changes the session's :class:`app.state.Studio` and saves the result (``app.persistence``).
+Segmenting a case is ``core.segmentation.pipeline.segment`` (the CLI, the REST API and batch runs call it too);
+long runs go to the server's job registry (``core.services.jobs``) and outlive a page or a reload.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import streamlit as st
+
+from app.models import shipped_model
+from app.persistence import (
+    SID_PARAM,
+    cleanup_old_sessions,
+    demo_case,
+    persist_edits,
+    persist_prediction,
+    persist_samples,
+    save_prediction,
+    session_store,
+    set_case,
+    switch_case,
+)
+from app.state import (
+    INTO_CASE,
+    PREDICTION,
+    REFERENCE,
+    Prediction,
+    Progress,
+    Samples,
+    flash,
+    job_registry,
+    studio,
+)
+from core.io.case import Case, CaseError, label_map_bytes, load_case, load_case_from_bytes, load_case_from_zip
+from core.io.case import cases_zip as core_cases_zip
+from core.services.jobs import Job
+from core.services.session_store import valid_id
+from core.viewer.mask_edit import MaskEditor
+
+if TYPE_CHECKING:
+    from core.segmentation.pipeline import CaseSegmentation
+
+
+def ensure_session() -> None:
+    """Give the session its id (kept in the URL, so a reload finds the saved work) and restore that work.
+
+    Call at the top of every run: Streamlit drops query parameters on page changes, so the id is
+    written back each time.
+    """
+    state = studio()
+    if not state.sid:
+        sid = st.query_params.get(SID_PARAM, "")
+        state.sid = sid if valid_id(sid) else uuid.uuid4().hex[:16]
+        store = session_store()
+        if store is not None and state.case is None:
+            current = store.workspace()["current"]
+            if current:
+                error = switch_case(current)
+                if error:
+                    flash("warning", f"Could not restore the saved case: {error}")
+                else:
+                    flash("info", f"Restored your session: **{state.case.name}** with its saved work.")
+    if st.query_params.get(SID_PARAM) != state.sid:
+        st.query_params[SID_PARAM] = state.sid
+    collect_jobs()
+    cleanup_old_sessions()
+
+
+def load_into_session(loader: Callable[..., Case], *args: Any, source: dict[str, Any] | None = None,
+                      files: dict[str, bytes] | None = None, **kwargs: Any) -> str | None:
+    """Run a case loader and make its result the current case.
+
+    Args:
+        source, files: how to load it again after a reload (see :func:`set_case`).
+
+    Returns:
+        ``None`` on success, else the message to show; the previous case stays current.
+    """
+    try:
+        case = loader(*args, **kwargs)
+    except (CaseError, ValueError, OSError) as exc:
+        return str(exc)
+    except Exception as exc:  # a loader bug must not end the session
+        return f"Could not load the case: {type(exc).__name__}: {exc}"
+    previous = studio().case
+    if previous is not None and session_store() is not None:
+        flash("info", f"Your previous case **{previous.name}** and its work are saved: switch back to it under "
+                      "*Recent cases* on the Load page.")
+    set_case(case, source, files)
+    return None
+
+
+def load_demo() -> str | None:
+    """Load the built-in demo case (a deterministic phantom, generated once per server)."""
+    return load_into_session(demo_case, source={"kind": "demo"})
+
+
+def load_uploads(files: dict[str, bytes], progress: Progress | None = None) -> str | None:
+    """Load uploaded files: one ``.zip`` of a case folder, or the modality files (+ optional seg)."""
+    if not files:
+        return "Choose the four modality files (and optionally the segmentation) or one .zip first."
+    zips = [name for name in files if name.lower().endswith(".zip")]
+    if zips:
+        if len(files) > 1:
+            return f"Upload either one .zip ({', '.join(zips)}) or the .nii/.nii.gz files, not both."
+        name = zips[0]
+        return load_into_session(load_case_from_zip, files[name], name=None, progress=progress,
+                                 source={"kind": "zip", "file": Path(name).name}, files=files)
+    return load_into_session(load_case_from_bytes, files, name=_upload_name(files), progress=progress,
+                             source={"kind": "files", "upload_name": _upload_name(files)}, files=files)
+
+
+def _upload_name(files: dict[str, bytes]) -> str:
+    """Case name of uploaded files: what precedes the modality token (``X_t1.nii.gz`` -> ``X``), if shared."""
+    prefixes = set()
+    for name in files:
+        stem = Path(name).name.split(".nii")[0]
+        cut = max(stem.rfind(sep) for sep in "_-. ")  # the token rule of core.io.case.identify_file
+        prefixes.add(stem[:cut] if cut > 0 else "")
+    name = prefixes.pop() if len(prefixes) == 1 else ""
+    return name or "upload"
+
+
+def load_folder(path: str, progress: Progress | None = None) -> str | None:
+    """Load a case folder on the server."""
+    path = path.strip()
+    if not path:
+        return "Type the path of a case folder on the server first."
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        return f"{folder}: no such folder on the server; give the path of a folder holding the case files."
+    return load_into_session(load_case, folder, progress=progress,
+                             source={"kind": "folder", "path": str(folder.resolve())})
+
+
+def segment_current(model: Any, model_name: str, *, tta: bool, progress: Progress | None = None) -> Prediction:
+    """Segment the current case, store the result as its prediction (with metrics if a reference exists).
+
+    Runs :func:`core.segmentation.pipeline.segment` with ``force`` (no refusal: the Load page showed the checks).
+    """
+    from core.segmentation.pipeline import SegmentOptions, segment
+
+    state = studio()
+    if state.case is None:
+        raise RuntimeError("no case loaded")
+    result = segment(state.case, model, SegmentOptions(tta=tta, force=True, force_hint=None), progress=progress)
+    state.prediction = _prediction(result, model_name, tta)
+    persist_prediction()
+    return state.prediction
+
+
+def _prediction(result: CaseSegmentation, model_name: str, tta: bool) -> Prediction:
+    """The app's :class:`Prediction` of a ``core.segmentation.pipeline.CaseSegmentation``."""
+    return Prediction(result.labels, result.seconds, model_name, tta, result.metrics)
+
+
+def start_segmentation(load_model: Callable[[], Any], model_name: str, *, tta: bool) -> Job:
+    """Segment the current case in a background run (it goes on if the user leaves the page or reloads).
+
+    ``load_model`` runs in the background too (the first TensorFlow import takes seconds). The
+    result is stored by :func:`collect_jobs` on the next run of any page.
+    """
+    from core.segmentation.pipeline import SegmentOptions, segment
+
+    state = studio()
+    case = state.case
+    if case is None:
+        raise RuntimeError("no case loaded")
+    # noise, constant, too large, ...: what `python -m core.segment` refuses (the Load page showed it already)
+    options = SegmentOptions(tta=tta, force_hint=None)
+
+    def run(job: Job) -> Prediction:
+        from core.segmentation.inference import tta_variants
+
+        with _EasedProgress(job, len(tta_variants(tta))) as progress:
+            result = segment(case, options=options, load_model=load_model, progress=progress)
+        return _prediction(result, model_name, tta)
+
+    return job_registry().start(state.sid or "local", "segment", state.key, f"{model_name} on {case.name}", run)
+
+
+class _EasedProgress:
+    """Progress callback for ``segment_case`` that keeps the bar moving during a forward pass.
+
+    A forward pass reports nothing until it ends (the first one in a server also builds the
+    network: ~15-20 s here), so the bar sat at 10 %. While a pass runs, the bar creeps toward the
+    next real step on an estimate of the pass's duration (the last one measured), and says so.
+    """
+
+    _last_pass_s = [20.0]  # first pass: compile + run (measured 17 s on 2 cores)
+
+    def __init__(self, job: Job, passes: int = 1) -> None:
+        self.job = job
+        self.step = 0.8 / max(passes, 1)  # segment_case spreads its passes over 0.1 .. 0.9
+        self._stop = threading.Event()
+        self._pass_started: float | None = None
+
+    def __call__(self, fraction: float, message: str) -> None:
+        self._end_pass()
+        self.job.progress(fraction, message)
+        if message == "predicting" or message.startswith("forward pass"):
+            self._start_pass(fraction)
+
+    def _start_pass(self, fraction: float) -> None:
+        if fraction >= 0.9:
+            return
+        self._pass_started, self._stop = time.perf_counter(), threading.Event()
+        expected, job, stop = self._last_pass_s[0], self.job, self._stop
+        target = min(0.9, fraction + self.step)
+        base = job.message
+
+        def creep() -> None:
+            start = time.perf_counter()
+            while not stop.wait(0.25):
+                elapsed = time.perf_counter() - start
+                job.fraction = max(job.fraction, fraction + (target - fraction) * (1 - np.exp(-elapsed / expected)))
+                job.message = f"{base} (about {max(expected - elapsed, 0):.0f} s left, estimated)"
+
+        threading.Thread(target=creep, name="brats-progress", daemon=True).start()
+
+    def _end_pass(self) -> None:
+        if self._pass_started is not None:
+            self._stop.set()
+            self._last_pass_s[0] = max(1.0, time.perf_counter() - self._pass_started)
+            self._pass_started = None
+
+    def __enter__(self) -> _EasedProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+
+
+def collect_jobs() -> list[Job]:
+    """Store the results of this session's finished runs (each once) and queue a message about each."""
+    state = studio()
+    finished = job_registry().collect(state.sid or "local")
+    for done in finished:
+        if done.status == "cancelled":
+            flash("warning", f"The {done.kind} run ({done.label}) was cancelled after {done.elapsed:.0f} s.")
+        elif done.status == "failed":
+            flash("error", f"{'Segmentation' if done.kind == 'segment' else 'Generation'} failed: {done.error}")
+        elif done.kind == "segment":
+            prediction: Prediction = done.result
+            if done.case_id == state.key:
+                state.prediction = prediction
+                persist_prediction()
+                flash("success", f"Segmented with {prediction.model_name} in {prediction.seconds:.1f} s"
+                                 f"{' (TTA)' if prediction.tta else ''}. The prediction is now the Viewer's overlay.")
+            else:  # the user switched cases meanwhile: keep it with its case
+                save_prediction(done.case_id, prediction)
+                flash("info", f"The segmentation of another case ({done.label}) finished: it is saved with that "
+                              "case (Load → Recent cases).")
+    return finished
+
+
+def start_editing(source: str) -> None:
+    """Start a new mask edit from ``"Prediction"``, ``"Reference"`` or ``"Empty"``."""
+    state = studio()
+    if state.case is None or state.geometry is None:
+        raise RuntimeError("no case loaded")
+    layers = state.layers()
+    if source in layers:
+        labels = layers[source].labels
+    else:
+        labels = np.zeros(state.case.shape, dtype=np.uint8)
+    state.editor = MaskEditor(labels, state.geometry)
+    state.editor_key = uuid.uuid4().hex[:8]
+    state.editor_source = source if source in layers else "Empty"
+    state.editor_rev = 0
+    state.editor_synced = 0
+    state.editor_reloads = 0
+    state.saved_edit_version = -1
+    persist_edits()
+
+
+def apply_viewer_edits(value: Any) -> int:
+    """Apply the browser viewer's edits not applied yet (each revision exactly once, in order).
+
+    Returns:
+        Number of events applied. A malformed event is skipped with a flash message.
+    """
+    from core.viewer.niivue import new_events
+
+    state = studio()
+    editor, case = state.editor, state.case
+    if editor is None or case is None:
+        return 0
+    try:
+        events = new_events(value, state.editor_key, state.editor_rev, case.shape, case.affine)
+    except ValueError as exc:
+        flash("error", f"An edit from the viewer was rejected: {exc}")
+        return 0
+    for event in events:
+        in_sync = editor.version == state.editor_synced
+        if event.op == "paint":
+            editor.paint_voxels(event.voxels, event.values, event.tool or "stroke")
+            if in_sync:  # the browser drew it: no reload needed
+                state.editor_synced = editor.version
+        elif event.op == "undo":
+            editor.undo()
+        else:
+            editor.redo()
+        state.editor_rev = event.rev
+    if events:
+        persist_edits()
+    return len(events)
+
+
+def editor_labels_token() -> str:
+    """Token that changes whenever the browser must reload the edited labels (undo, fill, clear…)."""
+    state = studio()
+    if state.editor is None:
+        return ""
+    if state.editor.version != state.editor_synced:
+        state.editor_reloads += 1
+        state.editor_synced = state.editor.version
+    return f"{state.editor_key}:{state.editor_reloads}"
+
+
+def generate_samples(
+    model: Any, source: str, *, n_samples: int, seed: int, temperature: float, progress: Progress | None = None
+) -> Samples:
+    """Sample the CVAE from a label layer of the current case and store the samples.
+
+    The case's own brain outline (non-zero voxels) shapes the samples, so any 1 mm grid the model
+    was built for works, not only the BraTS template's.
+    """
+    from core.preprocessing.preprocess import brain_mask
+    from core.synthesis.generate import generate_cases
+
+    state = studio()
+    case = state.case
+    if case is None:
+        raise RuntimeError("no case loaded")
+    mask = state.layers()[source].labels
+    start = time.perf_counter()
+    cases = generate_cases(
+        np.ascontiguousarray(mask), case.affine, case.header, model,
+        n_samples=n_samples, seed=seed, temperature=temperature, progress=progress, brain=brain_mask(case.image),
+        name=f"{source} label map of {case.name}",  # errors name what was picked, not "mask"
+    )
+    for i, sample in enumerate(cases):
+        sample.name = f"{case.name}-synth-s{seed}-{i + 1:02d}"
+    state.samples = Samples(cases, source, seed, temperature, time.perf_counter() - start)
+    persist_samples()
+    return state.samples
+
+
+def insert_samples(
+    model: Any, source: str, *, n_samples: int, seed: int, temperature: float, progress: Progress | None = None
+) -> Samples:
+    """Render a label layer of the current case into the case itself (``core.synthesis``) and store the samples.
+
+    The case's own tumour (its reference, else the prediction, else the shipped U-Net's) is replaced: only the
+    region around it and the new mask changes; every other voxel stays the case's.
+    """
+    from core.synthesis.insert import insert_tumour
+
+    state = studio()
+    case = state.case
+    if case is None:
+        raise RuntimeError("no case loaded")
+    layers = state.layers()
+    own = next((layers[n].labels for n in (REFERENCE, PREDICTION) if n in layers), None)
+    unet = shipped_model("unet") if own is None else None
+    start = time.perf_counter()
+    cases = insert_tumour(case, np.ascontiguousarray(layers[source].labels), model, n_samples=n_samples, seed=seed,
+                          temperature=temperature, host_tumour=own, unet=unet, progress=progress,
+                          name=f"{source} label map of {case.name}")
+    for i, sample in enumerate(cases):
+        sample.name = f"{case.name}-insert-s{seed}-{i + 1:02d}"
+    state.samples = Samples(cases, source, seed, temperature, time.perf_counter() - start, mode=INTO_CASE)
+    persist_samples()
+    return state.samples
+
+
+def sample_fidelity(index: int, unet: Any, progress: Progress | None = None) -> dict[str, dict[str, float]]:
+    """Segment generated sample ``index`` with the U-Net; metrics against the mask it was generated from."""
+    from core.segmentation.pipeline import SegmentOptions, segment
+
+    samples = studio().samples
+    if samples is None:
+        raise RuntimeError("no samples generated")
+    result = segment(samples.cases[index], unet, SegmentOptions(force=True, force_hint=None), progress=progress)
+    samples.fidelity[index] = result.metrics
+    persist_samples(meta_only=True)
+    return samples.fidelity[index]
+
+
+def label_download(labels: np.ndarray, case: Case, convention: str) -> bytes:
+    """``.nii.gz`` bytes of a label map on the case grid (case affine and header, chosen convention)."""
+    return label_map_bytes(labels, case.affine, case.header, convention)
+
+
+def cases_zip(cases: list[Case], naming: str) -> bytes:
+    """A ``.zip`` of BraTS-named case folders (one per case), built in memory (``core.io.case.cases_zip``)."""
+    return core_cases_zip(cases, naming)

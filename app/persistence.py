@@ -1,0 +1,210 @@
+"""Saving the session's work on the server and getting it back after a browser reload.
+
+The session id lives in the URL (``?sid=…``); ``core.services.session_store.SessionStore`` keeps each case's source,
+prediction, edited mask (with its undo history) and generated samples under it. Old sessions are cleaned up at most
+once an hour per server (:func:`cleanup_old_sessions`).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from typing import Any
+
+import streamlit as st
+
+from app.state import NEW_BRAIN, Prediction, Samples, flash, job_registry, studio
+from core.io.case import Case, CaseError, load_case, load_case_from_bytes, load_case_from_zip
+from core.services.session_store import SESSION_ENV, SessionStore, cleanup_sessions
+from core.viewer.mask_edit import MaskEditor
+from core.viewer.render import DisplayGeometry
+
+SID_PARAM = "sid"
+
+
+def session_store() -> SessionStore | None:
+    """The server-side store of this browser session's work (``None`` when saving is off)."""
+    sid = studio().sid
+    if not sid or os.environ.get(SESSION_ENV, "").lower() == "off":
+        return None
+    return SessionStore(sid)
+
+
+def set_case(case: Case, source: dict[str, Any] | None = None, files: dict[str, bytes] | None = None,
+             case_id: str | None = None) -> None:
+    """Make ``case`` the current case (its prediction, edits and samples start empty).
+
+    The previous case's work stays saved on the server (see :func:`recent_cases`); ``source`` says
+    how to load this case again after a browser reload (``files``: uploaded bytes kept for that).
+    """
+    state = studio()
+    state.case = case
+    state.key = case_id or uuid.uuid4().hex[:12]
+    state.geometry = DisplayGeometry.from_affine(case.affine)
+    state.prediction = None
+    state.editor = None
+    state.editor_key = ""
+    state.editor_source = ""
+    state.samples = None
+    state.cursor = None
+    state.editor_rev = state.editor_synced = state.editor_reloads = 0
+    store = session_store()
+    if store is not None and source is not None:
+        try:
+            store.save_source(state.key, {**source, "name": case.name}, files)
+            store.set_current(state.key, case.name)
+        except OSError as exc:
+            flash("warning", f"Could not save the session on the server ({exc}): a reload will lose it.")
+
+
+_CLEANUP_EVERY_S = 3600.0
+_cleanup_lock = threading.Lock()
+_last_cleanup = [0.0]
+
+
+def cleanup_old_sessions() -> None:
+    """At most once an hour per server: remove old saved sessions in a background thread (see
+    ``core.services.session_store.cleanup_sessions``; the sessions open in this server are kept)."""
+    if os.environ.get(SESSION_ENV, "").lower() == "off":
+        return
+    with _cleanup_lock:
+        if time.time() - _last_cleanup[0] < _CLEANUP_EVERY_S:
+            return
+        _last_cleanup[0] = time.time()
+    store = session_store()
+    if store is not None:
+        store.touch()
+    keep = tuple({studio().sid} | job_registry().busy_sessions())
+    threading.Thread(target=cleanup_sessions, kwargs={"keep": keep}, name="brats-session-cleanup",
+                     daemon=True).start()
+
+
+@st.cache_resource(show_spinner=False)
+def demo_case() -> Case:
+    from core.synthesis.demo import demo_case
+
+    return demo_case()
+
+
+def _load_saved(store: SessionStore, case_id: str) -> Case:
+    source, files = store.source(case_id)
+    kind = source.get("kind")
+    if kind == "demo":
+        return demo_case()
+    if kind == "folder":
+        return load_case(source["path"])
+    if kind == "zip":
+        return load_case_from_zip(files[source["file"]], name=None)
+    if kind == "files":
+        return load_case_from_bytes(files, name=source.get("upload_name") or source.get("name", "upload"))
+    raise CaseError(f"unknown saved case kind {kind!r}")
+
+
+def switch_case(case_id: str) -> str | None:
+    """Make a saved case of this session current again, with its prediction, edits and samples.
+
+    Returns:
+        ``None`` on success, else the message to show (the current case stays).
+    """
+    store = session_store()
+    if store is None:
+        return "Saving is off on this server."
+    try:
+        case = _load_saved(store, case_id)
+    except (CaseError, ValueError, OSError, KeyError) as exc:
+        return f"{exc}"
+    set_case(case, case_id=case_id)
+    store.set_current(case_id, case.name)
+    state = studio()
+    saved = store.labels(case_id, "prediction")
+    if saved is not None and saved[0].shape == case.shape:
+        labels, meta = saved
+        state.prediction = Prediction(labels, float(meta.get("seconds", 0.0)), str(meta.get("model_name", "")),
+                                      bool(meta.get("tta", False)), meta.get("metrics"))
+    saved = store.labels(case_id, "edited")
+    if saved is not None and saved[0].shape == case.shape:
+        labels, meta = saved
+        state.editor = MaskEditor(labels, state.geometry)
+        state.editor_key = str(meta.get("editor_key") or uuid.uuid4().hex[:8])
+        state.editor_source = str(meta.get("source", "Empty"))
+        state.editor_rev = int(meta.get("rev", 0))
+        history = store.history(case_id, "edited")
+        if history is not None:
+            state.editor.restore_history(history)  # Undo / Redo go on where they were before the reload
+        state.saved_edit_version = state.editor.version
+    saved_samples = store.samples(case_id)
+    if saved_samples is not None:
+        images, segs, meta = saved_samples
+        cases = [Case(image, case.affine, case.header, seg, name=name)
+                 for image, seg, name in zip(images, segs, meta["names"])]
+        state.samples = Samples(cases, meta["source"], int(meta["seed"]), float(meta["temperature"]),
+                                float(meta["seconds"]),
+                                fidelity={int(k): v for k, v in (meta.get("fidelity") or {}).items()},
+                                mode=str(meta.get("mode", NEW_BRAIN)))
+    return None
+
+
+def recent_cases() -> list[dict[str, Any]]:
+    """Saved cases of this session other than the current one, newest first, with what each holds."""
+    store = session_store()
+    if store is None:
+        return []
+    out = []
+    for entry in store.workspace()["recent"]:
+        if entry.get("case_id") == studio().key:
+            continue
+        try:
+            out.append({**store.summary(entry["case_id"]), "saved": entry.get("saved", 0.0)})
+        except (ValueError, OSError):
+            continue
+    return out
+
+
+def save_prediction(case_id: str, prediction: Prediction) -> None:
+    """Save ``prediction`` with the saved case ``case_id`` (nothing when saving is off)."""
+    store = session_store()
+    if store is None:
+        return
+    store.save_labels(case_id, "prediction", prediction.labels,
+                      {"seconds": prediction.seconds, "model_name": prediction.model_name, "tta": prediction.tta,
+                       "metrics": prediction.metrics})
+
+
+def persist_prediction() -> None:
+    """Save the current prediction (called after each segmentation)."""
+    state = studio()
+    if state.prediction is not None:
+        save_prediction(state.key, state.prediction)
+
+
+def persist_edits() -> None:
+    """Save the edited mask when it changed since the last save (cheap to call after every edit)."""
+    state, store = studio(), session_store()
+    if store is None or state.editor is None or state.editor.version == state.saved_edit_version:
+        return
+    try:
+        store.save_labels(state.key, "edited", state.editor.labels,
+                          {"editor_key": state.editor_key, "source": state.editor_source, "rev": state.editor_rev},
+                          history=state.editor.history_arrays())
+        state.saved_edit_version = state.editor.version
+    except OSError as exc:
+        flash("warning", f"Could not save the edits on the server: {exc}")
+
+
+def persist_samples(meta_only: bool = False) -> None:
+    """Save the generated samples, or only their metadata (fidelity results) with ``meta_only``."""
+    state, store = studio(), session_store()
+    if store is None or state.samples is None:
+        return
+    s = state.samples
+    meta = {"names": [c.name for c in s.cases], "source": s.source, "seed": s.seed, "temperature": s.temperature,
+            "seconds": s.seconds, "fidelity": {str(k): v for k, v in s.fidelity.items()}, "mode": s.mode}
+    try:
+        if meta_only:
+            store.update_samples_meta(state.key, meta)
+        else:
+            store.save_samples(state.key, [c.image for c in s.cases], [c.seg for c in s.cases], meta)
+    except OSError as exc:
+        flash("warning", f"Could not save the samples on the server: {exc}")
