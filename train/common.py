@@ -148,8 +148,7 @@ def data_spec(data: str | Sequence[str], first_seed: int, phantom_strength: floa
     if rare_weight <= 0:
         raise SystemExit(f"error: --rare-weight {rare_weight} must be > 0")
     names = tuple(str(f) for f in folders)
-    weights, _ = rare_case_weights(names, rare_weight)
-    return ProducerSpec(names, first_seed, phantom_strength, fraction, weights)
+    return ProducerSpec(names, first_seed, phantom_strength, fraction, rare_case_weights(names, rare_weight))
 
 
 def new_state(command: str | None) -> dict[str, Any]:

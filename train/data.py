@@ -150,16 +150,15 @@ def reference_labels(source: str | Path) -> tuple[np.ndarray, float]:
     return labels, float(np.prod(affine_spacing(affine))) / 1000.0
 
 
-def rare_case_weights(folders: tuple[str, ...], rare_weight: float) -> tuple[tuple[float, ...], dict[str, list[str]]]:
+def rare_case_weights(folders: tuple[str, ...], rare_weight: float) -> tuple[float, ...]:
     """Sampling weights that draw cases of a rare kind (:func:`rare_kinds`) ``rare_weight`` times as often.
 
     Returns:
-        ``(weights, {case id: kinds})``; weights are empty (uniform draws) when ``rare_weight`` is 1.
+        One weight per folder; empty (uniform draws, no reference read) when ``rare_weight`` is 1.
     """
-    kinds = {case_id(f): list(rare_kinds(*reference_labels(f))) for f in folders} if rare_weight != 1 else {}
     if rare_weight == 1:
-        return (), kinds
-    return tuple(rare_weight if kinds[case_id(f)] else 1.0 for f in folders), kinds
+        return ()
+    return tuple(rare_weight if rare_kinds(*reference_labels(f)) else 1.0 for f in folders)
 
 
 @dataclass(frozen=True)
