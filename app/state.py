@@ -73,6 +73,7 @@ class Studio:
     samples: Samples | None = None
     flash: list[tuple[str, str]] = field(default_factory=list)
     editor_rev: int = 0  # last edit revision from the browser viewer applied to ``editor``
+    editor_strokes: int = 0  # how many of those revisions were strokes (the rest: undo / redo)
     editor_synced: int = 0  # editor version the browser's drawing layer already shows
     editor_reloads: int = 0  # bumped when the browser must reload the labels (a change made here)
     cursor: tuple[int, int, int] | None = None  # one cursor for every page (voxel of the current case)
@@ -83,6 +84,17 @@ class Studio:
         """Cache key of the edited mask's current content (unique per editor object and version)."""
         assert self.editor is not None
         return f"{self.key}:edit:{self.editor_key}:{self.editor.uid}:{self.editor.version}"
+
+    def newest_result(self) -> str:
+        """Identity of the newest label result of this case: the edit session, else the prediction, else the reference.
+
+        Unlike the layer keys it does not change with each brush stroke, only when a new result appears.
+        """
+        if self.editor is not None:
+            return f"{self.key}:edit:{self.editor_key}:{self.editor.uid}"
+        if self.prediction is not None:
+            return f"{self.key}:pred:{self.prediction.key}"
+        return f"{self.key}:ref"
 
     def cursor_voxel(self) -> tuple[int, int, int]:
         """The shared cursor; starts at the tumour's centre (or the volume's) for a new case."""

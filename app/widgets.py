@@ -381,6 +381,7 @@ class ViewSource:
     layers: dict[str, Layer]
     default_layer: str | None = None
     cursor_group: str | None = None  # sources of one group share the cursor (default: ``key``)
+    newest: str | None = None  # identity of the newest result; the overlay follows it when it changes
 
 
 @dataclass(frozen=True)
@@ -411,7 +412,20 @@ def studio_source(state: Studio) -> ViewSource:
     assert state.case is not None and state.geometry is not None
     layers = state.layers()
     default = next((n for n in (app_state.EDITED, app_state.PREDICTION, app_state.REFERENCE) if n in layers), None)
-    return ViewSource(state.key, state.case, state.geometry, layers, default)
+    return ViewSource(state.key, state.case, state.geometry, layers, default, newest=state.newest_result())
+
+
+def follow_newest(source: ViewSource, layer_key: str) -> None:
+    """Select ``source``'s default overlay in widget ``layer_key`` whenever a newer result appears.
+
+    A new prediction (each Segment run) or a new edit session moves the overlay to it; between
+    results the user's own pick stays, so choosing "Reference" after segmenting is kept.
+    """
+    seen_key = f"{layer_key}_newest"
+    if st.session_state.get(seen_key) == source.newest and st.session_state.get(layer_key) is not None:
+        return
+    st.session_state[seen_key] = source.newest
+    st.session_state[layer_key] = source.default_layer or NO_OVERLAY
 
 
 def cursor_key(prefix: str) -> str:
@@ -461,7 +475,6 @@ def _viewer_fragment(source: ViewSource, prefix: str, compact: bool) -> None:
 def _controls(source: ViewSource, prefix: str, compact: bool) -> ViewSettings:
     names = list(source.layers)
     layer_options = names + [NO_OVERLAY]
-    default_layer = names.index(source.default_layer) if source.default_layer in names else len(names)
     layouts = [layout for layout in LAYOUTS if layout != "Side by side" or len(names) >= 2]
     if compact:
         layouts = ["3 planes"]
@@ -474,8 +487,9 @@ def _controls(source: ViewSource, prefix: str, compact: bool) -> ViewSettings:
     if not compact:
         with next(it):
             layout = st.radio("Layout", layouts, horizontal=True, key=f"{prefix}_layout") or "3 planes"
+    follow_newest(source, f"{prefix}_layer")
     with next(it):
-        layer_name = st.selectbox("Overlay", layer_options, index=default_layer, key=f"{prefix}_layer")
+        layer_name = st.selectbox("Overlay", layer_options, key=f"{prefix}_layer")
     with next(it):
         st.caption("Labels")
         toggles = st.columns(3)
@@ -679,6 +693,7 @@ def niivue_view(state: Studio, key: str, *, compact: bool = False, height: int =
     source = studio_source(state)
     names = list(source.layers)
     options = names + [NO_OVERLAY]
+    follow_newest(source, "nv_layer")
     if st.session_state.get("nv_layer") not in options:
         st.session_state["nv_layer"] = source.default_layer or NO_OVERLAY
     cols = st.columns([1.6, 2.2, 1.4] if not compact else [1.6, 2.2, 1.4])

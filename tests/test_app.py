@@ -222,6 +222,24 @@ def test_segment_with_tiny_unet_and_download(tiny_app):
     assert not app.exception
 
 
+def test_overlay_follows_the_newest_result_unless_the_user_picks(tiny_app):
+    app = tiny_app
+    app.switch_page("pages/segment.py").run()
+    app.toggle(key="seg_tta").set_value(False)
+    app.button(key="seg_run").click().run()
+    assert not app.exception
+    assert app.selectbox(key="seg_layer").value == "Prediction"
+    app.selectbox(key="seg_layer").set_value("Reference").run()
+    app.toggle(key="seg_tta").set_value(False).run()
+    assert app.selectbox(key="seg_layer").value == "Reference"  # the user's pick stays between results
+    first = app.session_state["studio"].prediction.key
+    app.button(key="seg_run").click().run()  # same page, widget state kept: a new result must move it
+    assert app.session_state["studio"].prediction.key != first
+    assert app.selectbox(key="seg_layer").value == "Prediction"
+    app.switch_page("pages/viewer.py").run()
+    assert not app.exception and app.selectbox(key="view_layer").value == "Prediction"
+
+
 def test_segment_page_explains_missing_weights(tiny_app, monkeypatch, tmp_path):
     monkeypatch.setenv("BRATS_UNET_WEIGHTS", str(tmp_path / "nothing.keras"))
     tiny_app.switch_page("pages/segment.py").run()
