@@ -277,7 +277,7 @@ def start_editing(source: str) -> None:
     state.editor = MaskEditor(labels, state.geometry)
     state.editor_key = uuid.uuid4().hex[:8]
     state.editor_source = source if source in layers else "Empty"
-    state.editor_rev = 0
+    state.editor_rev = state.editor_strokes = 0
     state.editor_synced = 0
     state.editor_reloads = 0
     state.saved_edit_version = -1
@@ -305,6 +305,7 @@ def apply_viewer_edits(value: Any) -> int:
         in_sync = editor.version == state.editor_synced
         if event.op == "paint":
             editor.paint_voxels(event.voxels, event.values, event.tool or "stroke")
+            state.editor_strokes += 1
             if in_sync:  # the browser drew it: no reload needed
                 state.editor_synced = editor.version
         elif event.op == "undo":

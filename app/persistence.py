@@ -49,7 +49,7 @@ def set_case(case: Case, source: dict[str, Any] | None = None, files: dict[str, 
     state.editor_source = ""
     state.samples = None
     state.cursor = None
-    state.editor_rev = state.editor_synced = state.editor_reloads = 0
+    state.editor_rev = state.editor_strokes = state.editor_synced = state.editor_reloads = 0
     store = session_store()
     if store is not None and source is not None:
         try:
@@ -130,6 +130,7 @@ def switch_case(case_id: str) -> str | None:
         state.editor_key = str(meta.get("editor_key") or uuid.uuid4().hex[:8])
         state.editor_source = str(meta.get("source", "Empty"))
         state.editor_rev = int(meta.get("rev", 0))
+        state.editor_strokes = int(meta.get("strokes", state.editor_rev))
         history = store.history(case_id, "edited")
         if history is not None:
             state.editor.restore_history(history)  # Undo / Redo go on where they were before the reload
@@ -186,7 +187,8 @@ def persist_edits() -> None:
         return
     try:
         store.save_labels(state.key, "edited", state.editor.labels,
-                          {"editor_key": state.editor_key, "source": state.editor_source, "rev": state.editor_rev},
+                          {"editor_key": state.editor_key, "source": state.editor_source, "rev": state.editor_rev,
+                           "strokes": state.editor_strokes},
                           history=state.editor.history_arrays())
         state.saved_edit_version = state.editor.version
     except OSError as exc:

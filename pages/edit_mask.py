@@ -198,7 +198,8 @@ def _niivue_panel() -> None:
                    "Every stroke is saved on the server as soon as you release the mouse.")
     with side:
         _undo_redo_buttons(editor)
-        st.caption(f"{editor.undo_depth} / {editor.history_limit} undo steps · {state.editor_rev} strokes received")
+        st.caption(f"{editor.undo_depth} / {editor.history_limit} undo steps · {state.editor_strokes} strokes received"
+                   f" · {state.editor_rev - state.editor_strokes} undo/redo")
         st.radio("Slice tools act on", PLANES, horizontal=True, key="edit_nv_plane", format_func=str.capitalize)
         plane, index = _target()
         st.caption(f"{plane.capitalize()} slice {index} (through the cursor)")

@@ -12,6 +12,7 @@ Set ``BRATS_SCREENSHOTS=DIR`` to save a screenshot of every step into DIR.
 from __future__ import annotations
 
 import gzip
+import re
 import zipfile
 from pathlib import Path
 
@@ -29,7 +30,9 @@ from bench.server import (
     optional_screenshot,
     streamlit_server,
 )
+from core.io.labels import CLASS_NAMES
 from core.synthesis.anatomy import BRATS_AFFINE
+from core.synthesis.demo import demo_case
 from core.viewer.niivue import voxel_to_ras_flat
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} not installed (apt-get install chromium)")
@@ -74,6 +77,24 @@ def bitmap_voxels(frame, label: int) -> np.ndarray:
         f"() => {{ const b = window.bratsViewer.nv.drawBitmap; const out = []; "
         f"for (let i = 0; i < b.length; i++) if (b[i] === {label}) out.push(i); return out }}")
     return np.asarray(indices, dtype=np.int64)
+
+
+def _check_readout(frame, modality: str) -> None:
+    """The status read-out names the case's voxel under the crosshair, the shown modality and the label there."""
+    text = frame.locator("#status").inner_text()
+    match = re.search(r"voxel (\d+), (\d+), (\d+) · (\S+) (-?[\d.e+]+) · (\w+)", text)
+    assert match, text
+    mm = frame.evaluate("() => { const nv = window.bratsViewer.nv; "
+                        "return Array.from(nv.frac2mm(nv.scene.crosshairPos)).slice(0, 3) }")
+    expected = np.rint(np.linalg.inv(BRATS_AFFINE) @ np.append(mm, 1.0))[:3].astype(int)
+    voxel = tuple(int(v) for v in match.groups()[:3])
+    assert voxel == tuple(expected.tolist()), (text, mm)
+    case = demo_case()
+    assert match.group(4) == modality
+    channel = ("T1", "T1ce", "T2", "FLAIR").index(modality)
+    tolerance = 0.01 * float(np.ptp(case.image[channel]))  # 8-bit display volumes: 1/255 of the range
+    assert float(match.group(5)) == pytest.approx(float(case.image[channel][voxel]), abs=tolerance)
+    assert match.group(6) == CLASS_NAMES[int(case.seg[voxel])]
 
 
 def _components(flat: np.ndarray) -> int:
@@ -134,6 +155,12 @@ def test_niivue_view_segment_edit_reload_generate(server, tmp_path):
         goto_page(page, "Viewer")
         frame = wait_ready(page)
         _shot(page, "1_viewer")
+        assert page.get_by_role("combobox", name="Overlay").input_value() == "Reference"  # the demo's reference
+        _check_readout(frame, "FLAIR")
+        frame.get_by_role("button", name="T1", exact=True).click()  # the read-out follows a modality switch
+        frame.wait_for_function("() => document.getElementById('status').textContent.includes(' T1 ')",
+                                timeout=60_000)
+        _check_readout(frame, "T1")
         before = frame.evaluate("() => Array.from(window.bratsViewer.nv.scene.crosshairPos)")
         box = frame.locator("#gl").bounding_box()
         page.mouse.move(box["x"] + box["width"] * 0.25, box["y"] + box["height"] * 0.75)  # the axial tile
@@ -147,6 +174,8 @@ def test_niivue_view_segment_edit_reload_generate(server, tmp_path):
         goto_page(page, "Segment")
         page.get_by_role("button", name="Segment", exact=True).click()
         page.get_by_text("Segmented with unet.keras").wait_for(timeout=180_000)
+        # the overlay follows the new result (the shared viewer setting was "Reference")
+        playwright.expect(page.get_by_role("combobox", name="Overlay")).to_have_value("Prediction", timeout=60_000)
 
         # Edit mask: quick strokes, each applied exactly once
         goto_page(page, "Edit mask")
@@ -182,7 +211,7 @@ def test_niivue_view_segment_edit_reload_generate(server, tmp_path):
 
         # Undo / redo by key: the last stroke goes and comes back
         _undo_redo_last_stroke(page, frame, STROKES, int(et_browser.size))
-        page.get_by_text(f"{STROKES + 2} strokes received").wait_for(timeout=60_000)
+        page.get_by_text(f"{STROKES} strokes received · 2 undo/redo").wait_for(timeout=60_000)
 
         # Reload: the case, the prediction and every edit come back from the server
         page.reload()

@@ -114,6 +114,7 @@ def viewer(
         labels_token=labels_token if labels is not None else "", editable=bool(editable), epoch=epoch,
         acked_rev=int(acked_rev), opacity=float(opacity), visible=list(visible), colors=colours,
         cursor_mm=voxel_to_world(cursor, affine) if cursor is not None else None, height=int(height),
+        world_to_voxel=np.linalg.inv(np.asarray(affine, float))[:3].tolist(),
     )
 
 

@@ -6,7 +6,7 @@
 // The component sends back (component value): every edit not yet acknowledged, each with a revision
 // number, so an edit is resent until Python has it and applied exactly once whatever the timing.
 // Labels are NiiVue's drawing layer (values 0..3 = background, NCR, ED, ET).
-import { Niivue, NVImage, DRAG_MODE, SHOW_RENDER, SLICE_TYPE } from '@niivue/niivue'
+import { Niivue, NVImage, DRAG_MODE, MULTIPLANAR_TYPE, SHOW_RENDER, SLICE_TYPE } from '@niivue/niivue'
 
 const LAYOUTS = {
   multi: SLICE_TYPE.MULTIPLANAR,
@@ -97,6 +97,7 @@ async function createViewer() {
     crosshairColor: [1, 0.8, 0, 1],
     isRadiologicalConvention: true, // patient right on screen left, as ITK-SNAP / BraTS viewers show it
     multiplanarShowRender: SHOW_RENDER.ALWAYS,
+    multiplanarLayout: MULTIPLANAR_TYPE.GRID, // 4-up is 2 x 2 on every page (auto put 4 small panes in a row)
     isOrientationTextVisible: true,
     showAllOrientationMarkers: true,
     isNearestInterpolation: true,
@@ -435,14 +436,55 @@ function chooseVolume(i) {
   if (!state.args || i === state.args.active) return
   state.args = { ...state.args, active: i }
   renderBar()
-  state.loading = state.loading.then(() => showVolume(state.args)).then(() => renderStatus()).catch(fail)
+  state.loading = state.loading.then(() => showVolume(state.args)).then(() => { refreshReadout(); renderStatus() })
+    .catch(fail)
+}
+
+const CLASS_NAMES = ['background', 'NCR', 'ED', 'ET']
+
+function caseVoxel(mm) {
+  // voxel i, j, k of the case's own file (its affine's inverse, from Python), not NiiVue's RAS grid
+  const m = state.args && state.args.world_to_voxel
+  if (!m || !mm) return null
+  return [0, 1, 2].map((r) => Math.round(m[r][0] * mm[0] + m[r][1] * mm[1] + m[r][2] * mm[2] + m[r][3]))
+}
+
+function labelAtCrosshair() {
+  const nv = state.nv
+  if (state.labelsToken === null || !nv.drawBitmap || !nv.back) return null
+  const v = nv.frac2vox(nv.scene.crosshairPos) // RAS voxel of the drawing layer
+  const d = nv.back.dims // RAS after NiiVue's reorientation, as its drawing layer
+  const value = nv.drawBitmap[v[0] + v[1] * d[1] + v[2] * d[1] * d[2]]
+  return value === undefined ? null : CLASS_NAMES[value] || String(value)
+}
+
+function readout(location) {
+  // "voxel i, j, k · FLAIR 381.7 · ED": the case's voxel, the shown modality's intensity, the label's name
+  const nv = state.nv
+  if (!nv || !nv.volumes.length || !state.args) return ''
+  const ijk = caseVoxel(Array.from(nv.frac2mm(nv.scene.crosshairPos)))
+  const spec = state.args.volumes[state.args.active] || state.args.volumes[0]
+  const values = location && location.values
+  const value = values && values.length ? Number(values[0].value) : NaN
+  const label = labelAtCrosshair()
+  return [
+    ijk ? `voxel ${ijk.join(', ')}` : '',
+    spec && Number.isFinite(value) ? `${spec.name} ${Number(value.toPrecision(4))}` : '',
+    label || '',
+  ].filter(Boolean).join(' · ')
+}
+
+function refreshReadout() {
+  // after a modality or label change the last location is stale: ask NiiVue for a fresh one
+  const nv = state.nv
+  if (nv && nv.volumes.length && typeof nv.createOnLocationChange === 'function') nv.createOnLocationChange()
 }
 
 let locationText = ''
 let cursorTimer = 0
 let sentCursor = ''
 function showLocation(location) {
-  locationText = location && location.string ? location.string : ''
+  locationText = readout(location)
   renderStatus()
   saveView()
   // Python learns the cursor (for its slice tools and read-outs) once the user pauses, not per wheel step.
@@ -547,6 +589,7 @@ async function onRender(args) {
         nv.opts.sliceType = LAYOUTS[state.layout]
         if (!drawn) nv.drawScene()
       }
+      refreshReadout()
       renderStatus()
       if (!state.timings.shown) {
         mark('shown')
