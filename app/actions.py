@@ -22,12 +22,12 @@ from app.persistence import (
     SID_PARAM,
     cleanup_old_sessions,
     demo_case,
-    persist_edits,
     persist_prediction,
     persist_samples,
     save_prediction,
     session_store,
     set_case,
+    shared_edits,
     switch_case,
 )
 from app.state import (
@@ -37,6 +37,7 @@ from app.state import (
     Prediction,
     Progress,
     Samples,
+    Studio,
     flash,
     job_registry,
     studio,
@@ -274,17 +275,17 @@ def start_editing(source: str) -> None:
         labels = layers[source].labels
     else:
         labels = np.zeros(state.case.shape, dtype=np.uint8)
-    state.editor = MaskEditor(labels, state.geometry)
-    state.editor_key = uuid.uuid4().hex[:8]
-    state.editor_source = source if source in layers else "Empty"
-    state.editor_rev = state.editor_strokes = 0
-    state.editor_synced = 0
-    state.editor_reloads = 0
-    state.saved_edit_version = -1
-    persist_edits()
+    with shared_edits(state):  # the other tabs of this session take the new edit session too
+        state.editor = MaskEditor(labels, state.geometry)
+        state.editor_key = uuid.uuid4().hex[:8]
+        state.editor_source = source if source in layers else "Empty"
+        state.editor_revs = {}
+        state.editor_events = state.editor_strokes = 0
+        state.editor_synced = state.editor_reloads = 0
+        state.saved_edit_version = -1
 
 
-def apply_viewer_edits(value: Any) -> int:
+def apply_viewer_edits(value: Any, state: Studio | None = None) -> int:
     """Apply the browser viewer's edits not applied yet (each revision exactly once, in order).
 
     Returns:
@@ -292,29 +293,30 @@ def apply_viewer_edits(value: Any) -> int:
     """
     from core.viewer.niivue import new_events
 
-    state = studio()
-    editor, case = state.editor, state.case
-    if editor is None or case is None:
+    if (state or studio()).case is None:
         return 0
-    try:
-        events = new_events(value, state.editor_key, state.editor_rev, case.shape, case.affine)
-    except ValueError as exc:
-        flash("error", f"An edit from the viewer was rejected: {exc}")
-        return 0
-    for event in events:
-        in_sync = editor.version == state.editor_synced
-        if event.op == "paint":
-            editor.paint_voxels(event.voxels, event.values, event.tool or "stroke")
-            state.editor_strokes += 1
-            if in_sync:  # the browser drew it: no reload needed
-                state.editor_synced = editor.version
-        elif event.op == "undo":
-            editor.undo()
-        else:
-            editor.redo()
-        state.editor_rev = event.rev
-    if events:
-        persist_edits()
+    with shared_edits(state) as state:  # on the newest saved mask: another tab's strokes are kept, never overwritten
+        editor, case = state.editor, state.case
+        if editor is None or case is None:
+            return 0
+        try:
+            events = new_events(value, state.editor_key, state.editor_revs, case.shape, case.affine)
+        except ValueError as exc:
+            flash("error", f"An edit from the viewer was rejected: {exc}")
+            return 0
+        for event in events:
+            in_sync = editor.version == state.editor_synced
+            if event.op == "paint":
+                editor.paint_voxels(event.voxels, event.values, event.tool or "stroke")
+                state.editor_strokes += 1
+                if in_sync:  # the browser drew it: no reload needed
+                    state.editor_synced = editor.version
+            elif event.op == "undo":
+                editor.undo()
+            else:
+                editor.redo()
+            state.editor_revs[event.client] = event.rev
+            state.editor_events += 1
     return len(events)
 
 

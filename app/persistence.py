@@ -11,11 +11,13 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import streamlit as st
 
-from app.state import NEW_BRAIN, Prediction, Samples, flash, job_registry, studio
+from app.state import NEW_BRAIN, Prediction, Samples, Studio, flash, job_registry, studio
 from core.io.case import Case, CaseError, load_case, load_case_from_bytes, load_case_from_zip
 from core.services.session_store import SESSION_ENV, SessionStore, cleanup_sessions
 from core.viewer.mask_edit import MaskEditor
@@ -24,9 +26,9 @@ from core.viewer.render import DisplayGeometry
 SID_PARAM = "sid"
 
 
-def session_store() -> SessionStore | None:
+def session_store(state: Studio | None = None) -> SessionStore | None:
     """The server-side store of this browser session's work (``None`` when saving is off)."""
-    sid = studio().sid
+    sid = (state or studio()).sid
     if not sid or os.environ.get(SESSION_ENV, "").lower() == "off":
         return None
     return SessionStore(sid)
@@ -49,7 +51,7 @@ def set_case(case: Case, source: dict[str, Any] | None = None, files: dict[str, 
     state.editor_source = ""
     state.samples = None
     state.cursor = None
-    state.editor_rev = state.editor_strokes = state.editor_synced = state.editor_reloads = 0
+    reset_edit_counters(state)
     store = session_store()
     if store is not None and source is not None:
         try:
@@ -123,18 +125,7 @@ def switch_case(case_id: str) -> str | None:
         labels, meta = saved
         state.prediction = Prediction(labels, float(meta.get("seconds", 0.0)), str(meta.get("model_name", "")),
                                       bool(meta.get("tta", False)), meta.get("metrics"))
-    saved = store.labels(case_id, "edited")
-    if saved is not None and saved[0].shape == case.shape:
-        labels, meta = saved
-        state.editor = MaskEditor(labels, state.geometry)
-        state.editor_key = str(meta.get("editor_key") or uuid.uuid4().hex[:8])
-        state.editor_source = str(meta.get("source", "Empty"))
-        state.editor_rev = int(meta.get("rev", 0))
-        state.editor_strokes = int(meta.get("strokes", state.editor_rev))
-        history = store.history(case_id, "edited")
-        if history is not None:
-            state.editor.restore_history(history)  # Undo / Redo go on where they were before the reload
-        state.saved_edit_version = state.editor.version
+    _take_saved_edits(state, store)
     saved_samples = store.samples(case_id)
     if saved_samples is not None:
         images, segs, meta = saved_samples
@@ -180,17 +171,108 @@ def persist_prediction() -> None:
         save_prediction(state.key, state.prediction)
 
 
-def persist_edits() -> None:
+# ---------------------------------------------------------------------------- edits shared by tabs
+# Several browser tabs may show one session (same ``?sid=``): each is its own Streamlit session with its
+# own editor object. The saved edited mask is the one truth: every change is made under a lock, on the
+# newest saved version (another tab's strokes included), and saved with the next generation number;
+# a tab that sees a newer generation takes it (and its browser reloads the labels).
+_EDIT_LOCKS: dict[str, threading.RLock] = {}
+_EDIT_LOCKS_GUARD = threading.Lock()
+
+
+def _edit_lock(store: SessionStore, case_id: str) -> threading.RLock:
+    key = f"{store.folder}:{case_id}"
+    with _EDIT_LOCKS_GUARD:
+        return _EDIT_LOCKS.setdefault(key, threading.RLock())
+
+
+def reset_edit_counters(state: Studio) -> None:
+    """Forget the editing bookkeeping of the previous case or edit session."""
+    state.editor_revs = {}
+    state.editor_events = state.editor_strokes = state.edit_generation = 0
+    state.editor_synced = state.editor_reloads = 0
+
+
+def _take_saved_edits(state: Studio, store: SessionStore) -> bool:
+    """Make the saved edited mask (history, per-tab revisions, counters) this tab's editor; False if none."""
+    saved = store.labels(state.key, "edited")
+    if saved is None or state.case is None or saved[0].shape != state.case.shape:
+        return False
+    labels, meta = saved
+    state.editor = MaskEditor(labels, state.geometry)
+    state.editor_key = str(meta.get("editor_key") or uuid.uuid4().hex[:8])
+    state.editor_source = str(meta.get("source", "Empty"))
+    state.editor_revs = {str(k): int(v) for k, v in (meta.get("revs") or {}).items()}
+    state.editor_events = int(meta.get("events", 0))
+    state.editor_strokes = int(meta.get("strokes", 0))
+    state.edit_generation = int(meta.get("generation", 0))
+    history = store.history(state.key, "edited")
+    if history is not None:
+        state.editor.restore_history(history)  # Undo / Redo go on where they were before the reload
+    state.saved_edit_version = state.editor.version
+    return True
+
+
+def edits_changed_elsewhere(state: Studio | None = None) -> bool:
+    """Whether another tab of this session saved edits this tab has not taken yet (a small JSON read)."""
+    state = state or studio()
+    store = session_store(state)
+    if store is None or state.case is None:
+        return False
+    meta = store.label_meta(state.key, "edited")
+    return meta is not None and int(meta.get("generation", 0)) > state.edit_generation
+
+
+def sync_edits(state: Studio | None = None) -> bool:
+    """Take the edits another tab saved since this tab last saved or took them; True when it did.
+
+    The browser then reloads the labels (its own unacknowledged strokes go back on top).
+    """
+    state = state or studio()
+    store = session_store(state)
+    if store is None or state.case is None:
+        return False
+    with _edit_lock(store, state.key):
+        if not edits_changed_elsewhere(state) or not _take_saved_edits(state, store):
+            return False
+        assert state.editor is not None
+        state.editor_reloads += 1
+        state.editor_synced = state.editor.version
+        return True
+
+
+@contextmanager
+def shared_edits(state: Studio | None = None) -> Iterator[Studio]:
+    """Change the edited mask together with the other tabs: on the newest saved version, saved after.
+
+    Usage: ``with shared_edits() as state: state.editor.undo()``.
+    """
+    state = state or studio()
+    store = session_store(state)
+    if store is None:
+        yield state
+        return
+    with _edit_lock(store, state.key):
+        sync_edits(state)
+        yield state
+        persist_edits(state)
+
+
+def persist_edits(state: Studio | None = None) -> None:
     """Save the edited mask when it changed since the last save (cheap to call after every edit)."""
-    state, store = studio(), session_store()
+    state = state or studio()
+    store = session_store(state)
     if store is None or state.editor is None or state.editor.version == state.saved_edit_version:
         return
+    generation = state.edit_generation + 1
     try:
         store.save_labels(state.key, "edited", state.editor.labels,
-                          {"editor_key": state.editor_key, "source": state.editor_source, "rev": state.editor_rev,
-                           "strokes": state.editor_strokes},
+                          {"editor_key": state.editor_key, "source": state.editor_source, "revs": state.editor_revs,
+                           "events": state.editor_events, "strokes": state.editor_strokes,
+                           "generation": generation},
                           history=state.editor.history_arrays())
         state.saved_edit_version = state.editor.version
+        state.edit_generation = generation
     except OSError as exc:
         flash("warning", f"Could not save the edits on the server: {exc}")
 

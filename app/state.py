@@ -72,8 +72,10 @@ class Studio:
     editor_source: str = ""
     samples: Samples | None = None
     flash: list[tuple[str, str]] = field(default_factory=list)
-    editor_rev: int = 0  # last edit revision from the browser viewer applied to ``editor``
-    editor_strokes: int = 0  # how many of those revisions were strokes (the rest: undo / redo)
+    editor_revs: dict[str, int] = field(default_factory=dict)  # last edit revision applied, per browser tab
+    editor_events: int = 0  # browser edits applied to the edited mask (all tabs)
+    editor_strokes: int = 0  # how many of those were strokes (the rest: undo / redo)
+    edit_generation: int = 0  # version of the saved edited mask this tab holds (see app.persistence.shared_edits)
     editor_synced: int = 0  # editor version the browser's drawing layer already shows
     editor_reloads: int = 0  # bumped when the browser must reload the labels (a change made here)
     cursor: tuple[int, int, int] | None = None  # one cursor for every page (voxel of the current case)

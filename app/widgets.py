@@ -88,6 +88,7 @@ def require_case() -> Studio | None:
         st.info("No case loaded yet. Load the built-in demo case, upload a case or open a folder first.")
         st.page_link("pages/load.py", label="Go to Load", icon=":material/upload_file:")
         return None
+    persistence.sync_edits(state)  # edits another tab of this session saved meanwhile
     return state
 
 

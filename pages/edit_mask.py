@@ -59,7 +59,11 @@ def _undo_redo_buttons(editor) -> None:
 
 def _run(action: str, *args) -> None:
     """Button callback: one editor operation on the current slice (runs before the page redraws)."""
-    editor = app_state.studio().editor
+    with persistence.shared_edits() as live:  # on the newest saved mask (another tab may have drawn)
+        _edit(live.editor, action, *args)
+
+
+def _edit(editor, action: str, *args) -> None:
     plane, index = _target()
     if action == "undo":
         editor.undo()
@@ -78,7 +82,6 @@ def _run(action: str, *args) -> None:
             editor.copy_slice(plane, index, target)
             if "edit_slice" in st.session_state:
                 st.session_state["edit_slice"] = target
-    persistence.persist_edits()
 
 
 def _apply_stroke(key: str, plane: str, index: int) -> None:
@@ -94,9 +97,9 @@ def _apply_stroke(key: str, plane: str, index: int) -> None:
         return
     stroke = CanvasResult(drawing.get("raw"), drawing["data"], return_image_data=True).image_data
     if stroke is not None and stroke[..., 3].any():
-        app_state.studio().editor.apply_stroke(plane, index, stroke, label)
+        with persistence.shared_edits() as live:
+            live.editor.apply_stroke(plane, index, stroke, label)
         st.session_state["edit_strokes"] = st.session_state.get("edit_strokes", 0) + 1
-        persistence.persist_edits()
 
 
 def _start(source: str) -> None:
@@ -179,9 +182,14 @@ def _on_viewer() -> None:
     app_state.note_cursor(value)
 
 
-@st.fragment
+@st.fragment(run_every=2.0)
 def _niivue_panel() -> None:
-    """The 3D editor: NiiVue with pen / eraser / fill, keys, and the slice tools beside it."""
+    """The 3D editor: NiiVue with pen / eraser / fill, keys, and the slice tools beside it.
+
+    Reruns every 2 s to take edits another tab of this session saved (a small JSON read when there
+    are none; the component keeps its browser state and the tables are cached by content).
+    """
+    persistence.sync_edits(state)
     editor = state.editor
     view, side = st.columns([2.8, 1.1])
     with view:
@@ -190,7 +198,7 @@ def _niivue_panel() -> None:
             names=[MODALITY_LABELS[m] for m in MODALITIES], active=int(st.session_state.get("edit_modality", 3)),
             labels=editor.labels, labels_key=state.edit_layer_key(),
             labels_token=actions.editor_labels_token(), editable=True, epoch=state.editor_key,
-            acked_rev=state.editor_rev, opacity=float(st.session_state.get("edit_opacity", 0.5)),
+            acked_revs=state.editor_revs, opacity=float(st.session_state.get("edit_opacity", 0.5)),
             cursor=state.cursor_voxel(), height=600, on_change=_on_viewer,
         )
         st.caption("Left-drag paints on any plane · keys: `1` `2` `3` label, `e` eraser, `p` pen, `f` fill (draw an "
@@ -199,7 +207,7 @@ def _niivue_panel() -> None:
     with side:
         _undo_redo_buttons(editor)
         st.caption(f"{editor.undo_depth} / {editor.history_limit} undo steps · {state.editor_strokes} strokes received"
-                   f" · {state.editor_rev - state.editor_strokes} undo/redo")
+                   f" · {state.editor_events - state.editor_strokes} undo/redo")
         st.radio("Slice tools act on", PLANES, horizontal=True, key="edit_nv_plane", format_func=str.capitalize)
         plane, index = _target()
         st.caption(f"{plane.capitalize()} slice {index} (through the cursor)")

@@ -240,6 +240,64 @@ def test_niivue_view_segment_edit_reload_generate(server, tmp_path):
     assert np.array_equal(np.asarray(seg.dataobj) > 0, labels > 0)  # generated from the edited mask
 
 
+def _draw_et_strokes(page, frame, column: float, first: int, count: int) -> None:
+    """``count`` separate ET strokes on the axial view, rows ``first`` .. at horizontal position ``column``."""
+    box = frame.locator("#gl").bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)  # hovering focuses the canvas
+    page.keyboard.press("a")
+    page.keyboard.press("3")
+    page.wait_for_timeout(200)
+    for row in range(first, first + count):
+        x0, y = box["x"] + box["width"] * column, box["y"] + box["height"] * (0.15 + 0.07 * row)
+        page.mouse.move(x0, y)
+        page.mouse.down()
+        for step in range(1, 6):
+            page.mouse.move(x0 + step * box["width"] * 0.02, y)
+        page.mouse.up()
+
+
+def _wait_components(frame, expected: int, timeout_s: float = 60.0) -> int:
+    """Wait until the browser's drawing layer holds ``expected`` separate ET strokes; returns the last count."""
+    import time
+
+    deadline, found = time.monotonic() + timeout_s, -1
+    while time.monotonic() < deadline:
+        found = _components(bitmap_voxels(frame, 3))
+        if found == expected:
+            return found
+        time.sleep(0.5)
+    return found
+
+
+def test_two_tabs_on_one_session_lose_no_stroke(server, tmp_path):
+    """Tabs A and B edit one session's mask alternately: every confirmed stroke of both is kept and shown in both."""
+    rounds = 3
+    with chromium_page(webgl=True) as page_a:
+        page_a.goto(server.url)
+        page_a.get_by_role("button", name="Load the demo case").click()
+        page_a.locator("[data-testid=stAlertContentSuccess]").wait_for(timeout=120_000)
+        goto_page(page_a, "Edit mask")
+        page_a.get_by_role("combobox", name="Start from").click()
+        page_a.get_by_role("option", name="Empty", exact=True).click()
+        page_a.get_by_role("button", name="Start editing").click()
+        frame_a = wait_ready(page_a)
+        page_b = page_a.context.new_page()  # a second tab of the same browser, same session URL
+        page_b.goto(page_a.url)
+        frame_b = wait_ready(page_b)
+        for i in range(rounds):  # alternate, each tab waits for its own acknowledgement
+            _draw_et_strokes(page_a, frame_a, 0.3, i, 1)
+            wait_synced(frame_a, frame_a.evaluate("() => window.bratsViewer.rev"))
+            _draw_et_strokes(page_b, frame_b, 0.55, i, 1)
+            wait_synced(frame_b, frame_b.evaluate("() => window.bratsViewer.rev"))
+        # each tab shows the other's strokes too (it polls the session every 2 s)
+        assert _wait_components(frame_a, 2 * rounds) == 2 * rounds
+        assert _wait_components(frame_b, 2 * rounds) == 2 * rounds
+        page_a.get_by_text(f"{2 * rounds} strokes received").wait_for(timeout=30_000)
+        target = _download(page_a, "Download the edited mask (.nii.gz)", tmp_path / "edited.nii.gz")
+    labels = np.asarray(nib.Nifti1Image.from_bytes(gzip.decompress(target.read_bytes())).dataobj)
+    assert _components(voxel_to_ras_flat(np.nonzero(labels == 3), SHAPE, BRATS_AFFINE)) == 2 * rounds
+
+
 def test_png_viewer_without_webgl(server):
     """Without WebGL2 the component says so and the Viewer falls back to the server-rendered images."""
     with chromium_page() as page:  # --disable-gpu: no WebGL

@@ -73,23 +73,36 @@ def test_world_voxel_round_trip():
     assert world_to_voxel([1e6, -1e6, 0], affine, (240, 240, 155))[0] in (0, 239)  # clipped
 
 
-def _value(events, epoch="e1"):
-    return {"epoch": epoch, "events": [{"epoch": epoch, **e} for e in events]}
+def _value(events, epoch="e1", client="tabA"):
+    return {"epoch": epoch, "client": client, "events": [{"epoch": epoch, **e} for e in events]}
 
 
 def test_new_events_skip_applied_and_stale_and_sort():
     affine = AFFINES["RAS"]
     value = _value([{"rev": 3, "op": "undo"}, {"rev": 1, "op": "paint", "idx": [0], "val": [2]},
                     {"rev": 2, "op": "paint", "idx": [1, 2], "val": [1, 1]}])
-    events = new_events(value, "e1", 1, SHAPE, affine)
+    events = new_events(value, "e1", {"tabA": 1}, SHAPE, affine)
     assert [e.rev for e in events] == [2, 3]
-    assert events[1].op == "undo"
-    assert new_events(value, "other", 0, SHAPE, affine) == []
-    assert new_events(None, "e1", 0, SHAPE, affine) == []
+    assert events[1].op == "undo" and {e.client for e in events} == {"tabA"}
+    assert new_events(value, "other", {}, SHAPE, affine) == []
+    assert new_events(None, "e1", {}, SHAPE, affine) == []
     with pytest.raises(ValueError, match="labels"):
-        new_events(_value([{"rev": 1, "op": "paint", "idx": [0], "val": [4]}]), "e1", 0, SHAPE, affine)
+        new_events(_value([{"rev": 1, "op": "paint", "idx": [0], "val": [4]}]), "e1", {}, SHAPE, affine)
     with pytest.raises(ValueError, match="indices"):
-        new_events(_value([{"rev": 1, "op": "paint", "idx": [0, 1], "val": [1]}]), "e1", 0, SHAPE, affine)
+        new_events(_value([{"rev": 1, "op": "paint", "idx": [0, 1], "val": [1]}]), "e1", {}, SHAPE, affine)
+
+
+def test_new_events_count_revisions_per_browser_tab():
+    """Two tabs of one session number their strokes independently: tab B's revision 2 is new after tab A's 5."""
+    affine = AFFINES["RAS"]
+    applied = {"tabA": 5}
+    value_b = _value([{"rev": 1, "op": "paint", "idx": [0], "val": [2]},
+                      {"rev": 2, "op": "paint", "idx": [1], "val": [3]}], client="tabB")
+    assert [(e.client, e.rev) for e in new_events(value_b, "e1", applied, SHAPE, affine)] == [("tabB", 1), ("tabB", 2)]
+    value_a = _value([{"rev": 5, "op": "undo"}, {"rev": 6, "op": "redo"}])
+    assert [(e.client, e.rev) for e in new_events(value_a, "e1", applied, SHAPE, affine)] == [("tabA", 6)]
+    forged = _value([{"rev": 1, "op": "undo"}], client="../../etc")  # not an id: counted as the anonymous client
+    assert [e.client for e in new_events(forged, "e1", applied, SHAPE, affine)] == [""]
 
 
 def test_paint_voxels_is_one_undoable_step():

@@ -83,7 +83,7 @@ def viewer(
     labels_token: str,
     editable: bool = False,
     epoch: str = "",
-    acked_rev: int = 0,
+    acked_revs: dict[str, int] | None = None,
     opacity: float = 0.5,
     visible: tuple[int, ...] = (1, 2, 3),
     cursor: tuple[int, int, int] | None = None,
@@ -99,7 +99,8 @@ def viewer(
         labels: label map on the case grid shown as the drawing layer (``None``: no labels).
         labels_key: identifies the label map's content (cache key of its file).
         labels_token: changes when the browser must reload the labels (a server-side change).
-        editable: drawing tools on; edits come back in the value, ``epoch`` / ``acked_rev`` tag them.
+        editable: drawing tools on; edits come back in the value, tagged with ``epoch``, the tab's ``client``
+            id and a revision; ``acked_revs`` is the last revision applied per client (each tab reads its own).
         cursor: initial crosshair voxel (the browser keeps its own cursor per case after that).
     """
     assert _component is not None, f"{BUILD_DIR} is missing: run `make frontend`"
@@ -112,7 +113,8 @@ def viewer(
         key=key, on_change=on_change, default=None,
         case_key=case_key, volumes=volumes, active=int(active), labels_url=labels_url,
         labels_token=labels_token if labels is not None else "", editable=bool(editable), epoch=epoch,
-        acked_rev=int(acked_rev), opacity=float(opacity), visible=list(visible), colors=colours,
+        acked_revs={str(k): int(v) for k, v in (acked_revs or {}).items()}, opacity=float(opacity),
+        visible=list(visible), colors=colours,
         cursor_mm=voxel_to_world(cursor, affine) if cursor is not None else None, height=int(height),
         world_to_voxel=np.linalg.inv(np.asarray(affine, float))[:3].tolist(),
     )

@@ -13,8 +13,12 @@ run cut short still leaves what it measured):
 - lost strokes: ``--strokes`` strokes at random 100-1000 ms gaps without waiting for anything, then
   the revisions Python applied, the strokes (separate pieces) in the mask Python saved for the
   session, and whether that mask equals the browser's drawing.
+- two tabs on one session: a second tab opens the same session, and the two draw ``--tab-strokes``
+  strokes alternately (random gaps, no waiting); then the strokes found in the saved mask and whether
+  each tab's drawing equals it (each tab takes the other's edits within its 2 s poll).
 
-    python -m bench.app.bench_niivue [--strokes 100] [--opens 3] [--json bench/results/app/niivue.json]
+    python -m bench.app.bench_niivue [--strokes 100] [--tab-strokes 100] [--opens 3]
+        [--json bench/results/app/niivue.json]
 
 The numbers depend heavily on the machine: SwiftShader renders on the CPU.
 """
@@ -80,21 +84,34 @@ def _page_open(page, opens: int, timeout_s: float) -> dict:
             "wall_s": _summary([r["wall_s"] for r in runs])}
 
 
-def _strokes(page, frame, strokes: int, rng: random.Random, timeout_s: float) -> dict:
+ROWS = 50  # strokes per column on the axial slice
+
+
+def _pen_ready(page, frame) -> dict:
+    """Axial view, ET, 1-voxel brush (100 strokes fit on one slice); returns the canvas box."""
     box = frame.locator("#gl").bounding_box()
     page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-    for key in ("a", "3", "[", "["):  # axial view, ET, 1-voxel brush: 100 strokes fit on one slice
+    for key in ("a", "3", "[", "["):
         page.keyboard.press(key)
     page.wait_for_timeout(300)
-    rows = 50
+    return box
+
+
+def _stroke(page, box: dict, i: int, first_column: float) -> None:
+    """Stroke ``i``: row ``i % ROWS`` of column ``first_column + 0.2 * (i // ROWS)`` (separate pieces)."""
+    x = box["x"] + box["width"] * (first_column + 0.2 * (i // ROWS))
+    y = box["y"] + box["height"] * (0.15 + 0.7 * (i % ROWS) / ROWS)
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x + box["width"] * 0.08, y, steps=4)
+    page.mouse.up()
+
+
+def _strokes(page, frame, strokes: int, rng: random.Random, timeout_s: float) -> dict:
+    box = _pen_ready(page, frame)
     start = time.perf_counter()
     for i in range(strokes):
-        x = box["x"] + box["width"] * (0.3 + 0.2 * (i // rows))
-        y = box["y"] + box["height"] * (0.15 + 0.7 * (i % rows) / rows)
-        page.mouse.move(x, y)
-        page.mouse.down()
-        page.mouse.move(x + box["width"] * 0.08, y, steps=4)
-        page.mouse.up()
+        _stroke(page, box, i, 0.3)
         page.wait_for_timeout(rng.randint(100, 1000))
         if (i + 1) % 20 == 0:
             print(f"{i + 1} strokes drawn, {frame.evaluate('() => window.bratsViewer.acked')} acknowledged",
@@ -106,7 +123,59 @@ def _strokes(page, frame, strokes: int, rng: random.Random, timeout_s: float) ->
     return {"drawn_in_s": round(drawn_s, 1), "ack_s": _summary(latencies)}
 
 
-def run(strokes: int, opens: int, seed: int, out: Path | None, timeout_s: float) -> dict:
+def _drawing(frame) -> np.ndarray:
+    return np.asarray(frame.evaluate(
+        "() => { const b = window.bratsViewer.nv.drawBitmap; const o = [];"
+        " for (let i = 0; i < b.length; i++) if (b[i] === 3) o.push(i); return o }"), dtype=np.int64)
+
+
+def _saved_et(session_root: Path) -> np.ndarray:
+    """RAS flat indices of the ET voxels in the edited mask the server saved for the (only) session."""
+    from core.services.session_store import SessionStore
+
+    saved = next(session_root.glob("*/cases/*/edited.npz"))
+    store = SessionStore(saved.parents[2].name, session_root)
+    labels, _ = store.labels(saved.parent.name, "edited")
+    return np.sort(voxel_to_ras_flat(np.nonzero(labels == 3), labels.shape, BRATS_AFFINE))
+
+
+def _pieces(flat: np.ndarray, shape: tuple[int, int, int] = (240, 240, 155)) -> int:
+    mask = np.zeros(int(np.prod(shape)), bool)
+    mask[flat] = True
+    return int(ndimage.label(mask.reshape(shape, order="F"), structure=np.ones((3, 3, 3)))[1])
+
+
+def _two_tabs(page, strokes: int, rng: random.Random, session_root: Path, timeout_s: float) -> dict:
+    """A second tab on the same session; both draw ``strokes`` strokes in all, alternately, without waiting."""
+    before = _pieces(_saved_et(session_root))
+    other = page.context.new_page()
+    other.set_default_timeout(timeout_s * 1000)
+    other.goto(page.url)
+    frames = (_ready(page, timeout_s), _ready(other, timeout_s))
+    boxes = (_pen_ready(page, frames[0]), _pen_ready(other, frames[1]))
+    tabs = (page, other)
+    start = time.perf_counter()
+    for i in range(strokes):
+        tab = i % 2
+        _stroke(tabs[tab], boxes[tab], i // 2, 0.4 + 0.2 * tab)  # A: column 0.4, B: 0.6 (single tab: 0.3, 0.5)
+        tabs[tab].wait_for_timeout(rng.randint(100, 1000))
+    drawn_s = time.perf_counter() - start
+    for frame in frames:
+        frame.wait_for_function("() => window.bratsViewer.pending.length === 0 && "
+                                "window.bratsViewer.acked >= window.bratsViewer.rev",
+                                timeout=timeout_s * 1000, polling=200)
+    saved = _saved_et(session_root)
+    found = _pieces(saved) - before
+    deadline, equal = time.monotonic() + 30, [False, False]
+    while time.monotonic() < deadline and not all(equal):  # each tab takes the other's edits (2 s poll)
+        equal = [bool(np.array_equal(np.sort(_drawing(f)), saved)) for f in frames]
+        time.sleep(0.5)
+    other.close()
+    return {"strokes": strokes, "drawn_in_s": round(drawn_s, 1), "strokes_found_in_saved_mask": found,
+            "lost_strokes": strokes - found, "each_tab_shows_the_saved_mask": equal}
+
+
+def run(strokes: int, opens: int, seed: int, out: Path | None, timeout_s: float, tab_strokes: int = 100) -> dict:
     """Run the whole benchmark once; returns the measurements (also written to ``out`` as they come)."""
     rng = random.Random(seed)
     results: dict = {"strokes_planned": strokes, "load_during_run": {"loadavg_start": os.getloadavg()},
@@ -148,32 +217,28 @@ def run(strokes: int, opens: int, seed: int, out: Path | None, timeout_s: float)
             save()
             page.get_by_text(f"{strokes} strokes received").wait_for()
             results["strokes_applied"] = int(frame.evaluate("() => window.bratsViewer.acked"))
-            browser = np.asarray(frame.evaluate(
-                "() => { const b = window.bratsViewer.nv.drawBitmap; const o = [];"
-                " for (let i = 0; i < b.length; i++) if (b[i] === 3) o.push(i); return o }"), dtype=np.int64)
-            from core.services.session_store import SessionStore
-
-            saved = next(Path(tmp, "s").glob("*/cases/*/edited.npz"))
-            store = SessionStore(saved.parents[2].name, Path(tmp, "s"))
-            labels, _ = store.labels(saved.parent.name, "edited")
-            on_server = voxel_to_ras_flat(np.nonzero(labels == 3), labels.shape, BRATS_AFFINE)
-            results["mask_saved_equals_browser"] = bool(np.array_equal(np.sort(on_server), np.sort(browser)))
-            pieces = ndimage.label(labels == 3, structure=np.ones((3, 3, 3)))[1]
-            results["strokes_found_in_saved_mask"] = int(pieces)
-            results["lost_strokes"] = strokes - int(pieces)
+            on_server = _saved_et(Path(tmp, "s"))
+            results["mask_saved_equals_browser"] = bool(np.array_equal(on_server, np.sort(_drawing(frame))))
+            results["strokes_found_in_saved_mask"] = _pieces(on_server)
+            results["lost_strokes"] = strokes - results["strokes_found_in_saved_mask"]
             save()
+            if tab_strokes:
+                results["two_tabs"] = _two_tabs(page, tab_strokes, rng, Path(tmp, "s"), timeout_s)
+                print(json.dumps(results["two_tabs"]), flush=True)
+                save()
     return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--strokes", type=int, default=100)
+    parser.add_argument("--tab-strokes", type=int, default=100, help="strokes of the two-tab section (0: skip)")
     parser.add_argument("--opens", type=int, default=3, help="page reloads measured (after the first load)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=240.0, help="seconds any single step may take")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    results = run(args.strokes, args.opens, args.seed, args.json, args.timeout)
+    results = run(args.strokes, args.opens, args.seed, args.json, args.timeout, args.tab_strokes)
     print(json.dumps({k: v for k, v in results.items() if k != "page_open"}, indent=1))
 
 

@@ -224,6 +224,11 @@ class SessionStore:
             return None
         return labels, _read_json(folder / f"{name}.json") or {}
 
+    def label_meta(self, case_id: str, name: str) -> dict[str, Any] | None:
+        """The metadata of a saved label map alone (no voxels read), or ``None``."""
+        meta = _read_json(self.case_dir(case_id) / f"{name}.json")
+        return meta if isinstance(meta, dict) else None
+
     def history(self, case_id: str, name: str = "edited") -> dict[str, np.ndarray] | None:
         """The undo/redo history saved with a label map (``None`` when there is none)."""
         try:

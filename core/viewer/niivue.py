@@ -14,6 +14,7 @@ until Python acknowledges its revision, so :func:`new_events` picks the ones not
 from __future__ import annotations
 
 import gzip
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,22 +119,39 @@ class EditEvent:
     voxels: tuple[np.ndarray, ...] | None = None
     values: np.ndarray | None = None
     tool: str = ""
+    client: str = ""
 
 
-def new_events(value: Any, epoch: str, applied_rev: int, shape: tuple[int, int, int],
+MAX_CLIENT_ID = 64
+
+
+def event_client(value: Any) -> str:
+    """The browser tab that sent a component value (its revisions are numbered per tab)."""
+    client = value.get("client", "") if isinstance(value, dict) else ""
+    if not isinstance(client, str) or len(client) > MAX_CLIENT_ID or not client.replace("-", "").isalnum():
+        return ""
+    return client
+
+
+def new_events(value: Any, epoch: str, applied_revs: Mapping[str, int], shape: tuple[int, int, int],
                affine: np.ndarray) -> list[EditEvent]:
     """The events of a component value that are not applied yet, oldest first, validated.
 
+    Several browser tabs may edit one session's mask: each numbers its own revisions and says who
+    it is (``client``), so one tab's revision 33 never hides another's.
+
     Args:
-        value: the component's value (``{"epoch", "events": [...]}``) or anything else (ignored).
+        value: the component's value (``{"epoch", "client", "events": [...]}``) or anything else (ignored).
         epoch: the current edit session; events of another one are stale and dropped.
-        applied_rev: last revision already applied.
+        applied_revs: last revision already applied, per client.
 
     Raises:
         ValueError: a malformed paint event (bad lengths, labels or indices).
     """
     if not isinstance(value, dict) or value.get("epoch") != epoch:
         return []
+    client = event_client(value)
+    applied_rev = int(applied_revs.get(client, 0))
     events = []
     for raw in sorted(value.get("events") or [], key=lambda e: int(e.get("rev", 0))):
         rev = int(raw.get("rev", 0))
@@ -141,7 +159,7 @@ def new_events(value: Any, epoch: str, applied_rev: int, shape: tuple[int, int, 
             continue
         op = raw.get("op")
         if op in ("undo", "redo"):
-            events.append(EditEvent(rev, op))
+            events.append(EditEvent(rev, op, client=client))
         elif op == "paint":
             idx = np.asarray(raw.get("idx") or [], dtype=np.int64)
             val = np.asarray(raw.get("val") or [], dtype=np.int64)
@@ -150,7 +168,7 @@ def new_events(value: Any, epoch: str, applied_rev: int, shape: tuple[int, int, 
             if val.size and (val.min() < 0 or val.max() >= NUM_CLASSES):
                 raise ValueError(f"edit {rev}: labels must be 0..{NUM_CLASSES - 1}")
             events.append(EditEvent(rev, op, ras_to_voxel(idx, shape, affine), val.astype(np.uint8),
-                                    str(raw.get("tool", ""))))
+                                    str(raw.get("tool", "")), client))
         else:
             raise ValueError(f"edit {rev}: unknown operation {op!r}")
     return events

@@ -5,6 +5,8 @@
 // the edit epoch (one per editing session) and the last edit revision Python has applied.
 // The component sends back (component value): every edit not yet acknowledged, each with a revision
 // number, so an edit is resent until Python has it and applied exactly once whatever the timing.
+// Revisions are numbered per browser tab (``client``, kept in sessionStorage so a reload keeps it):
+// two tabs editing one session never share a number, and Python acknowledges each tab's own.
 // Labels are NiiVue's drawing layer (values 0..3 = background, NCR, ED, ET).
 import { Niivue, NVImage, DRAG_MODE, MULTIPLANAR_TYPE, SHOW_RENDER, SLICE_TYPE } from '@niivue/niivue'
 
@@ -57,6 +59,17 @@ const mark = (name) => { state.timings[name] = Math.round(performance.now()) }
 function storageKey(suffix) {
   return `brats-studio:${suffix}`
 }
+
+function tabClient() {
+  // One id per browser tab: sessionStorage is per tab and survives its reloads.
+  const make = () => Math.random().toString(36).slice(2, 12) + Date.now().toString(36)
+  try {
+    let id = sessionStorage.getItem(storageKey('client'))
+    if (!id) { id = make(); sessionStorage.setItem(storageKey('client'), id) }
+    return id
+  } catch (e) { return make() }
+}
+const CLIENT = tabClient()
 
 function saveView() {
   // One cursor and one set of view settings for every page (same origin, so shared by all iframes).
@@ -295,14 +308,15 @@ function queue(event, upAt = performance.now()) {
 
 function storePending() {
   try {
-    if (state.pending.length) localStorage.setItem(storageKey(`pending:${state.epoch}`), JSON.stringify(state.pending))
-    else localStorage.removeItem(storageKey(`pending:${state.epoch}`))
+    const key = storageKey(`pending:${state.epoch}:${CLIENT}`)
+    if (state.pending.length) localStorage.setItem(key, JSON.stringify(state.pending))
+    else localStorage.removeItem(key)
   } catch (e) { /* storage full or off: the edits are still resent while the page lives */ }
 }
 
 function restorePending(epoch, acked) {
   try {
-    const saved = JSON.parse(localStorage.getItem(storageKey(`pending:${epoch}`)) || '[]')
+    const saved = JSON.parse(localStorage.getItem(storageKey(`pending:${epoch}:${CLIENT}`)) || '[]')
     return Array.isArray(saved) ? saved.filter((e) => e.rev > acked && e.epoch === epoch) : []
   } catch (e) { return [] }
 }
@@ -312,7 +326,8 @@ function flush() {
   storePending()
   state.lastEventAt = performance.now()
   sentCursor = JSON.stringify(cursorMM())
-  setValue({ epoch: state.epoch, events: state.pending, cursor_mm: cursorMM(), sent: Date.now(), webgl: true })
+  setValue({ epoch: state.epoch, client: CLIENT, events: state.pending, cursor_mm: cursorMM(), sent: Date.now(),
+    webgl: true })
   renderStatus()
 }
 
@@ -516,12 +531,13 @@ function fail(error) {
 async function onRender(args) {
   const first = state.args === null
   state.args = args
+  const acked = (args.acked_revs || {})[CLIENT] || 0 // this tab's own revisions
   if (args.epoch !== state.epoch) {
     state.epoch = args.epoch
-    state.pending = restorePending(args.epoch, args.acked_rev || 0) // edits a reload cut off before Python had them
+    state.pending = restorePending(args.epoch, acked) // edits a reload cut off before Python had them
     state.rev = state.pending.length ? state.pending[state.pending.length - 1].rev : 0
+    state.acked = 0
   }
-  const acked = args.acked_rev || 0
   if (acked > state.acked) {
     const now = performance.now()
     for (const [rev, t] of state.strokeTimes) if (rev <= acked && t.acked === null) t.acked = now
