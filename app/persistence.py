@@ -16,7 +16,7 @@ from typing import Any
 
 import streamlit as st
 
-from app.access import case_folder
+from app.access import USER_KEY, case_folder
 from app.state import NEW_BRAIN, Prediction, Samples, Studio, flash, job_registry, studio
 from core.io.case import Case, CaseError, load_case, load_case_from_bytes, load_case_from_zip
 from core.services.session_store import (
@@ -75,8 +75,10 @@ def delete_session_data() -> str | None:
             store.delete()
     except OSError as exc:
         return str(exc)
-    user = state.user
+    user, login = state.user, st.session_state.get(USER_KEY)
     st.session_state.clear()  # the case, its layers, uploads and every widget value of this browser session
+    if login is not None:
+        st.session_state[USER_KEY] = login  # still logged in
     fresh = st.session_state["studio"] = Studio(user=user, sid=uuid.uuid4().hex[:16])
     if user:
         claim_session(fresh.sid, user)

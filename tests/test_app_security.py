@@ -174,3 +174,18 @@ def test_delete_this_sessions_data_now(env, tmp_path):
     fresh = at.session_state["studio"]
     assert fresh.case is None and fresh.sid != old.sid and at.query_params.get("sid") == fresh.sid
     assert any("was deleted" in s.value for s in at.success)
+
+
+def test_delete_now_keeps_the_user_logged_in(network, tmp_path):
+    network.setenv("BRATS_APP_PASSWORD_HASH", hash_secret(PASSWORD, n=2**10))
+    at = _run()
+    at.text_input(key="login_password").input(PASSWORD)
+    at.button[0].click().run()
+    _upload(at, _tiny_case_files())
+    old = at.session_state["studio"]
+    at.button(key="delete_session").click().run()
+    at.button(key="delete_session_confirm").click().run()
+    assert not (tmp_path / "sessions" / old.sid).exists()
+    # what the login gate reads on the next run (AppTest reruns only the page, not streamlit_app.py's gate)
+    assert at.session_state[access.USER_KEY] == "studio" and at.session_state["studio"].user == "pw:studio"
+    assert at.session_state["studio"].sid != old.sid and at.session_state["studio"].case is None
