@@ -153,6 +153,13 @@ def test_an_old_world_readable_sessions_root_is_closed(tmp_path):
     os.chmod(root, 0o755)
     protect_root(root)
     assert _mode(root) == 0o700
+    shared = tmp_path / "shared"  # a sticky shared folder (like /tmp) given as the root is not closed
+    shared.mkdir()
+    os.chmod(shared, 0o1777)
+    protect_root(shared)
+    assert _mode(shared) == 0o1777
+    store = SessionStore("abcdef123456", root=shared)
+    assert store.claim("local") and _mode(store.folder) == 0o700
 
 
 def test_sessions_belong_to_their_owner(tmp_path):

@@ -26,6 +26,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -175,8 +176,13 @@ def protect_root(root: Path | None = None) -> Path:
     version may hold ``0755`` folders: they become unreachable for other users)."""
     root = root or session_root()
     private_dir(root)
-    if root.stat().st_mode & 0o077:
-        os.chmod(root, DIR_MODE)
+    info = root.stat()
+    # a shared folder (sticky, like /tmp) or someone else's is left as it is; the session folders are 0700 anyway
+    if info.st_mode & 0o077 and not info.st_mode & stat.S_ISVTX and info.st_uid == os.getuid():
+        try:
+            os.chmod(root, DIR_MODE)
+        except OSError:
+            pass
     return root
 
 
