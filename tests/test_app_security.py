@@ -4,6 +4,8 @@ data now". Network mode is the app listening beyond loopback (``server.address``
 
 from __future__ import annotations
 
+import stat
+
 import pytest
 from streamlit import config as st_config
 from streamlit.testing.v1 import AppTest
@@ -163,6 +165,9 @@ def test_delete_this_sessions_data_now(env, tmp_path):
     old = at.session_state["studio"]
     folder = tmp_path / "sessions" / old.sid
     assert (folder / "cases" / old.key / "input" / "Tiny_001_t1.nii.gz").is_file()
+    saved = [tmp_path / "sessions", *(tmp_path / "sessions").rglob("*")]  # what the app wrote: owner-only
+    assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in saved if p.is_dir()} == {oct(0o700)}
+    assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in saved if p.is_file()} == {oct(0o600)}
     at.button(key="delete_session").click().run()
     at.button(key="delete_session_cancel").click().run()  # asked once more; Cancel keeps everything
     assert folder.is_dir() and at.session_state["studio"].case is not None
