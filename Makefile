@@ -4,6 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PORT ?= 8501
+# 127.0.0.1: this machine only. HOST=0.0.0.0 serves the network and needs a login (README "Deploying for a group");
+# SHARED=1: a reverse proxy on this machine serves it to others (login required); INSECURE=1: no login, on purpose.
+HOST ?= 127.0.0.1
 API_PORT ?= 8000
 
 .PHONY: run serve test lint venv clean
@@ -17,7 +20,7 @@ $(STAMP): requirements.txt
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(PY) -m streamlit run streamlit_app.py --server.port $(PORT)
+	$(PY) -m app.launch --host $(HOST) --port $(PORT) $(if $(SHARED),--shared) $(if $(INSECURE),--insecure)
 
 serve: $(STAMP)
 	$(PY) -m serve.api --port $(API_PORT)

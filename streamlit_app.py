@@ -6,10 +6,11 @@ state, actions and shared widgets in the ``app`` package (``app.state``, ``app.a
 
 import streamlit as st
 
-from app import actions
+from app import access, actions
 from app.widgets import keep_shared_settings, sidebar
 
 st.set_page_config(page_title="BraTS Studio", page_icon="🧠", layout="wide")
+access.require_login()  # network mode: nothing below runs before a login (app.access)
 keep_shared_settings()
 actions.ensure_session()  # session id in the URL; restores the saved work after a reload
 
@@ -28,3 +29,4 @@ navigation = st.navigation(
 )
 navigation.run()
 sidebar()  # after the page, so it shows what the page just did (a new case, a prediction)
+access.account_sidebar()

@@ -1,5 +1,7 @@
 """BraTS Studio, the Streamlit app's Python side (imports streamlit; ``core`` never imports it).
 
+- :mod:`app.auth`, :mod:`app.launch`: login configuration, ``python -m app.auth hash``, the launcher (``make run``).
+- :mod:`app.access`: the login gate, the user, which server folders may be opened.
 - :mod:`app.state`: the session's state (current case, label layers, prediction, samples) and the job registry.
 - :mod:`app.persistence`: the session's work saved on the server and restored after a reload.
 - :mod:`app.models`: weights info, models loaded once per server, uploaded U-Nets.

@@ -17,9 +17,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import streamlit as st
 
+from app.access import case_folder
+from app.auth import LOCAL_USER
 from app.models import shipped_model
 from app.persistence import (
     SID_PARAM,
+    claim_session,
     cleanup_old_sessions,
     demo_case,
     persist_prediction,
@@ -61,7 +64,10 @@ def ensure_session() -> None:
     state = studio()
     if not state.sid:
         sid = st.query_params.get(SID_PARAM, "")
-        state.sid = sid if valid_id(sid) else uuid.uuid4().hex[:16]
+        if not valid_id(sid) or not claim_session(sid, state.user or LOCAL_USER):
+            sid = uuid.uuid4().hex[:16]  # no id, or another user's session: never restore that
+            claim_session(sid, state.user or LOCAL_USER)
+        state.sid = sid
         store = session_store()
         if store is not None and state.case is None:
             current = store.workspace()["current"]
@@ -137,11 +143,11 @@ def load_folder(path: str, progress: Progress | None = None) -> str | None:
     path = path.strip()
     if not path:
         return "Type the path of a case folder on the server first."
-    folder = Path(path).expanduser()
-    if not folder.is_dir():
-        return f"{folder}: no such folder on the server; give the path of a folder holding the case files."
-    return load_into_session(load_case, folder, progress=progress,
-                             source={"kind": "folder", "path": str(folder.resolve())})
+    try:
+        folder = case_folder(path)  # network mode: inside the data roots only, one message for every refusal
+    except (OSError, ValueError) as exc:
+        return str(exc)
+    return load_into_session(load_case, folder, progress=progress, source={"kind": "folder", "path": str(folder)})
 
 
 def segment_current(model: Any, model_name: str, *, tta: bool, progress: Progress | None = None) -> Prediction:

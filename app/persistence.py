@@ -2,7 +2,8 @@
 
 The session id lives in the URL (``?sid=…``); ``core.services.session_store.SessionStore`` keeps each case's source,
 prediction, edited mask (with its undo history) and generated samples under it. Old sessions are cleaned up at most
-once an hour per server (:func:`cleanup_old_sessions`).
+once an hour per server (:func:`cleanup_old_sessions`; ``BRATS_SESSION_MAX_AGE_DAYS``, ``BRATS_SESSION_MAX_GB``).
+A session belongs to the user who made it (:func:`claim_session`); :func:`delete_session_data` removes it at once.
 """
 
 from __future__ import annotations
@@ -17,9 +18,16 @@ from typing import Any
 
 import streamlit as st
 
+from app.access import USER_KEY, case_folder
 from app.state import NEW_BRAIN, Prediction, Samples, Studio, flash, job_registry, studio
 from core.io.case import Case, CaseError, load_case, load_case_from_bytes, load_case_from_zip
-from core.services.session_store import SESSION_ENV, SessionStore, cleanup_sessions
+from core.services.session_store import (
+    DEFAULT_MAX_AGE_DAYS,
+    MAX_AGE_ENV,
+    SESSION_ENV,
+    SessionStore,
+    cleanup_sessions,
+)
 from core.viewer.mask_edit import MaskEditor
 from core.viewer.render import DisplayGeometry
 
@@ -32,6 +40,52 @@ def session_store(state: Studio | None = None) -> SessionStore | None:
     if not sid or os.environ.get(SESSION_ENV, "").lower() == "off":
         return None
     return SessionStore(sid)
+
+
+def claim_session(sid: str, user: str) -> bool:
+    """Whether the saved session ``sid`` is ``user``'s (it becomes theirs when nobody owns it yet)."""
+    if os.environ.get(SESSION_ENV, "").lower() == "off":
+        return True
+    try:
+        return SessionStore(sid).claim(user)
+    except OSError:
+        return False
+
+
+def retention_days() -> float:
+    """Days a saved session is kept after its last use (``$BRATS_SESSION_MAX_AGE_DAYS``, default 14)."""
+    try:
+        return float(os.environ.get(MAX_AGE_ENV) or DEFAULT_MAX_AGE_DAYS)
+    except ValueError:
+        return DEFAULT_MAX_AGE_DAYS
+
+
+def delete_session_data() -> str | None:
+    """Remove this session's saved work from the server now and start a fresh, empty session.
+
+    Running jobs of the session are cancelled; the case, prediction, edits and samples are dropped from memory;
+    the new session gets a new id (and the same user).
+
+    Returns:
+        ``None`` when everything is gone, else the message to show.
+    """
+    state = studio()
+    job_registry().forget(state.sid or "local")
+    store = session_store()
+    try:
+        if store is not None:
+            store.delete()
+    except OSError as exc:
+        return str(exc)
+    user, login = state.user, st.session_state.get(USER_KEY)
+    st.session_state.clear()  # the case, its layers, uploads and every widget value of this browser session
+    if login is not None:
+        st.session_state[USER_KEY] = login  # still logged in
+    fresh = st.session_state["studio"] = Studio(user=user, sid=uuid.uuid4().hex[:16])
+    if user:
+        claim_session(fresh.sid, user)
+    st.query_params[SID_PARAM] = fresh.sid
+    return None
 
 
 def set_case(case: Case, source: dict[str, Any] | None = None, files: dict[str, bytes] | None = None,
@@ -96,7 +150,7 @@ def _load_saved(store: SessionStore, case_id: str) -> Case:
     if kind == "demo":
         return demo_case()
     if kind == "folder":
-        return load_case(source["path"])
+        return load_case(case_folder(source["path"]))  # a session saved in local mode may not escape the roots
     if kind == "zip":
         return load_case_from_zip(files[source["file"]], name=None)
     if kind == "files":

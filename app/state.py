@@ -81,6 +81,7 @@ class Studio:
     cursor: tuple[int, int, int] | None = None  # one cursor for every page (voxel of the current case)
     sid: str = ""  # browser session id (in the URL as ?sid=…): the key of the work saved on the server
     saved_edit_version: int = -1  # editor version last written to the session store
+    user: str = ""  # who is logged in (app.login): only this user's saved sessions are restored
 
     def edit_layer_key(self) -> str:
         """Cache key of the edited mask's current content (unique per editor object and version)."""

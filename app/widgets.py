@@ -149,6 +149,34 @@ def recent_cases(entries: list[dict[str, Any]]) -> None:
                        use_container_width=True)
 
 
+def session_data() -> None:
+    """How long this session's data stays on the server, and a button that deletes it now (asks once more)."""
+    if persistence.session_store() is None:
+        return
+    st.divider()
+    st.subheader("This session's data on the server")
+    days = persistence.retention_days()
+    st.caption(f"Your cases (uploaded files included), predictions, edits and samples are kept on the server, "
+               f"readable by its account only, for {days:g} day(s) after you last use them, then removed.")
+    if not st.session_state.get("confirm_delete"):
+        if st.button("Delete this session's data now", key="delete_session", icon=":material/delete_forever:"):
+            st.session_state["confirm_delete"] = True
+            st.rerun()
+        return
+    st.warning("This removes every case of this session from the server and from this page: it cannot be undone.")
+    yes, no = st.columns(2)
+    if yes.button("Yes, delete it now", type="primary", key="delete_session_confirm", use_container_width=True):
+        error = persistence.delete_session_data()
+        if error:
+            st.error(f"Could not delete everything: {error}")
+            return
+        app_state.flash("success", "This session's data was deleted from the server; you are in a new, empty session.")
+        st.rerun()
+    if no.button("Cancel", key="delete_session_cancel", use_container_width=True):
+        st.session_state["confirm_delete"] = False
+        st.rerun()
+
+
 CANVAS_COMPONENT = "streamlit-drawable-canvas.streamlit_drawable_canvas"
 _canvas_registries: set[int] = set()
 

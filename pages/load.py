@@ -2,9 +2,9 @@
 
 import streamlit as st
 
-from app import actions, persistence
+from app import access, actions, persistence
 from app import state as app_state
-from app.widgets import progress_reporter, recent_cases, show_flash
+from app.widgets import progress_reporter, recent_cases, session_data, show_flash
 from core.preprocessing.input_check import check_case
 
 st.title("Load a case")
@@ -51,6 +51,9 @@ with upload:
         _finish(actions.load_uploads(payload, progress_reporter(bar)), bar)
 
 with folder:
+    hint = access.folder_roots_hint()
+    if hint:
+        st.caption(hint)
     path = st.text_input("Case folder on the server", key="load_path",
                          placeholder="/data/BraTS2021/BraTS2021_00000",
                          on_change=lambda: st.session_state.__setitem__("load_path_entered", True))
@@ -65,3 +68,4 @@ if state.case is not None:
     st.markdown(f"Current case: **{state.case.name}**")
     st.page_link("pages/viewer.py", label="Open the Viewer", icon=":material/view_in_ar:")
 recent_cases(persistence.recent_cases())
+session_data()

@@ -28,7 +28,6 @@ import base64
 import json
 import logging
 import os
-import secrets
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import asynccontextmanager
@@ -48,6 +47,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from core.io.case import CaseError
 from core.io.nifti import NiftiError
 from core.io.weights import ModelLoadError, load_model_card, weights_path
+from core.services.credentials import same_secret
 from serve.jobs import UPLOAD_HELP, generate_upload, safe_name, segment_upload
 from serve.work import MODEL_KINDS, JobTimeout, ModelStore, QueueFull, WorkQueue
 
@@ -142,8 +142,7 @@ class Guard:
         key = self.settings.api_key
         path = scope["path"]
         is_open = path in OPEN_PATHS or path.startswith(STATIC_DOCS + "/")
-        if key and not is_open and not secrets.compare_digest(
-                headers.get(API_KEY_HEADER.lower(), "").encode(), key.encode()):
+        if key and not is_open and not same_secret(headers.get(API_KEY_HEADER.lower(), ""), key):
             await error_response(401, "unauthorized", f"missing or wrong API key: send the header "
                                  f"'{API_KEY_HEADER}: <key>' with the key the server was started with "
                                  "(BRATS_API_KEY).", {"WWW-Authenticate": API_KEY_HEADER})(scope, receive, send)

@@ -121,6 +121,12 @@ class JobRegistry:
         """The session's running jobs."""
         return [job for (s, _), job in list(self._jobs.items()) if s == sid and job.running]
 
+    def forget(self, sid: str) -> None:
+        """Cancel the session's running jobs and drop all its jobs with their results (nothing is collected)."""
+        with self._lock:
+            for key in [key for key in self._jobs if key[0] == sid]:
+                self._jobs.pop(key).cancel()
+
     def busy_sessions(self) -> set[str]:
         """Session ids with a job running now (their saved work must not be cleaned up)."""
         return {s for (s, _), job in list(self._jobs.items()) if job.running}

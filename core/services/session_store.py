@@ -10,18 +10,23 @@ session (``cases/<case_id>/``), so switching cases never throws work away:
   undo/redo history, so Ctrl+Z still works after a reload);
 - ``samples/`` with one ``.npz`` per sample (float16 images) and ``samples.json``.
 
-``workspace.json`` names the current case and the recent ones, newest first. Writes go through a
-temporary file and ``os.replace``, so a crash mid-write leaves the previous version.
+``workspace.json`` names the current case and the recent ones, newest first; ``owner.json`` the (hashed)
+user the session belongs to. Writes go through a temporary file and ``os.replace``, so a crash mid-write
+leaves the previous version, and the temporary file is removed on every error. Patient data stays private to
+the server's user: folders are created ``0700`` and files ``0600`` (the root is made ``0700`` too).
 :func:`cleanup_sessions` removes sessions unused for a while, and the oldest ones while the folder is
-over a size bound. No streamlit.
+over a size bound; :meth:`SessionStore.delete` removes one session at once. No streamlit.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import re
 import shutil
+import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -46,11 +51,43 @@ def valid_id(value: str) -> bool:
     return bool(_SAFE.match(value or ""))
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+DIR_MODE, FILE_MODE = 0o700, 0o600
+
+
+def private_dir(path: Path) -> Path:
+    """Create ``path`` and its missing parents owner-only (``0700``); returns ``path``."""
+    missing = []
+    for folder in (path, *path.parents):
+        if folder.is_dir():
+            break
+        missing.append(folder)
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=DIR_MODE)
+        except FileExistsError:
+            continue
+        os.chmod(folder, DIR_MODE)  # the umask could have taken bits away; never adds any
+    return path
+
+
+def _private_write(path: Path, write: Any) -> None:
+    """Write ``path`` owner-only (``0600``) through a temporary file replaced atomically; ``write(handle)``
+    writes the content. The temporary file is removed when anything fails."""
+    private_dir(path.parent)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), FILE_MODE)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+        os.chmod(tmp, FILE_MODE)  # an existing leftover keeps its old mode through O_TRUNC
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    _private_write(path, lambda handle: handle.write(data))
 
 
 def _write_json(path: Path, payload: Any) -> None:
@@ -65,10 +102,7 @@ def _read_json(path: Path) -> Any:
 
 
 def _save_npz(path: Path, compressed: bool = True, **arrays: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    (np.savez_compressed if compressed else np.savez)(tmp, **arrays)
-    os.replace(tmp, path)
+    _private_write(path, lambda handle: (np.savez_compressed if compressed else np.savez)(handle, **arrays))
 
 
 HISTORY_PREFIX = "history_"
@@ -137,6 +171,26 @@ def cleanup_sessions(root: Path | None = None, *, max_age_days: float | None = N
     return removed
 
 
+def protect_root(root: Path | None = None) -> Path:
+    """Create the sessions root owner-only, or make an existing one so (sessions saved before this
+    version may hold ``0755`` folders: they become unreachable for other users)."""
+    root = root or session_root()
+    private_dir(root)
+    info = root.stat()
+    # a shared folder (sticky, like /tmp) or someone else's is left as it is; the session folders are 0700 anyway
+    if info.st_mode & 0o077 and not info.st_mode & stat.S_ISVTX and info.st_uid == os.getuid():
+        try:
+            os.chmod(root, DIR_MODE)
+        except OSError:
+            pass
+    return root
+
+
+def owner_token(user: str) -> str:
+    """What ``owner.json`` keeps of a user id (a SHA-256 hex digest: no e-mail address on disk)."""
+    return hashlib.sha256(f"brats-session-owner:{user}".encode()).hexdigest()
+
+
 class SessionStore:
     """The saved work of one browser session."""
 
@@ -144,7 +198,43 @@ class SessionStore:
         if not valid_id(sid):
             raise ValueError(f"invalid session id {sid!r}")
         self.sid = sid
-        self.folder = (root or session_root()) / sid
+        self.root = root or session_root()
+        self.folder = self.root / sid
+
+    # ------------------------------------------------------------------ owner and deletion
+    def claim(self, user: str) -> bool:
+        """Make ``user`` the session's owner if it has none; returns whether the session is ``user``'s.
+
+        A session id is in the URL (``?sid=``), so it can be shared or guessed: the app only restores a
+        session for the user who made it.
+        """
+        path = self.folder / "owner.json"
+        saved = _read_json(path)
+        if isinstance(saved, dict) and isinstance(saved.get("owner"), str):
+            return hmac.compare_digest(saved["owner"], owner_token(user))
+        if self.folder.exists() and not self.folder.is_dir():
+            return False
+        protect_root(self.root)
+        private_dir(self.folder)
+        _write_json(path, {"owner": owner_token(user)})
+        return True
+
+    def delete(self) -> None:
+        """Remove everything saved for this session now (the folder is gone afterwards).
+
+        Raises:
+            OSError: something could not be removed (the message names the session, not the files).
+        """
+        if not self.folder.exists() and not self.folder.is_symlink():
+            return
+        if self.folder.is_symlink() or not self.folder.is_dir():
+            self.folder.unlink()
+            return
+        errors: list[str] = []
+        shutil.rmtree(self.folder, onerror=lambda *args: errors.append(str(args[1])))
+        if errors or self.folder.exists():
+            raise OSError(f"could not remove all saved data of session {self.sid} ({len(errors)} error(s)); "
+                          "check the permissions of the sessions folder on the server")
 
     # ------------------------------------------------------------------ workspace
     def workspace(self) -> dict[str, Any]:
@@ -186,7 +276,6 @@ class SessionStore:
         folder = self.case_dir(case_id)
         if files:
             inputs = folder / "input"
-            inputs.mkdir(parents=True, exist_ok=True)
             for name, data in files.items():
                 _atomic_write(inputs / Path(name).name, data)
         _write_json(folder / "source.json", source)
@@ -259,11 +348,8 @@ class SessionStore:
         folder = self.case_dir(case_id) / "samples"
         shutil.rmtree(folder, ignore_errors=True)
         for i, (image, seg) in enumerate(zip(images, segs)):
-            path = folder / f"sample_{i:02d}.npz"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp.npz")
-            np.savez(tmp, image=np.asarray(image, dtype=np.float16), seg=np.asarray(seg, dtype=np.uint8))
-            os.replace(tmp, path)
+            _save_npz(folder / f"sample_{i:02d}.npz", compressed=False,
+                      image=np.asarray(image, dtype=np.float16), seg=np.asarray(seg, dtype=np.uint8))
         _write_json(folder / "samples.json", meta)
 
     def update_samples_meta(self, case_id: str, meta: dict[str, Any]) -> None:
