@@ -28,6 +28,7 @@ from app.persistence import (
     persist_prediction,
     persist_samples,
     save_prediction,
+    save_samples,
     session_store,
     set_case,
     shared_edits,
@@ -268,6 +269,15 @@ def collect_jobs() -> list[Job]:
                 save_prediction(done.case_id, prediction)
                 flash("info", f"The segmentation of another case ({done.label}) finished: it is saved with that "
                               "case (Load → Recent cases).")
+        elif done.kind == "generate":
+            samples: Samples = done.result
+            if done.case_id == state.key:
+                keep_samples(samples)
+                flash("success", f"Generated {len(samples.cases)} sample(s) in {samples.seconds:.1f} s.")
+            else:
+                save_samples(done.case_id, samples)
+                flash("info", f"The generation for another case ({done.label}) finished: its samples are saved "
+                              "with that case (Load → Recent cases).")
     return finished
 
 
@@ -337,23 +347,13 @@ def editor_labels_token() -> str:
     return f"{state.editor_key}:{state.editor_reloads}"
 
 
-def generate_samples(
-    model: Any, source: str, *, n_samples: int, seed: int, temperature: float, progress: Progress | None = None
-) -> Samples:
-    """Sample the CVAE from a label layer of the current case and store the samples.
-
-    The case's own brain outline (non-zero voxels) shapes the samples, so any 1 mm grid the model
-    was built for works, not only the BraTS template's.
-    """
+def _new_brains(case: Case, mask: np.ndarray, source: str, model: Any, *, n_samples: int, seed: int,
+                temperature: float, progress: Progress | None) -> list[Case]:
+    """CVAE samples around ``mask``; the case's own brain outline (non-zero voxels) shapes them, so any
+    1 mm grid the model was built for works, not only the BraTS template's."""
     from core.preprocessing.preprocess import brain_mask
     from core.synthesis.generate import generate_cases
 
-    state = studio()
-    case = state.case
-    if case is None:
-        raise RuntimeError("no case loaded")
-    mask = state.layers()[source].labels
-    start = time.perf_counter()
     cases = generate_cases(
         np.ascontiguousarray(mask), case.affine, case.header, model,
         n_samples=n_samples, seed=seed, temperature=temperature, progress=progress, brain=brain_mask(case.image),
@@ -361,37 +361,86 @@ def generate_samples(
     )
     for i, sample in enumerate(cases):
         sample.name = f"{case.name}-synth-s{seed}-{i + 1:02d}"
-    state.samples = Samples(cases, source, seed, temperature, time.perf_counter() - start)
-    persist_samples()
-    return state.samples
+    return cases
+
+
+def _into_case(case: Case, mask: np.ndarray, source: str, model: Any, own: np.ndarray | None, *, n_samples: int,
+               seed: int, temperature: float, progress: Progress | None) -> list[Case]:
+    """``mask`` rendered into ``case`` itself; its own tumour (``own``, else the shipped U-Net's) is replaced."""
+    from core.synthesis.insert import insert_tumour
+
+    unet = shipped_model("unet") if own is None else None
+    cases = insert_tumour(case, np.ascontiguousarray(mask), model, n_samples=n_samples, seed=seed,
+                          temperature=temperature, host_tumour=own, unet=unet, progress=progress,
+                          name=f"{source} label map of {case.name}")
+    for i, sample in enumerate(cases):
+        sample.name = f"{case.name}-insert-s{seed}-{i + 1:02d}"
+    return cases
+
+
+def _generation_inputs(source: str) -> tuple[Case, np.ndarray, np.ndarray | None]:
+    """The current case, the chosen label map and the case's own tumour (reference, else prediction)."""
+    state = studio()
+    if state.case is None:
+        raise RuntimeError("no case loaded")
+    layers = state.layers()
+    own = next((layers[n].labels for n in (REFERENCE, PREDICTION) if n in layers), None)
+    return state.case, np.array(layers[source].labels), own
+
+
+def generate_samples(
+    model: Any, source: str, *, n_samples: int, seed: int, temperature: float, progress: Progress | None = None
+) -> Samples:
+    """Sample the CVAE from a label layer of the current case and store the samples (in this thread)."""
+    case, mask, _ = _generation_inputs(source)
+    start = time.perf_counter()
+    cases = _new_brains(case, mask, source, model, n_samples=n_samples, seed=seed, temperature=temperature,
+                        progress=progress)
+    return keep_samples(Samples(cases, source, seed, temperature, time.perf_counter() - start))
 
 
 def insert_samples(
     model: Any, source: str, *, n_samples: int, seed: int, temperature: float, progress: Progress | None = None
 ) -> Samples:
-    """Render a label layer of the current case into the case itself (``core.synthesis``) and store the samples.
+    """Render a label layer of the current case into the case itself and store the samples (in this thread).
 
-    The case's own tumour (its reference, else the prediction, else the shipped U-Net's) is replaced: only the
-    region around it and the new mask changes; every other voxel stays the case's.
+    Only the region around the case's own tumour and the new mask changes; every other voxel stays the case's.
     """
-    from core.synthesis.insert import insert_tumour
-
-    state = studio()
-    case = state.case
-    if case is None:
-        raise RuntimeError("no case loaded")
-    layers = state.layers()
-    own = next((layers[n].labels for n in (REFERENCE, PREDICTION) if n in layers), None)
-    unet = shipped_model("unet") if own is None else None
+    case, mask, own = _generation_inputs(source)
     start = time.perf_counter()
-    cases = insert_tumour(case, np.ascontiguousarray(layers[source].labels), model, n_samples=n_samples, seed=seed,
-                          temperature=temperature, host_tumour=own, unet=unet, progress=progress,
-                          name=f"{source} label map of {case.name}")
-    for i, sample in enumerate(cases):
-        sample.name = f"{case.name}-insert-s{seed}-{i + 1:02d}"
-    state.samples = Samples(cases, source, seed, temperature, time.perf_counter() - start, mode=INTO_CASE)
+    cases = _into_case(case, mask, source, model, own, n_samples=n_samples, seed=seed, temperature=temperature,
+                       progress=progress)
+    return keep_samples(Samples(cases, source, seed, temperature, time.perf_counter() - start, mode=INTO_CASE))
+
+
+def start_generation(mode: str, load_model: Callable[[], Any], source: str, *, n_samples: int, seed: int,
+                     temperature: float) -> Job:
+    """Generate in a background run with progress and Cancel, as Segment does; :func:`collect_jobs` keeps the
+    result as a new sample set of its case (earlier sets stay in the session's history)."""
+    case, mask, own = _generation_inputs(source)
+    state = studio()
+
+    def run(job: Job) -> Samples:
+        job.progress(0.02, "loading the model")
+        model = load_model()
+        start = time.perf_counter()
+        options = {"n_samples": n_samples, "seed": seed, "temperature": temperature, "progress": job.progress}
+        if mode == INTO_CASE:
+            cases = _into_case(case, mask, source, model, own, **options)
+        else:
+            cases = _new_brains(case, mask, source, model, **options)
+        return Samples(cases, source, seed, temperature, time.perf_counter() - start, mode=mode)
+
+    label = f"{'render into the case' if mode == INTO_CASE else 'new brains'} from the {source.lower()}"
+    return job_registry().start(state.sid or "local", "generate", state.key, label, run)
+
+
+def keep_samples(samples: Samples) -> Samples:
+    """Make ``samples`` the shown set of the current case and save it as a new set of its history."""
+    state = studio()
+    state.samples = samples
     persist_samples()
-    return state.samples
+    return samples
 
 
 def sample_fidelity(index: int, unet: Any, progress: Progress | None = None) -> dict[str, dict[str, float]]:

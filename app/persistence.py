@@ -180,16 +180,52 @@ def switch_case(case_id: str) -> str | None:
         state.prediction = Prediction(labels, float(meta.get("seconds", 0.0)), str(meta.get("model_name", "")),
                                       bool(meta.get("tta", False)), meta.get("metrics"))
     _take_saved_edits(state, store)
-    saved_samples = store.samples(case_id)
-    if saved_samples is not None:
-        images, segs, meta = saved_samples
-        cases = [Case(image, case.affine, case.header, seg, name=name)
-                 for image, seg, name in zip(images, segs, meta["names"])]
-        state.samples = Samples(cases, meta["source"], int(meta["seed"]), float(meta["temperature"]),
-                                float(meta["seconds"]),
-                                fidelity={int(k): v for k, v in (meta.get("fidelity") or {}).items()},
-                                mode=str(meta.get("mode", NEW_BRAIN)))
+    state.samples = _load_sample_set(store, case_id, case, None)
     return None
+
+
+def _load_sample_set(store: SessionStore, case_id: str, case: Case, set_id: str | None) -> Samples | None:
+    """A saved sample set of ``case`` (``None``: the newest) as :class:`Samples`, or ``None``."""
+    saved = store.samples(case_id, set_id)
+    if saved is None:
+        return None
+    images, segs, meta = saved
+    cases = [Case(image, case.affine, case.header, seg, name=name)
+             for image, seg, name in zip(images, segs, meta["names"])]
+    key = set_id or str(meta.get("set_id") or "samples")  # "samples": the one set of a session saved before sets
+    return Samples(cases, meta["source"], int(meta["seed"]), float(meta["temperature"]), float(meta["seconds"]),
+                   key=key, fidelity={int(k): v for k, v in (meta.get("fidelity") or {}).items()},
+                   mode=str(meta.get("mode", NEW_BRAIN)))
+
+
+def sample_history(state: Studio | None = None) -> list[dict[str, Any]]:
+    """The current case's saved sample sets, newest first (``set_id``, mode, source, seed, names, saved)."""
+    state = state or studio()
+    store = session_store(state)
+    if store is None or state.case is None:
+        return []
+    try:
+        return store.sample_sets(state.key)
+    except (OSError, ValueError):
+        return []
+
+
+def show_sample_set(set_id: str) -> None:
+    """Make a saved sample set the shown one (only the shown set is held in memory)."""
+    state, store = studio(), session_store()
+    if store is None or state.case is None:
+        return
+    state.samples = _load_sample_set(store, state.key, state.case, set_id)
+
+
+def delete_sample_set(set_id: str) -> None:
+    """Remove a sample set from the session for good; the newest remaining one is shown."""
+    state, store = studio(), session_store()
+    if store is None or state.case is None:
+        state.samples = None
+        return
+    store.delete_samples(state.key, "" if set_id == "samples" else set_id)
+    state.samples = _load_sample_set(store, state.key, state.case, None)
 
 
 def recent_cases() -> list[dict[str, Any]]:
@@ -331,18 +367,33 @@ def persist_edits(state: Studio | None = None) -> None:
         flash("warning", f"Could not save the edits on the server: {exc}")
 
 
-def persist_samples(meta_only: bool = False) -> None:
-    """Save the generated samples, or only their metadata (fidelity results) with ``meta_only``."""
-    state, store = studio(), session_store()
-    if store is None or state.samples is None:
+def _set_id(samples: Samples) -> str:
+    return "" if samples.key == "samples" else samples.key  # "samples": the set of a session saved before sets
+
+
+def save_samples(case_id: str, samples: Samples, meta_only: bool = False) -> None:
+    """Save ``samples`` as a set of the saved case ``case_id`` (or only its metadata, e.g. fidelity results)."""
+    store = session_store()
+    if store is None:
         return
-    s = state.samples
-    meta = {"names": [c.name for c in s.cases], "source": s.source, "seed": s.seed, "temperature": s.temperature,
-            "seconds": s.seconds, "fidelity": {str(k): v for k, v in s.fidelity.items()}, "mode": s.mode}
+    meta = {"names": [c.name for c in samples.cases], "source": samples.source, "seed": samples.seed,
+            "temperature": samples.temperature, "seconds": samples.seconds, "mode": samples.mode,
+            "fidelity": {str(k): v for k, v in samples.fidelity.items()}, "set_id": samples.key,
+            "saved": time.time()}
     try:
         if meta_only:
-            store.update_samples_meta(state.key, meta)
+            previous = next((s for s in store.sample_sets(case_id) if s["set_id"] == _set_id(samples)), {})
+            meta["saved"] = previous.get("saved", meta["saved"])  # its place in the history stays
+            store.update_samples_meta(case_id, meta, _set_id(samples))
         else:
-            store.save_samples(state.key, [c.image for c in s.cases], [c.seg for c in s.cases], meta)
+            store.save_samples(case_id, [c.image for c in samples.cases], [c.seg for c in samples.cases], meta,
+                               _set_id(samples))
     except OSError as exc:
         flash("warning", f"Could not save the samples on the server: {exc}")
+
+
+def persist_samples(meta_only: bool = False) -> None:
+    """Save the shown samples as a set of the current case, or only their metadata with ``meta_only``."""
+    state = studio()
+    if state.samples is not None:
+        save_samples(state.key, state.samples, meta_only)

@@ -687,7 +687,7 @@ def _cursor_readout(source: ViewSource, prefix: str) -> None:
 
 # --------------------------------------------------------------------------- NiiVue (WebGL) viewer
 
-NV_KEYS = ("nv_layer", "nv_opacity", "nv_show_1", "nv_show_2", "nv_show_3", "nv_modality")  # shared by all pages
+NV_KEYS = ("nv_layer", "nv_modality")  # shared by all pages (labels shown and opacity live in the browser)
 
 
 def keep_shared_settings() -> None:
@@ -713,9 +713,10 @@ def _on_niivue(key: str) -> None:
 
 
 def niivue_view(state: Studio, key: str, *, compact: bool = False, height: int = 620) -> None:
-    """The NiiVue viewer of the current case: overlay choice, label toggles and opacity shared by all pages.
+    """The NiiVue viewer of the current case; the overlay choice (a Python widget) is shared by all pages.
 
-    Window/level (right-drag), slices (wheel), zoom, layout and modality are set in the viewer itself.
+    Window/level (right-drag), slices (wheel), zoom, layout, modality, label visibility and opacity
+    are set in the viewer itself: the browser's job, no Python rerun (kept per browser, for every page).
     """
     from app.viewer import component
 
@@ -725,19 +726,12 @@ def niivue_view(state: Studio, key: str, *, compact: bool = False, height: int =
     follow_newest(source, "nv_layer")
     if st.session_state.get("nv_layer") not in options:
         st.session_state["nv_layer"] = source.default_layer or NO_OVERLAY
-    cols = st.columns([1.6, 2.2, 1.4] if not compact else [1.6, 2.2, 1.4])
-    layer_name = cols[0].selectbox("Overlay", options, key="nv_layer")
-    with cols[1]:
-        st.caption("Labels")
-        toggles = st.columns(3)
-        visible = tuple(label for label, col in zip(LABEL_TOGGLES, toggles)
-                        if col.checkbox(LABEL_TOGGLES[label], value=True, key=f"nv_show_{label}"))
-    opacity = cols[2].slider("Opacity", 0.0, 1.0, 0.5, 0.05, key="nv_opacity")
+    layer_name = st.columns([1.6, 3.6])[0].selectbox("Overlay", options, key="nv_layer")
     layer = source.layers.get(layer_name)
     component.viewer(
         key=key, case_key=state.key, image=state.case.image, affine=state.case.affine,
         names=[MODALITY_LABELS[m] for m in MODALITIES], active=MODALITIES.index("flair"),
         labels=layer.labels if layer else None, labels_key=layer.key if layer else "", labels_token=layer.key if layer
-        else "", opacity=float(opacity), visible=visible, cursor=state.cursor_voxel(), height=height,
+        else "", cursor=state.cursor_voxel(), height=height,
         on_change=functools.partial(_on_niivue, key),
     )

@@ -198,7 +198,7 @@ def _niivue_panel() -> None:
             names=[MODALITY_LABELS[m] for m in MODALITIES], active=int(st.session_state.get("edit_modality", 3)),
             labels=editor.labels, labels_key=state.edit_layer_key(),
             labels_token=actions.editor_labels_token(), editable=True, epoch=state.editor_key,
-            acked_revs=state.editor_revs, opacity=float(st.session_state.get("edit_opacity", 0.5)),
+            acked_revs=state.editor_revs,
             cursor=state.cursor_voxel(), height=600, on_change=_on_viewer,
         )
         st.caption("Left-drag paints on any plane · keys: `1` `2` `3` label, `e` eraser, `p` pen, `f` fill (draw an "
@@ -223,7 +223,6 @@ def _niivue_panel() -> None:
         st.button("Remove islands", on_click=_run, args=("islands",), key="edit_islands",
                   use_container_width=True, help="Erase pieces smaller than that on this slice.")
         st.button("Clear slice", on_click=_run, args=("clear",), key="edit_clear", use_container_width=True)
-        st.slider("Label opacity", 0.0, 1.0, 0.5, 0.05, key="edit_opacity")
         layer = app_state.Layer(app_state.EDITED, state.edit_layer_key(), editor.labels)
         st.dataframe(volumes_table({app_state.EDITED: layer}, state.case.spacing).style.format("{:.2f}"))
         dice_against_reference(state, layer)

@@ -1,19 +1,35 @@
 """Generate: render the current mask into this case (insertion VAE-GAN) or a new CVAE brain; fidelity; download."""
 
+import functools
+import time
+
 import streamlit as st
 
-from app import actions, models
+from app import actions, models, persistence
 from app import state as app_state
 from app.state import Layer
 from app.widgets import (
     ViewSource,
     default_convention,
+    follow_job,
     metrics_table,
     progress_reporter,
     require_case,
     show_flash,
     viewer,
 )
+
+
+def _set_label(meta: dict) -> str:
+    """One line per saved sample set: mode, mask, seed, count, time."""
+    saved = time.strftime("%H:%M:%S", time.localtime(meta["saved"]))
+    return (f"{str(meta.get('mode', '')).capitalize()} · {str(meta.get('source', '')).lower()} · seed "
+            f"{meta.get('seed')} · {len(meta.get('names') or [])} sample(s) · {saved}")
+
+
+def _show_picked_set() -> None:
+    persistence.show_sample_set(st.session_state["gen_set"])
+
 
 st.title("Generate synthetic MRI")
 st.caption("**Into this case**: the tumour of a label map is painted into the loaded brain (its own tumour is "
@@ -44,24 +60,34 @@ if state is not None:
                                       "Into a case it also scales the scanner noise matched to the host "
                                       "(0: a smooth, noise-free fill).")
     label = "Render into this case" if into_case else "Generate"
-    if cols[4].button(label, type="primary", disabled=not (info.exists and masks), key="gen_run"):
-        bar = st.progress(0.0, text="Loading the model…")
-        try:
-            run = actions.insert_samples if into_case else actions.generate_samples
-            samples = run(models.shipped_model("insertion" if into_case else "cvae"), source,
-                          n_samples=int(n_samples), seed=int(seed), temperature=float(temperature),
-                          progress=progress_reporter(bar))
-        except Exception as exc:  # a bad weights file must not end the session
-            bar.empty()
-            st.error(f"Generation failed: {exc}")
-        else:
-            app_state.flash("success", f"Generated {len(samples.cases)} sample(s) in {samples.seconds:.1f} s.")
-            st.rerun()
+    running = app_state.job("generate")
+    running = running if running is not None and running.running else None
+    if cols[4].button(label, type="primary", disabled=not (info.exists and masks) or running is not None,
+                      key="gen_run"):
+        # a background run with progress and Cancel; a bad weights file fails the run, not the session
+        load = functools.partial(models.shipped_model, "insertion" if into_case else "cvae")
+        running = actions.start_generation(mode, load, source, n_samples=int(n_samples), seed=int(seed),
+                                           temperature=float(temperature))
+    if running is not None:
+        follow_job(running)
 
     samples = state.samples
+    history = persistence.sample_history()
     if samples is not None:
         st.divider()
         st.subheader("Samples")
+        cols = st.columns([3, 1])
+        if len(history) > 1:  # earlier runs stay in the session (on the server) until removed
+            ids = [h["set_id"] or "samples" for h in history]
+            if st.session_state.get("gen_set_shown") != samples.key:  # a new run, a removal: follow it
+                st.session_state["gen_set_shown"] = samples.key
+                st.session_state["gen_set"] = samples.key if samples.key in ids else ids[0]
+            cols[0].selectbox(f"Sample set ({len(ids)} in this session, newest first)", ids, key="gen_set",
+                              format_func=dict(zip(ids, map(_set_label, history))).get, on_change=_show_picked_set)
+        if cols[1].button("Remove this set", key="gen_remove", icon=":material/delete:",
+                          help="Delete these samples from the session (their files on the server too)."):
+            persistence.delete_sample_set(samples.key)
+            st.rerun()
         st.caption(f"{samples.mode.capitalize()} · from the {samples.source.lower()} · seed {samples.seed} · "
                    f"temperature {samples.temperature:g}")
         names = [c.name for c in samples.cases]

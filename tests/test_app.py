@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app import actions
+from app import actions, persistence
 from app import state as app_state
 from core.io.case import load_case_from_zip
 from core.io.labels import from_internal
@@ -402,6 +402,22 @@ def test_generate_with_tiny_cvae_fidelity_and_zip(tiny_app, tiny_cvae_path, monk
     assert folders == sorted(c.name for c in samples.cases)
     loaded = load_case_from_zip(_only_folder(data, folders[0]))
     assert np.allclose(loaded.affine, TINY_AFFINE) and np.array_equal(loaded.seg, state.case.seg)
+
+    # a second run keeps the first set in the session's history (on the server); the user can go back, or remove
+    app.number_input(key="gen_seed").set_value(4)
+    app.button(key="gen_run").click().run()
+    assert not app.exception and not _errors(app)
+    assert state.samples.seed == 4 and state.samples.key != samples.key
+    assert len(app.selectbox(key="gen_set").options) == 2 and app.selectbox(key="gen_set").value == state.samples.key
+    app.selectbox(key="gen_set").set_value(samples.key).run()
+    shown = app.session_state["studio"].samples
+    assert shown.seed == 3 and set(shown.fidelity) == {1}  # read back from the session store, with its fidelity
+    np.testing.assert_allclose(shown.cases[1].image, samples.cases[1].image, rtol=1e-3, atol=1e-3)  # float16
+    app.button(key="gen_remove").click().run()
+    assert app.session_state["studio"].samples.seed == 4  # the newest remaining set
+    assert [h["seed"] for h in persistence.sample_history(state)] == [4]
+    app.button(key="gen_remove").click().run()
+    assert app.session_state["studio"].samples is None and not persistence.sample_history(state)
 
 
 def _only_folder(data: bytes, folder: str) -> bytes:

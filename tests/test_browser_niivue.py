@@ -161,6 +161,13 @@ def test_niivue_view_segment_edit_reload_generate(server, tmp_path):
         frame.wait_for_function("() => document.getElementById('status').textContent.includes(' T1 ')",
                                 timeout=60_000)
         _check_readout(frame, "T1")
+        # label visibility is the browser's: a colour-table change, kept for every page
+        frame.locator('button.eye[data-label="3"]').click()
+        frame.wait_for_function("() => document.body.dataset.visible === '1,2' && "
+                                "window.bratsViewer.nv.drawLut.lut[15] === 0", timeout=30_000)
+        frame.locator('button.eye[data-label="3"]').click()
+        frame.wait_for_function("() => document.body.dataset.visible === '1,2,3' && "
+                                "window.bratsViewer.nv.drawLut.lut[15] === 255", timeout=30_000)
         before = frame.evaluate("() => Array.from(window.bratsViewer.nv.scene.crosshairPos)")
         box = frame.locator("#gl").bounding_box()
         page.mouse.move(box["x"] + box["width"] * 0.25, box["y"] + box["height"] * 0.75)  # the axial tile

@@ -8,6 +8,8 @@ run cut short still leaves what it measured):
   ``image shown`` mark (the first modality drawn) and ``shown`` mark (labels too), both on the page's
   clock; plus the wall time Playwright saw until the component said ready.
 - slice change with the mouse wheel: time of one wheel event's handler incl. the redraw (``gl.finish``).
+- viewer controls in the browser (no Python rerun): label show/hide, plane switch and opacity, each the
+  click handler incl. the redraw; a modality switch, until the read-out names the new modality.
 - stroke mouse-up to Python: per stroke, from ``mouseup`` until the browser holds Python's
   acknowledgement of its revision (an upper bound: Python applied and saved it before it answered).
 - lost strokes: ``--strokes`` strokes at random 100-1000 ms gaps without waiting for anything, then
@@ -53,6 +55,35 @@ MARKS_JS = """() => { const t = window.bratsViewer.timings; const off = performa
   for (const k in t) out[k] = t[k] + off; out["iframe start"] = off; return out }"""
 STROKE_TIMES_JS = """() => Array.from(window.bratsViewer.strokeTimes.entries())
   .map(([rev, t]) => [rev, t.acked === null ? null : t.acked - t.up])"""
+
+
+CONTROLS_JS = """() => { const out = {label_toggle: [], plane_switch: [], opacity: []};
+  const finish = () => window.bratsViewer.nv.gl.finish();
+  for (let i = 0; i < 6; i++) {
+    let t = performance.now(); document.querySelector('button.eye[data-label="3"]').click(); finish();
+    out.label_toggle.push(performance.now() - t);
+    const name = i % 2 ? '4-up' : 'Axial';
+    const layout = [...document.querySelectorAll('#bar button')].find((b) => b.textContent === name);
+    t = performance.now(); layout.click(); finish(); out.plane_switch.push(performance.now() - t);
+    const slider = document.getElementById('opacity'); slider.value = String(0.2 + 0.1 * (i % 3));
+    t = performance.now(); slider.dispatchEvent(new Event('input')); finish(); out.opacity.push(performance.now() - t);
+  }
+  return out }"""
+
+
+def _controls(page, frame, timeout_s: float) -> dict:
+    """Browser-side controls (no Python rerun): label toggle, plane switch, opacity (handler + GPU finish, ms);
+    and a modality switch to an already-fetched volume (wall time until the read-out names it)."""
+    out = {name: _summary(values) for name, values in frame.evaluate(CONTROLS_JS).items()}
+    switches = []
+    for name in ("T1", "FLAIR", "T1", "FLAIR"):
+        start = time.perf_counter()
+        frame.get_by_role("button", name=name, exact=True).click()
+        frame.wait_for_function(f"() => document.getElementById('status').textContent.includes(' {name} ')",
+                                timeout=timeout_s * 1000, polling=20)
+        switches.append(round((time.perf_counter() - start) * 1000))
+    out["modality_switch_ms"] = {"first_t1": switches[0], "cached": _summary(switches[1:])}
+    return out
 
 
 def _ready(page, timeout_s: float = 180):
@@ -205,6 +236,9 @@ def run(strokes: int, opens: int, seed: int, out: Path | None, timeout_s: float,
             frame.evaluate("() => { window.bratsViewer.nv.setSliceType(0) }")  # axial only: a 2D redraw per step
             results["wheel_ms"] = _summary(frame.evaluate(WHEEL_JS))
             print(json.dumps(results["wheel_ms"]), flush=True)
+            save()
+            results["controls_ms"] = _controls(page, frame, timeout_s)
+            print(json.dumps(results["controls_ms"]), flush=True)
             save()
 
             goto_page(page, "Edit mask")

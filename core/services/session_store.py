@@ -260,14 +260,13 @@ class SessionStore:
         return self.folder / "cases" / case_id
 
     def summary(self, case_id: str) -> dict[str, Any]:
-        """What is saved for a case: name, prediction / edits present, number of samples."""
+        """What is saved for a case: name, prediction / edits present, number of samples (all sets)."""
         folder = self.case_dir(case_id)
         source = _read_json(folder / "source.json") or {}
-        samples = _read_json(folder / "samples" / "samples.json") or {}
         return {
             "case_id": case_id, "name": source.get("name", case_id),
             "prediction": (folder / "prediction.npz").is_file(), "edited": (folder / "edited.npz").is_file(),
-            "samples": len(samples.get("names") or []),
+            "samples": sum(len(s.get("names") or []) for s in self.sample_sets(case_id)),
         }
 
     # ------------------------------------------------------------------ case source
@@ -342,23 +341,53 @@ class SessionStore:
             (folder / f"{name}{suffix}").unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ samples
+    # ------------------------------------------------------------------ generated samples
+    # Each generation run is one set (``set_id``: letters, digits, 6-64); the sets of a case form its history.
+    # ``set_id=""`` is the single set of sessions saved before sets existed (folder ``samples``).
+    def _samples_dir(self, case_id: str, set_id: str = "") -> Path:
+        if set_id and not valid_id(set_id):
+            raise ValueError(f"invalid sample set id {set_id!r}")
+        folder = self.case_dir(case_id)
+        return folder / "sample_sets" / set_id if set_id else folder / "samples"
+
+    def sample_sets(self, case_id: str) -> list[dict[str, Any]]:
+        """The saved sample sets of a case, newest first: their metadata with ``set_id`` added."""
+        folder = self.case_dir(case_id)
+        found = []
+        for path in [folder / "samples", *sorted((folder / "sample_sets").glob("*"))]:
+            meta = _read_json(path / "samples.json")
+            if isinstance(meta, dict):
+                set_id = "" if path.name == "samples" else path.name
+                found.append({**meta, "set_id": set_id, "saved": float(meta.get("saved", path.stat().st_mtime))})
+        return sorted(found, key=lambda m: m["saved"], reverse=True)
+
+    def delete_samples(self, case_id: str, set_id: str = "") -> None:
+        """Remove one sample set (its files) for good."""
+        shutil.rmtree(self._samples_dir(case_id, set_id), ignore_errors=True)
+
     def save_samples(self, case_id: str, images: list[np.ndarray], segs: list[np.ndarray],
-                     meta: dict[str, Any]) -> None:
+                     meta: dict[str, Any], set_id: str = "") -> None:
         """Generated samples (``(4, X, Y, Z)`` images stored as float16, their masks) and their metadata."""
-        folder = self.case_dir(case_id) / "samples"
+        folder = self._samples_dir(case_id, set_id)
         shutil.rmtree(folder, ignore_errors=True)
         for i, (image, seg) in enumerate(zip(images, segs)):
             _save_npz(folder / f"sample_{i:02d}.npz", compressed=False,
                       image=np.asarray(image, dtype=np.float16), seg=np.asarray(seg, dtype=np.uint8))
         _write_json(folder / "samples.json", meta)
 
-    def update_samples_meta(self, case_id: str, meta: dict[str, Any]) -> None:
+    def update_samples_meta(self, case_id: str, meta: dict[str, Any], set_id: str = "") -> None:
         """Rewrite the samples' metadata (e.g. a fidelity result added)."""
-        _write_json(self.case_dir(case_id) / "samples" / "samples.json", meta)
+        _write_json(self._samples_dir(case_id, set_id) / "samples.json", meta)
 
-    def samples(self, case_id: str) -> tuple[list[np.ndarray], list[np.ndarray], dict[str, Any]] | None:
-        """Saved samples (images as float32) and metadata, or ``None``."""
-        folder = self.case_dir(case_id) / "samples"
+    def samples(self, case_id: str, set_id: str | None = None
+                ) -> tuple[list[np.ndarray], list[np.ndarray], dict[str, Any]] | None:
+        """Saved samples (images as float32) and metadata of one set (``None``: the newest), or ``None``."""
+        if set_id is None:
+            sets = self.sample_sets(case_id)
+            if not sets:
+                return None
+            set_id = sets[0]["set_id"]
+        folder = self._samples_dir(case_id, set_id)
         meta = _read_json(folder / "samples.json")
         if not isinstance(meta, dict):
             return None

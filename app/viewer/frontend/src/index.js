@@ -46,6 +46,8 @@ const state = {
   label: 1,
   brush: 3,
   layout: 'multi',
+  visible: null, // labels shown (1..3): set in the browser, shared by every page; null: Python's default
+  opacity: null, // label layer opacity, as ``visible``
   snapshot: null, // drawing before the current mouse stroke
   loading: Promise.resolve(),
   lastCaseKey: '',
@@ -76,7 +78,8 @@ function saveView() {
   const nv = state.nv
   if (!nv || !state.args) return
   try {
-    localStorage.setItem(storageKey('view'), JSON.stringify({ layout: state.layout, brush: state.brush, tool: state.tool, label: state.label }))
+    localStorage.setItem(storageKey('view'), JSON.stringify({ layout: state.layout, brush: state.brush, tool: state.tool,
+      label: state.label, visible: state.visible, opacity: state.opacity }))
     const mm = Array.from(nv.frac2mm(nv.scene.crosshairPos)).slice(0, 3)
     localStorage.setItem(storageKey(`cursor:${state.args.case_key}`), JSON.stringify(mm))
   } catch (e) { /* private mode: settings stay per page */ }
@@ -89,6 +92,8 @@ function loadView() {
     if (view.brush >= 1 && view.brush <= 50) state.brush = view.brush
     if (view.tool in TOOLS) state.tool = view.tool
     if ([0, 1, 2, 3].includes(view.label)) state.label = view.label
+    if (Array.isArray(view.visible) && view.visible.every((l) => [1, 2, 3].includes(l))) state.visible = view.visible
+    if (typeof view.opacity === 'number' && view.opacity >= 0 && view.opacity <= 1) state.opacity = view.opacity
   } catch (e) { /* ignore */ }
 }
 
@@ -136,7 +141,7 @@ async function createViewer() {
 
 function drawLut(args) {
   const colours = args.colors || [[0, 0, 0], [255, 64, 64], [60, 200, 80], [255, 220, 40]]
-  const visible = new Set(args.visible || [1, 2, 3])
+  const visible = new Set(state.visible || args.visible || [1, 2, 3])
   const R = [], G = [], B = [], A = [], I = []
   for (let i = 0; i < 4; i++) {
     R.push(colours[i][0]); G.push(colours[i][1]); B.push(colours[i][2])
@@ -423,6 +428,7 @@ function renderBar() {
   bar.appendChild(group(...layouts))
   const volumes = (args.volumes || []).map((v, i) => button(v.name, i === args.active, () => chooseVolume(i), `Show ${v.name}`))
   if (volumes.length > 1) bar.appendChild(group(...volumes))
+  if (args.labels_url) bar.appendChild(labelControls(args))
   if (args.editable) {
     const colours = args.colors || []
     const labels = [1, 2, 3].map((l) => button(
@@ -445,6 +451,64 @@ function renderBar() {
   hint.className = 'hint'
   hint.textContent = 'wheel: slice · right-drag: window/level · Ctrl+wheel: zoom · middle/Ctrl-drag: pan · r: reset'
   bar.appendChild(hint)
+}
+
+// ------------------------------------------------------------------ label visibility and opacity (browser only)
+function shownLabels() { return state.visible || (state.args && state.args.visible) || [1, 2, 3] }
+function shownOpacity() { return state.opacity ?? (state.args && state.args.opacity) ?? 0.5 }
+
+function labelControls(args) {
+  // Show / hide each label and the layer's opacity: set here, no Python rerun (a colour-table update, ~ms).
+  const colours = args.colors || []
+  const shown = new Set(shownLabels())
+  const toggles = [1, 2, 3].map((l) => {
+    const b = button(`<span class="swatch" style="background: rgb(${(colours[l] || [0, 0, 0]).join(',')})"></span>`
+      + `${shown.has(l) ? '☑' : '☐'} ${NAMES[l]}`, false, () => toggleLabel(l), `Show or hide ${NAMES[l]}`)
+    b.className = 'eye'
+    b.dataset.label = String(l)
+    return b
+  })
+  const slider = document.createElement('input')
+  slider.type = 'range'
+  slider.min = '0'
+  slider.max = '1'
+  slider.step = '0.05'
+  slider.value = String(shownOpacity())
+  slider.title = 'Label opacity'
+  slider.id = 'opacity'
+  slider.addEventListener('input', () => setOpacity(Number(slider.value)))
+  const caption = document.createElement('span')
+  caption.className = 'hint'
+  caption.textContent = 'show'
+  return group(caption, ...toggles, slider)
+}
+
+function toggleLabel(label) {
+  const shown = new Set(shownLabels())
+  if (shown.has(label)) shown.delete(label)
+  else shown.add(label)
+  state.visible = [1, 2, 3].filter((l) => shown.has(l))
+  const nv = state.nv
+  if (nv && nv.drawLut && nv.drawLut.lut && state.shown.lut) {
+    // Only the colour table's alpha changes: refresh that texture, not every volume (setDrawColormap would).
+    for (const l of [1, 2, 3]) nv.drawLut.lut[l * 4 + 3] = shown.has(l) ? 255 : 0
+    nv.refreshColormaps()
+    nv.drawScene()
+    state.shown.lut = JSON.stringify(drawLut(state.args))
+  }
+  renderBar()
+  saveView()
+  document.body.dataset.visible = state.visible.join(',')
+}
+
+function setOpacity(value) {
+  state.opacity = Math.max(0, Math.min(1, value))
+  if (state.nv) {
+    state.nv.drawOpacity = state.opacity
+    state.shown.layout = lookKey()
+    state.nv.drawScene()
+  }
+  saveView()
 }
 
 function chooseVolume(i) {
@@ -583,7 +647,7 @@ async function onRender(args) {
     nv.setDrawColormap(lut)
     state.shown.lut = lutKey
   }
-  nv.drawOpacity = args.opacity ?? 0.5
+  nv.drawOpacity = shownOpacity()
   if (args.case_key !== state.lastCaseKey) {
     // another case: forget its images
     for (const v of [...nv.volumes]) nv.removeVolume(v)
