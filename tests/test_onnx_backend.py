@@ -144,3 +144,14 @@ def test_the_shipped_export_matches_the_shipped_keras_file():
         pytest.skip("no shipped ONNX export")
     path, reason = backend.onnx_export(keras_path)
     assert path is not None, reason
+
+
+def test_batch_ships_the_export_with_the_weights_only_while_it_matches(exported):
+    from serve.batch import _weights_bytes
+
+    keras_path, onnx_path = exported
+    _, files = _weights_bytes(keras_path)
+    assert set(files) == {"unet.keras", "unet.onnx", "unet.onnx.json"}
+    assert files["unet.onnx"] == onnx_path.read_bytes()
+    _tiny(regions=True, seed=7).save(keras_path)  # retrained: the workers get the .keras file alone
+    assert set(_weights_bytes(keras_path)[1]) == {"unet.keras"}
