@@ -25,6 +25,7 @@ Usage::
 
     python bench/segmentation/bench_segment.py [--case DIR] [--weights weights/unet.keras] [--runs 3]
         [--backend auto|onnx|tensorflow] [--batch-root DIR] [--out bench/results/segmentation/segment.json] [--no-peer]
+        [--cli-only]  (only step 1, e.g. once per backend for a paired comparison)
 
 Writes JSON and prints a markdown table. Every runtime uses all CPU cores (2 here); the machine's load average at the
 start and the end is recorded (the machine is shared: a busy neighbour slows every number).
@@ -202,6 +203,7 @@ def main() -> int:
     parser.add_argument("--peak-gflops", type=float, default=None, help="float32 peak (default: from /proc/cpuinfo)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "segmentation" / "segment.json")
     parser.add_argument("--no-peer", action="store_true", help="skip the MONAI/PyTorch comparison")
+    parser.add_argument("--cli-only", action="store_true", help="only the end-to-end CLI runs (backend comparisons)")
     args = parser.parse_args()
     load_before = os.getloadavg()
     peak = args.peak_gflops or peak_gflops()
@@ -209,6 +211,15 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         cli = [run_cli(args.case, args.weights, Path(tmp) / "seg.nii.gz", args.backend) for _ in range(args.runs)]
     walls, rss = [w for w, _ in cli], [r for _, r in cli]
+    if args.cli_only:
+        result = {"case": args.case.name, "backend": args.backend, "cpu_count": os.cpu_count(),
+                  "load_average_start_end": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
+                  "cli": {"runs_s": [round(w, 2) for w in walls], "median_s": round(statistics.median(walls), 2),
+                          "peak_rss_mb": round(max(rss), 1)}}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result))
+        return 0
     batch = bench_batch(args.batch_root, args.weights, args.backend) if args.batch_root else None
 
     import numpy as np
