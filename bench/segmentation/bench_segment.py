@@ -12,7 +12,8 @@ Measures, on one full BraTS case:
    input voxel), median forward time, achieved GFLOP/s and its share of the CPU's float32 peak (cores x clock x 32
    FLOP/cycle: two 8-wide FMA units, AVX2; ``--peak-gflops`` overrides).
 3. Warm per-case time: ``load_case`` + ``core.segmentation.pipeline.segment`` + the label map's bytes with the model
-   already loaded (what an API worker or a batch actor pays per case), median of ``--runs``.
+   already loaded (what an API worker or a batch actor pays per case), median of ``--runs``, and the steps of the
+   last run (``segment_without_forward``: what preprocessing and postprocessing cost).
 4. With ``--batch-root DIR``: ``python -m serve.batch DIR`` (local Ray, one actor with all cores) in a subprocess,
    cases per minute of its wall time (Ray start-up and model loading included).
 5. The same input through a same-size peer: MONAI ``BasicUNet`` on PyTorch CPU with matched features
@@ -169,13 +170,39 @@ def with_rates(forward: dict, flops: int, peak: float | None) -> dict:
             "percent_of_peak": round(100 * rate / peak, 1) if peak else None}
 
 
-def bench_warm(case_dir: Path, model, runs: int) -> float:
-    """Median seconds per case with the model loaded: load the case, segment it, encode the label map."""
+def bench_warm(case_dir: Path, model, runs: int) -> tuple[float, dict[str, float]]:
+    """Median seconds per case with the model loaded (load the case, segment it, encode the label map), and the
+    steps of the last run: ``load_case``, the pipeline's own timings (``check``, ``segment`` with the forward pass,
+    ``probabilities``, ``metrics``: volumes) and ``label_map_bytes``."""
     from core.io.case import load_case
     from core.segmentation.pipeline import SegmentOptions, segment
 
-    return median_time(lambda: segment(load_case(case_dir), model, SegmentOptions(metrics=False)).label_map_bytes(),
-                       runs)
+    steps: dict[str, float] = {}
+    predict = model.predict_on_batch
+
+    def timed_predict(batch):
+        start = time.perf_counter()
+        out = predict(batch)
+        steps["forward"] += time.perf_counter() - start
+        return out
+
+    def one() -> None:
+        steps["forward"] = 0.0
+        start = time.perf_counter()
+        case = load_case(case_dir)
+        loaded = time.perf_counter()
+        result = segment(case, model, SegmentOptions(metrics=False))
+        encoded = time.perf_counter()
+        result.label_map_bytes()
+        steps.update(load_case=loaded - start, **result.timings, label_map_bytes=time.perf_counter() - encoded)
+        steps["segment_without_forward"] = steps["segment"] - steps["forward"]
+
+    object.__setattr__(model, "predict_on_batch", timed_predict)  # bypasses Keras' attribute tracking
+    try:
+        seconds = median_time(one, runs)
+    finally:
+        object.__delattr__(model, "predict_on_batch")
+    return seconds, {k: round(v, 2) for k, v in steps.items()}
 
 
 def bench_batch(root: Path, weights: Path, backend: str) -> dict:
@@ -244,7 +271,7 @@ def main() -> int:
     spatial = volume.shape[:3]
     flops = keras_conv_flops(keras_model, spatial)
     chosen = "onnx" if args.backend != "tensorflow" and "model" in forwards["onnx"] else "tensorflow"
-    warm = bench_warm(args.case, forwards[chosen]["model"], args.runs)
+    warm, warm_steps = bench_warm(args.case, forwards[chosen]["model"], args.runs)
     model = forwards[chosen]["model"]
     # Same-shape comparison: ours (chosen backend) and the peer on the volume padded for BasicUNet's 4 down-samplings.
     peer_volume, _, _ = prepare_input(case.image, multiple=PEER_MULTIPLE, margin=BRAIN_MARGIN)
@@ -272,6 +299,7 @@ def main() -> int:
                     "gflops": round(flops / 1e9, 1),
                     **{b: with_rates(f, flops, peak) if "model" in f else f for b, f in forwards.items()}},
         "warm_per_case_s": round(warm, 2),
+        "warm_steps_s": warm_steps,
         "batch": batch,
         "peer_comparison": {"input_shape": list(peer_volume.shape[:3]), "ours_backend": chosen,
                             "ours_s": round(ours_same, 2), "ours_gflops": round(ours_same_flops / 1e9, 1),
@@ -294,7 +322,8 @@ def main() -> int:
         if isinstance(f, dict) and "median_s" in f:
             rows.append(f"| forward {backend} (load {f['load_s']} s) | {f['median_s']} s = {f['gflops_per_s']} GFLOP/s"
                         f" = {f['percent_of_peak']} % of {result['peak_gflops_fp32']} GFLOP/s peak |")
-    rows.append(f"| warm per case ({chosen}) | {result['warm_per_case_s']} s |")
+    rows.append(f"| warm per case ({chosen}) | {result['warm_per_case_s']} s; last run's steps "
+                f"{result['warm_steps_s']} |")
     if batch:
         rows.append(f"| serve.batch, {batch['cases']} cases | {batch['wall_s']} s = {batch['cases_per_min']} "
                     "cases/min |")
