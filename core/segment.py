@@ -76,7 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("case_dir", type=Path, help="case folder (BraTS 2020/2023 or plain file names)")
     parser.add_argument("-o", "--out", type=Path, required=True, help="output label map (.nii.gz or .nii)")
-    parser.add_argument("--weights", type=Path, default=None, help=f"U-Net .keras file (default: {DEFAULT_WEIGHTS})")
+    parser.add_argument("--weights", type=Path, default=None,
+                        help=f"U-Net .keras file (default: {DEFAULT_WEIGHTS}); its ONNX export beside it runs on "
+                             "ONNX Runtime when it matches (BRATS_INFERENCE_BACKEND=auto|onnx|tensorflow)")
     parser.add_argument("--tta", action="store_true", help="mirror test-time augmentation (8x slower)")
     parser.add_argument("--labels", choices=CONVENTIONS, default="2020",
                         help="label values written: 2020 = 0/1/2/4, 2023 = 0/1/2/3 (default: %(default)s)")
@@ -105,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"--probabilities {args.probabilities} is the label map's own path; give it another name")
     if not args.case_dir.is_dir():
         return _fail(f"case folder {args.case_dir} not found (pass a folder holding t1/t1ce/t2/flair NIfTI files)")
-    # Keras/TensorFlow load only now, so argument errors answer at once.
+    # The model (ONNX Runtime or Keras/TensorFlow) loads only now, so argument errors answer at once.
     from core.segmentation.inference import ModelLoadError, default_unet_path, load_model
 
     options = SegmentOptions(tta=args.tta, probabilities=args.probabilities is not None, labels=args.labels,

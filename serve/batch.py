@@ -141,21 +141,30 @@ class SegmentWorker:
 
     def __init__(self, model_ref: list, tta: bool, labels: str, threads: int, force: bool = False,
                  probabilities: bool = False) -> None:
-        """``model_ref``: ``[ObjectRef of the .keras bytes]`` (in a list so Ray passes the reference, not a copy)."""
+        """``model_ref``: ``[ObjectRef of {file name: bytes}]``, the ``.keras`` file and any ONNX export with its card
+        (in a list so Ray passes the reference, not a copy); ``core.segmentation.backend`` picks the runtime."""
         import tempfile
 
         import ray
 
-        import tensorflow as tf
+        from core.segmentation.backend import choose_onnx
+        from core.segmentation.onnx_unet import OnnxUNet
 
-        tf.config.threading.set_intra_op_parallelism_threads(max(1, threads))
-        tf.config.threading.set_inter_op_parallelism_threads(1)
-        from core.segmentation.inference import load_model
-
-        with tempfile.TemporaryDirectory(prefix="brats_batch_") as tmp:  # load_model reads a .keras path
+        with tempfile.TemporaryDirectory(prefix="brats_batch_") as tmp:  # the loaders read paths
+            for name, data in ray.get(model_ref[0]).items():
+                (Path(tmp) / name).write_bytes(data)
             path = Path(tmp) / "unet.keras"
-            path.write_bytes(ray.get(model_ref[0]))
-            self.model = load_model(path)
+            onnx_path = choose_onnx(path)
+            if onnx_path is not None:  # ONNX Runtime: TensorFlow is never imported
+                self.model = OnnxUNet(onnx_path, threads=max(1, threads))
+            else:
+                import tensorflow as tf
+
+                tf.config.threading.set_intra_op_parallelism_threads(max(1, threads))
+                tf.config.threading.set_inter_op_parallelism_threads(1)
+                from core.segmentation.keras_unet import load_keras_unet
+
+                self.model = load_keras_unet(path)
         self.tta, self.labels, self.force, self.probabilities = tta, labels, force, probabilities
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -236,14 +245,22 @@ class BatchSummary:
         return 60.0 * n / self.seconds if self.seconds > 0 else 0.0
 
 
-def _weights_bytes(weights: str | os.PathLike | None) -> tuple[Path, bytes]:
+def _weights_bytes(weights: str | os.PathLike | None) -> tuple[Path, dict[str, bytes]]:
+    """The U-Net file and what the workers need of it: ``{"unet.keras": ..., }`` plus ``unet.onnx`` and its card
+    when ``core.segmentation.backend`` would run that export."""
     from core.io.weights import ModelLoadError, weights_path
+    from core.segmentation.backend import card_path, onnx_export
 
     path = Path(weights) if weights else weights_path("unet")[0]
     if not path.is_file():
         raise ModelLoadError(f"U-Net weights not found: {path}. Train them with `python -m train.unet` "
                              "or pass the path of a .keras file (--weights).")
-    return path, path.read_bytes()
+    files = {"unet.keras": path.read_bytes()}
+    onnx_path, _ = onnx_export(path)
+    if onnx_path is not None:
+        files["unet.onnx"] = onnx_path.read_bytes()
+        files["unet.onnx.json"] = card_path(onnx_path).read_bytes()
+    return path, files
 
 
 def _start_ray(address: str | None, cpus: int | None, verbose: bool) -> None:
@@ -272,8 +289,8 @@ def run_batch(root: str | os.PathLike, out: str | os.PathLike, *, address: str |
 
     Args:
         workers: actors (model copies); default 1 locally, cluster CPUs // ``cpus_per_worker`` on a cluster.
-        cpus_per_worker: CPUs per actor (TensorFlow's thread count); default all local CPUs // workers,
-            2 on a cluster.
+        cpus_per_worker: CPUs per actor (ONNX Runtime's or TensorFlow's thread count); default all local
+            CPUs // workers, 2 on a cluster.
 
     Raises:
         CaseError: ``root`` is not a folder. ModelLoadError: no weights file. BatchError: no Ray to connect to.

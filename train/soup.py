@@ -62,7 +62,7 @@ def load_unet_or_insertion(path: Path):
 def parse_models(prog: str, description: str, models_help: str, out_help: str,
                  argv: Sequence[str] | None, loader=None) -> tuple[list[Path], Path, list]:
     """Parse ``prog -o OUT.keras IN.keras IN.keras ...`` and load the models (``train.soup``, ``train.ensemble``)
-    with ``loader`` (default: ``core.segmentation.inference.load_model``, U-Nets only).
+    with ``loader`` (default: ``core.segmentation.inference.load_keras_unet``, U-Nets only).
 
     Returns:
         The input paths, the output path and the loaded models.
@@ -77,11 +77,11 @@ def parse_models(prog: str, description: str, models_help: str, out_help: str,
     if len(args.models) < 2:
         p.error("give at least two models")
 
-    from core.segmentation.inference import ModelLoadError, load_model
+    from core.segmentation.inference import ModelLoadError, load_keras_unet
 
     paths = [Path(m) for m in args.models]
     try:
-        return paths, Path(args.out), [(loader or load_model)(path) for path in paths]
+        return paths, Path(args.out), [(loader or load_keras_unet)(path) for path in paths]
     except ModelLoadError as exc:
         raise SystemExit(f"error: {exc}") from exc
 

@@ -39,7 +39,7 @@ from tqdm import tqdm
 from core.io.case import load_case
 from core.io.labels import BACKGROUND, REGIONS
 from core.preprocessing.preprocess import prepare_input
-from core.segmentation import inference, unet
+from core.segmentation import inference
 from core.segmentation.metrics import region_metrics
 from train.common import read_case_ids
 from train.evaluate import select_folders
@@ -136,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     grid = parse_grid(args.grid) if args.grid else GRID
     model = inference.load_model(args.weights)
-    regions = unet.is_region_model(model)
+    regions = inference.is_region_output(model)
     folders = select_folders(args.cases_root, read_case_ids(args.cases) if args.cases else None)
     items = [network_outputs(load_case(f), model, tta=args.tta)
              for f in tqdm(folders, desc="predict", unit="case", file=sys.stderr)]

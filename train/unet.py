@@ -406,7 +406,7 @@ def _load_initial_weights(model: keras.Model, path: Path) -> list[str]:
     """
     from core.segmentation.inference import load_model
 
-    source = {layer.name: layer for layer in load_model(path).layers}
+    source = {layer.name: layer for layer in load_model(path, backend="tensorflow").layers}
     fresh = []
     for layer in model.layers:
         weights = layer.get_weights()

@@ -111,7 +111,7 @@ def main() -> None:
     parser.add_argument("--prior", type=float, default=0.05)
     parser.add_argument("--out", type=Path, default=Path("bench/results/segmentation/inference_context.json"))
     args = parser.parse_args()
-    model = load_model(args.weights)
+    model = load_model(args.weights, backend="tensorflow")
     regions = model.outputs[0].shape[-1] == len(REGIONS)
     ids = read_case_ids(args.cases) if args.cases else None
     roots = [Path(r) for r in args.roots.split(",")]

@@ -42,7 +42,7 @@ POLICIES = ("float32", "mixed_bfloat16")
 
 def model_with_policy(weights: Path, policy: str) -> keras.Model:
     """The U-Net at ``weights`` rebuilt under the dtype ``policy`` (same weights)."""
-    source = load_model(weights)
+    source = load_model(weights, backend="tensorflow")
     arch = (load_model_card(weights) or {}).get("architecture", {})
     keras.mixed_precision.set_global_policy(policy)
     try:

@@ -32,6 +32,14 @@ NIFTI1_MAGIC = b"n+1\x00"
 _NARROWER = {np.dtype(np.int64): np.dtype(np.int32), np.dtype(np.uint64): np.dtype(np.uint32)}
 # gzip level of written files: BraTS volumes are big, level 1 is ~5x faster than 6 for a few % more size.
 COMPRESS_LEVEL = 1
+try:  # ISA-L's gzip decoder (python-isal): 0.16 s instead of 0.86 s for a BraTS case's four volumes (README)
+    from isal import igzip as _gunzip
+    from isal.isal_zlib import error as _isal_error
+
+    GZIP_ERRORS: tuple[type[Exception], ...] = (EOFError, zlib.error, gzip.BadGzipFile, _isal_error)
+except ImportError:  # the standard library's zlib: same results, slower
+    _gunzip = gzip  # type: ignore[assignment]
+    GZIP_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile)
 
 
 class NiftiError(ValueError):
@@ -282,7 +290,7 @@ def _read_open(src: _Source, name: str, max_voxels: int, volume_3d: bool) -> nib
         magic = stream.read(2)
         compressed = magic == GZIP_MAGIC
         if compressed:
-            reader: BinaryIO = gzip.GzipFile(fileobj=_Prefixed(magic, stream), mode="rb")  # type: ignore[assignment]
+            reader: BinaryIO = _gunzip.GzipFile(fileobj=_Prefixed(magic, stream), mode="rb")  # type: ignore[assignment]
         else:
             reader = _Prefixed(magic, stream)  # type: ignore[assignment]
         head = _read_up_to(reader, NIFTI1_HEADER_SIZE + 4)
@@ -334,7 +342,7 @@ def _read_open(src: _Source, name: str, max_voxels: int, volume_3d: bool) -> nib
             )
         buffer = np.empty(nbytes, dtype=np.uint8)  # untouched pages cost no memory until filled
         got = _read_into(reader, buffer)
-    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+    except GZIP_ERRORS as exc:
         raise NiftiError(
             f"{name}: the gzip stream is truncated or corrupt ({exc}); the upload or copy was probably "
             "interrupted - copy/upload the file again."

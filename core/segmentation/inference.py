@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import ndimage
@@ -39,9 +40,11 @@ from core.io.case import MODALITIES, Case
 from core.io.labels import BACKGROUND, ED, ET, NCR, NUM_CLASSES, region_probabilities  # noqa: F401  (moved there)
 from core.io.weights import ModelLoadError, load_keras_file, load_model_card, shipped_path  # noqa: F401  (re-exported API)
 from core.preprocessing.preprocess import prepare_input
-from core.segmentation import unet  # noqa: F401  (registers the loss for safe loading)
+from core.segmentation.keras_unet import check_unet_io, load_keras_unet  # noqa: F401  (re-exported API)
+from core.segmentation.onnx_unet import OnnxUNet
 
-import keras  # noqa: E402
+if TYPE_CHECKING:
+    import keras
 
 Progress = Callable[[float, str], None]
 
@@ -92,57 +95,45 @@ def default_unet_path() -> Path:
 REGION_THRESHOLD = 0.5  # sigmoid threshold of a region-based U-Net (nnU-Net's)
 
 
-def check_unet_io(model, name: str) -> None:
-    """Raise ``ModelLoadError`` unless ``model`` is a Keras model that maps ``(B, X, Y, Z, 4)`` to 4 classes or
-    3 regions."""
-    if not isinstance(model, keras.Model):
-        raise ModelLoadError(f"{name} holds a {type(model).__name__}, not a Keras model.")
-    if len(model.inputs) != 1 or len(model.outputs) != 1:
-        raise ModelLoadError(f"{name}: expected a model with one input and one output, got "
-                             f"{len(model.inputs)} inputs and {len(model.outputs)} outputs; "
-                             "use a U-Net saved by `python -m train.unet`.")
-    in_shape, out_shape = tuple(model.inputs[0].shape), tuple(model.outputs[0].shape)
-    if len(in_shape) != 5 or in_shape[-1] != len(MODALITIES):
-        raise ModelLoadError(f"{name}: input shape {in_shape} is not (batch, X, Y, Z, {len(MODALITIES)}) "
-                             f"(channels {', '.join(MODALITIES)}); use a U-Net saved by `python -m train.unet`.")
-    if len(out_shape) != 5 or out_shape[-1] not in (NUM_CLASSES, len(unet.REGION_CHANNELS)):
-        raise ModelLoadError(f"{name}: output shape {out_shape} is not (batch, X, Y, Z, {NUM_CLASSES}) "
-                             "(background, NCR, ED, ET) nor (batch, X, Y, Z, 3) (regions WT, TC, ET); "
-                             "use a U-Net saved by `python -m train.unet`.")
+def load_model(path: str | Path, backend: str | None = None) -> Any:
+    """Load the U-Net of a ``.keras`` file for inference, on the fastest backend available here.
 
-
-def load_model(path: str | Path) -> keras.Model:
-    """Load a U-Net from a ``.keras`` file with ``safe_mode=True`` (no code execution).
+    ``core.segmentation.backend.load_unet``: the ONNX export beside the file (``unet.keras`` -> ``unet.onnx``) on ONNX
+    Runtime when its card names this ``.keras`` file's SHA-256 (no TensorFlow import), else the Keras model
+    (:func:`load_keras_unet`). Everything in this module takes either.
 
     Args:
         path: the ``.keras`` file (e.g. :func:`default_unet_path`).
-
-    Returns:
-        The model, uncompiled (inference only), in the compute precision that is fastest on this machine
-        (``core.segmentation.precision``: a ``mixed_bfloat16`` model runs in float32 on a CPU without native
-        bfloat16; ``BRATS_INFERENCE_PRECISION`` overrides).
+        backend: ``auto`` / ``onnx`` / ``tensorflow`` (default ``$BRATS_INFERENCE_BACKEND`` or ``auto``); callers that
+            need the Keras model itself (training, weight surgery) pass ``"tensorflow"``.
 
     Raises:
-        ModelLoadError: the file is missing, not a ``.keras`` archive, corrupt or unsafe, or the
-            model does not map ``(B, X, Y, Z, 4)`` images to ``(B, X, Y, Z, 4)`` class probabilities
-            or ``(B, X, Y, Z, 3)`` region probabilities.
+        ModelLoadError: the model cannot be loaded (the message names the file and the fix).
     """
-    from core.segmentation.precision import for_this_machine
+    from core.segmentation.backend import load_unet
 
-    model = load_keras_file(path, "U-Net", "python -m train.unet")
-    check_unet_io(model, str(path))
-    try:
-        return for_this_machine(model)  # a bfloat16 model runs in float32 where bfloat16 is emulated (much slower)
-    except ValueError as exc:
-        raise ModelLoadError(str(exc)) from exc
+    return load_unet(path, backend)
 
 
-def downsampling_factor(model: keras.Model) -> int:
+def downsampling_factor(model: keras.Model | OnnxUNet) -> int:
     """Multiple every spatial input size must have: ``2 ** number of stride-2 poolings``."""
+    if isinstance(model, OnnxUNet):
+        return model.size_multiple
+    from core.segmentation import unet
+
     return unet.size_multiple(model)
 
 
-def predict_volume(model: keras.Model, volume: np.ndarray, *, tta: bool | str = False,
+def is_region_output(model: keras.Model | OnnxUNet) -> bool:
+    """Whether ``model`` outputs the three region sigmoids (WT, TC, ET) rather than the class softmax."""
+    if isinstance(model, OnnxUNet):
+        return model.regions
+    from core.segmentation import unet
+
+    return unet.is_region_model(model)
+
+
+def predict_volume(model: keras.Model | OnnxUNet, volume: np.ndarray, *, tta: bool | str = False,
                    progress: Progress | None = None) -> np.ndarray:
     """Softmax of one channel-last volume ``(X, Y, Z, 4)``, optionally mirror-TTA averaged.
 
@@ -246,13 +237,13 @@ def postprocess_labels(labels: np.ndarray, spacing: tuple[float, float, float] =
     return out
 
 
-def segment_case(case: Case, model: keras.Model, *, tta: bool | str = False, postprocess: bool = True,
+def segment_case(case: Case, model: keras.Model | OnnxUNet, *, tta: bool | str = False, postprocess: bool = True,
                  progress: Progress | None = None) -> Segmentation:
     """Segment a whole case with the U-Net.
 
     Args:
         case: the case (image ``(4, X, Y, Z)`` in ``MODALITIES`` order; any grid size).
-        model: a U-Net from :func:`load_model` or ``core.segmentation.unet.build_unet``.
+        model: a U-Net from :func:`load_model` (Keras or ONNX Runtime) or ``core.segmentation.unet.build_unet``.
         tta: mirror test-time augmentation (:func:`tta_variants`; ``True``: 8 forward passes averaged).
         postprocess: apply :func:`postprocess_labels` to the label map.
         progress: ``(fraction, message)`` callback.
@@ -276,7 +267,7 @@ def segment_case(case: Case, model: keras.Model, *, tta: bool | str = False, pos
     probs = predict_volume(model, net_input, tta=tta,
                            progress=lambda f, msg: report(0.1 + 0.8 * f, msg))
     del net_input
-    regions = unet.is_region_model(model)
+    regions = is_region_output(model)
     labels = outputs_to_labels(probs, regions)  # on the crop: cheaper than on the full grid
     if regions:
         probs = region_class_probabilities(probs)

@@ -12,7 +12,7 @@ adapts input and output (``python -m core.segment``, ``app.actions``, ``serve.jo
 5. volumes, and Dice/HD95 against the case's reference seg when it has one (``core.segmentation.metrics``).
 
 :class:`CaseSegmentation` writes the label map and the probability map (``core.io.case`` writers) with the case's
-affine and header. Keras loads only when a case is segmented.
+affine and header. The model (ONNX Runtime or Keras, ``core.segmentation.backend``) loads only when a case is segmented.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from core.segmentation.segment import segment_oriented
 
 Progress = Callable[[float, str], None]
 METRICS_MESSAGE = "computing Dice / HD95 against the reference"
-LOADING_MESSAGE = "loading the model (first time: importing TensorFlow)"
+LOADING_MESSAGE = "loading the model (ONNX Runtime, or TensorFlow where no matching export exists)"
 
 
 @dataclass(frozen=True)
