@@ -83,7 +83,7 @@ def _model_card(path: str, mtime: float) -> dict[str, Any] | None:
 def _load_unet(path: str, mtime: float) -> Any:
     from core.segmentation.inference import load_model
 
-    return load_model(path)
+    return load_model(path, warm=True)  # kept for every click: auto picks the faster forward (TensorFlow here)
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)

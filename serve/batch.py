@@ -154,7 +154,7 @@ class SegmentWorker:
             for name, data in ray.get(model_ref[0]).items():
                 (Path(tmp) / name).write_bytes(data)
             path = Path(tmp) / "unet.keras"
-            onnx_path = choose_onnx(path)
+            onnx_path = choose_onnx(path, warm=True)  # an actor keeps its model: auto means TensorFlow
             if onnx_path is not None:  # ONNX Runtime: TensorFlow is never imported
                 self.model = OnnxUNet(onnx_path, threads=max(1, threads))
             else:

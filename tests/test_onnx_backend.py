@@ -82,6 +82,16 @@ def test_auto_uses_a_matching_export_and_it_segments_like_keras(exported, monkey
     np.testing.assert_allclose(onnx_result.probabilities, keras_result.probabilities, atol=1e-4)
 
 
+def test_auto_keeps_tensorflow_for_a_warm_process_unless_onnx_is_asked_for(exported, monkeypatch):
+    """The app, the API's workers and batch actors keep the model: auto gives them TensorFlow (faster forward here)."""
+    keras_path, _ = exported
+    monkeypatch.delenv(backend.BACKEND_ENV, raising=False)
+    monkeypatch.delenv("BRATS_INFERENCE_PRECISION", raising=False)
+    assert backend.choose_onnx(keras_path, warm=True) is None
+    assert backend.choose_onnx(keras_path) is not None  # the one-shot CLI
+    assert isinstance(backend.load_unet(keras_path, "onnx", warm=True), OnnxUNet)  # asked for explicitly
+
+
 def test_a_stale_export_falls_back_to_tensorflow_with_a_warning(exported, monkeypatch):
     keras_path, onnx_path = exported
     monkeypatch.delenv(backend.BACKEND_ENV, raising=False)

@@ -6,9 +6,11 @@ is used only while both hashes match, so a retrained or replaced ``.keras`` file
 
 ``BRATS_INFERENCE_BACKEND`` (or the ``backend`` argument) picks:
 
-* ``auto`` (default): ONNX Runtime when a matching export exists and ``onnxruntime`` is installed, else TensorFlow
-  (with a warning when an export exists but does not match); TensorFlow too when ``BRATS_INFERENCE_PRECISION`` asks
-  for ``mixed_bfloat16`` (the export is float32).
+* ``auto`` (default): for a one-shot process (``python -m core.segment``), ONNX Runtime when a matching export exists
+  and ``onnxruntime`` is installed, else TensorFlow (with a warning when an export exists but does not match). For a
+  process that keeps the model loaded (``warm=True``: the app, the API's workers, batch actors) TensorFlow: measured
+  here, its forward pass is faster (6.4 vs 9.0 s a case), and only the one-shot run pays its ~5 s import for nothing.
+  TensorFlow too when ``BRATS_INFERENCE_PRECISION`` asks for ``mixed_bfloat16`` (the export is float32).
 * ``onnx``: ONNX Runtime or a ``ModelLoadError`` saying why not.
 * ``tensorflow``: the Keras model (``core.segmentation.keras_unet.load_keras_unet``).
 """
@@ -80,7 +82,7 @@ def onnx_export(keras_path: str | Path) -> tuple[Path | None, str]:
 
 
 def choose_onnx(path: str | Path, backend: str | None = None,
-                warn: Callable[[str], None] | None = None) -> Path | None:
+                warn: Callable[[str], None] | None = None, *, warm: bool = False) -> Path | None:
     """The ONNX file to run ``path`` (a ``.keras`` file) with, or ``None`` for TensorFlow (module docstring).
 
     Args:
@@ -88,14 +90,15 @@ def choose_onnx(path: str | Path, backend: str | None = None,
         backend: ``auto`` / ``onnx`` / ``tensorflow`` (default ``$BRATS_INFERENCE_BACKEND`` or ``auto``).
         warn: called with the reason when ``auto`` falls back to TensorFlow although an export exists (default:
             ``warnings.warn``).
+        warm: the caller keeps the model loaded for many cases (``auto`` then means TensorFlow).
 
     Raises:
         ModelLoadError: ``onnx`` was asked for and no usable export exists (the message says why and the fix).
         ValueError: an unknown backend.
     """
     choice = requested_backend(backend)
-    if choice == "auto" and os.environ.get("BRATS_INFERENCE_PRECISION", "") == "mixed_bfloat16":
-        return None  # the export computes in float32
+    if choice == "auto" and (warm or os.environ.get("BRATS_INFERENCE_PRECISION", "") == "mixed_bfloat16"):
+        return None  # warm: TensorFlow's forward pass is faster here; the export computes in float32
     if choice == "tensorflow":
         return None
     onnx_path, reason = onnx_export(path)
@@ -107,11 +110,11 @@ def choose_onnx(path: str | Path, backend: str | None = None,
 
 
 def load_unet(path: str | Path, backend: str | None = None, warn: Callable[[str], None] | None = None,
-              threads: int | None = None) -> Any:
+              threads: int | None = None, *, warm: bool = False) -> Any:
     """The U-Net of ``path`` (a ``.keras`` file) on the backend :func:`choose_onnx` picks.
 
     Args:
-        path, backend, warn: as for :func:`choose_onnx`.
+        path, backend, warn, warm: as for :func:`choose_onnx`.
         threads: ONNX Runtime intra-op threads (default ``core.segmentation.onnx_unet.default_threads``).
 
     Returns:
@@ -121,7 +124,7 @@ def load_unet(path: str | Path, backend: str | None = None, warn: Callable[[str]
         ModelLoadError: the model cannot be loaded, or ``onnx`` was asked for and no usable export exists.
         ValueError: an unknown backend.
     """
-    onnx_path = choose_onnx(path, backend, warn)
+    onnx_path = choose_onnx(path, backend, warn, warm=warm)
     if onnx_path is not None:
         from core.segmentation.onnx_unet import OnnxUNet
 

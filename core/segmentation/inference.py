@@ -95,7 +95,7 @@ def default_unet_path() -> Path:
 REGION_THRESHOLD = 0.5  # sigmoid threshold of a region-based U-Net (nnU-Net's)
 
 
-def load_model(path: str | Path, backend: str | None = None) -> Any:
+def load_model(path: str | Path, backend: str | None = None, *, warm: bool = False) -> Any:
     """Load the U-Net of a ``.keras`` file for inference, on the fastest backend available here.
 
     ``core.segmentation.backend.load_unet``: the ONNX export beside the file (``unet.keras`` -> ``unet.onnx``) on ONNX
@@ -106,13 +106,15 @@ def load_model(path: str | Path, backend: str | None = None) -> Any:
         path: the ``.keras`` file (e.g. :func:`default_unet_path`).
         backend: ``auto`` / ``onnx`` / ``tensorflow`` (default ``$BRATS_INFERENCE_BACKEND`` or ``auto``); callers that
             need the Keras model itself (training, weight surgery) pass ``"tensorflow"``.
+        warm: the caller keeps the model for many cases (app, API, batch): ``auto`` then picks TensorFlow, whose
+            forward pass is faster here; the one-shot CLI gets ONNX Runtime and skips the TensorFlow import.
 
     Raises:
         ModelLoadError: the model cannot be loaded (the message names the file and the fix).
     """
     from core.segmentation.backend import load_unet
 
-    return load_unet(path, backend)
+    return load_unet(path, backend, warm=warm)
 
 
 def downsampling_factor(model: keras.Model | OnnxUNet) -> int:
