@@ -90,7 +90,7 @@ def api_settings(**kwargs) -> ApiSettings:
     return ApiSettings(**kwargs)
 
 
-def wait_ready(client, timeout: float = 300) -> dict:
+def wait_ready(client, timeout: float = 600) -> dict:
     """Poll ``/ready`` until the U-Net worker has loaded (tiny model; TensorFlow import on a busy machine)."""
     deadline = time.monotonic() + timeout
     while (response := client.get("/ready")).status_code != 200:
