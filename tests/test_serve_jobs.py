@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import psutil
 import pytest
 from fastapi.testclient import TestClient
 
+from bench.serve.bench_serve import oversized_uploads
 from bench.server import free_port, stop_process
 from core.io.case import load_case, save_case
 from core.io.weights import file_sha256
@@ -245,20 +245,6 @@ def _start(port: int, jobs: Path, env: dict, log: Path) -> subprocess.Popen:
                                 cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
-def _oversized_upload(url: str, results: list) -> None:
-    def body():
-        for _ in range(64):  # 64 MB, chunked (no Content-Length): refused while it arrives
-            yield b"\0" * (1 << 20)
-
-    try:
-        with httpx.Client(timeout=120) as http:
-            response = http.post(f"{url}/jobs", content=body(),
-                                 headers={"content-type": "multipart/form-data; boundary=xyz"})
-            results.append(response.status_code)
-    except httpx.TransportError as exc:  # the server may close the connection once it answered 413
-        results.append(type(exc).__name__)
-
-
 def test_kill_9_with_two_accepted_jobs_then_restart_finishes_both(weights, case_dir, big_case_dir, tmp_path):
     port, jobs, log = free_port(), tmp_path / "jobs", tmp_path / "server.log"
     env = {**os.environ, "BRATS_UNET_WEIGHTS": str(weights["unet"]), "BRATS_CVAE_WEIGHTS": str(weights["cvae"])}
@@ -281,21 +267,13 @@ def test_kill_9_with_two_accepted_jobs_then_restart_finishes_both(weights, case_
             assert states[0]["attempts"] == 2  # ran again after the restart
             assert http.get(f"/jobs/{second}/result").status_code == 200
 
-            rss = psutil.Process(server.pid).memory_info().rss
-            results: list = []
-            threads = [threading.Thread(target=_oversized_upload, args=(url, results)) for _ in range(3)]
-            for thread in threads:
-                thread.start()
-            peak = rss
-            while any(t.is_alive() for t in threads):
-                peak = max(peak, psutil.Process(server.pid).memory_info().rss)
-                time.sleep(0.05)
-            grown_mb = (peak - rss) / 2**20
-            assert grown_mb < 100, f"3 oversized uploads cost {grown_mb:.0f} MB of RSS"
+            junk = oversized_uploads(url, server.pid, jobs, count=3, size_mb=64)  # chunked: refused while arriving
+            assert junk["server_rss_growth_mb"] < 100, junk
+            results = junk["answers"]
             assert all(r in (413, "WriteError", "RemoteProtocolError", "ReadError") for r in results), results
-            assert 413 in results
+            assert 413 in results and junk["jobs_dir_peak_mb"] < 3 * 8 + 5  # never more than the limit on disk
             assert sorted(p.name for p in jobs.iterdir() if p.name != "uploads") == sorted([first, second])
-            print(f"3 concurrent 64 MB uploads: RSS +{grown_mb:.1f} MB, answers {results}")
+            print(f"3 concurrent 64 MB uploads: {junk}")
     finally:
         stop_process(server, timeout=30)
 
