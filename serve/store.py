@@ -89,9 +89,11 @@ class JobStore:
         """After a restart: ``(ids to run again, ids removed)``.
 
         Accepted asynchronous jobs that were queued or running run again; a job still ``receiving`` (its upload
-        cut by the crash) and a synchronous job (its client is gone with the connection) are removed.
+        cut by the crash), a synchronous job (its client is gone with the connection) and the ``uploads`` folder
+        of ``/generate`` are removed.
         """
         rerun, removed = [], []
+        shutil.rmtree(self.root / "uploads", ignore_errors=True)  # /generate uploads cut by the crash
         for job_id in self.ids():
             try:
                 state = self.get(job_id)

@@ -297,8 +297,9 @@ def test_job_state_survives_as_json(tmp_path):
     store.update(accepted, status="running")
     store.update(sync, status="queued")
     store.update(done, status="done", finished_at=time.time())
+    (tmp_path / "uploads" / "cut").mkdir(parents=True)
     rerun, removed = JobStore(tmp_path).recoverable()
     assert rerun == [accepted] and sorted(removed) == sorted([cut, sync])
     assert json.loads((tmp_path / accepted / "state.json").read_text())["status"] == "queued"
-    assert sorted(store.ids()) == sorted([accepted, done])
+    assert sorted(store.ids()) == sorted([accepted, done]) and not (tmp_path / "uploads").exists()
     assert not list(tmp_path.glob("*/.*.tmp"))
