@@ -364,6 +364,8 @@ def run_batch(root: str | os.PathLike, out: str | os.PathLike, *, address: str |
         local_cpus = None if address else (workers or 1) * (cpus_per_worker or 0) or None
         try:
             ray_temp = _start_ray(address, local_cpus, verbose)
+        except BatchError:
+            raise
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = f"the Ray cluster at {address}" if address else "a local Ray"
             hint = f"; {TOKEN_HINT}" if address and TOKEN_HINT not in str(exc) else ""
