@@ -133,6 +133,7 @@ def test_cancel_stops_a_running_job_and_frees_its_worker_within_5_s(api, big_cas
     stopped = time.monotonic() - start
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled", cancelled.text
     assert stopped < 5, f"cancel took {stopped:.1f} s"
+    print(f"cancel of a running job: DELETE answered 'cancelled' in {stopped:.2f} s")
     assert api.get("/health").json()["queue"]["running"] == 0
     again = api.post("/jobs", files=case_files(case_dir)).json()  # the worker process is replaced
     assert wait_job(api, again["id"])["status"] == "done"
@@ -147,6 +148,7 @@ def test_sync_timeout_cancels_its_job(api, big_case_dir):
         body = error(response, "/segment", 504, "did not finish within 1.5 s", "was cancelled")
         assert time.monotonic() - start < 1.5 + 10, body  # the upload, the timeout, the cancel
         assert api.get("/health").json()["queue"]["running"] == 0  # the bug: running: 1 after the 504
+        print(f"sync timeout: 504 after {time.monotonic() - start:.2f} s, {body['detail']}")
     finally:
         api.app.state.settings = settings
 
