@@ -261,7 +261,7 @@ def test_kill_9_with_two_accepted_jobs_then_restart_finishes_both(weights, case_
             children = [p.pid for p in psutil.Process(server.pid).children(recursive=True)]
             server.send_signal(signal.SIGKILL)
             server.wait(10)
-            assert _gone(children, 10), "the worker process outlived the killed server"
+            assert _gone(children, 30), "the worker process outlived the killed server"
             server = _start(port, jobs, env, log)
             wait_up(http, server, log)
             states = [wait_job(http, job_id, timeout=600) for job_id in (first, second)]
