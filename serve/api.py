@@ -56,16 +56,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.io.weights import weights_path
-from serve.contract import ApiError, error_response
+from serve.contract import API_KEY_HEADER, ApiError, busy_message, error_response
 from serve.jobs import UPLOAD_HELP
 from serve.manager import JobManager
+from serve.routes import add_routes
 from serve.runner import SegmentPool
 from serve.store import JobStore
 from serve.uploads import UploadError
 from serve.work import MODEL_KINDS, ModelStore, WorkQueue
 
 log = logging.getLogger("serve.api")
-API_KEY_HEADER = "X-API-Key"
 REQUEST_ID_HEADER = "X-Request-ID"
 OPEN_PATHS: frozenset[str] = frozenset({"/health", "/ready", "/docs", "/openapi.json"})
 JOB_PATHS: frozenset[str] = frozenset({"/segment", "/segment.json", "/generate", "/jobs"})
@@ -124,13 +124,6 @@ class ApiSettings:
 
 
 # ------------------------------------------------------------------------------------------ guard middleware
-
-
-def busy_message(queue: WorkQueue) -> str:
-    """The 429 message."""
-    return (f"the server is busy: all {queue.capacity} job slots are taken ({queue.workers} running, "
-            f"{queue.max_waiting} waiting or uploading); retry after the Retry-After seconds, or start the server "
-            "with a longer queue (--queue / BRATS_API_QUEUE).")
 
 
 class Guard:
@@ -239,8 +232,6 @@ class RequestIdFilter(logging.Filter):
 
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
     """The FastAPI application (models, work queue, job store and manager live on ``app.state``)."""
-    from serve.routes import add_routes
-
     settings = settings or ApiSettings.from_env()
 
     @asynccontextmanager

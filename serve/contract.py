@@ -21,6 +21,7 @@ from core.io.nifti import NiftiError
 from core.io.weights import WEIGHTS_ENV, ModelLoadError, weights_path
 
 JobStatusName = Literal["queued", "running", "done", "failed", "cancelled", "deleted"]
+API_KEY_HEADER = "X-API-Key"
 ROUTE_PREFIXES = ("jobs", "segment", "generate", "docs", "static", "health", "ready", "models", "openapi")
 _ABS_PATH = re.compile(r"(?<![\w.:/~-])/((?:[\w.+@~-]+/)+)([\w.+@~-]+)")
 
@@ -36,6 +37,13 @@ class ApiError(Exception):
 def error_response(status: int, error: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
     """The JSON error body every failure uses."""
     return JSONResponse({"error": error, "detail": detail, "status": status}, status_code=status, headers=headers)
+
+
+def busy_message(queue: Any) -> str:
+    """The 429 message for a ``serve.work.WorkQueue`` with every slot taken."""
+    return (f"the server is busy: all {queue.capacity} job slots are taken ({queue.workers} running, "
+            f"{queue.max_waiting} waiting or uploading); retry after the Retry-After seconds, or start the server "
+            "with a longer queue (--queue / BRATS_API_QUEUE).")
 
 
 class ErrorBody(BaseModel):

@@ -21,8 +21,8 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyHeader
 
 from core.io.weights import ModelLoadError, load_model_card, weights_path
-from serve.api import API_KEY_HEADER, busy_message
 from serve.contract import (
+    API_KEY_HEADER,
     ERROR_TEXT,
     ApiError,
     Health,
@@ -31,6 +31,7 @@ from serve.contract import (
     ModelEntry,
     Ready,
     SegmentSummary,
+    busy_message,
     error_for,
     error_responses,
     redact,
