@@ -12,10 +12,14 @@ writes them. Resumable: a case whose ``<case>_seg.nii.gz`` (and, with ``--probab
 exists is skipped (files appear atomically, after their CSV row); failed cases are tried again on the next run.
 One bad case never stops the run; the exit status is 1 when any case failed.
 
-Without ``--address`` a local Ray starts on this machine (and stops at the end); with one, the same command
-runs on a cluster: the ``core`` and ``serve`` packages travel with the job (Ray ``py_modules``), the weights
-as bytes, and every worker reads the case folders at the same path (shared storage). Label maps come back to
-the driver, so ``OUT`` only needs to exist where the command runs.
+Without ``--address`` a local Ray of its own starts on this machine (never a cluster that happens to run here; its
+temporary folder is removed at the end); with one, the same command runs on a cluster (an address that does not
+answer fails within 25 s with a message; a cluster with token authentication, the default from Ray 2.59/2.61,
+needs ``RAY_AUTH_MODE=token`` and ``RAY_AUTH_TOKEN`` - from ``ray get-auth-token`` on the head - in the driver's
+environment too). The ``core`` and ``serve`` packages travel with the job (Ray ``py_modules``), the weights as
+bytes, and every worker reads the case folders at the same path (shared storage). Label maps come back to the
+driver, so ``OUT`` only needs to exist where the command runs. Ctrl-C or SIGTERM stops the run cleanly: the rows
+finished so far are written, no partial file is left, Ray is shut down; the exit status is then 130.
 """
 
 from __future__ import annotations
@@ -24,7 +28,12 @@ import argparse
 import csv
 import logging
 import os
+import shutil
+import signal
+import socket
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +55,11 @@ CSV_FIELDS: tuple[str, ...] = (
     *(f"hd95_{r}" for r in REGIONS), "seg_file", "worker", "error", "warnings",
 )
 CODE_PACKAGES: tuple[str, ...] = ("core", "serve")  # what a cluster worker imports (shipped with the job)
+CONNECT_TIMEOUT_S = 10.0  # a cluster address must accept a TCP connection within this ...
+INIT_TIMEOUT_S = 15.0  # ... and ray.init finish within this: a bad address fails in under 30 s
+TOKEN_HINT = ("if the cluster uses token authentication (RAY_AUTH_MODE=token; the default for new clusters from "
+              "Ray 2.59/2.61), export RAY_AUTH_MODE=token and RAY_AUTH_TOKEN=<the output of `ray get-auth-token` "
+              "on the head> here too")
 
 
 # ------------------------------------------------------------------------------------------ planning
@@ -263,19 +277,72 @@ def _weights_bytes(weights: str | os.PathLike | None) -> tuple[Path, dict[str, b
     return path, files
 
 
-def _start_ray(address: str | None, cpus: int | None, verbose: bool) -> None:
+def check_address(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail fast unless ``host:port`` / ``ray://host:port`` accepts a TCP connection within ``timeout`` s.
+
+    ``auto`` (and any address without a port) is left to Ray. Without this, a wrong address makes ``ray.init``
+    retry for minutes.
+
+    Raises:
+        BatchError: the address does not answer; the message names it and the fix.
+    """
+    target = address.removeprefix("ray://")
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise BatchError(f"cannot reach the Ray cluster at {address}: {exc or 'timed out'} (after at most "
+                         f"{timeout:g} s); check the host and port (Ray Client: ray://HEAD:10001 from "
+                         "`ray start --head`; on the head: --address auto) and any firewall between, or leave "
+                         "--address out to run here.") from exc
+
+
+def _init_within(seconds: float, **kwargs: Any) -> None:
+    """``ray.init(**kwargs)`` that gives up after ``seconds`` (Ray retries a silent peer for minutes)."""
+    import ray
+
+    outcome: list[BaseException | None] = []
+
+    def connect() -> None:
+        try:
+            ray.init(**kwargs)
+            outcome.append(None)
+        except BaseException as exc:  # handed to the caller
+            outcome.append(exc)
+
+    thread = threading.Thread(target=connect, daemon=True, name="ray-connect")
+    thread.start()
+    thread.join(seconds)
+    if not outcome:
+        raise ConnectionError(f"no answer from the Ray cluster within {seconds:g} s; {TOKEN_HINT}")
+    if outcome[0] is not None:
+        raise outcome[0]
+
+
+def _start_ray(address: str | None, cpus: int | None, verbose: bool) -> str | None:
+    """Start a local Ray of our own (returns its temporary folder) or connect to ``address`` (returns ``None``)."""
     import ray
     import ray.data
 
     env = {"TF_CPP_MIN_LOG_LEVEL": "2"}
-    if address is None:  # this machine: the workers import the code from here
+    if address is None:  # this machine, a Ray of our own: the workers import the code from here
         runtime_env = {"env_vars": {**env, "PYTHONPATH": str(ROOT)}}
-        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=verbose, runtime_env=runtime_env,
+        temp = tempfile.mkdtemp(prefix="brats-ray-")  # short: Ray's socket paths must fit in 107 characters
+        try:
+            ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=verbose,
+                     runtime_env=runtime_env, logging_level=logging.INFO if verbose else logging.WARNING,
+                     _temp_dir=temp)
+        except BaseException:
+            shutil.rmtree(temp, ignore_errors=True)
+            raise
+        return temp
+    check_address(address)
+    runtime_env = {"env_vars": env, "py_modules": [str(ROOT / name) for name in CODE_PACKAGES]}
+    _init_within(INIT_TIMEOUT_S, address=address, log_to_driver=verbose, runtime_env=runtime_env,
                  logging_level=logging.INFO if verbose else logging.WARNING)
-    else:  # a cluster: ship the two packages the workers import with the job
-        runtime_env = {"env_vars": env, "py_modules": [str(ROOT / name) for name in CODE_PACKAGES]}
-        ray.init(address=address, log_to_driver=verbose, runtime_env=runtime_env,
-                 logging_level=logging.INFO if verbose else logging.WARNING)
+    return None
 
 
 def run_batch(root: str | os.PathLike, out: str | os.PathLike, *, address: str | None = None,
@@ -309,14 +376,19 @@ def run_batch(root: str | os.PathLike, out: str | os.PathLike, *, address: str |
     import ray.data
 
     own = not ray.is_initialized()
+    ray_temp = None
     if own:
         local_cpus = None if address else (workers or 1) * (cpus_per_worker or 0) or None
         try:
-            _start_ray(address, local_cpus, verbose)
+            ray_temp = _start_ray(address, local_cpus, verbose)
+        except BatchError:
+            raise
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = f"the Ray cluster at {address}" if address else "a local Ray"
+            hint = f"; {TOKEN_HINT}" if address and TOKEN_HINT not in str(exc) else ""
             raise BatchError(f"cannot start or reach {where}: {exc}; start the cluster with `ray start --head` "
-                             "(then --address auto), check the address, or leave --address out to run here.") from exc
+                             "(then --address auto), check the address, or leave --address out to run "
+                             f"here{hint}.") from exc
     results = out / RESULTS
     previous = read_results(results)
     new_rows: dict[str, dict[str, str]] = {}
@@ -361,8 +433,12 @@ def run_batch(root: str | os.PathLike, out: str | os.PathLike, *, address: str |
                 summary.failed.append(folder.name)
     finally:
         write_results(results, {**previous, **new_rows}.values())
+        for part in out.glob("*.part"):  # a write cut by Ctrl-C: never left behind as a result
+            part.unlink(missing_ok=True)
         if own:
             ray.shutdown()
+        if ray_temp:
+            shutil.rmtree(ray_temp, ignore_errors=True)
     summary.seconds = time.perf_counter() - start
     return summary
 
@@ -401,6 +477,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, name) is not None and getattr(args, name) < 1:
             print(f"error: --{name.replace('_', '-')} must be >= 1", file=sys.stderr)
             return 2
+    previous_term = signal.signal(signal.SIGTERM, _interrupt) if _main_thread() else None
     try:
         summary = run_batch(args.root, args.out, address=args.address, workers=args.workers,
                             cpus_per_worker=args.cpus_per_worker, weights=args.weights, tta=args.tta,
@@ -409,11 +486,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CaseError, ModelLoadError, BatchError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: Ray was shut down and results.csv written by run_batch
+        print(f"interrupted: the finished cases are in {args.out / RESULTS}; run the same command again to "
+              "resume.", file=sys.stderr)
+        return 130
+    finally:
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
     failed = f", {len(summary.failed)} failed ({', '.join(summary.failed[:5])}; see {args.out / RESULTS})" \
         if summary.failed else ""
     print(f"{args.out}: segmented {summary.done} case(s){failed}, skipped {summary.skipped} already done, "
           f"{summary.seconds:.1f} s ({summary.cases_per_minute:.2f} cases/min, {summary.workers} worker(s))")
     return 1 if summary.failed else 0
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def _interrupt(signum: int, _frame: Any) -> None:
+    """SIGTERM ends the run like Ctrl-C: through ``run_batch``'s clean-up (results, Ray shutdown, temp folder)."""
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 if __name__ == "__main__":

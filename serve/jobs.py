@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,15 +96,17 @@ def case_from_uploads(uploads: Mapping[str, bytes]) -> Case:
 
 
 def segment_upload(uploads: Mapping[str, bytes], model: Any, *, labels: str = "2020", tta: bool = False,
-                   force: bool = False, probabilities: bool = False) -> SegmentResult:
+                   force: bool = False, probabilities: bool = False,
+                   progress: Callable[[float, str], None] | None = None) -> SegmentResult:
     """Segment an uploaded case: the ``.nii.gz`` label map (source affine/header, ``labels`` values) + volumes.
 
     Dice/HD95 against the upload's own seg file are added when one was sent; with ``probabilities``, the WT/TC/ET
-    probability map as ``core.segment --probabilities`` writes it.
+    probability map as ``core.segment --probabilities`` writes it. ``progress(fraction, message)`` is called
+    between the pipeline's stages (it may raise to stop the job).
     """
     case = case_from_uploads(uploads)
     options = SegmentOptions(tta=tta, probabilities=probabilities, labels=labels, force=force, force_hint="force=true")
-    result = segment(case, model, options)
+    result = segment(case, model, options, progress=progress)
     metrics = None
     if result.metrics is not None:
         metrics = {region: {k: _finite(v) for k, v in values.items()} for region, values in result.metrics.items()}

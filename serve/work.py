@@ -1,10 +1,12 @@
 """Bounded work queue and once-loaded models for the REST API.
 
 The API never runs a model on the event loop: every job goes to a small thread pool through a
-:class:`WorkQueue` that holds at most ``workers + max_waiting`` jobs. A job that does not fit is refused
-at once (:class:`QueueFull`, the API answers 429 with ``Retry-After``) instead of piling up, and a
-job that does not finish within the request's time limit is abandoned (:class:`JobTimeout`, 504):
-cancelled if it has not started, otherwise it finishes in the background and keeps its slot until then.
+:class:`WorkQueue` that holds at most ``workers + max_waiting`` jobs, uploads still arriving included
+(:meth:`WorkQueue.reserve` takes a slot before the body is read). A job that does not fit is refused
+at once (:class:`QueueFull`, the API answers 429 with ``Retry-After``) instead of piling up. Segmentation jobs
+(``serve.manager``) run in worker processes and are cancelled by killing them; a :meth:`WorkQueue.run` job that
+does not finish in time is abandoned (:class:`JobTimeout`): cancelled if it has not started, otherwise it finishes
+in the background and keeps its slot until then (the CVAE's ``/generate``).
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ class WorkQueue:
         self.max_waiting = max_waiting
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="brats-api-job")
         self._lock = threading.Lock()
-        self._pending = 0  # accepted and not yet finished (running + waiting)
+        self._pending = 0  # accepted and not yet finished (running + waiting + reserved for uploads)
+        self._reserved = 0  # slots held by requests whose upload is still arriving
         self._running = 0
         self._durations: deque[float] = deque(maxlen=20)
         self.completed = 0
@@ -64,7 +67,8 @@ class WorkQueue:
     def stats(self) -> dict[str, int]:
         """Counts for ``/health``: running, waiting, capacity, completed, refused."""
         with self._lock:
-            return {"running": self._running, "waiting": self._pending - self._running, "workers": self.workers,
+            return {"running": self._running, "waiting": self._pending - self._running - self._reserved,
+                    "uploading": self._reserved, "workers": self.workers,
                     "max_waiting": self.max_waiting, "completed": self.completed, "refused": self.refused}
 
     def full(self) -> bool:
@@ -83,13 +87,39 @@ class WorkQueue:
         mean = sum(self._durations) / len(self._durations) if self._durations else DEFAULT_JOB_SECONDS
         return int(min(600, max(1, math.ceil(mean * max(1, self._pending) / self.workers))))
 
-    def submit(self, fn: Callable[[], T]) -> Future[T]:
-        """Queue ``fn`` or raise :class:`QueueFull` at once when every slot is taken."""
+    def reserve(self) -> None:
+        """Hold a slot for a request whose upload is about to be read; :class:`QueueFull` when none is free.
+
+        Pass ``reserved=True`` to :meth:`submit` to use it, or :meth:`unreserve` when the upload fails.
+        """
         with self._lock:
             if self._pending >= self.capacity:
                 self.refused += 1
                 raise QueueFull(self.retry_after(), self.capacity)
             self._pending += 1
+            self._reserved += 1
+
+    def unreserve(self) -> None:
+        """Give back a slot taken by :meth:`reserve` (the upload failed)."""
+        with self._lock:
+            self._pending -= 1
+            self._reserved -= 1
+
+    def submit(self, fn: Callable[[], T], *, reserved: bool = False, force: bool = False) -> Future[T]:
+        """Queue ``fn`` or raise :class:`QueueFull` at once when every slot is taken.
+
+        Args:
+            reserved: use the slot a :meth:`reserve` took.
+            force: accept even past the capacity (jobs accepted before a server restart).
+        """
+        with self._lock:
+            if reserved:
+                self._reserved -= 1
+            else:
+                if self._pending >= self.capacity and not force:
+                    self.refused += 1
+                    raise QueueFull(self.retry_after(), self.capacity)
+                self._pending += 1
         try:
             future = self._pool.submit(self._timed, fn)
         except RuntimeError:  # pool shut down
@@ -98,9 +128,9 @@ class WorkQueue:
         future.add_done_callback(self._release)  # runs on completion *and* on cancellation
         return future
 
-    async def run(self, fn: Callable[[], T], timeout: float) -> T:
+    async def run(self, fn: Callable[[], T], timeout: float, *, reserved: bool = False) -> T:
         """Run ``fn`` in the pool and await it; :class:`JobTimeout` after ``timeout`` seconds."""
-        future = self.submit(fn)
+        future = self.submit(fn, reserved=reserved)
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
         except TimeoutError as exc:
@@ -162,7 +192,7 @@ class ModelStore:
                 if kind == "unet":
                     from core.segmentation.inference import load_model
 
-                    self._models[kind] = load_model(path)
+                    self._models[kind] = load_model(path, warm=True)
                 else:
                     from core.synthesis.generate import load_cvae
 

@@ -1,4 +1,7 @@
-"""serve.api: the REST API through FastAPI's TestClient and through a real uvicorn process (tiny models)."""
+"""serve.api: the synchronous routes through FastAPI's TestClient and a real uvicorn process (tiny models).
+
+The jobs (``/jobs``), streamed uploads, readiness and the error contract are in ``tests/test_serve_jobs.py``.
+"""
 
 from __future__ import annotations
 
@@ -24,10 +27,12 @@ from fastapi.testclient import TestClient
 from bench.server import free_port, stop_process
 from core.io.case import Case, load_case, save_case
 from core.io.labels import ED, ET, NCR
+from core.io.weights import file_sha256
 from core.segmentation import unet
 from core.segmentation.metrics import volumes_ml
 from core.synthesis import cvae
 from serve.api import ApiSettings, create_app
+from serve.contract import ErrorBody
 from serve.work import QueueFull, WorkQueue
 
 import keras  # noqa: E402
@@ -37,20 +42,21 @@ SHAPE = (40, 36, 20)
 AFFINE = np.array([[-1.0, 0, 0, 20.5], [0, -1.0, 0, 30.0], [0, 0, 1.0, -7.0], [0, 0, 0, 1]])
 
 
-def small_case(name: str = "BraTS20_Toy_001", seed: int = 0) -> Case:
+def small_case(name: str = "BraTS20_Toy_001", seed: int = 0, shape: tuple[int, int, int] = SHAPE) -> Case:
     """A 1 mm toy case with an ellipsoid brain (0 outside) and a layered tumour, non-trivial affine."""
     rng = np.random.default_rng(seed)
-    x, y, z = np.meshgrid(*[np.arange(n) - (n - 1) / 2 for n in SHAPE], indexing="ij")
-    brain = (x / 12.5) ** 2 + (y / 12.5) ** 2 + (z / 7.5) ** 2 < 1
+    x, y, z = np.meshgrid(*[np.arange(n) - (n - 1) / 2 for n in shape], indexing="ij")
+    rx, ry, rz = (n * r / m for n, r, m in zip(shape, (12.5, 12.5, 7.5), SHAPE, strict=True))
+    brain = (x / rx) ** 2 + (y / ry) ** 2 + (z / rz) ** 2 < 1
     r = np.sqrt((x - 2) ** 2 + (y + 1) ** 2 + (2 * z) ** 2)
-    seg = np.zeros(SHAPE, np.uint8)
+    seg = np.zeros(shape, np.uint8)
     seg[brain & (r < 7)] = ED
     seg[brain & (r < 4.5)] = ET
     seg[brain & (r < 2.5)] = NCR
     means = np.array([[0, 0, 0, 0], [300, 200, 900, 700], [500, 450, 1100, 1200], [550, 1400, 800, 900]], float)
-    image = (means[seg].transpose(3, 0, 1, 2) + 400.0 + rng.normal(0, 20, (4, *SHAPE))) * brain
+    image = (means[seg].transpose(3, 0, 1, 2) + 400.0 + rng.normal(0, 20, (4, *shape))) * brain
     header = nib.Nifti1Header()
-    header.set_data_shape(SHAPE)
+    header.set_data_shape(shape)
     header.set_zooms((1.0, 1.0, 1.0))
     header.set_qform(AFFINE, code=1)
     header.set_sform(AFFINE, code=1)
@@ -78,12 +84,28 @@ def tiny_models(weights, monkeypatch):
     monkeypatch.setenv("BRATS_CVAE_WEIGHTS", str(weights["cvae"]))
 
 
+def api_settings(**kwargs) -> ApiSettings:
+    """Settings with a fresh temporary jobs folder (never the repository's runs/)."""
+    kwargs.setdefault("jobs_dir", tempfile.mkdtemp(prefix="brats_api_jobs_"))
+    return ApiSettings(**kwargs)
+
+
+def wait_ready(client, timeout: float = 600) -> dict:
+    """Poll ``/ready`` until the U-Net worker has loaded (tiny model; TensorFlow import on a busy machine)."""
+    deadline = time.monotonic() + timeout
+    while (response := client.get("/ready")).status_code != 200:
+        assert response.json()["error"] == "not_ready" and time.monotonic() < deadline, response.text
+        time.sleep(0.2)
+    return response.json()
+
+
 @pytest.fixture(scope="module")
 def client(weights):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("BRATS_UNET_WEIGHTS", str(weights["unet"]))
         mp.setenv("BRATS_CVAE_WEIGHTS", str(weights["cvae"]))
-        with TestClient(create_app(ApiSettings(preload=("unet",)))) as c:
+        with TestClient(create_app(api_settings(preload=("unet",)))) as c:
+            wait_ready(c)
             yield c
 
 
@@ -100,7 +122,10 @@ def assert_json_error(response: httpx.Response, status: int, *needles: str) -> d
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/json")
     body = response.json()
+    ErrorBody.model_validate(body)  # the one documented error schema, nothing more
+    assert set(body) == {"error", "detail", "status"}
     assert body["status"] == status and body["error"] and isinstance(body["detail"], str)
+    assert response.headers["X-Request-ID"]
     for needle in needles:
         assert needle in body["detail"], body["detail"]
     return body
@@ -117,9 +142,14 @@ def test_health_and_models(client, weights):
     health = client.get("/health")
     assert health.status_code == 200
     assert health.json()["status"] == "ok" and health.json()["models_loaded"] == ["unet"]
-    models = client.get("/models").json()
-    assert models["unet"]["path"] == str(weights["unet"]) and models["unet"]["from_env"] is True
+    ready = client.get("/ready").json()
+    assert ready["model"] == {"name": "unet.keras", "sha256": file_sha256(weights["unet"])}
+    response = client.get("/models")
+    models = response.json()
+    assert models["unet"]["file"] == "unet.keras" and models["unet"]["from_env"] is True
+    assert models["unet"]["sha256"] == file_sha256(weights["unet"])
     assert models["unet"]["loaded"] is True and models["cvae"]["loaded"] is False
+    assert str(weights["unet"].parent) not in response.text and str(ROOT) not in response.text  # no server paths
     docs = client.get("/docs")
     assert docs.status_code == 200 and "/static/swagger/swagger-ui-bundle.js" in docs.text  # no CDN: works offline
     assert client.get("/static/swagger/swagger-ui-bundle.js").status_code == 200
@@ -145,6 +175,7 @@ def test_segment_returns_the_label_map_on_the_source_grid(client, case_dir):
     assert set(volumes) == {"WT", "TC", "ET"}
     expected = volumes_ml(data, (1.0, 1.0, 1.0))  # 2023 labels are the internal ones
     assert volumes == pytest.approx(expected, abs=1e-3)
+    assert response.headers["X-Model-Name"] == "unet.keras" and len(response.headers["X-Model-SHA256"]) == 64
 
 
 def test_segment_json_from_a_zip_with_reference_metrics(client, case_dir):
@@ -194,7 +225,7 @@ def test_implausible_case_is_refused_like_the_cli_unless_forced(client, case_dir
 
 
 def test_upload_limit_answers_413(weights, case_dir):
-    with TestClient(create_app(ApiSettings(preload=(), max_upload_mb=0.01))) as small:
+    with TestClient(create_app(api_settings(preload=(), max_upload_mb=0.01))) as small:
         body = assert_json_error(small.post("/segment", files=case_files(case_dir)), 413, "upload limit")
         assert body["error"] == "upload_too_large"
 
@@ -222,15 +253,16 @@ def test_upload_limit_also_counts_chunked_bodies():
         sent.append(message)
 
     queue = WorkQueue(1, 0)
-    guard = Guard(reads_everything, ApiSettings(max_upload_mb=10_000 / 1024 / 1024), queue)
+    guard = Guard(reads_everything, api_settings(max_upload_mb=10_000 / 1024 / 1024), queue)
     asyncio.run(guard({"type": "http", "method": "POST", "path": "/segment", "headers": []}, receive, send))
     queue.shutdown()
     assert sent[0]["status"] == 413 and json.loads(sent[1]["body"])["error"] == "upload_too_large"
+    assert (b"x-request-id", sent[0]["headers"][-1][1]) in sent[0]["headers"]
     assert len(sent) == 2
 
 
 def _blocking_app(**settings) -> tuple[TestClient, threading.Event]:
-    app = create_app(ApiSettings(preload=(), **settings))
+    app = create_app(api_settings(preload=(), **settings))
     gate = threading.Event()
     app.state.queue.submit(lambda: gate.wait(30))  # occupies the only worker
     return TestClient(app), gate
@@ -257,7 +289,8 @@ def test_timeout_answers_504_and_frees_the_waiting_slot(case_dir):
     try:
         with client:
             start = time.perf_counter()
-            assert_json_error(client.post("/segment", files=case_files(case_dir)), 504, "did not finish within 0.3 s")
+            assert_json_error(client.post("/segment", files=case_files(case_dir)), 504, "did not finish within 0.3 s",
+                              "was cancelled")
             assert time.perf_counter() - start < 10
             queue = client.get("/health").json()["queue"]
             assert queue["waiting"] == 0 and queue["running"] == 1  # the timed-out job never started
@@ -267,12 +300,14 @@ def test_timeout_answers_504_and_frees_the_waiting_slot(case_dir):
 
 
 def test_api_key_is_required_when_set(weights):
-    with TestClient(create_app(ApiSettings(preload=(), api_key="s3cret"))) as keyed:
-        assert keyed.get("/health").status_code == 200
+    with TestClient(create_app(api_settings(preload=(), api_key="s3cret"))) as keyed:
+        assert keyed.get("/health").status_code == 200 and keyed.get("/ready").status_code == 503  # no key needed
         assert keyed.get("/docs").status_code == 200 and keyed.get("/openapi.json").status_code == 200
         body = assert_json_error(keyed.get("/models"), 401, "X-API-Key")
         assert body["error"] == "unauthorized"
-        assert_json_error(keyed.post("/segment", headers={"X-API-Key": "wrong"}), 401)
+        refused = keyed.post("/segment", headers={"X-API-Key": "wrong", "X-Request-ID": "client-42"})
+        assert_json_error(refused, 401)
+        assert refused.headers["X-Request-ID"] == "client-42"  # the client's id, also on early refusals
         assert keyed.get("/models", headers={"X-API-Key": "s3cret"}).status_code == 200
 
 
@@ -298,6 +333,7 @@ def test_generate_returns_a_zip_of_brats_case_folders(client, case_dir, tmp_path
     np.testing.assert_array_equal(generated.affine, source.affine)
     np.testing.assert_array_equal(generated.seg, source.seg)
     assert list(scratch.iterdir()) == []  # no temporary file left behind
+    assert list((client.app.state.store.root / "uploads").iterdir()) == []  # nor a streamed upload
     too_many = client.post("/generate", files=[mask], params={"samples": 99})
     assert_json_error(too_many, 422, "samples=99", "limit")
     not_brats = client.post("/generate", files=[mask])  # no host case: the template brain needs the BraTS grid
@@ -314,6 +350,19 @@ def test_generate_returns_a_zip_of_brats_case_folders(client, case_dir, tmp_path
 # ------------------------------------------------------------------------------------------ real uvicorn
 
 
+def wait_up(http: httpx.Client, server: subprocess.Popen, log: Path, route: str = "/ready") -> None:
+    """Poll ``route`` of a starting server until it answers 200 (fails with its log if it exits or 600 s pass)."""
+    deadline = time.monotonic() + 600
+    while True:
+        try:
+            if http.get(route).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert server.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.3)
+
+
 def test_real_uvicorn_server(weights, case_dir, tmp_path):
     port = free_port()
     scratch = tmp_path / "tmp"
@@ -322,24 +371,18 @@ def test_real_uvicorn_server(weights, case_dir, tmp_path):
            "BRATS_API_KEY": "k3y", "TMPDIR": str(scratch)}
     log = tmp_path / "server.log"
     with open(log, "w") as out:  # models preloaded: the server answers only once they are in memory
-        server = subprocess.Popen([sys.executable, "-m", "serve.api", "--port", str(port), "--max-upload-mb", "1.5"],
+        server = subprocess.Popen([sys.executable, "-m", "serve.api", "--port", str(port), "--max-upload-mb", "1.5",
+                                   "--jobs-dir", str(tmp_path / "jobs")],
                                   cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:  # generous limits: on a loaded 2-core machine the server's TensorFlow import alone can take minutes
         with httpx.Client(base_url=url, timeout=300) as http:
-            deadline = time.monotonic() + 600
-            while True:
-                try:
-                    if http.get("/health").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert server.poll() is None and time.monotonic() < deadline, log.read_text()
-                time.sleep(0.3)
+            wait_up(http, server, log, "/health")
             assert_json_error(http.post("/segment", files=case_files(case_dir)), 401, "X-API-Key")
             key = {"X-API-Key": "k3y"}
-            ok = http.post("/segment", files=case_files(case_dir), headers=key)
+            ok = http.post("/segment", files=case_files(case_dir), headers={**key, "X-Request-ID": "abc-123"})
             assert ok.status_code == 200, ok.text
+            assert ok.headers["X-Request-ID"] == "abc-123"
             np.testing.assert_array_equal(read_label_map(ok.content).affine, AFFINE)
             assert set(json.loads(ok.headers["X-Volumes-ML"])) == {"WT", "TC", "ET"}
             bad = http.post("/segment", files=[("files", ("x_t1.nii.gz", b"junk", "application/gzip"))], headers=key)
@@ -350,6 +393,8 @@ def test_real_uvicorn_server(weights, case_dir, tmp_path):
     finally:
         stop_process(server, timeout=30)
     assert list(scratch.iterdir()) == []
+    assert [p.name for p in (tmp_path / "jobs").iterdir()] in ([], ["uploads"])  # synchronous jobs are removed
+    assert "[abc-123]" in log.read_text()  # the request id in the server's log lines
 
 
 def test_settings_from_env_and_flags():

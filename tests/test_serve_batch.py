@@ -6,6 +6,7 @@ import csv
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nibabel as nib
@@ -129,3 +130,57 @@ def test_bad_arguments_exit_2(tmp_path, capsys, monkeypatch):
     assert not ray.is_initialized()  # and no cluster runs here: "auto" finds nothing
     assert batch.main([str(root), "-o", str(tmp_path / "out"), "--weights", str(weights), "--address", "auto"]) == 2
     assert "cannot start or reach the Ray cluster at auto" in capsys.readouterr().err
+
+
+def _one_case_root(tmp_path: Path) -> tuple[Path, Path]:
+    root = tmp_path / "root"
+    save_case(small_case("c1"), root, naming="2020")
+    weights = tmp_path / "w.keras"
+    weights.write_bytes(b"PK")  # read as bytes only; never loaded: the connection fails first
+    return root, weights
+
+
+@pytest.mark.parametrize("address", ["ray://127.0.0.1:{port}", "127.0.0.1:{port}"])
+def test_bad_address_fails_within_30_s_with_a_clear_message(tmp_path, capsys, address):
+    from bench.server import free_port
+
+    root, weights = _one_case_root(tmp_path)
+    address = address.format(port=free_port())  # nobody listens there: refused at once, before Ray retries
+    start = time.monotonic()
+    assert batch.main([str(root), "-o", str(tmp_path / "out"), "--weights", str(weights), "--address", address]) == 2
+    assert time.monotonic() - start < 30
+    err = capsys.readouterr().err
+    assert f"cannot reach the Ray cluster at {address}" in err and "ray://HEAD:10001" in err
+    assert "Traceback" not in err
+
+
+def test_local_mode_starts_its_own_ray_and_removes_its_temp_folder(tmp_path, monkeypatch):
+    """Without --address it never joins a running cluster (address='local'), and its temp folder goes away."""
+    import ray
+
+    seen: dict = {}
+
+    def fake_init(**kwargs):
+        seen.update(kwargs)
+        assert Path(kwargs["_temp_dir"]).is_dir() and len(kwargs["_temp_dir"]) < 60  # socket paths stay short
+        raise RuntimeError("no Ray here")
+
+    monkeypatch.setattr(ray, "init", fake_init)
+    root, weights = _one_case_root(tmp_path)
+    with pytest.raises(batch.BatchError, match="cannot start or reach a local Ray"):
+        batch.run_batch(root, tmp_path / "out", weights=weights, progress=False)
+    assert seen["address"] == "local" and not Path(seen["_temp_dir"]).exists()
+
+
+def test_interrupt_exits_130_without_traceback(tmp_path, capsys, monkeypatch):
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(batch, "run_batch", interrupted)
+    root, weights = _one_case_root(tmp_path)
+    assert batch.main([str(root), "-o", str(tmp_path / "out"), "--weights", str(weights)]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "run the same command again" in err and "Traceback" not in err
+    import signal
+
+    assert signal.getsignal(signal.SIGTERM) is not batch._interrupt  # the handler is put back

@@ -5,7 +5,9 @@ then ``--clients`` threads each POST ``--requests`` times the same case to ``/se
 with the case's seg as the mask at the end, unless ``--no-generate``). Reports p50/p95/mean
 latency, throughput (requests per minute), errors (any non-200 answer; must be 0: the queue holds every
 client, ``--queue`` = clients), the server's start-up time and its peak RSS (sampled every 0.2 s, the
-server process and its children).
+server process and its children: the U-Net lives in a worker process). ``--oversized N`` then sends N concurrent
+junk bodies of ``--oversized-mb`` MB each (chunked, no Content-Length: refused while they arrive) and records the
+server's RSS growth, the answers and the largest size of the jobs folder meanwhile (issue 37's 3 x 600 MB).
 
 Usage::
 
@@ -20,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -87,14 +90,59 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
-def run(case: Path, clients: int, requests: int, weights: Path, timeout: float, with_generate: bool = True) -> dict:
+def folder_mb(folder: Path) -> float:
+    """Bytes of the files under ``folder`` in MB (0 when it vanished meanwhile)."""
+    total = 0
+    for path in folder.rglob("*"):
+        try:
+            total += path.stat().st_size if path.is_file() else 0
+        except OSError:
+            pass
+    return total / 1e6
+
+
+def oversized_uploads(url: str, pid: int, jobs: Path, count: int, size_mb: int) -> dict:
+    """``count`` concurrent chunked junk uploads of ``size_mb`` MB: server RSS growth, answers, jobs-folder peak."""
+    answers: list = []
+
+    def upload() -> None:
+        def body():
+            for _ in range(size_mb):
+                yield b"\0" * (1 << 20)
+
+        try:
+            with httpx.Client(timeout=600) as http:
+                r = http.post(f"{url}/jobs", content=body(),
+                              headers={"content-type": "multipart/form-data; boundary=b"})
+                answers.append(r.status_code)
+        except httpx.HTTPError as exc:
+            answers.append(type(exc).__name__)
+
+    server = psutil.Process(pid)
+    before = server.memory_info().rss
+    peak, disk = before, 0.0
+    threads = [threading.Thread(target=upload) for _ in range(count)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    while any(t.is_alive() for t in threads):
+        peak = max(peak, server.memory_info().rss)
+        disk = max(disk, folder_mb(jobs))
+        time.sleep(0.05)
+    return {"uploads": count, "mb_each": size_mb, "answers": answers, "seconds": round(time.perf_counter() - start, 2),
+            "server_rss_growth_mb": round((peak - before) / 2**20, 1), "jobs_dir_peak_mb": round(disk, 1)}
+
+
+def run(case: Path, clients: int, requests: int, weights: Path, timeout: float, with_generate: bool = True,
+        oversized: int = 0, oversized_mb: int = 600) -> dict:
     """Start the server, load it with ``clients`` x ``requests`` requests, stop it; the measurements."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "BRATS_UNET_WEIGHTS": str(weights)}
     env.pop("BRATS_API_KEY", None)
+    jobs = Path(tempfile.mkdtemp(prefix="bench_api_jobs_"))
     command = [sys.executable, "-m", "serve.api", "--port", str(port), "--workers", "1",
-               "--queue", str(clients), "--timeout", str(timeout)]
+               "--queue", str(clients), "--timeout", str(timeout), "--jobs-dir", str(jobs)]
     files = case_files(case)
     upload_mb = sum(len(f[1][1]) for f in files) / 1e6
     with tempfile.TemporaryFile() as log:
@@ -155,9 +203,11 @@ def run(case: Path, clients: int, requests: int, weights: Path, timeout: float, 
                                 "zip_mb": round(len(r.content) / 1e6, 1)}
                     if r.status_code != 200:
                         errors.append(f"generate {r.status_code} {r.text[:200]}")
+            junk = oversized_uploads(url, server.pid, jobs, oversized, oversized_mb) if oversized else None
         finally:
             stop_process(server, timeout=60)
             peak = memory.stop()
+            shutil.rmtree(jobs, ignore_errors=True)
     return {
         "clients": clients, "requests_per_client": requests, "upload_mb": round(upload_mb, 1),
         "server_startup_s": round(startup, 2), "warmup_request_s": round(warmup_s, 2),
@@ -167,6 +217,7 @@ def run(case: Path, clients: int, requests: int, weights: Path, timeout: float, 
         "wall_s": round(wall, 2), "throughput_per_min": round(60.0 * len(latencies) / wall, 2),
         "ok": len(latencies), "errors": len(errors), "error_samples": errors[:3],
         "server_peak_rss_mb": round(peak, 1), "volumes_ml": volumes, "generate_one_sample": generate,
+        "oversized_uploads": junk,
     }
 
 
@@ -180,12 +231,15 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve" / "serve.json")
     p.add_argument("--no-generate", action="store_true", help="skip the one /generate request at the end")
     p.add_argument("--note", default="", help="free text stored with the results (e.g. machine load)")
+    p.add_argument("--oversized", type=int, default=0, help="then N concurrent junk uploads past the limit")
+    p.add_argument("--oversized-mb", type=int, default=600, help="size of each junk upload (MB)")
     args = p.parse_args()
     load_start = os.getloadavg()[0]
     result = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "case": args.case.name,
               "weights": os.path.relpath(args.weights, ROOT), **weights_info(args.weights), "cpu_count": os.cpu_count(),
               "machine": platform.machine(), "note": args.note,
-              **run(args.case, args.clients, args.requests, args.weights, args.timeout, not args.no_generate),
+              **run(args.case, args.clients, args.requests, args.weights, args.timeout, not args.no_generate,
+                    args.oversized, args.oversized_mb),
               "loadavg_1min": {"start": load_start, "end": os.getloadavg()[0]}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
