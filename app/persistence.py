@@ -192,9 +192,8 @@ def _load_sample_set(store: SessionStore, case_id: str, case: Case, set_id: str 
     images, segs, meta = saved
     cases = [Case(image, case.affine, case.header, seg, name=name)
              for image, seg, name in zip(images, segs, meta["names"])]
-    key = set_id or str(meta.get("set_id") or "samples")  # "samples": the one set of a session saved before sets
     return Samples(cases, meta["source"], int(meta["seed"]), float(meta["temperature"]), float(meta["seconds"]),
-                   key=key, fidelity={int(k): v for k, v in (meta.get("fidelity") or {}).items()},
+                   key=meta["set_id"], fidelity={int(k): v for k, v in (meta.get("fidelity") or {}).items()},
                    mode=str(meta.get("mode", NEW_BRAIN)))
 
 
@@ -224,7 +223,7 @@ def delete_sample_set(set_id: str) -> None:
     if store is None or state.case is None:
         state.samples = None
         return
-    store.delete_samples(state.key, "" if set_id == "samples" else set_id)
+    store.delete_samples(state.key, set_id)
     state.samples = _load_sample_set(store, state.key, state.case, None)
 
 
@@ -367,10 +366,6 @@ def persist_edits(state: Studio | None = None) -> None:
         flash("warning", f"Could not save the edits on the server: {exc}")
 
 
-def _set_id(samples: Samples) -> str:
-    return "" if samples.key == "samples" else samples.key  # "samples": the set of a session saved before sets
-
-
 def save_samples(case_id: str, samples: Samples, meta_only: bool = False) -> None:
     """Save ``samples`` as a set of the saved case ``case_id`` (or only its metadata, e.g. fidelity results)."""
     store = session_store()
@@ -378,16 +373,15 @@ def save_samples(case_id: str, samples: Samples, meta_only: bool = False) -> Non
         return
     meta = {"names": [c.name for c in samples.cases], "source": samples.source, "seed": samples.seed,
             "temperature": samples.temperature, "seconds": samples.seconds, "mode": samples.mode,
-            "fidelity": {str(k): v for k, v in samples.fidelity.items()}, "set_id": samples.key,
-            "saved": time.time()}
+            "fidelity": {str(k): v for k, v in samples.fidelity.items()}, "saved": time.time()}
     try:
         if meta_only:
-            previous = next((s for s in store.sample_sets(case_id) if s["set_id"] == _set_id(samples)), {})
+            previous = next((s for s in store.sample_sets(case_id) if s["set_id"] == samples.key), {})
             meta["saved"] = previous.get("saved", meta["saved"])  # its place in the history stays
-            store.update_samples_meta(case_id, meta, _set_id(samples))
+            store.update_samples_meta(case_id, meta, samples.key)
         else:
             store.save_samples(case_id, [c.image for c in samples.cases], [c.seg for c in samples.cases], meta,
-                               _set_id(samples))
+                               samples.key)
     except OSError as exc:
         flash("warning", f"Could not save the samples on the server: {exc}")
 

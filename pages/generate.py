@@ -78,7 +78,7 @@ if state is not None:
         st.subheader("Samples")
         cols = st.columns([3, 1])
         if len(history) > 1:  # earlier runs stay in the session (on the server) until removed
-            ids = [h["set_id"] or "samples" for h in history]
+            ids = [h["set_id"] for h in history]
             if st.session_state.get("gen_set_shown") != samples.key:  # a new run, a removal: follow it
                 st.session_state["gen_set_shown"] = samples.key
                 st.session_state["gen_set"] = samples.key if samples.key in ids else ids[0]

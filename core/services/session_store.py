@@ -36,6 +36,7 @@ import numpy as np
 SESSION_ENV = "BRATS_SESSION_DIR"
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "sessions"
 MAX_RECENT = 8
+LEGACY_SET_ID = "samples"  # the one sample set of a case saved before sets (never a generated id: those are hex)
 MAX_AGE_ENV, MAX_SIZE_ENV = "BRATS_SESSION_MAX_AGE_DAYS", "BRATS_SESSION_MAX_GB"
 DEFAULT_MAX_AGE_DAYS, DEFAULT_MAX_GB = 14.0, 5.0
 _SAFE = re.compile(r"^[A-Za-z0-9_-]{6,64}$")
@@ -332,23 +333,14 @@ class SessionStore:
         if path.is_file():
             os.utime(path)
 
-    def drop(self, case_id: str, name: str) -> None:
-        """Forget a saved label map (``"prediction"`` / ``"edited"``) or ``"samples"``."""
-        folder = self.case_dir(case_id)
-        if name == "samples":
-            shutil.rmtree(folder / "samples", ignore_errors=True)
-        for suffix in (".npz", ".json"):
-            (folder / f"{name}{suffix}").unlink(missing_ok=True)
-
-    # ------------------------------------------------------------------ samples
     # ------------------------------------------------------------------ generated samples
     # Each generation run is one set (``set_id``: letters, digits, 6-64); the sets of a case form its history.
-    # ``set_id=""`` is the single set of sessions saved before sets existed (folder ``samples``).
-    def _samples_dir(self, case_id: str, set_id: str = "") -> Path:
-        if set_id and not valid_id(set_id):
+    # ``LEGACY_SET_ID`` is the single set of sessions saved before sets existed (folder ``samples``).
+    def _samples_dir(self, case_id: str, set_id: str = LEGACY_SET_ID) -> Path:
+        if not valid_id(set_id):
             raise ValueError(f"invalid sample set id {set_id!r}")
         folder = self.case_dir(case_id)
-        return folder / "sample_sets" / set_id if set_id else folder / "samples"
+        return folder / "samples" if set_id == LEGACY_SET_ID else folder / "sample_sets" / set_id
 
     def sample_sets(self, case_id: str) -> list[dict[str, Any]]:
         """The saved sample sets of a case, newest first: their metadata with ``set_id`` added."""
@@ -357,16 +349,16 @@ class SessionStore:
         for path in [folder / "samples", *sorted((folder / "sample_sets").glob("*"))]:
             meta = _read_json(path / "samples.json")
             if isinstance(meta, dict):
-                set_id = "" if path.name == "samples" else path.name
+                set_id = LEGACY_SET_ID if path.name == "samples" else path.name
                 found.append({**meta, "set_id": set_id, "saved": float(meta.get("saved", path.stat().st_mtime))})
         return sorted(found, key=lambda m: m["saved"], reverse=True)
 
-    def delete_samples(self, case_id: str, set_id: str = "") -> None:
+    def delete_samples(self, case_id: str, set_id: str = LEGACY_SET_ID) -> None:
         """Remove one sample set (its files) for good."""
         shutil.rmtree(self._samples_dir(case_id, set_id), ignore_errors=True)
 
     def save_samples(self, case_id: str, images: list[np.ndarray], segs: list[np.ndarray],
-                     meta: dict[str, Any], set_id: str = "") -> None:
+                     meta: dict[str, Any], set_id: str = LEGACY_SET_ID) -> None:
         """Generated samples (``(4, X, Y, Z)`` images stored as float16, their masks) and their metadata."""
         folder = self._samples_dir(case_id, set_id)
         shutil.rmtree(folder, ignore_errors=True)
@@ -375,13 +367,14 @@ class SessionStore:
                       image=np.asarray(image, dtype=np.float16), seg=np.asarray(seg, dtype=np.uint8))
         _write_json(folder / "samples.json", meta)
 
-    def update_samples_meta(self, case_id: str, meta: dict[str, Any], set_id: str = "") -> None:
+    def update_samples_meta(self, case_id: str, meta: dict[str, Any], set_id: str = LEGACY_SET_ID) -> None:
         """Rewrite the samples' metadata (e.g. a fidelity result added)."""
         _write_json(self._samples_dir(case_id, set_id) / "samples.json", meta)
 
     def samples(self, case_id: str, set_id: str | None = None
                 ) -> tuple[list[np.ndarray], list[np.ndarray], dict[str, Any]] | None:
-        """Saved samples (images as float32) and metadata of one set (``None``: the newest), or ``None``."""
+        """Saved samples (images as float32) and metadata (with its ``set_id``) of one set (``None``: the newest),
+        or ``None``."""
         if set_id is None:
             sets = self.sample_sets(case_id)
             if not sets:
@@ -391,6 +384,7 @@ class SessionStore:
         meta = _read_json(folder / "samples.json")
         if not isinstance(meta, dict):
             return None
+        meta = {**meta, "set_id": set_id}
         images, segs = [], []
         for i in range(len(meta.get("names") or [])):
             try:
