@@ -271,8 +271,9 @@ def collect_jobs() -> list[Job]:
                               "case (Load → Recent cases).")
         elif done.kind == "generate":
             samples: Samples = done.result
-            if done.case_id == state.key:
-                keep_samples(samples)
+            if done.case_id == state.key:  # shown now, and saved as a new set of the case's history
+                state.samples = samples
+                persist_samples()
                 flash("success", f"Generated {len(samples.cases)} sample(s) in {samples.seconds:.1f} s.")
             else:
                 save_samples(done.case_id, samples)
@@ -378,47 +379,17 @@ def _into_case(case: Case, mask: np.ndarray, source: str, model: Any, own: np.nd
     return cases
 
 
-def _generation_inputs(source: str) -> tuple[Case, np.ndarray, np.ndarray | None]:
-    """The current case, the chosen label map and the case's own tumour (reference, else prediction)."""
-    state = studio()
-    if state.case is None:
-        raise RuntimeError("no case loaded")
-    layers = state.layers()
-    own = next((layers[n].labels for n in (REFERENCE, PREDICTION) if n in layers), None)
-    return state.case, np.array(layers[source].labels), own
-
-
-def generate_samples(
-    model: Any, source: str, *, n_samples: int, seed: int, temperature: float, progress: Progress | None = None
-) -> Samples:
-    """Sample the CVAE from a label layer of the current case and store the samples (in this thread)."""
-    case, mask, _ = _generation_inputs(source)
-    start = time.perf_counter()
-    cases = _new_brains(case, mask, source, model, n_samples=n_samples, seed=seed, temperature=temperature,
-                        progress=progress)
-    return keep_samples(Samples(cases, source, seed, temperature, time.perf_counter() - start))
-
-
-def insert_samples(
-    model: Any, source: str, *, n_samples: int, seed: int, temperature: float, progress: Progress | None = None
-) -> Samples:
-    """Render a label layer of the current case into the case itself and store the samples (in this thread).
-
-    Only the region around the case's own tumour and the new mask changes; every other voxel stays the case's.
-    """
-    case, mask, own = _generation_inputs(source)
-    start = time.perf_counter()
-    cases = _into_case(case, mask, source, model, own, n_samples=n_samples, seed=seed, temperature=temperature,
-                       progress=progress)
-    return keep_samples(Samples(cases, source, seed, temperature, time.perf_counter() - start, mode=INTO_CASE))
-
-
 def start_generation(mode: str, load_model: Callable[[], Any], source: str, *, n_samples: int, seed: int,
                      temperature: float) -> Job:
     """Generate in a background run with progress and Cancel, as Segment does; :func:`collect_jobs` keeps the
     result as a new sample set of its case (earlier sets stay in the session's history)."""
-    case, mask, own = _generation_inputs(source)
     state = studio()
+    case = state.case
+    if case is None:
+        raise RuntimeError("no case loaded")
+    layers = state.layers()
+    mask = np.array(layers[source].labels)  # a copy: edits made meanwhile do not reach the run
+    own = next((layers[n].labels for n in (REFERENCE, PREDICTION) if n in layers), None)  # the case's own tumour
 
     def run(job: Job) -> Samples:
         job.progress(0.02, "loading the model")
@@ -433,14 +404,6 @@ def start_generation(mode: str, load_model: Callable[[], Any], source: str, *, n
 
     label = f"{'render into the case' if mode == INTO_CASE else 'new brains'} from the {source.lower()}"
     return job_registry().start(state.sid or "local", "generate", state.key, label, run)
-
-
-def keep_samples(samples: Samples) -> Samples:
-    """Make ``samples`` the shown set of the current case and save it as a new set of its history."""
-    state = studio()
-    state.samples = samples
-    persist_samples()
-    return samples
 
 
 def sample_fidelity(index: int, unet: Any, progress: Progress | None = None) -> dict[str, dict[str, float]]:
