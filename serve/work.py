@@ -159,7 +159,9 @@ class WorkQueue:
 
 
 class ModelStore:
-    """The U-Net and the CVAE, each loaded once (on first use or by :meth:`preload`) and then kept.
+    """The CVAE, loaded once (on first use or at start-up) and then kept, in the server process.
+
+    The U-Net is not here: it runs in ``serve.runner``'s worker processes, so a cancel can stop it.
 
     Paths come from ``core.io.weights.weights_path`` (``BRATS_UNET_WEIGHTS`` / ``BRATS_CVAE_WEIGHTS`` override
     the shipped files). A failed load is not remembered: the next request tries again, so fixing the file
@@ -176,26 +178,22 @@ class ModelStore:
         return sorted(self._models)
 
     def get(self, kind: str) -> Any:
-        """The model of ``kind`` (``"unet"`` or ``"cvae"``), loading it on first use.
+        """The model of ``kind`` (``"cvae"``), loading it on first use.
 
         Raises:
             ModelLoadError: the weights file is missing, corrupt or the wrong model (message names the file).
+            ValueError: any other kind (the U-Net is ``serve.runner.SegmentPool``'s).
         """
-        if kind not in MODEL_KINDS:
-            raise ValueError(f"unknown model kind {kind!r}; use one of {MODEL_KINDS}")
+        if kind != "cvae":
+            raise ValueError(f"model kind {kind!r}: this store holds the CVAE; the U-Net runs in serve.runner's "
+                             "worker processes")
         with self._lock:
             if kind not in self._models:
                 from core.io.weights import weights_path
+                from core.synthesis.generate import load_cvae
 
                 path, _ = weights_path(kind)
                 start = time.perf_counter()
-                if kind == "unet":
-                    from core.segmentation.inference import load_model
-
-                    self._models[kind] = load_model(path, warm=True)
-                else:
-                    from core.synthesis.generate import load_cvae
-
-                    self._models[kind] = load_cvae(path)
+                self._models[kind] = load_cvae(path)
                 self.load_seconds[kind] = time.perf_counter() - start
             return self._models[kind]
