@@ -448,10 +448,12 @@ def follow_newest(source: ViewSource, layer_key: str) -> None:
     """Select ``source``'s default overlay in widget ``layer_key`` whenever a newer result appears.
 
     A new prediction (each Segment run) or a new edit session moves the overlay to it; between
-    results the user's own pick stays, so choosing "Reference" after segmenting is kept.
+    results the user's own pick stays, so choosing "Reference" after segmenting is kept. A pick
+    this source does not have (another case, none yet) also gives way to the default.
     """
     seen_key = f"{layer_key}_newest"
-    if st.session_state.get(seen_key) == source.newest and st.session_state.get(layer_key) is not None:
+    picked = st.session_state.get(layer_key)
+    if st.session_state.get(seen_key) == source.newest and (picked in source.layers or picked == NO_OVERLAY):
         return
     st.session_state[seen_key] = source.newest
     st.session_state[layer_key] = source.default_layer or NO_OVERLAY
@@ -724,8 +726,6 @@ def niivue_view(state: Studio, key: str, *, compact: bool = False, height: int =
     names = list(source.layers)
     options = names + [NO_OVERLAY]
     follow_newest(source, "nv_layer")
-    if st.session_state.get("nv_layer") not in options:
-        st.session_state["nv_layer"] = source.default_layer or NO_OVERLAY
     layer_name = st.columns([1.6, 3.6])[0].selectbox("Overlay", options, key="nv_layer")
     layer = source.layers.get(layer_name)
     component.viewer(

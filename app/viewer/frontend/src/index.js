@@ -141,7 +141,7 @@ async function createViewer() {
 
 function drawLut(args) {
   const colours = args.colors || [[0, 0, 0], [255, 64, 64], [60, 200, 80], [255, 220, 40]]
-  const visible = new Set(state.visible || args.visible || [1, 2, 3])
+  const visible = new Set(shownLabels())
   const R = [], G = [], B = [], A = [], I = []
   for (let i = 0; i < 4; i++) {
     R.push(colours[i][0]); G.push(colours[i][1]); B.push(colours[i][2])
