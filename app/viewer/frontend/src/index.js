@@ -42,6 +42,8 @@ const state = {
   rev: 0, // last revision issued in this epoch
   acked: 0, // last revision Python has applied
   pending: [], // edits not yet acknowledged, oldest first
+  recent: [], // this tab's strokes that a labels file fetched now may not hold yet (see showLabels)
+  labelsLoads: 0, // renders whose labels step has not finished (each may load a file older than the newest ack)
   tool: 'pen',
   label: 1,
   brush: 3,
@@ -234,8 +236,12 @@ async function showLabels(args) {
   const image = await (prefetched || fetchImage(args.labels_url, 'labels.nii.gz'))
   nv.loadDrawing(image)
   state.labelsToken = args.labels_token
-  // Edits Python has not applied yet are not in the file: put them back on top.
-  for (const event of state.pending) if (event.op === 'paint') applyPaint(event)
+  // The file holds this tab's strokes up to the revision Python had applied when it wrote these arguments; put
+  // every later one back on top: the unacknowledged ones, and those acknowledged while the file was loading.
+  const inFile = (args.acked_revs || {})[CLIENT] || 0
+  state.recent = state.recent.filter((e) => e.rev > inFile && e.epoch === state.epoch)
+  const later = new Map([...state.recent, ...state.pending].filter((e) => e.rev > inFile).map((e) => [e.rev, e]))
+  for (const rev of [...later.keys()].sort((a, b) => a - b)) if (later.get(rev).op === 'paint') applyPaint(later.get(rev))
   nv.refreshDrawing(true)
 }
 
@@ -306,6 +312,7 @@ function endStroke() {
 function queue(event, upAt = performance.now()) {
   state.rev += 1
   state.pending.push({ ...event, rev: state.rev, epoch: state.epoch })
+  state.recent.push(state.pending[state.pending.length - 1])
   state.strokeTimes.set(state.rev, { up: upAt, acked: null })
   if (state.strokeTimes.size > 2000) state.strokeTimes.delete(state.strokeTimes.keys().next().value)
   flush()
@@ -599,6 +606,7 @@ async function onRender(args) {
   if (args.epoch !== state.epoch) {
     state.epoch = args.epoch
     state.pending = restorePending(args.epoch, acked) // edits a reload cut off before Python had them
+    state.recent = [...state.pending]
     state.rev = state.pending.length ? state.pending[state.pending.length - 1].rev : 0
     state.acked = 0
   }
@@ -610,6 +618,7 @@ async function onRender(args) {
   state.rev = Math.max(state.rev, state.acked)
   const before = state.pending.length
   state.pending = state.pending.filter((e) => e.rev > state.acked)
+  if (!state.labelsLoads) state.recent = state.recent.filter((e) => e.rev > state.acked) // a later file holds them
   if (state.pending.length !== before) storePending()
   const height = args.height || 600
   $('viewport').style.height = `${height}px`
@@ -657,9 +666,11 @@ async function onRender(args) {
     state.labelsToken = null
     state.lastCaseKey = args.case_key
   }
+  state.labelsLoads += 1
   state.loading = state.loading
     .then(() => showVolume(args))
     .then(() => showLabels(args))
+    .finally(() => { state.labelsLoads -= 1 })
     .then(() => {
       applyPen()
       // Loading a volume or labels drew the scene already; otherwise redraw only for a new layout or opacity.
