@@ -53,6 +53,7 @@ from core.services.session_store import valid_id
 from core.viewer.mask_edit import MaskEditor
 
 if TYPE_CHECKING:
+    from core.preprocessing.input_check import Finding
     from core.segmentation.pipeline import CaseSegmentation
 
 
@@ -151,20 +152,30 @@ def load_folder(path: str, progress: Progress | None = None) -> str | None:
     return load_into_session(load_case, folder, progress=progress, source={"kind": "folder", "path": str(folder)})
 
 
-def segment_current(model: Any, model_name: str, *, tta: bool, progress: Progress | None = None) -> Prediction:
-    """Segment the current case, store the result as its prediction (with metrics if a reference exists).
+SEGMENT_ANYWAY = "Segment anyway"  # the Segment page's toggle that forces a case the checks refuse
 
-    Runs :func:`core.segmentation.pipeline.segment` with ``force`` (no refusal: the Load page showed the checks).
+
+def case_findings() -> list[Finding]:
+    """The current case's plausibility findings (``core.preprocessing.input_check.check_case``).
+
+    Computed once per case (~0.2 s for a BraTS case) and kept in the session's :class:`Studio`.
     """
-    from core.segmentation.pipeline import SegmentOptions, segment
+    from core.preprocessing.input_check import check_case
 
     state = studio()
     if state.case is None:
-        raise RuntimeError("no case loaded")
-    result = segment(state.case, model, SegmentOptions(tta=tta, force=True, force_hint=None), progress=progress)
-    state.prediction = _prediction(result, model_name, tta)
-    persist_prediction()
-    return state.prediction
+        return []
+    if state.findings_key != state.key:
+        state.findings = check_case(state.case)
+        state.findings_key = state.key
+    return list(state.findings)
+
+
+def plausibility_errors() -> list[str]:
+    """What the Segment run refuses in the current case unless forced (as ``python -m core.segment`` does)."""
+    from core.preprocessing.input_check import ERROR
+
+    return [f.message for f in case_findings() if f.level == ERROR]
 
 
 def _prediction(result: CaseSegmentation, model_name: str, tta: bool) -> Prediction:
@@ -172,11 +183,13 @@ def _prediction(result: CaseSegmentation, model_name: str, tta: bool) -> Predict
     return Prediction(result.labels, result.seconds, model_name, tta, result.metrics)
 
 
-def start_segmentation(load_model: Callable[[], Any], model_name: str, *, tta: bool) -> Job:
+def start_segmentation(load_model: Callable[[], Any], model_name: str, *, tta: bool, force: bool = False) -> Job:
     """Segment the current case in a background run (it goes on if the user leaves the page or reloads).
 
     ``load_model`` runs in the background too (the first TensorFlow import takes seconds). The
-    result is stored by :func:`collect_jobs` on the next run of any page.
+    result is stored by :func:`collect_jobs` on the next run of any page. A case that fails a
+    plausibility check (:func:`plausibility_errors`) is refused, as ``python -m core.segment``
+    refuses it, unless ``force`` (the page's "Segment anyway").
     """
     from core.segmentation.pipeline import SegmentOptions, segment
 
@@ -184,8 +197,8 @@ def start_segmentation(load_model: Callable[[], Any], model_name: str, *, tta: b
     case = state.case
     if case is None:
         raise RuntimeError("no case loaded")
-    # noise, constant, too large, ...: what `python -m core.segment` refuses (the Load page showed it already)
-    options = SegmentOptions(tta=tta, force_hint=None)
+    # noise, constant, a crop, too large, ...: what `python -m core.segment` refuses unless --force
+    options = SegmentOptions(tta=tta, force=force, force_hint=None)  # the page names its toggle itself
 
     def run(job: Job) -> Prediction:
         from core.segmentation.inference import tta_variants

@@ -82,6 +82,8 @@ class Studio:
     sid: str = ""  # browser session id (in the URL as ?sid=…): the key of the work saved on the server
     saved_edit_version: int = -1  # editor version last written to the session store
     user: str = ""  # who is logged in (app.login): only this user's saved sessions are restored
+    findings_key: str = ""  # case key the plausibility findings below belong to (app.actions.case_findings)
+    findings: list = field(default_factory=list)  # core.preprocessing.input_check.Finding s of that case
 
     def edit_layer_key(self) -> str:
         """Cache key of the edited mask's current content (unique per editor object and version)."""

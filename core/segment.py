@@ -19,7 +19,7 @@ an uncertainty overlay.
 
 Bad input exits with status 2 and one line on stderr, ``error: <file>: <problem>; <fix>``. Input the
 model would segment unreliably (``core.preprocessing.input_check``) prints ``warning: ...`` lines and exits 0;
-random-noise or constant modalities are errors unless ``--force``.
+random-noise, constant or duplicated modalities and crops (not a whole brain) are errors unless ``--force``.
 """
 
 from __future__ import annotations
@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--probabilities", type=Path, default=None, metavar="PROB.nii.gz",
                         help="also write the WT/TC/ET probabilities (4D NIfTI, before postprocessing)")
     parser.add_argument("--force", action="store_true",
-                        help="segment even a case that fails the plausibility checks (noise, constant modality)")
+                        help="segment even a case that fails the plausibility checks (noise, constant or duplicated "
+                             "modality, a crop instead of a whole brain)")
     return parser
 
 

@@ -5,7 +5,7 @@ import streamlit as st
 from app import access, actions, persistence
 from app import state as app_state
 from app.widgets import progress_reporter, recent_cases, session_data, show_flash
-from core.preprocessing.input_check import check_case
+from core.preprocessing.input_check import ERROR
 
 st.title("Load a case")
 st.caption(
@@ -24,8 +24,12 @@ def _finish(error: str | None, bar) -> None:
     case = app_state.studio().case
     app_state.flash("success", f"Loaded **{case.name}**: {' × '.join(map(str, case.shape))} voxels. "
                                "Open the Viewer to look at it.")
-    for message in case.warnings + [f.message for f in check_case(case)]:  # loaded, but unusual: say so
+    for message in case.warnings:  # loaded, but unusual: say so
         app_state.flash("warning", message)
+    for finding in actions.case_findings():
+        refused = finding.level == ERROR
+        app_state.flash("warning", f"{finding.message} Segment refuses this case unless you tick "
+                                   f"*{actions.SEGMENT_ANYWAY}*." if refused else finding.message)
     st.rerun()
 
 

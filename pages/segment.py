@@ -40,6 +40,17 @@ if state is not None:
     tta = cols[0].toggle("Test-time augmentation", value=False, key="seg_tta",
                          help="Average the predictions of the 8 mirror flips of the volume (about 8x slower).")
     ready = (source == choices[0] and info.exists) or upload is not None
+    refusals = actions.plausibility_errors()  # what `python -m core.segment` refuses unless --force
+    if refusals:
+        for message in refusals:
+            st.warning(message, icon=":material/block:")
+        forced = st.checkbox(actions.SEGMENT_ANYWAY, value=False, key="seg_force",
+                             help="The checks above say this case is not what the U-Net was trained on (whole, "
+                                  "skull-stripped 1 mm brains); its labels would be unreliable. Tick to segment "
+                                  "it anyway, as `python -m core.segment --force` does.")
+        ready = ready and forced
+    else:
+        forced = False
     running = app_state.job("segment")
     running = running if running is not None and running.running else None
     if cols[1].button("Segment", type="primary", disabled=not ready or running is not None, key="seg_run"):
@@ -48,7 +59,7 @@ if state is not None:
             load = functools.partial(models.uploaded_unet_bytes, data, file_name)
         else:
             load = functools.partial(models.shipped_model, "unet")
-        running = actions.start_segmentation(load, model_name, tta=tta)
+        running = actions.start_segmentation(load, model_name, tta=tta, force=forced)
     if running is not None:
         follow_job(running)
 

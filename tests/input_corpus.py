@@ -242,7 +242,9 @@ CASES: dict[str, Callable[[Path], Path]] = {
     "background -3.4e38": _with_image(_background(float(np.finfo(np.float32).min))),
     "pure noise modality": _with_image(_noise),
     "mask saved as a modality": _with_image(_mask_as_modality),
-    "not skull-stripped": _with_image(_not_skull_stripped),
+    # 4 mm voxels: a head-sized field of view (128 x 144 x 112 mm), or the checks would call it a crop first
+    "not skull-stripped": lambda folder: write_case(folder, _not_skull_stripped(image()),
+                                                    affine=AFFINE @ np.diag([4.0, 4.0, 4.0, 1.0])),
     "qform != sform": _qform_sform,
     "pixdim != sform": _pixdim_sform,
     "2 mm voxels": lambda folder: write_case(folder, affine=AFFINE @ np.diag([2.0, 2.0, 2.0, 1.0])),

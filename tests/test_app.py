@@ -154,6 +154,8 @@ def test_uploads_load_and_a_bad_upload_keeps_the_case(app, tmp_path):
     state = app.session_state["studio"]
     assert not _errors(app) and state.case.name == "Tiny_001" and state.case.shape == TINY_SHAPE
     assert np.allclose(state.case.affine, TINY_AFFINE)
+    refusal = [w.value for w in app.warning if "not a whole-brain volume" in w.value]  # loaded, but a crop: said
+    assert refusal and "Segment refuses this case unless you tick *Segment anyway*" in refusal[0]
 
     broken = dict(files)
     broken["Tiny_001_t2.nii.gz"] = b"not a nifti at all"
@@ -196,6 +198,10 @@ def test_segment_with_tiny_unet_and_download(tiny_app):
     app.switch_page("pages/segment.py").run()
     assert not app.exception
     app.toggle(key="seg_tta").set_value(False)
+    # the tiny case is a 32 mm crop: refused as `core.segment` refuses it, unless the user ticks "Segment anyway"
+    assert any("not a whole-brain volume" in w.value for w in app.warning) and app.button(key="seg_run").disabled
+    app.checkbox(key="seg_force").check().run()
+    assert not app.button(key="seg_run").disabled
     app.button(key="seg_run").click().run()
     assert not app.exception and not _errors(app)
     state = app.session_state["studio"]
@@ -226,6 +232,7 @@ def test_overlay_follows_the_newest_result_unless_the_user_picks(tiny_app):
     app = tiny_app
     app.switch_page("pages/segment.py").run()
     app.toggle(key="seg_tta").set_value(False)
+    app.checkbox(key="seg_force").check().run()  # the tiny case is a crop
     app.button(key="seg_run").click().run()
     assert not app.exception
     assert app.selectbox(key="seg_layer").value == "Prediction"
@@ -252,6 +259,7 @@ def test_uploaded_model_is_loaded_safely_and_bad_one_reports(tiny_app, model_dir
     app.switch_page("pages/segment.py").run()
     app.radio(key="seg_model_source").set_value("Upload a .keras file").run()
     app.file_uploader(key="seg_upload").set_value(("broken.keras", b"PK\x03\x04 nonsense", "application/zip"))
+    app.checkbox(key="seg_force").check().run()  # the tiny case is a crop
     app.run()
     app.button(key="seg_run").click().run()
     errors = [e for e in _errors(app) if "Segmentation failed" in e]

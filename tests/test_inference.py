@@ -200,8 +200,11 @@ def test_cli_writes_labels_with_the_input_affine_and_header(tmp_path, tiny_model
     case = toy_case((37, 45, 29), seed=3, name="toy-case")
     folder = save_case(case, tmp_path / "in", naming="2023")
     out = tmp_path / "seg.nii.gz"
-    proc = _run_segment(str(folder), "-o", str(out), "--weights", str(tiny_model_path), "--labels", "2020",
-                        "--no-postprocess")
+    args = (str(folder), "-o", str(out), "--weights", str(tiny_model_path), "--labels", "2020", "--no-postprocess")
+    refused = _run_segment(*args)  # a 45 mm toy "brain" is a crop: refused, naming the file and the way out
+    assert refused.returncode == 2 and not out.exists()
+    assert "toy-case" in refused.stderr and "not a whole-brain volume" in refused.stderr and "--force" in refused.stderr
+    proc = _run_segment(*args, "--force")
     assert proc.returncode == 0, proc.stderr
     written = nib.load(out)
     source = nib.load(next(folder.glob("*-t1n.nii.gz")))
@@ -236,7 +239,8 @@ def test_cli_writes_region_probabilities_on_the_input_grid(tmp_path, tiny_model_
     case = toy_case((37, 45, 29), seed=4, name="toy-prob")
     folder = save_case(case, tmp_path / "in", naming="2020")
     out, prob = tmp_path / "seg.nii.gz", tmp_path / "prob.nii.gz"
-    proc = _run_segment(str(folder), "-o", str(out), "--weights", str(tiny_model_path), "--probabilities", str(prob))
+    proc = _run_segment(str(folder), "-o", str(out), "--weights", str(tiny_model_path), "--probabilities", str(prob),
+                        "--force")
     assert proc.returncode == 0, proc.stderr
     assert "prob.nii.gz" in proc.stdout
     written = nib.load(prob)
@@ -273,7 +277,8 @@ def test_save_region_probabilities_rejects_what_is_not_a_probability_map(tmp_pat
 def test_cli_bad_input_exits_2_with_a_message(tmp_path, tiny_model_path, problem):
     folder = save_case(toy_case((16, 16, 16)), tmp_path, naming="2020")
     args = {"missing case": [str(tmp_path / "nope"), "-o", str(tmp_path / "s.nii.gz")],
-            "bad weights": [str(folder), "-o", str(tmp_path / "s.nii.gz"), "--weights", str(tmp_path / "w.keras")],
+            "bad weights": [str(folder), "-o", str(tmp_path / "s.nii.gz"), "--weights", str(tmp_path / "w.keras"),
+                            "--force"],
             "bad output name": [str(folder), "-o", str(tmp_path / "s.png"), "--weights", str(tiny_model_path)],
             }[problem]
     proc = _run_segment(*args)

@@ -221,8 +221,9 @@ def _segment(folder: Path, out: Path, weights: Path, *extra: str) -> int:
     ("pure noise modality", f"{corpus.file_name('t2')}: neighbouring voxels are uncorrelated"),
     ("mask saved as a modality", f"{corpus.file_name('t1ce')}: constant (1) inside the brain"),
     ("same file for two modalities", f"{corpus.file_name('t2')}: identical to {corpus.file_name('t1')}"),
+    ("good", f"{corpus.CASE}: brain of "),  # a 32 mm crop, not a whole brain (issue 35)
 ])
-def test_segment_refuses_noise_and_masks_unless_forced(tmp_path, capsys, tiny_unet, entry, fragment) -> None:
+def test_segment_refuses_noise_masks_and_crops_unless_forced(tmp_path, capsys, tiny_unet, entry, fragment) -> None:
     folder = corpus.CASES[entry](tmp_path / corpus.CASE)
     out = tmp_path / "seg.nii.gz"
     assert _segment(folder, out, tiny_unet[1]) == 2
@@ -232,6 +233,24 @@ def test_segment_refuses_noise_and_masks_unless_forced(tmp_path, capsys, tiny_un
     assert _segment(folder, out, tiny_unet[1], "--force") == 0
     assert any(line.startswith(f"warning: {fragment}") for line in _lines(capsys.readouterr().err))
     assert out.exists()
+
+
+def test_a_crop_is_refused_with_or_without_background_and_a_whole_brain_is_not(tmp_path) -> None:
+    from core.preprocessing.input_check import ERROR, check_case
+
+    def errors(volumes: np.ndarray, voxel_mm: float, name: str) -> list[str]:
+        affine = corpus.AFFINE @ np.diag([voxel_mm, voxel_mm, voxel_mm, 1.0])
+        case = load_case(corpus.write_case(tmp_path / name / corpus.CASE, volumes, affine))
+        return [f.message for f in check_case(case) if f.level == ERROR]
+
+    inside = corpus.image()[:, 10:22, 12:24, 8:20]  # a 12 mm cube wholly inside the brain: no background border
+    assert (inside != 0).all()
+    refused = errors(inside, 1.0, "inside")
+    assert len(refused) == 1 and "this is not a whole-brain volume" in refused[0] and "skull" not in refused[0]
+    small = np.zeros_like(corpus.image())
+    small[:, 10:22, 12:24, 8:20] = inside  # 110 mL of brain in a head-sized field of view (4 mm voxels)
+    assert any("brain of 110.6 mL" in e for e in errors(small, 4.0, "small"))
+    assert errors(corpus.image(), 4.0, "whole") == []  # 704 mL in 128 x 144 x 112 mm: a (coarse) whole brain
 
 
 def test_require_plausible_names_the_way_to_force(tmp_path) -> None:
@@ -264,9 +283,9 @@ def test_segment_refuses_a_brain_region_too_large_for_memory(tmp_path, capsys, t
 def test_segment_with_a_non_zero_background_equals_background_0(tmp_path, capsys, tiny_unet, entry, shown) -> None:
     good = corpus.write_case(tmp_path / "good" / corpus.CASE)
     odd = corpus.CASES[entry](tmp_path / "odd" / corpus.CASE)
-    assert _segment(good, tmp_path / "good.nii.gz", tiny_unet[1]) == 0
+    assert _segment(good, tmp_path / "good.nii.gz", tiny_unet[1], "--force") == 0  # the corpus case is a crop
     capsys.readouterr()
-    assert _segment(odd, tmp_path / "odd.nii.gz", tiny_unet[1]) == 0
+    assert _segment(odd, tmp_path / "odd.nii.gz", tiny_unet[1], "--force") == 0
     lines = _lines(capsys.readouterr().err)
     assert sum(f"the background is {shown} " in line for line in lines) == 4  # one per modality
     assert any(CROP_WARNING in line for line in lines)
@@ -305,7 +324,7 @@ def test_segment_any_orientation_aligns_in_world_space(tmp_path, capsys, tiny_un
     b = segment_oriented(case_turned, model, postprocess=False)
     np.testing.assert_array_equal(turn.to_model(b.probabilities), a.probabilities)
     np.testing.assert_array_equal(turn.to_model(b.labels), a.labels)
-    assert _segment(turned, tmp_path / "turned.nii.gz", tiny_unet[1]) == 0
+    assert _segment(turned, tmp_path / "turned.nii.gz", tiny_unet[1], "--force") == 0
     written = nib.load(tmp_path / "turned.nii.gz")
     np.testing.assert_array_equal(written.affine, nib.load(turned / corpus.file_name("t1")).affine)
     np.testing.assert_array_equal(np.asarray(written.dataobj), np.where(b.labels == 3, 4, b.labels))
@@ -518,7 +537,7 @@ def test_segment_reports_an_unwritable_output(tmp_path, capsys, tiny_unet) -> No
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     (out_dir / "seg.nii.gz").mkdir()  # a folder where the file should go: the final rename fails
-    assert _segment(folder, out_dir / "seg.nii.gz", tiny_unet[1]) == 2
+    assert _segment(folder, out_dir / "seg.nii.gz", tiny_unet[1], "--force") == 2
     lines = [line for line in _lines(capsys.readouterr().err) if not line.startswith("warning: ")]
     assert len(lines) == 1 and lines[0].startswith(f"error: cannot write {out_dir / 'seg.nii.gz'} (")
 
@@ -604,7 +623,7 @@ def test_fuzzed_zips_give_a_case_or_a_clean_error(tmp_path: Path) -> None:
 
 
 def test_app_segment_refuses_what_the_cli_refuses(tmp_path, monkeypatch, tiny_unet) -> None:
-    """The app's Segment run fails with the CLI's message for a noise modality (Load only warned)."""
+    """The app's Segment page shows the CLI's refusal for a noise modality and runs only when forced."""
     from streamlit.testing.v1 import AppTest
 
     monkeypatch.setenv("BRATS_UNET_WEIGHTS", str(tiny_unet[1]))
@@ -616,16 +635,16 @@ def test_app_segment_refuses_what_the_cli_refuses(tmp_path, monkeypatch, tiny_un
     app.file_uploader(key="upload_files").set_value(files)
     app.run()
     app.button(key="load_upload").click().run()
-    assert any("neighbouring voxels are uncorrelated" in w.value for w in app.warning)
+    noise = f"{corpus.file_name('t2')}: neighbouring voxels are uncorrelated"
+    assert any(noise in w.value and "Segment refuses this case" in w.value for w in app.warning)
     app.switch_page("pages/segment.py").run()
+    assert not app.exception and any(w.value.startswith(noise) for w in app.warning)
+    assert app.button(key="seg_run").disabled and app.session_state["studio"].prediction is None
+    app.checkbox(key="seg_force").check().run()
     app.toggle(key="seg_tta").set_value(False)
     app.button(key="seg_run").click().run()
-    for _ in range(3):
-        errors = [e.value for e in app.error]
-        if errors:
+    for _ in range(5):
+        if app.session_state["studio"].prediction is not None:
             break
         app.run()
-    assert not app.exception
-    assert any(e.startswith(f"Segmentation failed: {corpus.file_name('t2')}: neighbouring voxels are uncorrelated")
-               for e in errors), errors
-    assert app.session_state["studio"].prediction is None
+    assert not app.exception and app.session_state["studio"].prediction is not None

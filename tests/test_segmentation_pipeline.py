@@ -48,7 +48,8 @@ def _nifti(data: bytes) -> nib.Nifti1Image:
 def test_segment_returns_labels_probabilities_metrics_and_timings(tiny_model):
     case = toy_case((24, 28, 20), seed=1)
     seen: list[tuple[float, str]] = []
-    result = segment(case, tiny_model, SegmentOptions(probabilities=True), progress=lambda f, m: seen.append((f, m)))
+    options = SegmentOptions(probabilities=True, force=True)  # a toy case is a crop: refused unless forced
+    result = segment(case, tiny_model, options, progress=lambda f, m: seen.append((f, m)))
     expected = segment_oriented(case, tiny_model)
     np.testing.assert_array_equal(result.labels, expected.labels)
     assert result.labels.shape == case.shape and result.class_probabilities.shape == (NUM_CLASSES, *case.shape)
@@ -59,7 +60,7 @@ def test_segment_returns_labels_probabilities_metrics_and_timings(tiny_model):
     assert set(result.timings) == {"check", "segment", "probabilities", "metrics"} and result.seconds > 0
     from core.preprocessing.input_check import require_plausible
 
-    assert result.warnings == require_plausible(case) and any("whole-brain" in w for w in result.warnings)
+    assert result.warnings == require_plausible(case, force=True) and any("whole-brain" in w for w in result.warnings)
     assert seen[-1] == (1.0, pipeline.METRICS_MESSAGE) and [f for f, _ in seen] == sorted(f for f, _ in seen)
 
 
@@ -67,7 +68,7 @@ def test_segment_writes_the_chosen_convention_and_the_probability_map(tiny_model
     from core.io.case import PROBABILITY_INTENT
 
     case = toy_case((24, 28, 20), seed=2)
-    result = segment(case, tiny_model, SegmentOptions(labels="2023", probabilities=True, postprocess=False))
+    result = segment(case, tiny_model, SegmentOptions(labels="2023", probabilities=True, postprocess=False, force=True))
     stored = np.asarray(_nifti(result.label_map_bytes()).dataobj)
     np.testing.assert_array_equal(stored, result.labels)  # 2023 values are the internal ones
     path = result.save_label_map(tmp_path / "seg.nii.gz")
@@ -84,11 +85,12 @@ def test_segment_writes_the_chosen_convention_and_the_probability_map(tiny_model
 
 def test_segment_without_probabilities_or_reference(tiny_model):
     case = replace(toy_case((24, 28, 20), seed=3), seg=None)
-    result = segment(case, tiny_model)
+    result = segment(case, tiny_model, SegmentOptions(force=True))
     assert result.region_probabilities is None and result.metrics is None
     with pytest.raises(ValueError, match="probabilities=True"):
         result.probabilities_bytes()
-    assert segment(toy_case((24, 28, 20), seed=3), tiny_model, SegmentOptions(metrics=False)).metrics is None
+    no_metrics = SegmentOptions(metrics=False, force=True)
+    assert segment(toy_case((24, 28, 20), seed=3), tiny_model, no_metrics).metrics is None
 
 
 def test_gate_refuses_before_loading_the_model_unless_forced(tiny_model):
@@ -148,7 +150,8 @@ def test_cli_segments_through_the_pipeline(spy, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(inference, "load_model", lambda path: object())
     folder = save_case(toy_case((16, 16, 16), name="cli-case"), tmp_path / "in", naming="2020")
     out = tmp_path / "seg.nii.gz"
-    assert segment_cli.main([str(folder), "-o", str(out), "--probabilities", str(tmp_path / "p.nii.gz")]) == 0
+    probabilities = str(tmp_path / "p.nii.gz")
+    assert segment_cli.main([str(folder), "-o", str(out), "--probabilities", probabilities, "--force"]) == 0
     assert spy == ["cli-case"] and out.is_file() and (tmp_path / "p.nii.gz").is_file()
     assert "ET 0.0 mL" in capsys.readouterr().out
 
@@ -157,7 +160,10 @@ def test_batch_segments_through_the_pipeline(spy, tmp_path):
     from serve.batch import segment_one
 
     folder = save_case(toy_case((16, 16, 16), name="batch-case"), tmp_path / "batch-case", naming="2020")
-    row = segment_one(folder, object(), probabilities=True)
+    refused = segment_one(folder, object(), probabilities=True)  # a crop: refused as the CLI refuses it
+    assert refused["status"] == "error" and "not a whole-brain volume" in refused["error"] and spy == []
+    assert "--force" in refused["error"]
+    row = segment_one(folder, object(), probabilities=True, force=True)
     assert row["status"] == "ok", row["error"]
     assert spy == ["batch-case"] and row["seg"] and row["prob"] and row["dice_WT"]
 
@@ -167,7 +173,7 @@ def test_api_job_segments_through_the_pipeline(spy, tmp_path):
 
     folder = save_case(toy_case((16, 16, 16), name="BraTS20_Api_001"), tmp_path / "api", naming="2020")
     uploads = {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
-    result = segment_upload(uploads, object(), labels="2023", probabilities=True)
+    result = segment_upload(uploads, object(), labels="2023", probabilities=True, force=True)
     assert spy == ["BraTS20_Api_001"] and result.prob_nii_gz and set(result.metrics) == set(REGIONS)
     assert np.asarray(_nifti(result.nii_gz).dataobj).max() == ET  # 2023 labels
 
@@ -180,11 +186,12 @@ def test_app_actions_segment_through_the_pipeline(spy, monkeypatch):
     state, registry = Studio(case=toy_case((16, 16, 16), name="app-case"), key="k1"), JobRegistry()
     monkeypatch.setattr(actions, "studio", lambda: state)
     monkeypatch.setattr(actions, "job_registry", lambda: registry)
-    prediction = actions.segment_current(object(), "tiny", tta=False)
-    assert spy == ["app-case"] and prediction.metrics is not None and state.prediction is prediction
-    job = actions.start_segmentation(lambda: object(), "tiny", tta=False)
+    assert actions.plausibility_errors() and any("whole-brain" in e for e in actions.plausibility_errors())
+    refused = actions.start_segmentation(lambda: object(), "tiny", tta=False)  # the checks refuse a crop ...
+    assert refused.wait(30) and refused.status == "failed" and "whole-brain" in refused.error and spy == []
+    job = actions.start_segmentation(lambda: object(), "tiny", tta=False, force=True)  # ... unless forced
     assert job.wait(30) and job.status == "done", job.error
-    assert spy == ["app-case", "app-case"] and job.result.labels.max() == ET
+    assert spy == ["app-case"] and job.result.labels.max() == ET and job.result.metrics is not None
 
 
 def test_no_entry_point_composes_the_steps_itself():

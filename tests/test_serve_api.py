@@ -158,7 +158,8 @@ def test_health_and_models(client, weights):
 
 
 def test_segment_returns_the_label_map_on_the_source_grid(client, case_dir):
-    response = client.post("/segment", files=case_files(case_dir), params={"labels": "2023"})
+    # the toy case is a crop, refused unless forced (test_implausible_case_is_refused_like_the_cli_unless_forced)
+    response = client.post("/segment", files=case_files(case_dir), params={"labels": "2023", "force": "true"})
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "application/gzip"
     assert 'filename="BraTS20_Toy_001-seg.nii.gz"' in response.headers["content-disposition"]
@@ -184,7 +185,7 @@ def test_segment_json_from_a_zip_with_reference_metrics(client, case_dir):
         for path in case_dir.iterdir():
             zf.write(path, f"{case_dir.name}/{path.name}")
     response = client.post("/segment.json", files=[("files", ("case.zip", buffer.getvalue(), "application/zip"))],
-                           params={"include_seg": "true", "include_probabilities": "true"})
+                           params={"include_seg": "true", "include_probabilities": "true", "force": "true"})
     assert response.status_code == 200, response.text
     body = response.json()
     prob = read_label_map(base64.b64decode(body["prob_nii_gz_base64"]))
@@ -196,7 +197,8 @@ def test_segment_json_from_a_zip_with_reference_metrics(client, case_dir):
     labels = np.asanyarray(read_label_map(base64.b64decode(body["seg_nii_gz_base64"])).dataobj)
     assert set(np.unique(labels)) <= {0, 1, 2, 4}  # 2020 labels
     assert body["volumes_ml"]["WT"] == pytest.approx(float(np.count_nonzero(labels)) / 1000, abs=1e-3)
-    plain = client.post("/segment.json", files=case_files(case_dir, ("t1", "t1ce", "t2", "flair")))
+    plain = client.post("/segment.json", files=case_files(case_dir, ("t1", "t1ce", "t2", "flair")),
+                        params={"force": "true"})
     assert plain.status_code == 200 and not {"seg_nii_gz_base64", "prob_nii_gz_base64"} & set(plain.json())
 
 
@@ -222,6 +224,8 @@ def test_implausible_case_is_refused_like_the_cli_unless_forced(client, case_dir
     forced = client.post("/segment.json", files=files, params={"force": "true"})
     assert forced.status_code == 200, forced.text
     assert any("identical to" in w for w in forced.json()["warnings"])
+    crop = client.post("/segment", files=case_files(case_dir))  # a toy case is a crop of a brain, not a whole one
+    assert_json_error(crop, 422, "BraTS20_Toy_001", "not a whole-brain volume", "pass force=true")
 
 
 def test_upload_limit_answers_413(weights, case_dir):
@@ -380,7 +384,8 @@ def test_real_uvicorn_server(weights, case_dir, tmp_path):
             wait_up(http, server, log, "/health")
             assert_json_error(http.post("/segment", files=case_files(case_dir)), 401, "X-API-Key")
             key = {"X-API-Key": "k3y"}
-            ok = http.post("/segment", files=case_files(case_dir), headers={**key, "X-Request-ID": "abc-123"})
+            ok = http.post("/segment", files=case_files(case_dir), headers={**key, "X-Request-ID": "abc-123"},
+                           params={"force": "true"})
             assert ok.status_code == 200, ok.text
             assert ok.headers["X-Request-ID"] == "abc-123"
             np.testing.assert_array_equal(read_label_map(ok.content).affine, AFFINE)

@@ -70,7 +70,7 @@ def test_batch_on_local_ray_then_resume(cases_root, tmp_path, tiny_unet, capsys)
 
     out = tmp_path / "out"
     argv = [str(cases_root), "-o", str(out), "--weights", str(tiny_unet), "--workers", "1", "--cpus-per-worker", "1",
-            "--labels", "2023", "--probabilities", "--quiet"]
+            "--labels", "2023", "--probabilities", "--quiet", "--force"]  # toy cases are crops: forced
     assert batch.main(argv) == 1  # one case failed, the others were segmented
     assert not ray.is_initialized()  # the local Ray it started is shut down
     printed = capsys.readouterr().out

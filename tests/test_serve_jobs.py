@@ -39,6 +39,7 @@ from tests.test_serve_api import (
 
 weights, case_dir, tiny_models = base.weights, base.case_dir, base.tiny_models  # the sync tests' fixtures
 
+FORCE = {"force": "true"}  # the test cases are crops, not whole brains: the plausibility gate refuses them unforced
 BIG = (128, 128, 96)  # with tta (8 forward passes) the tiny U-Net runs for many seconds here: long enough to cancel
 SEEN_ERRORS: set[tuple[str, str, int]] = set()  # (method, route, status) of every error answered in this module
 
@@ -76,7 +77,8 @@ def wait_job(client, job_id: str, until: tuple[str, ...] = ("done", "failed", "c
 
 
 def test_async_job_result_is_core_segment_voxel_for_voxel(api, case_dir, weights):
-    accepted = api.post("/jobs", files=case_files(case_dir), params={"probabilities": "true", "labels": "2023"})
+    params = {"probabilities": "true", "labels": "2023", **FORCE}
+    accepted = api.post("/jobs", files=case_files(case_dir), params=params)
     assert accepted.status_code == 202, accepted.text
     job_id = accepted.json()["id"]
     assert accepted.headers["Location"] == f"/jobs/{job_id}" and accepted.json()["status"] in ("queued", "running")
@@ -88,7 +90,7 @@ def test_async_job_result_is_core_segment_voxel_for_voxel(api, case_dir, weights
     assert state["model"] == {"name": "unet.keras", "sha256": sha}
     label_map = api.get(f"/jobs/{job_id}/result")
     assert label_map.status_code == 200 and label_map.headers["X-Model-SHA256"] == sha
-    expected = segment(load_case(case_dir), load_model(weights["unet"]), SegmentOptions(labels="2023"))
+    expected = segment(load_case(case_dir), load_model(weights["unet"]), SegmentOptions(labels="2023", force=True))
     served = read_label_map(label_map.content)
     written = read_label_map(expected.label_map_bytes())  # what python -m core.segment writes
     np.testing.assert_array_equal(np.asanyarray(served.dataobj), np.asanyarray(written.dataobj))
@@ -111,7 +113,7 @@ def test_failed_and_unfinished_jobs_answer_json_errors(api, case_dir):
     assert state["status"] == "failed" and state["error"]["status"] == 422
     assert "missing flair" in state["error"]["detail"] and set(state["error"]) == {"error", "detail", "status"}
     error(api.get(f"/jobs/{bad.json()['id']}/result"), "/jobs/{job_id}/result", 409, "failed", "missing flair")
-    ok = api.post("/jobs", files=case_files(case_dir))
+    ok = api.post("/jobs", files=case_files(case_dir), params=FORCE)
     if api.get(f"/jobs/{ok.json()['id']}").json()["status"] != "done":
         error(api.get(f"/jobs/{ok.json()['id']}/result"), "/jobs/{job_id}/result", 409, "poll GET")
     done = wait_job(api, ok.json()["id"])
@@ -126,7 +128,7 @@ def test_failed_and_unfinished_jobs_answer_json_errors(api, case_dir):
 
 
 def test_cancel_stops_a_running_job_and_frees_its_worker_within_5_s(api, big_case_dir, case_dir):
-    job = api.post("/jobs", files=case_files(big_case_dir), params={"tta": "true"}).json()
+    job = api.post("/jobs", files=case_files(big_case_dir), params={"tta": "true", **FORCE}).json()
     wait_job(api, job["id"], until=("running",), message="forward pass")  # inside the U-Net's forward passes
     start = time.monotonic()
     cancelled = api.delete(f"/jobs/{job['id']}")
@@ -135,7 +137,7 @@ def test_cancel_stops_a_running_job_and_frees_its_worker_within_5_s(api, big_cas
     assert stopped < 5, f"cancel took {stopped:.1f} s"
     print(f"cancel of a running job: DELETE answered 'cancelled' in {stopped:.2f} s")
     assert api.get("/health").json()["queue"]["running"] == 0
-    again = api.post("/jobs", files=case_files(case_dir)).json()  # the worker process is replaced
+    again = api.post("/jobs", files=case_files(case_dir), params=FORCE).json()  # the worker process is replaced
     assert wait_job(api, again["id"])["status"] == "done"
 
 
@@ -144,7 +146,7 @@ def test_sync_timeout_cancels_its_job(api, big_case_dir):
     api.app.state.settings = dataclasses.replace(settings, timeout_s=1.5)
     try:
         start = time.monotonic()
-        response = api.post("/segment", files=case_files(big_case_dir), params={"tta": "true"})
+        response = api.post("/segment", files=case_files(big_case_dir), params={"tta": "true", **FORCE})
         body = error(response, "/segment", 504, "did not finish within 1.5 s", "was cancelled")
         assert time.monotonic() - start < 1.5 + 10, body  # the upload, the timeout, the cancel
         assert api.get("/health").json()["queue"]["running"] == 0  # the issue's bug: running: 1 after the 504
@@ -186,7 +188,7 @@ def test_uploads_stream_to_disk_hold_a_queue_slot_and_stop_at_the_limits(weights
         await asyncio.sleep(0.3)
         stats = app.state.queue.stats()
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://x") as client:
-            busy = await client.post("/jobs", files=files)
+            busy = await client.post("/jobs", files=files, params=FORCE)
             release.set()
             await uploading
             too_big = await client.post("/segment", files=files)
@@ -255,8 +257,8 @@ def test_kill_9_with_two_accepted_jobs_then_restart_finishes_both(weights, case_
     try:
         with httpx.Client(base_url=url, timeout=300) as http:
             wait_up(http, server, log)
-            first = http.post("/jobs", files=case_files(big_case_dir), params={"tta": "true"}).json()["id"]
-            second = http.post("/jobs", files=case_files(case_dir)).json()["id"]
+            first = http.post("/jobs", files=case_files(big_case_dir), params={"tta": "true", **FORCE}).json()["id"]
+            second = http.post("/jobs", files=case_files(case_dir), params=FORCE).json()["id"]
             wait_job(http, first, until=("running",), message="forward pass")
             children = [p.pid for p in psutil.Process(server.pid).children(recursive=True)]
             server.send_signal(signal.SIGKILL)

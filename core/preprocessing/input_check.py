@@ -9,12 +9,13 @@ errors (``core.segment`` refuses, unless ``--force``):
     - a brain region too large for one forward pass in bounded memory (e.g. a 0.5 mm grid);
     - a modality that is random noise (neighbouring brain voxels uncorrelated);
     - a modality that is constant inside the brain (a mask saved as an image);
-    - no brain at all (every voxel equals the background).
+    - no brain at all (every voxel equals the background);
+    - a brain or field of view far smaller than a whole brain (a crop, e.g. 16 mm around a tumour, even one
+      wholly inside the brain): the models were trained on whole brains.
 
 warnings (the result is computed, but may be unreliable):
     - a background that is not 0 (it is detected and masked; see ``core.preprocessing.preprocess.border_background``);
     - no uniform background on the border, or a "brain" larger than a head: not skull-stripped;
-    - a brain or field of view far smaller than a whole brain (a crop);
     - voxels far from the 1 mm the models were trained on;
     - voxel axes rotated far from the world axes (oblique grids are only flipped/permuted, never resampled).
 """
@@ -124,16 +125,19 @@ def check_case(case: Case) -> list[Finding]:
         if r < NOISE_MAX_CORRELATION:
             errors.append(f"{_source(case, c)}: neighbouring voxels are uncorrelated (r = {r:.2f}; MRI > 0.8): this "
                           "is random noise, not an MRI - check that the right file was exported.")
-    if no_background or brain_ml > MAX_BRAIN_ML or mask.mean() > MAX_BRAIN_FRACTION:
+    crop_error = (f"{case.name}: brain of {brain_ml:.1f} mL in a field of view of {fov_text} mm - this is not a "
+                  "whole-brain volume like BraTS (240 x 240 x 155 mm, brains ~1000-1800 mL); the models were trained "
+                  "on whole brains, so labels of a crop are unreliable - segment the whole brain.")
+    if fov.min() < MIN_FOV_MM:  # a crop, even one that lies wholly inside the brain (no background on its border)
+        errors.append(crop_error)
+    elif no_background or brain_ml > MAX_BRAIN_ML or mask.mean() > MAX_BRAIN_FRACTION:
         why = (f"no uniform background on the border of {', '.join(no_background)}" if no_background
                else f"the non-background region is {brain_ml:.0f} mL ({100 * mask.mean():.0f} % of the field of view)")
         notes.append(f"{case.name}: {why} - the input does not look skull-stripped; the models were trained on "
                      "skull-stripped brains (background 0), so run skull stripping (e.g. HD-BET, SynthStrip) first "
                      "or expect tumour labels outside the brain.")
-    elif brain_ml < MIN_BRAIN_ML or fov.min() < MIN_FOV_MM:
-        notes.append(f"{case.name}: brain of {brain_ml:.1f} mL in a field of view of {fov_text} mm - this is not a "
-                     "whole-brain volume like BraTS (240 x 240 x 155 mm, brains ~1000-1800 mL); the models were "
-                     "trained on whole brains, so labels of a crop are unreliable - segment the whole brain.")
+    elif brain_ml < MIN_BRAIN_ML:
+        errors.append(crop_error)
     if np.any(np.abs(spacing - 1.0) > SPACING_TOLERANCE_MM):
         notes.append(f"{case.name}: voxel size {' x '.join(f'{s:.3g}' for s in spacing)} mm; the models were "
                      "trained on 1 mm voxels (BraTS), so labels at this voxel size are less reliable - resample the "
@@ -155,7 +159,7 @@ def require_plausible(case: Case, *, force: bool = False, force_hint: str | None
     Args:
         force: segment anyway (the error findings are then returned as warnings).
         force_hint: how the caller's user forces a run (``--force``, ``force=true``), named in the refusal;
-            ``None`` where there is no way to force it (the app).
+            ``None`` where the caller names it itself (the app's "Segment anyway" toggle).
 
     Returns:
         The loader's warnings (``case.warnings``) and the messages of all findings, in that order.
