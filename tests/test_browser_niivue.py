@@ -183,6 +183,13 @@ def test_niivue_view_segment_edit_reload_generate(server, tmp_path):
         page.get_by_text("Segmented with unet.keras").wait_for(timeout=180_000)
         # the overlay follows the new result (the shared viewer setting was "Reference")
         playwright.expect(page.get_by_role("combobox", name="Overlay")).to_have_value("Prediction", timeout=60_000)
+        # the prediction's uncertainty: a toggle in the viewer bar adds it as an overlay in the browser
+        frame = wait_ready(page)
+        frame.get_by_role("button", name="Uncertainty", exact=True).click()
+        frame.wait_for_function("() => document.body.dataset.uncertainty === '1' && "
+                                "window.bratsViewer.nv.volumes.length === 2 && "
+                                "document.getElementById('status').textContent.includes(' · uncertainty ')",
+                                timeout=120_000)
 
         # Edit mask: quick strokes, each applied exactly once
         goto_page(page, "Edit mask")

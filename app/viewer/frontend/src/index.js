@@ -38,6 +38,7 @@ const state = {
   volumePrefetch: new Map(), // url -> Promise<NVImage> being fetched
   activeUrl: '',
   textures: new Map(), // url -> {vol, grad}: GPU textures of the modalities not shown (see buildTextures)
+  uncertainty: { on: false, url: '', image: null }, // the prediction's uncertainty overlay (Segment page), if shown
   modality: null, // name of the modality picked in the viewer bar (browser only, shared by every page); null: Python's
   labelsToken: null,
   epoch: '',
@@ -315,6 +316,37 @@ async function showVolume(args) {
   }
 }
 
+async function showUncertainty(args) {
+  // The prediction's per-voxel uncertainty as a NiiVue overlay (warm colours from 0.2 up: see
+  // core.viewer.niivue.uncertainty_volume_bytes), added or removed when the toggle or the prediction changes.
+  const nv = state.nv
+  const overlay = state.uncertainty
+  const url = overlay.on ? (args.uncertainty_url || '') : ''
+  if (url === overlay.url) return
+  if (overlay.image && nv.volumes.includes(overlay.image)) nv.removeVolume(overlay.image)
+  overlay.image = null
+  overlay.url = ''
+  document.body.dataset.uncertainty = '0'
+  if (!url) return
+  setStatus('Loading the uncertainty…', true)
+  const image = await fetchImage(url, 'uncertainty.nii.gz')
+  if (!state.uncertainty.on || (state.args && state.args.uncertainty_url) !== url) return // changed meanwhile
+  image.colormap = 'warm'
+  image.colormapType = 1 // COLORMAP_TYPE.ZERO_TO_MAX_TRANSPARENT_BELOW_MIN: sure voxels (< cal_min) stay clear
+  image.opacity = 0.8
+  nv.addVolume(image)
+  overlay.image = image
+  overlay.url = url
+  document.body.dataset.uncertainty = '1'
+}
+
+function toggleUncertainty() {
+  state.uncertainty.on = !state.uncertainty.on
+  renderBar()
+  state.loading = state.loading.then(() => showUncertainty(state.args)).then(() => { refreshReadout(); renderStatus() })
+    .catch(fail)
+}
+
 async function showLabels(args) {
   const nv = state.nv
   if (!args.labels_url) {
@@ -535,6 +567,10 @@ function renderBar() {
     `Show ${v.name} (the four are loaded once: switching does not ask the server)`))
   if (volumes.length > 1) bar.appendChild(group(...volumes))
   if (args.labels_url) bar.appendChild(labelControls(args))
+  if (args.uncertainty_url) {
+    bar.appendChild(group(button('Uncertainty', state.uncertainty.on, toggleUncertainty,
+      "Overlay the model's per-voxel uncertainty (a WT, TC or ET probability near 0.5): where to look first")))
+  }
   if (args.editable) {
     const colours = args.colors || []
     const labels = [1, 2, 3].map((l) => button(
@@ -653,10 +689,13 @@ function readout(location) {
   const values = location && location.values
   const value = values && values.length ? Number(values[0].value) : NaN
   const label = labelAtCrosshair()
+  const overlay = state.uncertainty.image ? nv.volumes.indexOf(state.uncertainty.image) : -1
+  const uncertainty = overlay > 0 && values && values[overlay] ? Number(values[overlay].value) : NaN
   return [
     ijk ? `voxel ${ijk.join(', ')}` : '',
     spec && Number.isFinite(value) ? `${spec.name} ${Number(value.toPrecision(4))}` : '',
     label || '',
+    Number.isFinite(uncertainty) ? `uncertainty ${uncertainty.toFixed(2)}` : '',
   ].filter(Boolean).join(' · ')
 }
 
@@ -761,6 +800,8 @@ async function onRender(args) {
     // another case: forget its images
     dropTextures()
     for (const v of [...nv.volumes]) nv.removeVolume(v)
+    state.uncertainty.image = null
+    state.uncertainty.url = ''
     state.volumes.clear()
     if (state.lastCaseKey) { state.volumePrefetch.clear(); state.labelsPrefetch = null } // not the first case's
     state.activeUrl = ''
@@ -771,6 +812,7 @@ async function onRender(args) {
   state.loading = state.loading
     .then(() => showVolume(args))
     .then(() => showLabels(args))
+    .then(() => showUncertainty(args))
     .finally(() => { state.labelsLoads -= 1 })
     .then(() => {
       applyPen()
