@@ -221,6 +221,12 @@ def test_segment_with_tiny_unet_and_download(tiny_app):
     probabilities = _nifti(actions.probability_download(codes, state.case))
     assert np.allclose(probabilities.affine, TINY_AFFINE) and probabilities.shape == TINY_SHAPE + (3,)
     np.testing.assert_allclose(probabilities.get_fdata(), codes / 255.0, atol=1 / 255 + 1e-6)
+    reloaded = AppTest.from_file(APP, default_timeout=180)  # a reload: the probabilities come back with the labels
+    reloaded.query_params["sid"] = state.sid
+    reloaded.run()
+    restored = reloaded.session_state["studio"].prediction
+    assert np.array_equal(restored.labels, prediction.labels)
+    assert np.array_equal(restored.probability_codes, codes)
 
     # the prediction is now an overlay of the viewer
     app.switch_page("pages/viewer.py").run()
