@@ -186,7 +186,7 @@ def switch_case(case_id: str) -> str | None:
     return None
 
 
-PROBABILITIES = "probabilities"  # a prediction's WT/TC/ET probability codes, saved sparse like a label map
+PROBABILITIES = "probabilities"  # a prediction's WT/TC/ET probability codes (uint8, saved whole and compressed)
 
 
 def _saved_probabilities(store: SessionStore, case_id: str, case: Case, key: Any) -> np.ndarray | None:
@@ -262,7 +262,8 @@ def save_prediction(case_id: str, prediction: Prediction) -> None:
     if store is None:
         return
     if prediction.probability_codes is not None:  # first, so a crash between the two leaves no mismatched pair
-        store.save_labels(case_id, PROBABILITIES, prediction.probability_codes, {"prediction": prediction.key})
+        store.save_labels(case_id, PROBABILITIES, prediction.probability_codes, {"prediction": prediction.key},
+                          sparse=False)
     store.save_labels(case_id, "prediction", prediction.labels,
                       {"seconds": prediction.seconds, "model_name": prediction.model_name, "tta": prediction.tta,
                        "metrics": prediction.metrics, "key": prediction.key})
