@@ -46,7 +46,15 @@ from app.state import (
     job_registry,
     studio,
 )
-from core.io.case import Case, CaseError, label_map_bytes, load_case, load_case_from_bytes, load_case_from_zip
+from core.io.case import (
+    Case,
+    CaseError,
+    label_map_bytes,
+    load_case,
+    load_case_from_bytes,
+    load_case_from_zip,
+    region_probabilities_bytes,
+)
 from core.io.case import cases_zip as core_cases_zip
 from core.services.jobs import Job
 from core.services.session_store import valid_id
@@ -179,8 +187,23 @@ def plausibility_errors() -> list[str]:
 
 
 def _prediction(result: CaseSegmentation, model_name: str, tta: bool) -> Prediction:
-    """The app's :class:`Prediction` of a ``core.segmentation.pipeline.CaseSegmentation``."""
-    return Prediction(result.labels, result.seconds, model_name, tta, result.metrics)
+    """The app's :class:`Prediction` of a ``core.segmentation.pipeline.CaseSegmentation``.
+
+    It keeps the WT/TC/ET probabilities (``core.io.labels.region_probabilities`` of the network's class
+    probabilities, as ``core.segment --probabilities`` writes them) as uint8 codes: the viewer's uncertainty
+    layer and the probability download.
+    """
+    from core.io.labels import region_probabilities
+    from core.viewer.niivue import probability_codes
+
+    codes = probability_codes(region_probabilities(result.class_probabilities))
+    return Prediction(result.labels, result.seconds, model_name, tta, result.metrics, probability_codes=codes)
+
+
+def probability_download(codes: np.ndarray, case: Case) -> bytes:
+    """``.nii.gz`` bytes of the WT/TC/ET probability map (3 frames) on the case grid with its affine and header,
+    as ``python -m core.segment --probabilities`` writes it (``core.io.case.region_probabilities_bytes``)."""
+    return region_probabilities_bytes(np.asarray(codes, dtype=np.float32) / 255.0, case.affine, case.header)
 
 
 def start_segmentation(load_model: Callable[[], Any], model_name: str, *, tta: bool, force: bool = False) -> Job:

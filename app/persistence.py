@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
 import streamlit as st
 
 from app.access import USER_KEY, case_folder
@@ -178,10 +179,22 @@ def switch_case(case_id: str) -> str | None:
     if saved is not None and saved[0].shape == case.shape:
         labels, meta = saved
         state.prediction = Prediction(labels, float(meta.get("seconds", 0.0)), str(meta.get("model_name", "")),
-                                      bool(meta.get("tta", False)), meta.get("metrics"))
+                                      bool(meta.get("tta", False)), meta.get("metrics"),
+                                      probability_codes=_saved_probabilities(store, case_id, case, meta.get("key")))
     _take_saved_edits(state, store)
     state.samples = _load_sample_set(store, case_id, case, None)
     return None
+
+
+PROBABILITIES = "probabilities"  # a prediction's WT/TC/ET probability codes (uint8, saved whole and compressed)
+
+
+def _saved_probabilities(store: SessionStore, case_id: str, case: Case, key: Any) -> np.ndarray | None:
+    """The saved probability codes of the saved prediction ``key`` (``None``: none, or another prediction's)."""
+    saved = store.labels(case_id, PROBABILITIES) if key else None
+    if saved is None or saved[1].get("prediction") != key or saved[0].shape != case.shape + (3,):
+        return None
+    return saved[0]
 
 
 def _load_sample_set(store: SessionStore, case_id: str, case: Case, set_id: str | None) -> Samples | None:
@@ -248,9 +261,12 @@ def save_prediction(case_id: str, prediction: Prediction) -> None:
     store = session_store()
     if store is None:
         return
+    if prediction.probability_codes is not None:  # first, so a crash between the two leaves no mismatched pair
+        store.save_labels(case_id, PROBABILITIES, prediction.probability_codes, {"prediction": prediction.key},
+                          sparse=False)
     store.save_labels(case_id, "prediction", prediction.labels,
                       {"seconds": prediction.seconds, "model_name": prediction.model_name, "tta": prediction.tta,
-                       "metrics": prediction.metrics})
+                       "metrics": prediction.metrics, "key": prediction.key})
 
 
 def persist_prediction() -> None:

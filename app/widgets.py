@@ -714,11 +714,13 @@ def _on_niivue(key: str) -> None:
     app_state.note_cursor(value)
 
 
-def niivue_view(state: Studio, key: str, *, compact: bool = False, height: int = 620) -> None:
+def niivue_view(state: Studio, key: str, *, compact: bool = False, height: int = 620,
+                uncertainty: bool = False) -> None:
     """The NiiVue viewer of the current case; the overlay choice (a Python widget) is shared by all pages.
 
     Window/level (right-drag), slices (wheel), zoom, layout, modality, label visibility and opacity
     are set in the viewer itself: the browser's job, no Python rerun (kept per browser, for every page).
+    ``uncertainty``: offer the prediction's uncertainty layer (a toggle in the viewer bar) when it has one.
     """
     from app.viewer import component
 
@@ -728,10 +730,13 @@ def niivue_view(state: Studio, key: str, *, compact: bool = False, height: int =
     follow_newest(source, "nv_layer")
     layer_name = st.columns([1.6, 3.6])[0].selectbox("Overlay", options, key="nv_layer")
     layer = source.layers.get(layer_name)
+    prediction = state.prediction if uncertainty else None
     component.viewer(
         key=key, case_key=state.key, image=state.case.image, affine=state.case.affine,
         names=[MODALITY_LABELS[m] for m in MODALITIES], active=MODALITIES.index("flair"),
         labels=layer.labels if layer else None, labels_key=layer.key if layer else "", labels_token=layer.key if layer
         else "", cursor=state.cursor_voxel(), height=height,
+        uncertainty=prediction.probability_codes if prediction is not None else None,
+        uncertainty_key=prediction.key if prediction is not None else "",
         on_change=functools.partial(_on_niivue, key),
     )

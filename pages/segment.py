@@ -74,7 +74,7 @@ if state is not None:
         elif state.case.seg is None:
             st.caption("No reference segmentation in this case: no Dice / HD95.")
         if use_niivue():
-            niivue_view(state, "seg_nv", compact=True, height=480)
+            niivue_view(state, "seg_nv", compact=True, height=480, uncertainty=True)
         else:
             viewer(studio_source(state), "seg", compact=True)
         cols = st.columns([1, 2])
@@ -88,4 +88,13 @@ if state is not None:
             file_name=f"{case.name}_pred_{convention}.nii.gz", mime="application/gzip",
             on_click="ignore", key="seg_download", icon=":material/download:",
         )
+        if prediction.probability_codes is not None:
+            codes = prediction.probability_codes
+            st.download_button(
+                "Download the WT/TC/ET probabilities (.nii.gz)",
+                data=lambda: actions.probability_download(codes, case),
+                file_name=f"{case.name}_probabilities.nii.gz", mime="application/gzip", on_click="ignore",
+                key="seg_download_probabilities", icon=":material/download:",
+                help="Three frames (WT, TC, ET), 0..1, on the case's grid with its affine: where the model is unsure.",
+            )
         st.page_link("pages/viewer.py", label="Open in the Viewer", icon=":material/view_in_ar:")

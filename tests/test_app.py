@@ -219,6 +219,20 @@ def test_segment_with_tiny_unet_and_download(tiny_app):
     image = _nifti(data)
     assert np.allclose(image.affine, TINY_AFFINE) and image.shape == TINY_SHAPE
     assert np.array_equal(np.asarray(image.dataobj), from_internal(prediction.labels, "2020"))
+    # the WT/TC/ET probabilities behind it: the viewer's uncertainty layer and a download on the case grid
+    codes = prediction.probability_codes
+    assert codes is not None and codes.shape == TINY_SHAPE + (3,) and codes.dtype == np.uint8
+    assert (codes[..., 0] >= codes[..., 1]).all() and (codes[..., 1] >= codes[..., 2]).all()  # WT >= TC >= ET
+    assert len(app.get("download_button")) == 2  # the labels and the probabilities
+    probabilities = _nifti(actions.probability_download(codes, state.case))
+    assert np.allclose(probabilities.affine, TINY_AFFINE) and probabilities.shape == TINY_SHAPE + (3,)
+    np.testing.assert_allclose(probabilities.get_fdata(), codes / 255.0, atol=1 / 255 + 1e-6)
+    reloaded = AppTest.from_file(APP, default_timeout=180)  # a reload: the probabilities come back with the labels
+    reloaded.query_params["sid"] = state.sid
+    reloaded.run()
+    restored = reloaded.session_state["studio"].prediction
+    assert np.array_equal(restored.labels, prediction.labels)
+    assert np.array_equal(restored.probability_codes, codes)
 
     # the prediction is now an overlay of the viewer
     app.switch_page("pages/viewer.py").run()

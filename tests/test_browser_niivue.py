@@ -183,6 +183,13 @@ def test_niivue_view_segment_edit_reload_generate(server, tmp_path):
         page.get_by_text("Segmented with unet.keras").wait_for(timeout=180_000)
         # the overlay follows the new result (the shared viewer setting was "Reference")
         playwright.expect(page.get_by_role("combobox", name="Overlay")).to_have_value("Prediction", timeout=60_000)
+        # the prediction's uncertainty: a toggle in the viewer bar adds it as an overlay in the browser
+        frame = wait_ready(page)
+        frame.get_by_role("button", name="Uncertainty", exact=True).click()
+        frame.wait_for_function("() => document.body.dataset.uncertainty === '1' && "
+                                "window.bratsViewer.nv.volumes.length === 2 && "
+                                "document.getElementById('status').textContent.includes(' · uncertainty ')",
+                                timeout=120_000)
 
         # Edit mask: quick strokes, each applied exactly once
         goto_page(page, "Edit mask")
@@ -303,6 +310,72 @@ def test_two_tabs_on_one_session_lose_no_stroke(server, tmp_path):
         target = _download(page_a, "Download the edited mask (.nii.gz)", tmp_path / "edited.nii.gz")
     labels = np.asarray(nib.Nifti1Image.from_bytes(gzip.decompress(target.read_bytes())).dataobj)
     assert _components(voxel_to_ras_flat(np.nonzero(labels == 3), SHAPE, BRATS_AFFINE)) == 2 * rounds
+
+
+_COUNT_VALUES_JS = """() => { window.__componentValues = 0; window.addEventListener('message', (e) => {
+  if (e.data && e.data.type === 'streamlit:setComponentValue') window.__componentValues += 1 }) }"""
+
+
+def _canvas_pixels(frame) -> np.ndarray:
+    from io import BytesIO
+
+    from PIL import Image
+
+    return np.asarray(Image.open(BytesIO(frame.locator("#gl").screenshot())).convert("L"), dtype=np.int16)
+
+
+def test_modality_switch_in_the_browser(server):
+    """The four modalities are loaded once: a switch exchanges GPU textures in the browser, asks nothing of
+    Python and fetches nothing; each modality keeps its own window; the choice is kept across a reload."""
+    with chromium_page(webgl=True) as page:
+        page.goto(server.url)
+        page.get_by_role("button", name="Load the demo case").click()
+        page.locator("[data-testid=stAlertContentSuccess]").wait_for(timeout=120_000)
+        goto_page(page, "Viewer")
+        frame = wait_ready(page)
+        frame.wait_for_function("() => document.body.dataset.warm === '4'", timeout=180_000)  # all on the GPU
+        assert frame.evaluate("() => window.bratsViewer.textures.size") == 3  # the three not shown
+        _check_readout(frame, "FLAIR")
+        page.wait_for_timeout(1500)  # the cursor report after the first read-out (800 ms) has gone out
+        page.evaluate(_COUNT_VALUES_JS)  # values the component sends to Python (each would rerun the script)
+        fetched = frame.evaluate("() => performance.getEntriesByType('resource').length")
+        flair = frame.evaluate("() => { window.__flairTexture = window.bratsViewer.nv.volumeTexture; "
+                               "return window.bratsViewer.nv.volumes[0].cal_max }")
+        before = _canvas_pixels(frame)
+        frame.get_by_role("button", name="T1", exact=True).click()
+        frame.wait_for_function("() => document.body.dataset.modality === 'T1' && "
+                                "document.getElementById('status').textContent.includes(' T1 ')", timeout=10_000)
+        _check_readout(frame, "T1")  # the read-out's intensity is T1's at the crosshair
+        assert frame.evaluate("() => window.bratsViewer.nv.volumes[0].name") == "T1.nii.gz"
+        assert frame.evaluate("() => window.bratsViewer.nv.volumeTexture !== window.__flairTexture && "
+                              "[...window.bratsViewer.textures.values()].some((t) => t.vol === window.__flairTexture)")
+        page.wait_for_timeout(300)
+        assert np.abs(_canvas_pixels(frame) - before).mean() > 2  # the screen shows another image
+        assert frame.evaluate("() => performance.getEntriesByType('resource').length") == fetched  # nothing fetched
+        assert page.evaluate("() => window.__componentValues") == 0  # no value to Python: no rerun
+        # window / level per modality: a right-drag sets T1's window; FLAIR keeps its own for when it comes back
+        window_js = "() => { const v = window.bratsViewer.nv.volumes[0]; return [v.cal_min, v.cal_max] }"
+        t1_window = frame.evaluate(window_js)
+        box = frame.locator("#gl").bounding_box()
+        x, y = box["x"] + box["width"] * 0.2, box["y"] + box["height"] * 0.7  # inside the axial tile (4-up)
+        page.mouse.move(x, y)
+        page.mouse.down(button="right")
+        page.mouse.move(x + box["width"] * 0.1, y + box["height"] * 0.08, steps=5)
+        page.mouse.up(button="right")
+        frame.wait_for_function(f"([lo, hi]) => {{ const w = ({window_js})(); return w[0] !== lo || w[1] !== hi }}",
+                                arg=t1_window, timeout=30_000)
+        t1_window = frame.evaluate(window_js)
+        frame.get_by_role("button", name="FLAIR", exact=True).click()
+        frame.wait_for_function("() => document.body.dataset.modality === 'FLAIR'", timeout=10_000)
+        assert frame.evaluate(window_js)[1] == flair
+        frame.get_by_role("button", name="T1", exact=True).click()
+        frame.wait_for_function("() => document.body.dataset.modality === 'T1'", timeout=10_000)
+        assert frame.evaluate(window_js) == t1_window
+        # the choice is the browser's, kept for every page and across a reload
+        page.reload()
+        frame = wait_ready(page)
+        assert frame.evaluate("() => document.body.dataset.modality") == "T1"
+        _check_readout(frame, "T1")
 
 
 def test_png_viewer_without_webgl(server):

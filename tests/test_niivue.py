@@ -11,10 +11,14 @@ import pytest
 from core.synthesis.anatomy import BRATS_AFFINE
 from core.viewer.mask_edit import MaskEditor
 from core.viewer.niivue import (
+    UNCERTAIN_FROM,
     display_volume_bytes,
     label_volume_bytes,
     new_events,
+    probability_codes,
     ras_to_voxel,
+    uncertainty_map,
+    uncertainty_volume_bytes,
     voxel_to_ras_flat,
     voxel_to_world,
     world_to_voxel,
@@ -123,3 +127,23 @@ def test_paint_voxels_is_one_undoable_step():
     assert not editor.labels.any()
     with pytest.raises(ValueError):
         editor.paint_voxels(voxels, np.array([1, 2, 4]))
+
+
+def test_uncertainty_is_highest_at_even_odds_and_kept_on_the_case_grid():
+    probs = np.zeros(SHAPE + (3,), np.float32)
+    probs[0, 0, 0] = (1.0, 1.0, 1.0)  # sure: tumour everywhere
+    probs[1, 0, 0] = (1.0, 0.5, 0.0)  # even odds for TC
+    probs[2, 0, 0] = (0.75, 0.0, 0.0)  # a quarter of the way
+    codes = probability_codes(probs)
+    assert codes.dtype == np.uint8 and codes[1, 0, 0, 1] in (127, 128)
+    with pytest.raises(ValueError, match=r"\(X, Y, Z, 3\)"):
+        probability_codes(probs[..., :2])
+    uncertainty = uncertainty_map(codes)
+    assert uncertainty[0, 0, 0] == 0.0 and uncertainty[3, 0, 0] == 0.0  # sure either way
+    assert uncertainty[1, 0, 0] == pytest.approx(1.0, abs=0.01)  # the most uncertain region counts
+    assert uncertainty[2, 0, 0] == pytest.approx(0.5, abs=0.01)
+    for name, affine in AFFINES.items():
+        image = nib.Nifti1Image.from_bytes(gzip.decompress(uncertainty_volume_bytes(codes, affine)))
+        assert np.allclose(image.affine, affine), name
+        np.testing.assert_allclose(image.get_fdata(), uncertainty, atol=0.5 / 255 + 1e-6)
+        assert image.header["cal_min"] == pytest.approx(UNCERTAIN_FROM) and image.header["cal_max"] == 1.0

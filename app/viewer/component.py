@@ -23,7 +23,7 @@ import streamlit as st
 import streamlit.components.v1 as components
 
 from core.io.labels import CLASS_COLOURS
-from core.viewer.niivue import display_volume_bytes, label_volume_bytes, voxel_to_world
+from core.viewer.niivue import display_volume_bytes, label_volume_bytes, uncertainty_volume_bytes, voxel_to_world
 
 BUILD_DIR = Path(__file__).resolve().parent / "frontend" / "build"
 VIEWER_ENV = "BRATS_VIEWER"  # "classic" forces the PNG viewer everywhere
@@ -70,6 +70,11 @@ def _label_file(layer_key: str, _labels: np.ndarray, _affine: np.ndarray) -> byt
     return label_volume_bytes(_labels, _affine)
 
 
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _uncertainty_file(prediction_key: str, _codes: np.ndarray, _affine: np.ndarray) -> bytes:
+    return uncertainty_volume_bytes(_codes, _affine)
+
+
 def viewer(
     *,
     key: str,
@@ -87,6 +92,8 @@ def viewer(
     opacity: float = 0.5,
     visible: tuple[int, ...] = (1, 2, 3),
     cursor: tuple[int, int, int] | None = None,
+    uncertainty: np.ndarray | None = None,
+    uncertainty_key: str = "",
     height: int = 620,
     on_change: Callable[[], None] | None = None,
 ) -> Any:
@@ -102,19 +109,24 @@ def viewer(
         editable: drawing tools on; edits come back in the value, tagged with ``epoch``, the tab's ``client``
             id and a revision; ``acked_revs`` is the last revision applied per client (each tab reads its own).
         cursor: initial crosshair voxel (the browser keeps its own cursor per case after that).
+        uncertainty: WT/TC/ET probability codes ``(X, Y, Z, 3)`` of a prediction (``Prediction.probability_codes``):
+            the viewer bar gets an *Uncertainty* toggle that overlays their per-voxel uncertainty
+            (``core.viewer.niivue.uncertainty_map``); ``uncertainty_key`` identifies them (the prediction's key).
     """
     assert _component is not None, f"{BUILD_DIR} is missing: run `make frontend`"
     files = _volume_files(case_key, image, affine)
     volumes = [{"name": name, "url": media_url(data, f"{key}.vol{i}")} for i, (name, data) in
                enumerate(zip(names, files))]
     labels_url = media_url(_label_file(labels_key, labels, affine), f"{key}.labels") if labels is not None else ""
+    uncertainty_url = (media_url(_uncertainty_file(uncertainty_key, uncertainty, affine), f"{key}.uncertainty")
+                       if uncertainty is not None else "")
     colours = [[0, 0, 0]] + [list(CLASS_COLOURS[label]) for label in (1, 2, 3)]
     return _component(
         key=key, on_change=on_change, default=None,
         case_key=case_key, volumes=volumes, active=int(active), labels_url=labels_url,
         labels_token=labels_token if labels is not None else "", editable=bool(editable), epoch=epoch,
         acked_revs={str(k): int(v) for k, v in (acked_revs or {}).items()}, opacity=float(opacity),
-        visible=list(visible), colors=colours,
+        visible=list(visible), colors=colours, uncertainty_url=uncertainty_url,
         cursor_mm=voxel_to_world(cursor, affine) if cursor is not None else None, height=int(height),
         world_to_voxel=np.linalg.inv(np.asarray(affine, float))[:3].tolist(),
     )

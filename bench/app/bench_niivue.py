@@ -6,10 +6,15 @@ run cut short still leaves what it measured):
 - page open to first image: the Viewer page reloaded with the case already loaded (``--opens``
   times, after one first load). Client-side, from the reload's navigation start to the component's
   ``image shown`` mark (the first modality drawn) and ``shown`` mark (labels too), both on the page's
-  clock; plus the wall time Playwright saw until the component said ready.
+  clock; plus the wall time Playwright saw until the component said ready; and until the other three
+  modalities' GPU textures are built (the ``built …`` marks: after ``shown``, one at a time).
+- memory after the first open (labels shown; then all four modalities on the GPU): RSS of the Streamlit
+  server, RSS and USS summed over the Chromium processes (SwiftShader's textures live in its GPU process).
 - slice change with the mouse wheel: time of one wheel event's handler incl. the redraw (``gl.finish``).
 - viewer controls in the browser (no Python rerun): label show/hide, plane switch and opacity, each the
-  click handler incl. the redraw; a modality switch, until the read-out names the new modality.
+  click handler incl. the redraw (``gl.finish``); a modality switch the same way (its loading step
+  included), and until the second animation frame after the click; and Playwright's wall time from its
+  click until the read-out names the new modality (Playwright's own waits for a stable element included).
 - stroke mouse-up to Python: per stroke, from ``mouseup`` until the browser holds Python's
   acknowledgement of its revision (an upper bound: Python applied and saved it before it answered).
 - lost strokes: ``--strokes`` strokes at random 100-1000 ms gaps without waiting for anything, then
@@ -71,25 +76,76 @@ CONTROLS_JS = """() => { const out = {label_toggle: [], plane_switch: [], opacit
   return out }"""
 
 
+# a modality switch in the page: the button's click until the loading chain it joins has run and the GPU has
+# finished drawing (gl.finish, as the other controls), and until the second animation frame after the click
+# (the page has composited a frame since: Chromium's compositor with SwiftShader stalls ~1 s now and then,
+# after any redraw); plus whether the read-out names the new modality
+SWITCH_JS = """async (names) => { const out = []; const viewer = window.bratsViewer;
+  const frame = () => new Promise((resolve) => requestAnimationFrame(() => resolve()));
+  for (const name of names) {
+    await frame(); await frame();
+    const b = [...document.querySelectorAll('#bar button')].find((x) => x.textContent === name);
+    const t = performance.now(); b.click(); await viewer.loading; viewer.nv.gl.finish();
+    const ms = performance.now() - t;
+    await frame(); await frame();
+    out.push({name, ms, frames_ms: performance.now() - t,
+              readout: document.getElementById('status').textContent.includes(` ${name} `),
+              shown: document.body.dataset.modality}) }
+  return out }"""
+SWITCHES = ("T1", "T1ce", "T2", "FLAIR", "T1", "T2", "T1ce", "FLAIR")
+
+
 def _controls(page, frame, timeout_s: float) -> dict:
     """Browser-side controls (no Python rerun): label toggle, plane switch, opacity (handler + GPU finish, ms);
-    and a modality switch to an already-fetched volume (wall time until the read-out names it)."""
+    modality switches once the four modalities are on the GPU (in the page, and Playwright's wall time)."""
     out = {name: _summary(values) for name, values in frame.evaluate(CONTROLS_JS).items()}
-    switches = []
-    for name in ("T1", "FLAIR", "T1", "FLAIR"):
+    start = time.perf_counter()
+    frame.wait_for_function("() => document.body.dataset.warm === '4'", timeout=timeout_s * 1000, polling=50)
+    out["modalities_on_gpu_wait_s"] = round(time.perf_counter() - start, 2)
+    switches = frame.evaluate(SWITCH_JS, list(SWITCHES))
+    out["modality_switch_ms"] = _summary([s["ms"] for s in switches])
+    out["modality_switch_to_second_frame_ms"] = _summary([s["frames_ms"] for s in switches])
+    out["modality_switch_runs"] = switches
+    walls = []
+    for name in ("T1", "FLAIR", "T2", "FLAIR"):
         start = time.perf_counter()
         frame.get_by_role("button", name=name, exact=True).click()
         frame.wait_for_function(f"() => document.getElementById('status').textContent.includes(' {name} ')",
                                 timeout=timeout_s * 1000, polling=20)
-        switches.append(round((time.perf_counter() - start) * 1000))
-    out["modality_switch_ms"] = {"first_t1": switches[0], "cached": _summary(switches[1:])}
+        walls.append(round((time.perf_counter() - start) * 1000))
+    out["modality_switch_playwright_ms"] = _summary(walls)
     return out
 
 
-def _ready(page, timeout_s: float = 180):
+def _rss_mb(pids: list[int], uss: bool = False) -> float:
+    import psutil
+
+    total = 0
+    for pid in pids:
+        try:
+            process = psutil.Process(pid)
+            total += process.memory_full_info().uss if uss else process.memory_info().rss
+        except psutil.Error:
+            continue
+    return round(total / 2**20, 1)
+
+
+def _memory(server_pid: int) -> dict:
+    """RSS of the Streamlit server and of every Chromium process this benchmark started (and their USS)."""
+    import psutil
+
+    browser = [p.pid for p in psutil.Process().children(recursive=True) if "chrom" in p.name().lower()]
+    return {"server_rss_mb": _rss_mb([server_pid]), "browser_rss_mb": _rss_mb(browser),
+            "browser_uss_mb": _rss_mb(browser, uss=True), "browser_processes": len(browser)}
+
+
+def _ready(page, timeout_s: float = 180, warm: bool = False):
+    """The component's frame once it shows the image and labels (``warm``: and all four modalities are on the GPU)."""
     frame = niivue_frame(page, timeout_s)
     frame.wait_for_function("() => document.body.dataset.ready === '1'", timeout=timeout_s * 1000,
                             polling=100)
+    if warm:
+        frame.wait_for_function("() => document.body.dataset.warm === '4'", timeout=timeout_s * 1000, polling=50)
     return frame
 
 
@@ -104,13 +160,17 @@ def _page_open(page, opens: int, timeout_s: float) -> dict:
     for _ in range(opens):
         start = time.perf_counter()
         page.reload()
-        frame = _ready(page, timeout_s)
+        _ready(page, timeout_s)
         wall = time.perf_counter() - start
+        frame = _ready(page, timeout_s, warm=True)  # the marks of the other three modalities' builds too
         origin = page.evaluate("() => performance.timeOrigin")
         marks = {k: round(v - origin) for k, v in frame.evaluate(MARKS_JS).items()}
         runs.append({"wall_s": round(wall, 2), "marks_ms": marks, "navigation_start_epoch_ms": origin})
         print(json.dumps(runs[-1]), flush=True)
+    built = [max(v for k, v in r["marks_ms"].items() if k.startswith("built ")) for r in runs
+             if any(k.startswith("built ") for k in r["marks_ms"])]
     return {"runs": runs, "first_image_ms": _summary([r["marks_ms"]["image shown"] for r in runs]),
+            "all_modalities_on_gpu_ms": _summary(built) if built else None,
             "with_labels_ms": _summary([r["marks_ms"]["shown"] for r in runs]),
             "wall_s": _summary([r["wall_s"] for r in runs])}
 
@@ -182,7 +242,7 @@ def _two_tabs(page, strokes: int, rng: random.Random, session_root: Path, timeou
     other = page.context.new_page()
     other.set_default_timeout(timeout_s * 1000)
     other.goto(page.url)
-    frames = (_ready(page, timeout_s), _ready(other, timeout_s))
+    frames = (_ready(page, timeout_s, warm=True), _ready(other, timeout_s, warm=True))
     boxes = (_pen_ready(page, frames[0]), _pen_ready(other, frames[1]))
     tabs = (page, other)
     start = time.perf_counter()
@@ -227,8 +287,12 @@ def run(strokes: int, opens: int, seed: int, out: Path | None, timeout_s: float,
             page.get_by_role("button", name="Load the demo case").click()
             page.locator("[data-testid=stAlertContentSuccess]").wait_for()
             goto_page(page, "Viewer")
-            _ready(page, timeout_s)
+            frame = _ready(page, timeout_s)
             results["first_load_s"] = round(time.perf_counter() - start, 1)  # demo generated, volumes encoded
+            memory = {"labels_shown": _memory(server.process.pid)}  # the other modalities being built already
+            _ready(page, timeout_s, warm=True)
+            memory["all_modalities_on_gpu"] = _memory(server.process.pid)
+            results["memory_first_open"] = memory
             save()
             results["page_open"] = _page_open(page, opens, timeout_s)
             save()
@@ -241,12 +305,14 @@ def run(strokes: int, opens: int, seed: int, out: Path | None, timeout_s: float,
             print(json.dumps(results["controls_ms"]), flush=True)
             save()
 
+            if not strokes:
+                return results
             goto_page(page, "Edit mask")
             page.locator("[data-testid=stSelectbox]").first.click()  # "Start from"
             page.get_by_role("option", name="Empty").click()  # only the strokes will be ET
             page.wait_for_timeout(500)
             page.get_by_role("button", name="Start editing").click()
-            frame = _ready(page, timeout_s)
+            frame = _ready(page, timeout_s, warm=True)  # strokes measured once the modalities are built
             results["strokes"] = _strokes(page, frame, strokes, rng, timeout_s)
             save()
             page.get_by_text(f"{strokes} strokes received").wait_for()

@@ -292,15 +292,18 @@ class SessionStore:
 
     # ------------------------------------------------------------------ label maps
     def save_labels(self, case_id: str, name: str, labels: np.ndarray, meta: dict[str, Any],
-                    history: dict[str, np.ndarray] | None = None) -> None:
+                    history: dict[str, np.ndarray] | None = None, sparse: bool = True) -> None:
         """A label map (``name``: ``"prediction"`` or ``"edited"``) with its JSON metadata.
 
         ``history`` (``MaskEditor.history_arrays()``) is stored in the same file, so labels and
         history never disagree after a crash. Sparse and uncompressed: ~10 ms for a BraTS mask.
+        ``sparse=False``: the uint8 array whole, compressed (for maps that may be non-zero almost everywhere,
+        e.g. probability codes); :meth:`labels` reads both.
         """
         folder = self.case_dir(case_id)
         extra = {HISTORY_PREFIX + key: value for key, value in (history or {}).items()}
-        _save_npz(folder / f"{name}.npz", compressed=False, **_sparse(labels), **extra)
+        voxels = _sparse(labels) if sparse else {"labels": np.asarray(labels, dtype=np.uint8)}
+        _save_npz(folder / f"{name}.npz", compressed=not sparse, **voxels, **extra)
         _write_json(folder / f"{name}.json", meta)
 
     def labels(self, case_id: str, name: str) -> tuple[np.ndarray, dict[str, Any]] | None:

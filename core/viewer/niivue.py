@@ -61,6 +61,39 @@ def label_volume_bytes(labels: np.ndarray, affine: np.ndarray) -> bytes:
     return _gz_nifti(np.asarray(labels, dtype=np.uint8), affine)
 
 
+UNCERTAIN_FROM = 0.2  # uncertainty below this is transparent in the viewer's overlay
+
+
+def probability_codes(region_probabilities: np.ndarray) -> np.ndarray:
+    """WT/TC/ET probabilities ``(X, Y, Z, 3)`` in [0, 1] as uint8 codes 0..255 (a quarter of float32's memory)."""
+    probs = np.asarray(region_probabilities, dtype=np.float32)
+    if probs.ndim != 4 or probs.shape[-1] != 3:
+        raise ValueError(f"region probabilities must be (X, Y, Z, 3) for WT, TC, ET, got shape {probs.shape}")
+    return np.rint(np.clip(probs, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def uncertainty_map(codes: np.ndarray) -> np.ndarray:
+    """Per-voxel uncertainty in [0, 1] from WT/TC/ET probability codes ``(X, Y, Z, 3)`` (uint8, 255 = 1).
+
+    For each region ``1 - |2p - 1|``: 1 where the model gives the region even odds, 0 where it is sure
+    either way; the most uncertain of the three regions per voxel (where an editor should look first).
+    """
+    codes = np.asarray(codes)
+    if codes.ndim != 4 or codes.shape[-1] != 3:
+        raise ValueError(f"probability codes must be (X, Y, Z, 3), got shape {codes.shape}")
+    distance = np.abs(2 * codes.astype(np.int16) - 255).min(axis=-1)  # 0: even odds, 255: sure
+    return (255 - distance).astype(np.float32) / 255.0
+
+
+def uncertainty_volume_bytes(codes: np.ndarray, affine: np.ndarray) -> bytes:
+    """An 8-bit ``.nii.gz`` of :func:`uncertainty_map` for the viewer's overlay (0..1 through scl_slope).
+
+    Its window (cal_min / cal_max) starts at :data:`UNCERTAIN_FROM`, so sure voxels stay transparent.
+    """
+    values = np.rint(uncertainty_map(codes) * 255.0).astype(np.uint8)
+    return _gz_nifti(values, affine, 1.0 / 255.0, 0.0, (UNCERTAIN_FROM, 1.0))
+
+
 def ras_shape_and_order(shape: tuple[int, int, int], affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(ras_axis, flip)`` per voxel axis: voxel axis ``i`` runs along RAS axis ``ras_axis[i]``,
     reversed when ``flip[i]`` (its index grows toward L, P or I)."""

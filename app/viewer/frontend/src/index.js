@@ -37,6 +37,9 @@ const state = {
   volumes: new Map(), // url -> NVImage (each modality fetched once)
   volumePrefetch: new Map(), // url -> Promise<NVImage> being fetched
   activeUrl: '',
+  textures: new Map(), // url -> {vol, grad}: GPU textures of the modalities not shown (see buildTextures)
+  uncertainty: { on: false, url: '', image: null }, // the prediction's uncertainty overlay (Segment page), if shown
+  modality: null, // name of the modality picked in the viewer bar (browser only, shared by every page); null: Python's
   labelsToken: null,
   epoch: '',
   rev: 0, // last revision issued in this epoch
@@ -81,7 +84,7 @@ function saveView() {
   if (!nv || !state.args) return
   try {
     localStorage.setItem(storageKey('view'), JSON.stringify({ layout: state.layout, brush: state.brush, tool: state.tool,
-      label: state.label, visible: state.visible, opacity: state.opacity }))
+      label: state.label, visible: state.visible, opacity: state.opacity, modality: state.modality }))
     const mm = Array.from(nv.frac2mm(nv.scene.crosshairPos)).slice(0, 3)
     localStorage.setItem(storageKey(`cursor:${state.args.case_key}`), JSON.stringify(mm))
   } catch (e) { /* private mode: settings stay per page */ }
@@ -96,6 +99,7 @@ function loadView() {
     if ([0, 1, 2, 3].includes(view.label)) state.label = view.label
     if (Array.isArray(view.visible) && view.visible.every((l) => [1, 2, 3].includes(l))) state.visible = view.visible
     if (typeof view.opacity === 'number' && view.opacity >= 0 && view.opacity <= 1) state.opacity = view.opacity
+    if (typeof view.modality === 'string') state.modality = view.modality
   } catch (e) { /* ignore */ }
 }
 
@@ -174,35 +178,128 @@ function resolveUrl(url) {
 function prefetch(args) {
   // Fetch and parse the shown modality and the labels in parallel (also while WebGL starts: with
   // software WebGL the shaders compile in Chromium's GPU process, the parsing runs here).
-  const spec = args.volumes[args.active] || args.volumes[0]
-  if (spec && !state.volumes.has(spec.url) && !state.volumePrefetch.has(spec.url)) {
-    state.volumePrefetch.set(spec.url, fetchImage(spec.url, `${spec.name}.nii.gz`))
-  }
+  const spec = shownSpec(args)
+  if (spec) prefetchVolume(spec)
   if (args.labels_url && args.labels_token !== state.labelsToken && !state.labelsPrefetch) {
     state.labelsPrefetch = fetchImage(args.labels_url, 'labels.nii.gz')
     state.labelsPrefetchUrl = args.labels_url
   }
 }
 
-async function showVolume(args) {
-  const nv = state.nv
-  const spec = args.volumes[args.active] || args.volumes[0]
-  if (!spec || spec.url === state.activeUrl) return
-  setStatus(`Loading ${spec.name}…`, true)
+function shownIndex(args) {
+  // the modality picked in the viewer bar (kept per browser) if this case has it, else Python's choice
+  const volumes = args.volumes || []
+  const picked = state.modality === null ? -1 : volumes.findIndex((v) => v.name === state.modality)
+  return picked >= 0 ? picked : (args.active < volumes.length ? args.active : 0)
+}
+const shownSpec = (args) => (args.volumes || [])[shownIndex(args)]
+
+function prefetchVolume(spec) {
+  if (!state.volumes.has(spec.url) && !state.volumePrefetch.has(spec.url)) {
+    state.volumePrefetch.set(spec.url, fetchImage(spec.url, `${spec.name}.nii.gz`))
+  }
+}
+
+async function volumeImage(spec) {
+  // each modality is fetched and parsed once per case
   let image = state.volumes.get(spec.url)
   if (!image) {
-    prefetch(args)
+    prefetchVolume(spec)
     image = await state.volumePrefetch.get(spec.url)
     state.volumePrefetch.delete(spec.url)
     state.volumes.set(spec.url, image)
+  }
+  return image
+}
+
+// The four modalities live on the GPU at once. NiiVue 0.69 keeps one background: its RGBA 3D texture
+// (``volumeTexture``, the volume through its colour map and window) and the 3D render's gradient texture.
+// Making another volume the background (setVolume) rebuilds both: seconds with software WebGL. So each
+// modality's two textures are built once (refreshLayers with NiiVue's own slots emptied, so it creates new
+// textures instead of deleting the shown ones) and a switch only exchanges the texture handles and the
+// background image (the read-out's values), then redraws: NiiVue binds its textures anew on every draw.
+// A window/level drag rebuilds the shown modality's textures in NiiVue's slots; they go back to the cache
+// with it on the next switch, so each modality keeps its own window. All modalities share the case's grid.
+function canSwapTextures(nv) {
+  return nv.volumes.length > 0 && !nv.opts.is2DSliceShader && nv.volumeTexture && nv.gradientTexture
+}
+
+function buildTextures(image) {
+  const nv = state.nv
+  const shown = { vol: nv.volumeTexture, grad: nv.gradientTexture, image: nv.volumes[0], back: nv.back }
+  nv.volumeTexture = null
+  nv.gradientTexture = null
+  nv.volumes[0] = image
+  nv.back = image
+  try {
+    nv.refreshLayers(image, 0)
+    return { vol: nv.volumeTexture, grad: nv.gradientTexture }
+  } finally {
+    nv.volumeTexture = shown.vol
+    nv.gradientTexture = shown.grad
+    nv.volumes[0] = shown.image
+    nv.back = shown.back
+  }
+}
+
+function swapBackground(url, image) {
+  const nv = state.nv
+  let textures = state.textures.get(url)
+  if (!textures) textures = buildTextures(image)
+  state.textures.delete(url)
+  state.textures.set(state.activeUrl, { vol: nv.volumeTexture, grad: nv.gradientTexture })
+  nv.volumeTexture = textures.vol
+  nv.gradientTexture = textures.grad
+  nv.volumes[0] = image
+  nv.back = image
+  nv.drawScene()
+}
+
+function dropTextures() {
+  const gl = state.nv && state.nv.gl
+  for (const t of state.textures.values()) { gl.deleteTexture(t.vol); gl.deleteTexture(t.grad) }
+  state.textures.clear()
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
+
+async function warmModalities(args) {
+  // After the page is shown: fetch, parse and build the other modalities' textures, one at a time and
+  // between strokes (NiiVue blocks the page while it builds one), each as one step of the loading chain
+  // (a click or a labels reload waits for one build at most), so that every switch exchanges textures.
+  const current = () => args.case_key === state.lastCaseKey && canSwapTextures(state.nv)
+  for (const spec of args.volumes || []) {
+    if (!current()) return
+    if (spec.url === state.activeUrl || state.textures.has(spec.url)) continue
+    const image = await volumeImage(spec)
+    while (state.snapshot) await sleep(100) // not during a stroke
+    await (state.loading = state.loading.then(() => {
+      if (!current() || spec.url === state.activeUrl || state.textures.has(spec.url)) return
+      state.textures.set(spec.url, buildTextures(image))
+      mark(`built ${spec.name}`)
+    }).catch(fail))
+    await sleep(30) // let clicks and keys through
+  }
+  if (current()) document.body.dataset.warm = String(state.textures.size + 1)
+}
+
+async function showVolume(args) {
+  const nv = state.nv
+  const spec = shownSpec(args)
+  if (!spec || spec.url === state.activeUrl) return
+  let image = state.volumes.get(spec.url)
+  if (!image) {
+    setStatus(`Loading ${spec.name}…`, true)
+    image = await volumeImage(spec)
   }
   const first = nv.volumes.length === 0
   if (first) {
     nv.addVolume(image)
     mark('volume added')
+  } else if (canSwapTextures(nv)) {
+    swapBackground(spec.url, image) // keeps the drawing (same grid) and the crosshair
   } else {
-    // Swap the background, keep the drawing (same grid) and the crosshair.
-    // (setVolume on a one-element list: one GPU upload, where add + set + remove made three)
+    // no texture to exchange (a 2D-texture image): NiiVue rebuilds the background
     const crosshair = nv.scene.crosshairPos.slice()
     nv.volumes = [image]
     nv.setVolume(image, 0)
@@ -210,12 +307,44 @@ async function showVolume(args) {
     if (state.labelsToken !== null) nv.refreshDrawing(true)
   }
   state.activeUrl = spec.url
+  document.body.dataset.modality = spec.name
   if (first) {
     const mm = savedCursor(args.case_key) || args.cursor_mm
     if (mm) nv.scene.crosshairPos = nv.mm2frac(mm)
     nv.drawScene() // addVolume uploaded and drew it already: only the cursor moved (no second upload)
     mark('image shown')
   }
+}
+
+async function showUncertainty(args) {
+  // The prediction's per-voxel uncertainty as a NiiVue overlay (warm colours from 0.2 up: see
+  // core.viewer.niivue.uncertainty_volume_bytes), added or removed when the toggle or the prediction changes.
+  const nv = state.nv
+  const overlay = state.uncertainty
+  const url = overlay.on ? (args.uncertainty_url || '') : ''
+  if (url === overlay.url) return
+  if (overlay.image && nv.volumes.includes(overlay.image)) nv.removeVolume(overlay.image)
+  overlay.image = null
+  overlay.url = ''
+  document.body.dataset.uncertainty = '0'
+  if (!url) return
+  setStatus('Loading the uncertainty…', true)
+  const image = await fetchImage(url, 'uncertainty.nii.gz')
+  if (!state.uncertainty.on || (state.args && state.args.uncertainty_url) !== url) return // changed meanwhile
+  image.colormap = 'warm'
+  image.colormapType = 1 // COLORMAP_TYPE.ZERO_TO_MAX_TRANSPARENT_BELOW_MIN: sure voxels (< cal_min) stay clear
+  image.opacity = 0.8
+  nv.addVolume(image)
+  overlay.image = image
+  overlay.url = url
+  document.body.dataset.uncertainty = '1'
+}
+
+function toggleUncertainty() {
+  state.uncertainty.on = !state.uncertainty.on
+  renderBar()
+  state.loading = state.loading.then(() => showUncertainty(state.args)).then(() => { refreshReadout(); renderStatus() })
+    .catch(fail)
 }
 
 async function showLabels(args) {
@@ -433,9 +562,15 @@ function renderBar() {
   const layouts = Object.keys(LAYOUTS).map((l) => button(LAYOUT_LABELS[l], state.layout === l, () => setLayout(l),
     `${LAYOUT_LABELS[l]} view (key ${{ multi: 'm', axial: 'a', coronal: 'c', sagittal: 's', '3d': 'v' }[l]})`))
   bar.appendChild(group(...layouts))
-  const volumes = (args.volumes || []).map((v, i) => button(v.name, i === args.active, () => chooseVolume(i), `Show ${v.name}`))
+  const shown = args.volumes ? shownIndex(args) : -1
+  const volumes = (args.volumes || []).map((v, i) => button(v.name, i === shown, () => chooseVolume(i),
+    `Show ${v.name} (the four are loaded once: switching does not ask the server)`))
   if (volumes.length > 1) bar.appendChild(group(...volumes))
   if (args.labels_url) bar.appendChild(labelControls(args))
+  if (args.uncertainty_url) {
+    bar.appendChild(group(button('Uncertainty', state.uncertainty.on, toggleUncertainty,
+      "Overlay the model's per-voxel uncertainty (a WT, TC or ET probability near 0.5): where to look first")))
+  }
   if (args.editable) {
     const colours = args.colors || []
     const labels = [1, 2, 3].map((l) => button(
@@ -519,8 +654,9 @@ function setOpacity(value) {
 }
 
 function chooseVolume(i) {
-  if (!state.args || i === state.args.active) return
-  state.args = { ...state.args, active: i }
+  if (!state.args || !state.args.volumes[i]) return
+  state.modality = state.args.volumes[i].name
+  saveView()
   renderBar()
   state.loading = state.loading.then(() => showVolume(state.args)).then(() => { refreshReadout(); renderStatus() })
     .catch(fail)
@@ -549,14 +685,17 @@ function readout(location) {
   const nv = state.nv
   if (!nv || !nv.volumes.length || !state.args) return ''
   const ijk = caseVoxel(Array.from(nv.frac2mm(nv.scene.crosshairPos)))
-  const spec = state.args.volumes[state.args.active] || state.args.volumes[0]
+  const spec = shownSpec(state.args)
   const values = location && location.values
   const value = values && values.length ? Number(values[0].value) : NaN
   const label = labelAtCrosshair()
+  const overlay = state.uncertainty.image ? nv.volumes.indexOf(state.uncertainty.image) : -1
+  const uncertainty = overlay > 0 && values && values[overlay] ? Number(values[overlay].value) : NaN
   return [
     ijk ? `voxel ${ijk.join(', ')}` : '',
     spec && Number.isFinite(value) ? `${spec.name} ${Number(value.toPrecision(4))}` : '',
     label || '',
+    Number.isFinite(uncertainty) ? `uncertainty ${uncertainty.toFixed(2)}` : '',
   ].filter(Boolean).join(' · ')
 }
 
@@ -659,7 +798,10 @@ async function onRender(args) {
   nv.drawOpacity = shownOpacity()
   if (args.case_key !== state.lastCaseKey) {
     // another case: forget its images
+    dropTextures()
     for (const v of [...nv.volumes]) nv.removeVolume(v)
+    state.uncertainty.image = null
+    state.uncertainty.url = ''
     state.volumes.clear()
     if (state.lastCaseKey) { state.volumePrefetch.clear(); state.labelsPrefetch = null } // not the first case's
     state.activeUrl = ''
@@ -670,6 +812,7 @@ async function onRender(args) {
   state.loading = state.loading
     .then(() => showVolume(args))
     .then(() => showLabels(args))
+    .then(() => showUncertainty(args))
     .finally(() => { state.labelsLoads -= 1 })
     .then(() => {
       applyPen()
@@ -685,6 +828,10 @@ async function onRender(args) {
       if (!state.timings.shown) {
         mark('shown')
         if (state.pending.length) flush() // resend what a reload interrupted
+      }
+      if (state.warming !== args.case_key) {
+        state.warming = args.case_key // once per case (not a loading step itself: see warmModalities)
+        setTimeout(() => warmModalities(args).catch(fail), 0)
       }
       document.body.dataset.ready = '1'
       document.body.dataset.acked = String(state.acked)
