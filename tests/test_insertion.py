@@ -432,7 +432,8 @@ def test_uncalibrated_render_is_the_raw_generator_inside_the_tumour_classes(mode
     host, target = _host(), _target()
     plan = plan_insertion(host, target)
     z = model.sample_latent(plan.crop_shape, seed=0, temperature=1.0)
-    calibrated, raw = render(plan, model, z), render(plan, model, z, calibrated=False)
+    calibrated = render(plan, model, z, host_levels=False)  # the z-score fill: the level model would reset medians
+    raw = render(plan, model, z, calibrated=False, host_levels=False)
     region = plan.region_on_host()
     np.testing.assert_array_equal(calibrated[:, ~region], raw[:, ~region])
     shift = (calibrated - raw)[:, target == ET].mean(axis=1)
@@ -511,3 +512,29 @@ def test_host_texture_is_measured_once_and_only_when_noise_is_added(model, monke
     assert calls == []
     insert_tumour(host, target, model, n_samples=3, seed=1)
     assert calls == [1]
+
+
+def test_faint_host_flair_stays_under_its_window_top_and_outside_R_is_unchanged(model):
+    """Issue 36's "white plate": on a host whose healthy brain is its brightest tissue (FLAIR 99.5th percentile only
+    ~1.7 healthy SDs above the mean), the z-score fill (host_levels=False) puts the calibrated enhancing tumour
+    (FLAIR +1.9 SD, ``CLASS_BIAS``) above the window's top; the host-relative model keeps every tumour voxel under it,
+    leaves texture in the tumour and changes nothing outside R."""
+    from core.synthesis.insert import fill, place
+
+    host, target = _host(), _target()
+    host.image[:, host.seg > 0] -= 300  # the host's own tumour no brighter than its brain: a faint host
+    plan = plan_insertion(host, target)
+    z = model.sample_latent(plan.crop_shape, seed=0, temperature=1.0)
+    crop = fill(plan, model, z, texture=1.0, texture_seed=0)
+    old, new = place(plan, crop, host_levels=False), place(plan, crop, host_levels=True)
+    brain = np.any(host.image != 0, axis=0)
+    top = np.percentile(host.image[3][brain], 99.5)
+    tumour = target > 0
+    assert np.mean(old[3][tumour] >= top) > 0.05  # precondition: the old fill saturates this host's FLAIR
+    assert np.mean(new[3][tumour] >= top) == 0.0
+    assert np.std(new[3][target == ED]) > 0.3 * np.std(old[3][target == ED])  # texture kept, not flattened
+    region = plan.region_on_host()
+    for image in (old, new):
+        assert np.array_equal(image[:, ~region], host.image[:, ~region])  # bit for bit
+    cases = insert_tumour(host, target, model, seed=0)  # the default path is the new one
+    assert np.mean(cases[0].image[3][tumour] >= top) == 0.0
