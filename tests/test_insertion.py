@@ -442,14 +442,14 @@ def test_uncalibrated_render_is_the_raw_generator_inside_the_tumour_classes(mode
 
 
 def test_bfloat16_sampling_is_close_to_float32_and_leaves_the_model_float32(model, tmp_path):
-    """Loading for sampling runs the generator in mixed bfloat16 through an untracked copy: samples stay close to
-    the float32 ones, the model's weights and its saved file are unchanged, and precision=None is exact."""
+    """Sampling in mixed bfloat16 runs the generator through an untracked copy: samples stay close to the float32
+    ones, the model's weights and its saved file are unchanged, and precision=None is exact."""
     import keras
 
     path = tmp_path / "ins.keras"
     model.save(path)
     exact = load_insertion_model(path, precision=None)
-    fast = load_insertion_model(path)
+    fast = load_insertion_model(path, precision="mixed_bfloat16")
     assert len(fast.weights) == len(exact.weights) and fast.generator.dtype_policy.name == "float32"
     host, target = _host(), _target()
     a = insert_tumour(host, target, exact, seed=2, texture=0.0)[0].image
@@ -465,6 +465,23 @@ def test_bfloat16_sampling_is_close_to_float32_and_leaves_the_model_float32(mode
     assert again.generator.dtype_policy.name == "float32"
     for w, v in zip(again.weights, exact.weights):
         np.testing.assert_array_equal(np.asarray(w), np.asarray(v))
+
+
+def test_auto_precision_samples_in_float32_where_bfloat16_is_emulated(monkeypatch):
+    """Issue 36: on a CPU without native bfloat16 the generator runs float32 (emulated bfloat16 was ~10x slower);
+    where it is native, or when BRATS_INFERENCE_PRECISION asks, mixed bfloat16."""
+    from core.segmentation import precision
+    from core.synthesis.insert import INFERENCE_PRECISION, sampling_precision
+
+    monkeypatch.delenv(precision.PRECISION_ENV, raising=False)
+    monkeypatch.setattr(precision, "native_bfloat16", lambda flags=None: False)
+    assert sampling_precision("auto") is None
+    assert sampling_precision("mixed_bfloat16") == "mixed_bfloat16" and sampling_precision(None) is None
+    monkeypatch.setenv(precision.PRECISION_ENV, "mixed_bfloat16")
+    assert sampling_precision("auto") == INFERENCE_PRECISION
+    monkeypatch.delenv(precision.PRECISION_ENV)
+    monkeypatch.setattr(precision, "native_bfloat16", lambda flags=None: True)
+    assert sampling_precision("auto") == INFERENCE_PRECISION
 
 
 def test_texture_distribution_loss_sees_the_tails_the_energy_loss_misses():

@@ -42,7 +42,9 @@ import keras  # noqa: E402
 
 Progress = Callable[[float, str], None]
 TRAIN_COMMAND = "python -m train.insertion"
-INFERENCE_PRECISION = "mixed_bfloat16"  # sampling policy (measured: 1.6x faster generator, samples within ~0.01 z)
+# sampling policy where bfloat16 is native (AVX512_BF16 / AMX / a GPU: measured 1.6x faster generator, samples within
+# ~0.01 z); where it is emulated (this project's AVX2 machine) float32 is several times faster (issue 36)
+INFERENCE_PRECISION = "mixed_bfloat16"
 
 
 def default_insertion_path() -> Path:
@@ -50,13 +52,26 @@ def default_insertion_path() -> Path:
     return shipped_path("insertion")
 
 
-def load_insertion_model(path: str | Path, precision: str | None = INFERENCE_PRECISION) -> InsertionVAEGAN:
+def sampling_precision(precision: str | None = "auto") -> str | None:
+    """The Keras policy sampling runs in: ``"auto"`` gives :data:`INFERENCE_PRECISION` where bfloat16 is native and
+    float32 (``None``) where it would be emulated, as the U-Net does (``core.segmentation.precision``;
+    ``BRATS_INFERENCE_PRECISION`` overrides); any other value is returned as it is."""
+    if precision != "auto":
+        return precision
+    from core.segmentation.precision import target_policy
+
+    policy = target_policy(INFERENCE_PRECISION)
+    return None if policy == "float32" else policy
+
+
+def load_insertion_model(path: str | Path, precision: str | None = "auto") -> InsertionVAEGAN:
     """Load an insertion model from a ``.keras`` file with ``safe_mode=True`` (no code execution).
 
     Args:
         path: the ``.keras`` file.
         precision: Keras dtype policy sampling runs in (:meth:`InsertionVAEGAN.set_inference_precision`); default
-            mixed bfloat16, ``None``: float32 (training from the file, exact comparisons).
+            ``"auto"`` (:func:`sampling_precision`: mixed bfloat16 where the machine computes it natively, else
+            float32), ``None``: float32 (training from the file, exact comparisons).
 
     Raises:
         ModelLoadError: missing, corrupt or unsafe file, or another kind of model.
@@ -65,7 +80,7 @@ def load_insertion_model(path: str | Path, precision: str | None = INFERENCE_PRE
     if not isinstance(model, InsertionVAEGAN):
         raise ModelLoadError(f"{path} holds a {type(model).__name__}, not an insertion VAE-GAN "
                              f"(core.synthesis.vaegan.InsertionVAEGAN); use a file saved by `{TRAIN_COMMAND}`.")
-    model.set_inference_precision(precision)
+    model.set_inference_precision(sampling_precision(precision))
     return model
 
 
