@@ -113,16 +113,21 @@ def level_shift(generated: np.ndarray, labels: np.ndarray, region: np.ndarray, w
     :data:`CLASS_LEVEL` in ``window`` (per modality), smoothed by ``EDGE_SIGMA``."""
     generated = np.asarray(generated, np.float32)
     field = np.zeros(generated.shape, np.float32)
-    if generated.shape[0] != 4:
+    region = np.asarray(region, bool)
+    if generated.shape[0] != 4 or not region.any():
         return field
+    box = padded_box(region, int(4 * EDGE_SIGMA) + 1)  # the field is 0 beyond R: filtering its box is enough
+    local = np.zeros((generated.shape[0], *(b.stop - b.start for b in box)), np.float32)
+    labels, inner = np.asarray(labels)[box], region[box]
     for label, level in CLASS_LEVEL.items():
-        mask = np.asarray(region, bool) & (np.asarray(labels) == label)
+        mask = inner & (labels == label)
         if mask.sum() < MIN_CLASS_VOXELS:
             continue
         for m in range(generated.shape[0]):
             target = position_value(level[m], window.centre[m], window.low[m], window.high[m])
-            field[m][mask] = float(target) - float(np.median(generated[m][mask]))
-    return ndimage.gaussian_filter(field, sigma=(0, EDGE_SIGMA, EDGE_SIGMA, EDGE_SIGMA))
+            local[m][mask] = float(target) - float(np.median(generated[m][box][mask]))
+    field[(slice(None), *box)] = ndimage.gaussian_filter(local, sigma=(0, EDGE_SIGMA, EDGE_SIGMA, EDGE_SIGMA))
+    return field
 
 
 def _ceiling_slope(values: np.ndarray, knee: float, top: float) -> np.ndarray:
