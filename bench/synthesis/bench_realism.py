@@ -15,6 +15,8 @@ fill, as before issue 36: ``host_levels=False``) and **after** (the host-relativ
 * ``highpass_ratio``: per modality, the mean square of the 1-voxel high-pass residual (``z - gaussian(z, 1)``, z in
   healthy-brain standard deviations of the image's own case) over the tumour voxels, generated (in the host) over
   real (the same voxels' labels in the donor, the case the mask came from). Target T2 and FLAIR within 1.5x.
+  ``highpass_ratio_vs_healthy``: the same after dividing each side by its own healthy brain's energy (away from
+  the tumour and the brain's outline): scanners differ in noise level, and this compares texture relative to it.
 * ``outside_R_changed_voxels``: voxels outside R that differ from the host (exact). Target 0.
 * ``seconds_per_sample``: plan + generator fill + placing, one sample, model loaded and the crop's shape traced
   (a warm-up insertion first: the app's steady state). Target <= 5 s.
@@ -80,13 +82,25 @@ def highpass_energy(image: np.ndarray, brain: np.ndarray, healthy: np.ndarray, w
     return np.asarray(out)
 
 
-def tumour_highpass_ratio(generated: Case, host_brain: np.ndarray, donor: Case, target: np.ndarray) -> list[float]:
-    """Generated / real high-pass energy inside the tumour, per modality (real: the donor's own tumour voxels)."""
+def tumour_highpass_ratio(generated: Case, host: Case, host_brain: np.ndarray, donor: Case, target: np.ndarray
+                          ) -> tuple[list[float], list[float]]:
+    """Generated / real high-pass energy inside the tumour, per modality (real: the donor's own tumour voxels), and
+    the same with each side's energy first divided by that of its own healthy brain (away from the tumour and the
+    brain's outline): scanners differ in noise level, so the second compares tumour texture relative to the scan."""
     inside = target > 0
-    gen = highpass_energy(generated.image, host_brain, host_brain & ~rg.dilate(inside, 4), inside)
+    healthy = host_brain & ~rg.dilate(inside | (host.seg > 0), 4)
+    gen = highpass_energy(generated.image, host_brain, healthy, inside)
+    gen_healthy = highpass_energy(generated.image, host_brain, healthy,
+                                  healthy & ndimage.binary_erosion(host_brain, iterations=EDGE))
     donor_brain = brain_mask(donor.image)
+    donor_healthy = donor_brain & ~rg.dilate(donor.seg > 0, 4)
     real = highpass_energy(donor.image, donor_brain, donor_brain & (donor.seg == 0), inside & (donor.seg > 0))
-    return [round(float(g / max(r, 1e-12)), 4) for g, r in zip(gen, real)]
+    real_healthy = highpass_energy(donor.image, donor_brain, donor_brain & (donor.seg == 0),
+                                   donor_healthy & ndimage.binary_erosion(donor_brain, iterations=EDGE))
+    plain = [round(float(g / max(r, 1e-12)), 4) for g, r in zip(gen, real)]
+    relative = [round(float((g / max(gh, 1e-12)) / max(r / max(rh, 1e-12), 1e-12)), 4)
+                for g, gh, r, rh in zip(gen, gen_healthy, real, real_healthy)]
+    return plain, relative
 
 
 VARIANTS = {"before": False, "after": True}  # place(..., host_levels=): before / after issue 36's intensity model
@@ -148,7 +162,8 @@ def insertion_measures(args: argparse.Namespace, train: list[Path], val: list[Pa
                 "donor": donor.name,
                 "tumour_voxels": int((target > 0).sum()),
                 "flair_at_or_above_p995": round(saturated_share(host, generated, target, brain), 5),
-                "highpass_ratio": tumour_highpass_ratio(generated, brain, donor, target),
+                **dict(zip(("highpass_ratio", "highpass_ratio_vs_healthy"),
+                           tumour_highpass_ratio(generated, host, brain, donor, target))),
                 "outside_R_changed_voxels": int((generated.image[:, ~region] != host.image[:, ~region]).sum()),
                 "seconds_per_sample": round(seconds["plan"] + seconds["fill"] + seconds[f"place_{v}"], 2),
                 "seconds_parts": {k: round(t, 2) for k, t in seconds.items() if not k.startswith("place_")
@@ -174,6 +189,8 @@ def insertion_measures(args: argparse.Namespace, train: list[Path], val: list[Pa
             "flair_at_or_above_p995_max_host": round(float(max(r["flair_at_or_above_p995"] for r in values)), 5),
             "highpass_ratio_median": [round(float(x), 3) for x in np.median(ratio, axis=0)],
             "highpass_ratio_geomean": [round(float(x), 3) for x in np.exp(np.log(ratio).mean(axis=0))],
+            "highpass_ratio_vs_healthy_median": [round(float(x), 3) for x in np.median(
+                [r["highpass_ratio_vs_healthy"] for r in values], axis=0)],
             "outside_R_changed_voxels": sum(r["outside_R_changed_voxels"] for r in values),
             "seconds_per_sample_median": round(float(np.median([r["seconds_per_sample"] for r in values])), 2),
         }
