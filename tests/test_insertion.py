@@ -432,7 +432,8 @@ def test_uncalibrated_render_is_the_raw_generator_inside_the_tumour_classes(mode
     host, target = _host(), _target()
     plan = plan_insertion(host, target)
     z = model.sample_latent(plan.crop_shape, seed=0, temperature=1.0)
-    calibrated, raw = render(plan, model, z), render(plan, model, z, calibrated=False)
+    calibrated = render(plan, model, z, host_levels=False)  # the z-score fill: the level model would reset medians
+    raw = render(plan, model, z, calibrated=False, host_levels=False)
     region = plan.region_on_host()
     np.testing.assert_array_equal(calibrated[:, ~region], raw[:, ~region])
     shift = (calibrated - raw)[:, target == ET].mean(axis=1)
@@ -441,14 +442,14 @@ def test_uncalibrated_render_is_the_raw_generator_inside_the_tumour_classes(mode
 
 
 def test_bfloat16_sampling_is_close_to_float32_and_leaves_the_model_float32(model, tmp_path):
-    """Loading for sampling runs the generator in mixed bfloat16 through an untracked copy: samples stay close to
-    the float32 ones, the model's weights and its saved file are unchanged, and precision=None is exact."""
+    """Sampling in mixed bfloat16 runs the generator through an untracked copy: samples stay close to the float32
+    ones, the model's weights and its saved file are unchanged, and precision=None is exact."""
     import keras
 
     path = tmp_path / "ins.keras"
     model.save(path)
     exact = load_insertion_model(path, precision=None)
-    fast = load_insertion_model(path)
+    fast = load_insertion_model(path, precision="mixed_bfloat16")
     assert len(fast.weights) == len(exact.weights) and fast.generator.dtype_policy.name == "float32"
     host, target = _host(), _target()
     a = insert_tumour(host, target, exact, seed=2, texture=0.0)[0].image
@@ -464,6 +465,23 @@ def test_bfloat16_sampling_is_close_to_float32_and_leaves_the_model_float32(mode
     assert again.generator.dtype_policy.name == "float32"
     for w, v in zip(again.weights, exact.weights):
         np.testing.assert_array_equal(np.asarray(w), np.asarray(v))
+
+
+def test_auto_precision_samples_in_float32_where_bfloat16_is_emulated(monkeypatch):
+    """Issue 36: on a CPU without native bfloat16 the generator runs float32 (emulated bfloat16 was ~10x slower);
+    where it is native, or when BRATS_INFERENCE_PRECISION asks, mixed bfloat16."""
+    from core.segmentation import precision
+    from core.synthesis.insert import INFERENCE_PRECISION, sampling_precision
+
+    monkeypatch.delenv(precision.PRECISION_ENV, raising=False)
+    monkeypatch.setattr(precision, "native_bfloat16", lambda flags=None: False)
+    assert sampling_precision("auto") is None
+    assert sampling_precision("mixed_bfloat16") == "mixed_bfloat16" and sampling_precision(None) is None
+    monkeypatch.setenv(precision.PRECISION_ENV, "mixed_bfloat16")
+    assert sampling_precision("auto") == INFERENCE_PRECISION
+    monkeypatch.delenv(precision.PRECISION_ENV)
+    monkeypatch.setattr(precision, "native_bfloat16", lambda flags=None: True)
+    assert sampling_precision("auto") == INFERENCE_PRECISION
 
 
 def test_texture_distribution_loss_sees_the_tails_the_energy_loss_misses():
@@ -511,3 +529,29 @@ def test_host_texture_is_measured_once_and_only_when_noise_is_added(model, monke
     assert calls == []
     insert_tumour(host, target, model, n_samples=3, seed=1)
     assert calls == [1]
+
+
+def test_faint_host_flair_stays_under_its_window_top_and_outside_R_is_unchanged(model):
+    """Issue 36's "white plate": on a host whose healthy brain is its brightest tissue (FLAIR 99.5th percentile only
+    ~1.7 healthy SDs above the mean), the z-score fill (host_levels=False) puts the calibrated enhancing tumour
+    (FLAIR +1.9 SD, ``CLASS_BIAS``) above the window's top; the host-relative model keeps every tumour voxel under it,
+    leaves texture in the tumour and changes nothing outside R."""
+    from core.synthesis.insert import fill, place
+
+    host, target = _host(), _target()
+    host.image[:, host.seg > 0] -= 300  # the host's own tumour no brighter than its brain: a faint host
+    plan = plan_insertion(host, target)
+    z = model.sample_latent(plan.crop_shape, seed=0, temperature=1.0)
+    crop = fill(plan, model, z, texture=1.0, texture_seed=0)
+    old, new = place(plan, crop, host_levels=False), place(plan, crop, host_levels=True)
+    brain = np.any(host.image != 0, axis=0)
+    top = np.percentile(host.image[3][brain], 99.5)
+    tumour = target > 0
+    assert np.mean(old[3][tumour] >= top) > 0.05  # precondition: the old fill saturates this host's FLAIR
+    assert np.mean(new[3][tumour] >= top) == 0.0
+    assert np.std(new[3][target == ED]) > 0.3 * np.std(old[3][target == ED])  # texture kept, not flattened
+    region = plan.region_on_host()
+    for image in (old, new):
+        assert np.array_equal(image[:, ~region], host.image[:, ~region])  # bit for bit
+    cases = insert_tumour(host, target, model, seed=0)  # the default path is the new one
+    assert np.mean(cases[0].image[3][tumour] >= top) == 0.0

@@ -10,7 +10,9 @@ The host's own tumour (``host_tumour=``, else ``host.seg``, else the U-Net passe
 1 mm crop around it, and each result is the host outside ``R`` voxel for voxel (same dtype, affine and header),
 blended into it at ``R``'s border. Samples (temperature > 0) carry noise with the host's own spectrum and level
 (:mod:`core.synthesis.texture`), so the fill is as grainy as the scan around it. Where the host had tumour and
-``T`` is empty, healthy tissue is filled in.
+``T`` is empty, healthy tissue is filled in. Each tumour class is then placed at its real position in the host's own
+display window and ``R`` is kept under the window's top (:mod:`core.synthesis.levels`, issue 36: no saturated
+"white plate" on faint hosts).
 Generation runs in the models' (BraTS, LPS) voxel orientation and the images are turned back exactly
 (``core.io.orientation``). ``.seg`` of each result is ``T``.
 """
@@ -32,6 +34,7 @@ from core.preprocessing.preprocess import CropBox, brain_mask
 from core.synthesis import region as rg
 from core.synthesis.calibration import bias_field, calibrate
 from core.synthesis.generate import SPACING_TOLERANCE, check_mask, sample_seed
+from core.synthesis.levels import HostWindow, apply_host_levels, host_window
 from core.synthesis.texture import HostTexture, add_texture, host_texture
 from core.synthesis.vaegan import InsertionVAEGAN
 
@@ -39,7 +42,9 @@ import keras  # noqa: E402
 
 Progress = Callable[[float, str], None]
 TRAIN_COMMAND = "python -m train.insertion"
-INFERENCE_PRECISION = "mixed_bfloat16"  # sampling policy (measured: 1.6x faster generator, samples within ~0.01 z)
+# sampling policy where bfloat16 is native (AVX512_BF16 / AMX / a GPU: measured 1.6x faster generator, samples within
+# ~0.01 z); where it is emulated (this project's AVX2 machine) float32 is several times faster (issue 36)
+INFERENCE_PRECISION = "mixed_bfloat16"
 
 
 def default_insertion_path() -> Path:
@@ -47,13 +52,26 @@ def default_insertion_path() -> Path:
     return shipped_path("insertion")
 
 
-def load_insertion_model(path: str | Path, precision: str | None = INFERENCE_PRECISION) -> InsertionVAEGAN:
+def sampling_precision(precision: str | None = "auto") -> str | None:
+    """The Keras policy sampling runs in: ``"auto"`` gives :data:`INFERENCE_PRECISION` where bfloat16 is native and
+    float32 (``None``) where it would be emulated, as the U-Net does (``core.segmentation.precision``;
+    ``BRATS_INFERENCE_PRECISION`` overrides); any other value is returned as it is."""
+    if precision != "auto":
+        return precision
+    from core.segmentation.precision import target_policy
+
+    policy = target_policy(INFERENCE_PRECISION)
+    return None if policy == "float32" else policy
+
+
+def load_insertion_model(path: str | Path, precision: str | None = "auto") -> InsertionVAEGAN:
     """Load an insertion model from a ``.keras`` file with ``safe_mode=True`` (no code execution).
 
     Args:
         path: the ``.keras`` file.
         precision: Keras dtype policy sampling runs in (:meth:`InsertionVAEGAN.set_inference_precision`); default
-            mixed bfloat16, ``None``: float32 (training from the file, exact comparisons).
+            ``"auto"`` (:func:`sampling_precision`: mixed bfloat16 where the machine computes it natively, else
+            float32), ``None``: float32 (training from the file, exact comparisons).
 
     Raises:
         ModelLoadError: missing, corrupt or unsafe file, or another kind of model.
@@ -62,7 +80,7 @@ def load_insertion_model(path: str | Path, precision: str | None = INFERENCE_PRE
     if not isinstance(model, InsertionVAEGAN):
         raise ModelLoadError(f"{path} holds a {type(model).__name__}, not an insertion VAE-GAN "
                              f"(core.synthesis.vaegan.InsertionVAEGAN); use a file saved by `{TRAIN_COMMAND}`.")
-    model.set_inference_precision(precision)
+    model.set_inference_precision(sampling_precision(precision))
     return model
 
 
@@ -84,6 +102,7 @@ class InsertionPlan:
         crop_region: ``R`` on the crop.
         bias: the generator's per-class intensity bias on the crop
             (:func:`core.synthesis.calibration.bias_field`; ``None`` without labels).
+        window: the host's display window and healthy median per modality (:mod:`core.synthesis.levels`).
 
     ``texture`` (the host's noise spectrum and level next to ``R``; ``None``: too little healthy context) is measured
     on first use: temperature-0 fills never need it.
@@ -103,6 +122,7 @@ class InsertionPlan:
     labels: np.ndarray | None = None
     crop_region: np.ndarray | None = None
     bias: np.ndarray | None = None
+    window: HostWindow | None = None
 
     def __post_init__(self) -> None:
         if self.crop_region is None:
@@ -167,7 +187,8 @@ def plan_insertion(host: Case, target: np.ndarray, *, host_tumour: np.ndarray | 
     turn = reorientation(host.affine, host.shape)
     oriented = np.ascontiguousarray(turn.to_model(image))
     target_m = np.ascontiguousarray(turn.to_model(target))
-    brain = brain_mask(oriented) | (target_m > 0)
+    host_brain = brain_mask(oriented)
+    brain = host_brain | (target_m > 0)
     region = rg.insertion_region(target_m, np.ascontiguousarray(turn.to_model(tumour)), brain, margin)
     if not region.any():
         raise CaseError(f"{name}: the target holds no tumour and the host has none either: nothing to generate; "
@@ -182,12 +203,13 @@ def plan_insertion(host: Case, target: np.ndarray, *, host_tumour: np.ndarray | 
         turn=turn, image=oriented, region=region, box=box, context=context,
         cond=rg.condition(crop_target, crop_region, crop_brain),
         alpha=rg.blend_alpha(crop_region, crop_brain), mean=mean, std=std, floor=rg.brain_floor(oriented, brain),
-        healthy=crop_brain & ~crop_region, labels=crop_target, crop_region=crop_region)
+        healthy=crop_brain & ~crop_region, labels=crop_target, crop_region=crop_region,
+        window=host_window(oriented, host_brain, host_brain & ~region))
 
 
-def render(plan: InsertionPlan, model: InsertionVAEGAN, z: Any, *, texture: float = 0.0,
-           texture_seed: int = 0, calibrated: bool = True) -> np.ndarray:
-    """The host image with ``R`` generated from latent ``z``, on the host's own grid (``(4, X, Y, Z)``).
+def fill(plan: InsertionPlan, model: InsertionVAEGAN, z: Any, *, texture: float = 0.0, texture_seed: int = 0,
+         calibrated: bool = True) -> np.ndarray:
+    """The generator's fill of the crop from latent ``z``: channel-last host z-scores ``(x, y, z, 4)``.
 
     Args:
         plan: from :func:`plan_insertion`.
@@ -205,12 +227,35 @@ def render(plan: InsertionPlan, model: InsertionVAEGAN, z: Any, *, texture: floa
     if texture > 0 and plan.texture is not None:
         generated = add_texture(generated, plan.texture, plan.crop_region,
                                 np.random.default_rng(texture_seed), strength=texture, labels=plan.labels)
-    generated = rg.denormalise(np.moveaxis(generated, -1, 0), plan.mean, plan.std, plan.floor)
+    return generated
+
+
+def place(plan: InsertionPlan, generated: np.ndarray, *, host_levels: bool = True) -> np.ndarray:
+    """The host image with ``R`` from a :func:`fill`, on the host's own grid (``(4, X, Y, Z)``).
+
+    Args:
+        plan: from :func:`plan_insertion`.
+        generated: channel-last z-scores of the crop (:func:`fill`).
+        host_levels: place each tumour class at its real position in the host's display window and keep ``R``
+            under the window's top (:func:`core.synthesis.levels.apply_host_levels`); False: the z-score fill as it
+            is (before issue 36).
+    """
+    image = rg.denormalise(np.moveaxis(generated, -1, 0), plan.mean, plan.std, plan.floor)
+    if host_levels and plan.window is not None:
+        image = apply_host_levels(image, plan.labels, plan.crop_region, plan.window)
     crop_host = plan.box.apply(plan.image)
-    crop_out = rg.composite(crop_host, generated, plan.crop_region, plan.alpha)
+    crop_out = rg.composite(crop_host, image, plan.crop_region, plan.alpha)
     out = plan.image.copy()
     out[(Ellipsis, *plan.box.slices)] = crop_out[(Ellipsis, *plan.box.inner_slices)]
     return np.ascontiguousarray(plan.turn.to_source(out))
+
+
+def render(plan: InsertionPlan, model: InsertionVAEGAN, z: Any, *, texture: float = 0.0,
+           texture_seed: int = 0, calibrated: bool = True, host_levels: bool = True) -> np.ndarray:
+    """The host image with ``R`` generated from latent ``z``, on the host's own grid (``(4, X, Y, Z)``):
+    :func:`place` of :func:`fill` (see them for the arguments)."""
+    generated = fill(plan, model, z, texture=texture, texture_seed=texture_seed, calibrated=calibrated)
+    return place(plan, generated, host_levels=host_levels)
 
 
 def _check_model(model: Any) -> InsertionVAEGAN:
@@ -223,7 +268,7 @@ def _check_model(model: Any) -> InsertionVAEGAN:
 def iter_insertions(host: Case, target: np.ndarray, model: InsertionVAEGAN, *, n_samples: int = 1, seed: int = 0,
                     temperature: float = 1.0, texture: float | None = None, host_tumour: np.ndarray | None = None,
                     unet: Any = None, margin: float = rg.MARGIN, progress: Progress | None = None,
-                    name: str = "mask") -> Iterator[Case]:
+                    name: str = "mask", host_levels: bool = True) -> Iterator[Case]:
     """Like :func:`insert_tumour`, but yields each case when it is made; inputs are checked before the first."""
     model = _check_model(model)
     if n_samples < 1:
@@ -237,15 +282,15 @@ def iter_insertions(host: Case, target: np.ndarray, model: InsertionVAEGAN, *, n
     report(0.0, "preparing the region")
     plan = plan_insertion(host, target, host_tumour=host_tumour, unet=unet, margin=margin, name=name)
     target = check_mask(target, name)
-    return _samples(plan, model, host, target, n_samples, seed, temperature, texture, report)
+    return _samples(plan, model, host, target, n_samples, seed, temperature, texture, report, host_levels)
 
 
 def _samples(plan: InsertionPlan, model: InsertionVAEGAN, host: Case, target: np.ndarray, n_samples: int,
-             seed: int, temperature: float, texture: float, report: Progress) -> Iterator[Case]:
+             seed: int, temperature: float, texture: float, report: Progress, host_levels: bool) -> Iterator[Case]:
     for i in range(n_samples):
         report(0.1 + 0.9 * i / n_samples, f"generating sample {i + 1}/{n_samples}")
         z = model.sample_latent(plan.crop_shape, seed=sample_seed(seed, i), temperature=temperature)
-        image = render(plan, model, z, texture=texture, texture_seed=sample_seed(seed, i))
+        image = render(plan, model, z, texture=texture, texture_seed=sample_seed(seed, i), host_levels=host_levels)
         yield Case(image=image, affine=np.array(host.affine, copy=True), header=host.header.copy(),
                    seg=target.copy(), label_convention=host.label_convention, files={}, naming=None,
                    name=f"{host.name}-ins-s{seed}-{i:03d}")
@@ -255,7 +300,7 @@ def _samples(plan: InsertionPlan, model: InsertionVAEGAN, host: Case, target: np
 def insert_tumour(host: Case, target: np.ndarray, model: InsertionVAEGAN, *, n_samples: int = 1, seed: int = 0,
                   temperature: float = 1.0, texture: float | None = None, host_tumour: np.ndarray | None = None,
                   unet: Any = None, margin: float = rg.MARGIN, progress: Progress | None = None,
-                  name: str = "mask") -> list[Case]:
+                  name: str = "mask", host_levels: bool = True) -> list[Case]:
     """Generate ``n_samples`` versions of ``host`` whose tumour is ``target``.
 
     Args:
@@ -272,6 +317,8 @@ def insert_tumour(host: Case, target: np.ndarray, model: InsertionVAEGAN, *, n_s
         margin: dilation (voxels) of target | host tumour that makes ``R``.
         progress: ``(fraction, message)`` callback.
         name: the target's file name, used in error messages.
+        host_levels: tumour levels relative to the host's own display window, ``R`` kept under its top
+            (:mod:`core.synthesis.levels`; False: the z-score fill as before issue 36).
 
     Returns:
         Cases named ``{host}-ins-s{seed}-{i:03d}`` with the host's affine and header and ``.seg = target``.
@@ -282,4 +329,4 @@ def insert_tumour(host: Case, target: np.ndarray, model: InsertionVAEGAN, *, n_s
     """
     return list(iter_insertions(host, target, model, n_samples=n_samples, seed=seed, temperature=temperature,
                                 texture=texture, host_tumour=host_tumour, unet=unet, margin=margin,
-                                progress=progress, name=name))
+                                progress=progress, name=name, host_levels=host_levels))

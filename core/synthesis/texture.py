@@ -72,7 +72,7 @@ def robust_level(values: np.ndarray) -> np.ndarray:
     return 1.4826 * np.median(np.abs(values - np.median(values, axis=0)), axis=0)
 
 
-def _padded_box(mask: np.ndarray, reach: int) -> tuple[slice, ...]:
+def padded_box(mask: np.ndarray, reach: int) -> tuple[slice, ...]:
     """``mask``'s bounding box grown by a filter's ``reach`` (clipped to the crop): a Gaussian filter of the padded
     box equals the whole crop's on the box."""
     return tuple(slice(max(b.start - reach, 0), min(b.stop + reach, n)) for b, n in zip(bounding_box(mask), mask.shape))
@@ -81,7 +81,7 @@ def _padded_box(mask: np.ndarray, reach: int) -> tuple[slice, ...]:
 def _high_pass_on(z: np.ndarray, region: np.ndarray) -> tuple[np.ndarray, tuple[slice, ...]]:
     """High-pass residual of ``z`` on ``region``'s box padded by the Gaussian's reach (equal there to the whole
     crop's residual), and that box."""
-    box = _padded_box(region, int(4 * HIGH_PASS_SIGMA) + 1)
+    box = padded_box(region, int(4 * HIGH_PASS_SIGMA) + 1)
     return high_pass(z[box]), box
 
 
@@ -134,7 +134,7 @@ def add_mid_band(generated: np.ndarray, region: np.ndarray, labels: np.ndarray, 
     classes = [(k, m) for k, m in classes if m.sum() >= MIN_CLASS_VOXELS]
     if strength <= 0 or out.shape[-1] != 4 or not classes:
         return out
-    box = _padded_box(np.any([m for _, m in classes], axis=0), int(4 * MID_BAND_SIGMAS[1]) + 1)
+    box = padded_box(np.any([m for _, m in classes], axis=0), int(4 * MID_BAND_SIGMAS[1]) + 1)
     own_band = mid_band(out[box])
     noise = patchy_mid_noise(own_band.shape, rng)
     inside = np.any([m[box] for _, m in classes], axis=0)
