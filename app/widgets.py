@@ -689,7 +689,7 @@ def _cursor_readout(source: ViewSource, prefix: str) -> None:
 
 # --------------------------------------------------------------------------- NiiVue (WebGL) viewer
 
-NV_KEYS = ("nv_layer", "nv_modality")  # shared by all pages (labels shown and opacity live in the browser)
+NV_KEYS = ("nv_layer",)  # shared by all pages (modality, labels shown and opacity live in the browser)
 
 
 def keep_shared_settings() -> None:
