@@ -189,14 +189,14 @@ def plausibility_errors() -> list[str]:
 def _prediction(result: CaseSegmentation, model_name: str, tta: bool) -> Prediction:
     """The app's :class:`Prediction` of a ``core.segmentation.pipeline.CaseSegmentation``.
 
-    It keeps the WT/TC/ET probabilities (``core.io.labels.region_probabilities`` of the network's class
-    probabilities, as ``core.segment --probabilities`` writes them) as uint8 codes: the viewer's uncertainty
-    layer and the probability download.
+    It keeps the WT/TC/ET probabilities the pipeline computed (``SegmentOptions(probabilities=True)``, as
+    ``core.segment --probabilities`` writes them) as uint8 codes: the viewer's uncertainty layer and the
+    probability download.
     """
-    from core.io.labels import region_probabilities
     from core.viewer.niivue import probability_codes
 
-    codes = probability_codes(region_probabilities(result.class_probabilities))
+    regions = result.region_probabilities
+    codes = None if regions is None else probability_codes(regions)
     return Prediction(result.labels, result.seconds, model_name, tta, result.metrics, probability_codes=codes)
 
 
@@ -221,7 +221,7 @@ def start_segmentation(load_model: Callable[[], Any], model_name: str, *, tta: b
     if case is None:
         raise RuntimeError("no case loaded")
     # noise, constant, a crop, too large, ...: what `python -m core.segment` refuses unless --force
-    options = SegmentOptions(tta=tta, force=force, force_hint=None)  # the page names its toggle itself
+    options = SegmentOptions(tta=tta, probabilities=True, force=force, force_hint=None)  # the page names its toggle
 
     def run(job: Job) -> Prediction:
         from core.segmentation.inference import tta_variants

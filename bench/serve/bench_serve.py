@@ -93,11 +93,13 @@ def percentile(values: list[float], q: float) -> float:
 def folder_mb(folder: Path) -> float:
     """Bytes of the files under ``folder`` in MB (0 when it vanished meanwhile)."""
     total = 0
-    for path in folder.rglob("*"):
-        try:
-            total += path.stat().st_size if path.is_file() else 0
-        except OSError:
-            pass
+    # os.walk skips a sub-folder removed while it walks (onerror ignores it); Path.rglob raised FileNotFoundError
+    for parent, _, names in os.walk(folder, onerror=lambda _error: None):
+        for name in names:
+            try:
+                total += os.stat(os.path.join(parent, name)).st_size
+            except OSError:  # removed meanwhile
+                pass
     return total / 1e6
 
 
