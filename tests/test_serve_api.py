@@ -5,11 +5,13 @@ The jobs (``/jobs``), streamed uploads, readiness and the error contract are in 
 
 from __future__ import annotations
 
+import atexit
 import base64
 import gzip
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -85,8 +87,10 @@ def tiny_models(weights, monkeypatch):
 
 
 def api_settings(**kwargs) -> ApiSettings:
-    """Settings with a fresh temporary jobs folder (never the repository's runs/)."""
-    kwargs.setdefault("jobs_dir", tempfile.mkdtemp(prefix="brats_api_jobs_"))
+    """Settings with a fresh temporary jobs folder (never the repository's runs/), removed when the tests end."""
+    if "jobs_dir" not in kwargs:
+        kwargs["jobs_dir"] = tempfile.mkdtemp(prefix="brats_api_jobs_")
+        atexit.register(shutil.rmtree, kwargs["jobs_dir"], ignore_errors=True)
     return ApiSettings(**kwargs)
 
 
