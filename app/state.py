@@ -43,8 +43,8 @@ class Prediction:
     tta: bool
     metrics: dict[str, dict[str, float]] | None
     key: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
-    # WT/TC/ET probabilities as uint8 codes (X, Y, Z, 3), 255 = 1 (core.viewer.niivue.probability_codes); None for a
-    # prediction restored from the session store (only its labels are saved)
+    # WT/TC/ET probabilities as uint8 codes (X, Y, Z, 3), 255 = 1 (core.viewer.niivue.probability_codes), saved and
+    # restored with the labels (app.persistence); None when the pipeline returned none
     probability_codes: np.ndarray | None = None
 
 

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 from bench.synthesis.bench_insertion import split  # noqa: E402
 from core.io.case import MODALITIES, load_case  # noqa: E402
 from core.preprocessing.preprocess import brain_mask  # noqa: E402
-from core.synthesis.levels import window_position  # noqa: E402
+from core.synthesis.levels import host_window, window_position  # noqa: E402
 
 MIN_VOXELS = 200
 
@@ -35,6 +35,7 @@ def case_levels(image: np.ndarray, seg: np.ndarray) -> dict[str, dict[str, list[
     """Per class: window position of the class median and share at or above p99.5, per modality."""
     brain = brain_mask(image)
     healthy = brain & (seg == 0)
+    window = host_window(image, brain, healthy)  # the window insertion places tumours in (core.synthesis.levels)
     out: dict[str, dict[str, list[float | None]]] = {}
     for label in (1, 2, 3):
         inside = brain & (seg == label)
@@ -44,9 +45,7 @@ def case_levels(image: np.ndarray, seg: np.ndarray) -> dict[str, dict[str, list[
             if inside.sum() < MIN_VOXELS:
                 position.append(None), saturated.append(None)
                 continue
-            values = image[m][brain]
-            low, high = np.percentile(values, (0.5, 99.5))
-            centre = float(np.median(image[m][healthy]))
+            low, centre, high = window.low[m], window.centre[m], window.high[m]
             position.append(round(float(window_position(np.median(image[m][inside]), centre, low, high)), 4))
             saturated.append(round(float(np.mean(image[m][inside] >= high)), 4))
         out[str(label)] = {"position": position, "at_or_above_p995": saturated}

@@ -57,8 +57,9 @@ from core.synthesis.insert import (  # noqa: E402
     place,
     plan_insertion,
 )
+from core.synthesis.levels import WINDOW_PERCENTILES  # noqa: E402
 
-SATURATION_PERCENTILE = 99.5
+SATURATION_PERCENTILE = WINDOW_PERCENTILES[1]  # the top of the viewer's auto window
 EDGE = 3  # voxels: the CVAE's high-pass energy is measured this far inside the brain's outline
 
 
