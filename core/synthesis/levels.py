@@ -29,8 +29,8 @@ import numpy as np
 from scipy import ndimage
 
 from core.synthesis.texture import padded_box
-from core.viewer.render import AUTO_WINDOW_PERCENTILES as WINDOW_PERCENTILES  # the window the viewer opens with
 
+WINDOW_PERCENTILES = (0.5, 99.5)  # the viewer's auto window (core.viewer.render.auto_window)
 KNEE = 0.7  # window position above which the fill's smooth level is compressed toward the window's top
 DETAIL_KNEE = 0.9  # window position above which the level plus its texture is compressed (the brightest grains)
 DETAIL_SIGMA = 1.5  # voxels: the fill's smooth level is its Gaussian of this width; the rest is its texture

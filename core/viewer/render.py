@@ -156,11 +156,7 @@ def display_view(volume: np.ndarray, plane: str, index: int, geometry: DisplayGe
     return view
 
 
-AUTO_WINDOW_PERCENTILES = (0.5, 99.5)  # brain percentiles of the display window every viewer opens with
-
-
-def auto_window(volume: np.ndarray,
-                percentiles: tuple[float, float] = AUTO_WINDOW_PERCENTILES) -> tuple[float, float]:
+def auto_window(volume: np.ndarray, percentiles: tuple[float, float] = (0.5, 99.5)) -> tuple[float, float]:
     """Intensity range ``(low, high)`` from percentiles of the non-zero voxels (the brain).
 
     Uses every second voxel per axis: the percentiles barely move and it is 8x faster.
