@@ -67,3 +67,33 @@ def test_cli_writes_labelled_folders_that_keep_the_hosts_geometry(tmp_path):
     assert ic.main(argv) == 0  # rerun keeps finished cases
     assert folders[0].stat().st_mtime_ns == stamp
     assert ic.main([str(real), "-o", str(tmp_path / "x"), "--exclude", "toy-0,toy-1"]) == 2  # one case: no donor
+
+
+def test_plan_draws_donors_only_from_the_given_kind():
+    hosts = [f"case{i}" for i in range(6)]
+    plan = ic.plan_insertions(hosts, per_host=2, seed=4, donors=["case1", "case4"])
+    assert {p.donor for p in plan} == {"case1", "case4"}
+    assert all(p.donor != p.host for p in plan) and len(plan) == 12
+    assert [p.donor for p in plan if p.host == "case1"] == ["case4", "case4"]  # its only other donor
+    assert len(ic.plan_insertions(hosts, per_host=1, seed=4, donors=["case2"])) == 5  # case2 gets no insertion
+    with pytest.raises(ValueError, match="not found: elsewhere"):
+        ic.plan_insertions(hosts, 1, 0, donors=["case1", "elsewhere"])
+
+
+def test_donors_of_kind_reads_each_reference(tmp_path):
+    from tests.test_cvae import one_mm_toy_case
+
+    folders = {}
+    for i in range(3):
+        case = one_mm_toy_case(60 + i, f"toy-{i}")
+        if i == 1:  # no enhancing tumour: ET becomes necrosis
+            case.seg[case.seg == 3] = 1
+        else:  # 1 mL of enhancing tumour (the kind's bound is 0.5 mL)
+            case.seg[4:14, 4:14, 4:14] = 3
+        save_case(case, tmp_path)
+        folders[case.name] = tmp_path / case.name
+    assert ic.donors_of_kind(folders, "any") is None
+    assert ic.donors_of_kind(folders, "no-ET") == ["toy-1"]
+    folders.pop("toy-1")
+    with pytest.raises(ValueError, match="no-ET"):
+        ic.donors_of_kind(folders, "no-ET")

@@ -40,24 +40,38 @@ class Insertion:
     seed: int
 
 
-def plan_insertions(hosts: Sequence[str], per_host: int, seed: int) -> list[Insertion]:
+def plan_insertions(hosts: Sequence[str], per_host: int, seed: int,
+                    donors: Sequence[str] | None = None) -> list[Insertion]:
     """``per_host`` insertions per host, each with a random other case as donor (distinct donors per host while
     there are enough) and a random left-right mirror; deterministic in ``seed``.
 
+    Args:
+        hosts: the labelled cases to render into (sorted ids).
+        per_host: synthetic cases per host.
+        seed: donor draw, mirror and latent seed.
+        donors: draw donors only from these ids (e.g. the cases without enhancing tumour); default: every host.
+            A host never receives its own tumour, so a host that is the only donor gets none.
+
     Raises:
-        ValueError: fewer than two hosts, or ``per_host < 1``.
+        ValueError: fewer than two hosts, ``per_host < 1``, or a donor that is not among the hosts.
     """
     if len(hosts) < 2:
         raise ValueError(f"insertion needs at least two labelled cases (a host and a donor), got {len(hosts)}")
     if per_host < 1:
         raise ValueError(f"per_host must be >= 1, got {per_host}")
+    pool = list(hosts) if donors is None else list(donors)
+    unknown = sorted(set(pool) - set(hosts))
+    if unknown or not pool:
+        raise ValueError(f"donors must be labelled training cases; not found: {', '.join(unknown) or '(none given)'}")
     rng = np.random.default_rng(seed)
     plan = []
     for h, host in enumerate(hosts):
-        others = [i for i in range(len(hosts)) if i != h]
-        order = rng.permutation(others)
+        others = [d for d in pool if d != host]
+        if not others:
+            continue
+        order = rng.permutation(len(others))
         for j in range(per_host):
-            donor = hosts[int(order[j % len(order)])]
+            donor = others[int(order[j % len(order)])]
             mirror = bool(rng.random() < 0.5)
             plan.append(Insertion(name=f"ins{seed}-{h:03d}{j:02d}-{host}", host=host, donor=donor, mirror=mirror,
                                   seed=seed * 100_003 + h * 101 + j))
@@ -71,6 +85,23 @@ def target_map(host_image: np.ndarray, donor_seg: np.ndarray, mirror: bool) -> n
     return np.where(brain_mask(host_image), seg, 0).astype(np.uint8)
 
 
+def donors_of_kind(folders: dict[str, Path], kind: str) -> list[str] | None:
+    """The case ids whose reference shows ``kind`` (:func:`train.data.rare_kinds`: ``no-ET``, ``small``,
+    ``non-enhancing-core``), sorted; ``None`` for ``any`` (every case may donate).
+
+    Raises:
+        ValueError: no case of that kind among ``folders``.
+    """
+    if kind == "any":
+        return None
+    from train.data import rare_kinds, reference_labels
+
+    chosen = sorted(name for name, folder in folders.items() if kind in rare_kinds(*reference_labels(folder)))
+    if not chosen:
+        raise ValueError(f"no training case of kind {kind!r} to take tumours from")
+    return chosen
+
+
 @dataclass
 class Config:
     """Settings of one run (see the command-line help)."""
@@ -82,6 +113,7 @@ class Config:
     seed: int = 0
     temperature: float = 1.0
     insertion: str | None = None
+    donor_kind: str = "any"
 
 
 def run(config: Config) -> list[Insertion]:
@@ -92,7 +124,8 @@ def run(config: Config) -> list[Insertion]:
 
     excluded = read_case_ids(config.exclude) if config.exclude else []
     folders = {f.name: f for f in labelled_case_folders(config.data, exclude=excluded)}
-    plan = plan_insertions(sorted(folders), config.per_host, config.seed)
+    plan = plan_insertions(sorted(folders), config.per_host, config.seed,
+                           donors=donors_of_kind(folders, config.donor_kind))
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     model = load_insertion_model(config.insertion or default_insertion_path())
@@ -129,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=1.0,
                    help="latent temperature and host-matched texture strength (default %(default)s)")
     p.add_argument("--insertion", default=None, help="insertion model (default: weights/insertion.keras)")
+    p.add_argument("--donor-kind", default="any", choices=("any", "no-ET", "small", "non-enhancing-core"),
+                   help="take tumours only from training cases of this rare kind (train.data.rare_kinds), e.g. "
+                        "no-ET: the non-enhancing, low-grade-like ones (default %(default)s)")
     return p
 
 
