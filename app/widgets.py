@@ -19,7 +19,7 @@ import streamlit as st
 
 from app import actions, models, persistence
 from app import state as app_state
-from app.state import Layer, Studio
+from app.state import Layer, Samples, Studio
 from core.io.case import MODALITIES, Case
 from core.io.labels import CLASS_COLOURS, CLASS_NAMES, ED, REGION_COLOURS, REGIONS
 from core.viewer.render import (
@@ -739,4 +739,32 @@ def niivue_view(state: Studio, key: str, *, compact: bool = False, height: int =
         uncertainty=prediction.probability_codes if prediction is not None else None,
         uncertainty_key=prediction.key if prediction is not None else "",
         on_change=functools.partial(_on_niivue, key),
+    )
+
+
+def _on_sample_niivue(key: str) -> None:
+    from app.viewer import component
+
+    component.note_webgl(st.session_state.get(key))  # the sample's cursor is its own, not the case's
+
+
+def niivue_sample_view(state: Studio, samples: Samples, index: int, key: str = "nv_gen", height: int = 560) -> None:
+    """One generated sample in the NiiVue viewer, with the mask it was generated from as its label layer.
+
+    A sample rendered into the case also offers the case's own four volumes in the viewer bar (*Host*): the same
+    grid, so a click flips between the original and the generated scan at the same place, in the browser.
+    """
+    from app.viewer import component
+
+    sample = samples.cases[index]
+    names = [MODALITY_LABELS[m] for m in MODALITIES]
+    into_case = samples.mode == app_state.INTO_CASE and state.case is not None
+    compare = (component.CompareVolumes(state.key, state.case.image, names, "Host")
+               if into_case and state.case.shape == sample.shape else None)
+    mask_key = f"{samples.key}:{index}:mask"
+    component.viewer(
+        key=key, case_key=f"{samples.key}:{index}", image=sample.image, affine=sample.affine, names=names,
+        active=MODALITIES.index("flair"), group="Sample", compare=compare, labels=sample.seg, labels_key=mask_key,
+        labels_token=mask_key, cursor=app_state.initial_cursor(sample, sample.seg), height=height,
+        on_change=functools.partial(_on_sample_niivue, key),
     )

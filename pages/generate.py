@@ -13,9 +13,11 @@ from app.widgets import (
     default_convention,
     follow_job,
     metrics_table,
+    niivue_sample_view,
     progress_reporter,
     require_case,
     show_flash,
+    use_niivue,
     viewer,
 )
 
@@ -96,7 +98,12 @@ if state is not None:
         sample = samples.cases[index]
         mask = Layer("Mask", f"{samples.key}:{index}:mask", sample.seg)
         generated = ViewSource(f"{samples.key}:{index}", sample, state.geometry, {"Mask": mask}, "Mask", samples.key)
-        if samples.mode == app_state.INTO_CASE:  # original and generated side by side
+        if use_niivue():  # the same viewer as the other pages; into a case, the host's volumes are a click away
+            if samples.mode == app_state.INTO_CASE:
+                st.caption("**Sample** and **Host** in the viewer bar flip between the generated scan and the case "
+                           "as loaded, at the same place (voxels away from the tumour are identical).")
+            niivue_sample_view(state, samples, index)
+        elif samples.mode == app_state.INTO_CASE:  # original and generated side by side
             left, right = st.columns(2)
             with left:
                 st.markdown("**Original**")

@@ -135,10 +135,12 @@ def server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("models")
     always_edema_unet(folder / "unet.keras")
     from core.synthesis.cvae import build_cvae
+    from core.synthesis.vaegan import build_insertion_model
 
     build_cvae(4, 2, 2).save(folder / "cvae.keras")
+    build_insertion_model(base_filters=4, latent_channels=2, seed=0).save(folder / "insertion.keras")
     env = {"BRATS_UNET_WEIGHTS": str(folder / "unet.keras"), "BRATS_CVAE_WEIGHTS": str(folder / "cvae.keras"),
-           "BRATS_SESSION_DIR": str(folder / "sessions")}
+           "BRATS_INSERTION_WEIGHTS": str(folder / "insertion.keras"), "BRATS_SESSION_DIR": str(folder / "sessions")}
     with streamlit_server(env) as running:
         yield running
 
@@ -243,8 +245,32 @@ def test_niivue_view_segment_edit_reload_generate(server, tmp_path):
         page.get_by_test_id("stRadioGroup").get_by_text("New brain", exact=True).click()  # CVAE (default: insertion)
         page.get_by_role("button", name="Generate", exact=True).click()
         page.get_by_text("Generated 2 sample(s)").wait_for(timeout=180_000)
+        # the samples are in the same NiiVue viewer, with the mask they were generated from as its labels
+        frame = _wait_sample_shown(page, "")
+        assert frame.evaluate("() => window.bratsViewer.args.volumes.map((v) => v.name).join()") == "T1,T1ce,T2,FLAIR"
+        np.testing.assert_array_equal(np.sort(bitmap_voxels(frame, 3)), np.sort(et_browser))
         _shot(page, "4_generate")
         target = _download(page, "Download all 2 samples (.zip)", tmp_path / "samples.zip")
+
+        # Into this case: the viewer bar offers the host's own volumes beside the sample's (a flip in the browser)
+        page.get_by_test_id("stRadioGroup").get_by_text("Into this case", exact=True).click()
+        page.get_by_role("button", name="Render into this case", exact=True).click()
+        page.get_by_text("Sample set (2 in this session").wait_for(timeout=180_000)
+        frame = _wait_sample_shown(page, "Sample:")
+        assert "Host" in frame.locator("#bar").inner_text()
+        host_fetches = ("() => { const urls = window.bratsViewer.args.volumes.filter((v) => v.group === 'Host')"
+                        ".map((v) => v.url); return performance.getEntriesByType('resource')"
+                        ".filter((e) => urls.some((u) => e.name.endsWith(u))).length }")
+        assert frame.evaluate(host_fetches) == 0  # the host's volumes are fetched only when picked
+        before = _canvas_pixels(frame)
+        frame.locator('button[title^="Show Host FLAIR"]').click()
+        frame.wait_for_function("() => document.body.dataset.modality === 'Host:FLAIR' && "
+                                "document.getElementById('status').textContent.includes(' Host FLAIR ')",
+                                timeout=120_000)
+        page.wait_for_timeout(300)
+        assert (np.abs(_canvas_pixels(frame) - before) > 10).mean() > 0.001  # the host's own tumour, not the sample's
+        assert frame.evaluate(host_fetches) == 1  # its FLAIR only
+        _shot(page, "5_generate_host")
     with zipfile.ZipFile(target) as zf:
         names = zf.namelist()
         assert len({n.split("/")[0] for n in names}) == 2
@@ -252,6 +278,18 @@ def test_niivue_view_segment_edit_reload_generate(server, tmp_path):
         seg = nib.Nifti1Image.from_bytes(gzip.decompress(zf.read(seg_name)))
     assert seg.shape == SHAPE
     assert np.array_equal(np.asarray(seg.dataobj) > 0, labels > 0)  # generated from the edited mask
+
+
+def _wait_sample_shown(page, prefix: str):
+    """The Generate page's viewer once it shows a sample (volume names starting with ``prefix``) and its mask."""
+    frame = viewer_frame(page)
+    frame.wait_for_function(
+        "(prefix) => { const args = window.bratsViewer.args || {};"
+        " const names = (args.volumes || []).map((v) => v.name);"
+        " return document.body.dataset.ready === '1' && names.length > 0 && names.every((n) => n.startsWith(prefix)"
+        " || n.startsWith('Host:')) && names.includes(document.body.dataset.modality) && "
+        "document.body.dataset.labelsToken === args.labels_token }", arg=prefix, timeout=180_000)
+    return frame
 
 
 def _draw_et_strokes(page, frame, column: float, first: int, count: int) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,26 @@ def _uncertainty_file(prediction_key: str, _codes: np.ndarray, _affine: np.ndarr
     return uncertainty_volume_bytes(_codes, _affine)
 
 
+@dataclass(frozen=True)
+class CompareVolumes:
+    """A second set of volumes on the same grid, offered beside the main ones in the viewer bar (e.g. the host
+    case beside a sample rendered into it): fetched only when picked, so a flip between the two is client-side."""
+
+    case_key: str  # identifies the image's content (the cache key of its encoded volumes)
+    image: np.ndarray  # (C, X, Y, Z), the main image's grid
+    names: list[str]
+    group: str  # the bar's caption of this set, e.g. "Host"
+
+
+def _volume_specs(key: str, case_key: str, image: np.ndarray, affine: np.ndarray, names: list[str],
+                  group: str = "") -> list[dict[str, str]]:
+    """The component's volume list: a display name, a media URL, and the bar group (unique ``name`` per group)."""
+    files = _volume_files(case_key, image, affine)
+    tag = f"{group}:" if group else ""
+    return [{"name": f"{tag}{name}", "label": name, "group": group, "url": media_url(data, f"{key}.{tag}vol{i}")}
+            for i, (name, data) in enumerate(zip(names, files))]
+
+
 def viewer(
     *,
     key: str,
@@ -83,6 +104,8 @@ def viewer(
     affine: np.ndarray,
     names: list[str],
     active: int,
+    group: str = "",
+    compare: CompareVolumes | None = None,
     labels: np.ndarray | None,
     labels_key: str,
     labels_token: str,
@@ -103,6 +126,8 @@ def viewer(
         key: widget key (stable, so the browser keeps its WebGL state between reruns).
         case_key: changes when the case changes (the browser then drops its images).
         image: ``(4, X, Y, Z)`` modalities; ``names`` their labels; ``active`` the one shown first.
+        group: the bar's caption of ``image``'s volumes when ``compare`` adds a second set (e.g. "Sample").
+        compare: another set of volumes on the same grid, switchable in the viewer bar (no Python rerun).
         labels: label map on the case grid shown as the drawing layer (``None``: no labels).
         labels_key: identifies the label map's content (cache key of its file).
         labels_token: changes when the browser must reload the labels (a server-side change).
@@ -114,9 +139,12 @@ def viewer(
             (``core.viewer.niivue.uncertainty_map``); ``uncertainty_key`` identifies them (the prediction's key).
     """
     assert _component is not None, f"{BUILD_DIR} is missing: run `make frontend`"
-    files = _volume_files(case_key, image, affine)
-    volumes = [{"name": name, "url": media_url(data, f"{key}.vol{i}")} for i, (name, data) in
-               enumerate(zip(names, files))]
+    volumes = _volume_specs(key, case_key, image, affine, names, group if compare is not None else "")
+    if compare is not None:
+        if compare.image.shape[1:] != image.shape[1:]:
+            raise ValueError(f"compared volumes {compare.image.shape[1:]} are not on the image's grid "
+                             f"{image.shape[1:]}")
+        volumes += _volume_specs(key, compare.case_key, compare.image, affine, compare.names, compare.group)
     labels_url = media_url(_label_file(labels_key, labels, affine), f"{key}.labels") if labels is not None else ""
     uncertainty_url = (media_url(_uncertainty_file(uncertainty_key, uncertainty, affine), f"{key}.uncertainty")
                        if uncertainty is not None else "")

@@ -186,10 +186,19 @@ function prefetch(args) {
   }
 }
 
+// A volume's ``name`` is unique on the page ("FLAIR"; "Host:FLAIR" when Python sends a second set of volumes,
+// e.g. a sample and its host); ``label`` is the modality alone, ``group`` the set's caption in the bar.
+const modalityOf = (name) => name.slice(name.indexOf(':') + 1)
+const volumeLabel = (spec) => spec.label || spec.name
+const displayName = (spec) => (spec.group ? `${spec.group} ${volumeLabel(spec)}` : volumeLabel(spec))
+
 function shownIndex(args) {
   // the modality picked in the viewer bar (kept per browser) if this case has it, else Python's choice
   const volumes = args.volumes || []
-  const picked = state.modality === null ? -1 : volumes.findIndex((v) => v.name === state.modality)
+  let picked = state.modality === null ? -1 : volumes.findIndex((v) => v.name === state.modality)
+  if (picked < 0 && state.modality !== null) { // the same modality of another page's volume set
+    picked = volumes.findIndex((v) => volumeLabel(v) === modalityOf(state.modality))
+  }
   return picked >= 0 ? picked : (args.active < volumes.length ? args.active : 0)
 }
 const shownSpec = (args) => (args.volumes || [])[shownIndex(args)]
@@ -267,9 +276,12 @@ async function warmModalities(args) {
   // After the page is shown: fetch, parse and build the other modalities' textures, one at a time and
   // between strokes (NiiVue blocks the page while it builds one), each as one step of the loading chain
   // (a click or a labels reload waits for one build at most), so that every switch exchanges textures.
+  // Only the shown set's volumes: a second set (the host beside a sample) is built when first picked.
   const current = () => args.case_key === state.lastCaseKey && canSwapTextures(state.nv)
+  const group = (shownSpec(args) || {}).group || ''
   for (const spec of args.volumes || []) {
     if (!current()) return
+    if ((spec.group || '') !== group) continue
     if (spec.url === state.activeUrl || state.textures.has(spec.url)) continue
     const image = await volumeImage(spec)
     while (state.snapshot) await sleep(100) // not during a stroke
@@ -289,7 +301,7 @@ async function showVolume(args) {
   if (!spec || spec.url === state.activeUrl) return
   let image = state.volumes.get(spec.url)
   if (!image) {
-    setStatus(`Loading ${spec.name}…`, true)
+    setStatus(`Loading ${displayName(spec)}…`, true)
     image = await volumeImage(spec)
   }
   const first = nv.volumes.length === 0
@@ -563,9 +575,20 @@ function renderBar() {
     `${LAYOUT_LABELS[l]} view (key ${{ multi: 'm', axial: 'a', coronal: 'c', sagittal: 's', '3d': 'v' }[l]})`))
   bar.appendChild(group(...layouts))
   const shown = args.volumes ? shownIndex(args) : -1
-  const volumes = (args.volumes || []).map((v, i) => button(v.name, i === shown, () => chooseVolume(i),
-    `Show ${v.name} (the four are loaded once: switching does not ask the server)`))
-  if (volumes.length > 1) bar.appendChild(group(...volumes))
+  const specs = args.volumes || []
+  const groups = [...new Set(specs.map((v) => v.group || ''))]
+  for (const name of groups) {
+    const buttons = specs.map((v, i) => [v, i]).filter(([v]) => (v.group || '') === name).map(([v, i]) => button(
+      volumeLabel(v), i === shown, () => chooseVolume(i),
+      `Show ${displayName(v)} (loaded once: switching does not ask the server)`))
+    if (name) {
+      const caption = document.createElement('span')
+      caption.className = 'hint'
+      caption.textContent = `${name} `
+      buttons.unshift(caption)
+    }
+    if (specs.length > 1) bar.appendChild(group(...buttons))
+  }
   if (args.labels_url) bar.appendChild(labelControls(args))
   if (args.uncertainty_url) {
     bar.appendChild(group(button('Uncertainty', state.uncertainty.on, toggleUncertainty,
@@ -693,7 +716,7 @@ function readout(location) {
   const uncertainty = overlay > 0 && values && values[overlay] ? Number(values[overlay].value) : NaN
   return [
     ijk ? `voxel ${ijk.join(', ')}` : '',
-    spec && Number.isFinite(value) ? `${spec.name} ${Number(value.toPrecision(4))}` : '',
+    spec && Number.isFinite(value) ? `${displayName(spec)} ${Number(value.toPrecision(4))}` : '',
     label || '',
     Number.isFinite(uncertainty) ? `uncertainty ${uncertainty.toFixed(2)}` : '',
   ].filter(Boolean).join(' · ')
