@@ -20,11 +20,13 @@ run cut short still leaves what it measured):
 - lost strokes: ``--strokes`` strokes at random 100-1000 ms gaps without waiting for anything, then
   the revisions Python applied, the strokes (separate pieces) in the mask Python saved for the
   session, and whether that mask equals the browser's drawing.
+- strokes per second: ``--burst`` strokes drawn back to back without any pause (each a mouse-down, four moves and
+  a mouse-up; Playwright waits for the page to take each input event), then the strokes in the saved mask.
 - two tabs on one session: a second tab opens the same session, and the two draw ``--tab-strokes``
   strokes alternately (random gaps, no waiting); then the strokes found in the saved mask and whether
   each tab's drawing equals it (each tab takes the other's edits within its 2 s poll).
 
-    python -m bench.app.bench_niivue [--strokes 100] [--tab-strokes 100] [--opens 3]
+    python -m bench.app.bench_niivue [--strokes 100] [--tab-strokes 100] [--burst 20] [--opens 3]
         [--json bench/results/app/niivue.json]
 
 The numbers depend heavily on the machine: SwiftShader renders on the CPU.
@@ -214,6 +216,28 @@ def _strokes(page, frame, strokes: int, rng: random.Random, timeout_s: float) ->
     return {"drawn_in_s": round(drawn_s, 1), "ack_s": _summary(latencies)}
 
 
+def _burst(page, frame, strokes: int, session_root: Path, timeout_s: float) -> dict:
+    """``strokes`` strokes back to back, no pause between them (as fast as Playwright's mouse and the page allow),
+    on an axial slice 6 above the earlier ones; then the strokes found in the mask the server saved."""
+    box = _pen_ready(page, frame)
+    before = _pieces(_saved_et(session_root))
+    first = int(frame.evaluate("() => window.bratsViewer.rev")) + 1
+    for _ in range(6):
+        page.mouse.wheel(0, -100)
+        page.wait_for_timeout(50)
+    start = time.perf_counter()
+    for i in range(strokes):
+        _stroke(page, box, i, 0.3)
+    drawn_s = time.perf_counter() - start
+    last = first + strokes - 1
+    frame.wait_for_function(f"() => window.bratsViewer.acked >= {last} && window.bratsViewer.pending.length === 0",
+                            timeout=timeout_s * 1000, polling=200)
+    latencies = [t / 1000 for rev, t in frame.evaluate(STROKE_TIMES_JS) if t is not None and first <= rev <= last]
+    found = _pieces(_saved_et(session_root)) - before
+    return {"strokes": strokes, "drawn_in_s": round(drawn_s, 2), "strokes_per_s": round(strokes / drawn_s, 2),
+            "strokes_found_in_saved_mask": found, "lost_strokes": strokes - found, "ack_s": _summary(latencies)}
+
+
 def _drawing(frame) -> np.ndarray:
     return np.asarray(frame.evaluate(
         "() => { const b = window.bratsViewer.nv.drawBitmap; const o = [];"
@@ -266,7 +290,8 @@ def _two_tabs(page, strokes: int, rng: random.Random, session_root: Path, timeou
             "lost_strokes": strokes - found, "each_tab_shows_the_saved_mask": equal}
 
 
-def run(strokes: int, opens: int, seed: int, out: Path | None, timeout_s: float, tab_strokes: int = 100) -> dict:
+def run(strokes: int, opens: int, seed: int, out: Path | None, timeout_s: float, tab_strokes: int = 100,
+        burst: int = 20) -> dict:
     """Run the whole benchmark once; returns the measurements (also written to ``out`` as they come)."""
     rng = random.Random(seed)
     results: dict = {"strokes_planned": strokes, "load_during_run": {"loadavg_start": os.getloadavg()},
@@ -322,6 +347,10 @@ def run(strokes: int, opens: int, seed: int, out: Path | None, timeout_s: float,
             results["strokes_found_in_saved_mask"] = _pieces(on_server)
             results["lost_strokes"] = strokes - results["strokes_found_in_saved_mask"]
             save()
+            if burst:
+                results["burst"] = _burst(page, frame, burst, Path(tmp, "s"), timeout_s)
+                print(json.dumps(results["burst"]), flush=True)
+                save()
             if tab_strokes:
                 results["two_tabs"] = _two_tabs(page, tab_strokes, rng, Path(tmp, "s"), timeout_s)
                 print(json.dumps(results["two_tabs"]), flush=True)
@@ -334,11 +363,13 @@ def main() -> None:
     parser.add_argument("--strokes", type=int, default=100)
     parser.add_argument("--tab-strokes", type=int, default=100, help="strokes of the two-tab section (0: skip)")
     parser.add_argument("--opens", type=int, default=3, help="page reloads measured (after the first load)")
+    parser.add_argument("--burst", type=int, default=20,
+                        help="strokes drawn back to back without pauses, for strokes per second (0: skip)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=240.0, help="seconds any single step may take")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    results = run(args.strokes, args.opens, args.seed, args.json, args.timeout, args.tab_strokes)
+    results = run(args.strokes, args.opens, args.seed, args.json, args.timeout, args.tab_strokes, args.burst)
     print(json.dumps({k: v for k, v in results.items() if k != "page_open"}, indent=1))
 
 
