@@ -83,7 +83,9 @@ def _model_card(path: str, mtime: float) -> dict[str, Any] | None:
 def _load_unet(path: str, mtime: float) -> Any:
     from core.segmentation.inference import load_model
 
-    return load_model(path, warm=True)  # kept for every click: auto picks the faster forward (TensorFlow here)
+    # kept for every click and shared by every session: auto picks ONNX Runtime where the file has its export, which
+    # gives a case's ~2 GB of activations back after each run (TensorFlow's forward is faster but keeps them)
+    return load_model(path, warm=True, low_memory=True)
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)

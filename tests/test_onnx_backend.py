@@ -92,6 +92,34 @@ def test_auto_keeps_tensorflow_for_a_warm_process_unless_onnx_is_asked_for(expor
     assert isinstance(backend.load_unet(keras_path, "onnx", warm=True), OnnxUNet)  # asked for explicitly
 
 
+def test_the_app_gets_onnx_for_its_memory_even_warm(exported, monkeypatch):
+    """A shared server (low_memory) takes ONNX Runtime, whose arena it can empty; an explicit backend still wins."""
+    keras_path, _ = exported
+    monkeypatch.delenv(backend.BACKEND_ENV, raising=False)
+    monkeypatch.delenv("BRATS_INFERENCE_PRECISION", raising=False)
+    assert backend.choose_onnx(keras_path, warm=True, low_memory=True) is not None
+    assert isinstance(backend.load_unet(keras_path, warm=True, low_memory=True), OnnxUNet)
+    monkeypatch.setenv(backend.BACKEND_ENV, "tensorflow")
+    assert backend.choose_onnx(keras_path, warm=True, low_memory=True) is None
+
+
+def test_the_pipeline_releases_onnx_memory_after_each_case(exported, monkeypatch):
+    from core.segmentation.pipeline import SegmentOptions, segment
+
+    keras_path, _ = exported
+    monkeypatch.delenv(backend.BACKEND_ENV, raising=False)
+    model = backend.load_unet(keras_path, warm=True, low_memory=True)
+    released = []
+    real_release = model.release_memory
+    monkeypatch.setattr(model, "release_memory", lambda: released.append(real_release()))
+    case = toy_case((21, 26, 17))
+    first = segment(case, model, SegmentOptions(force=True, metrics=False))
+    assert len(released) == 1  # the arena-shrinking pass ran (ONNX Runtime accepted the run option)
+    again = segment(case, model, SegmentOptions(force=True, metrics=False))
+    assert len(released) == 2
+    np.testing.assert_array_equal(first.labels, again.labels)  # the next case after a release is the same
+
+
 def test_a_stale_export_falls_back_to_tensorflow_with_a_warning(exported, monkeypatch):
     keras_path, onnx_path = exported
     monkeypatch.delenv(backend.BACKEND_ENV, raising=False)

@@ -8,8 +8,11 @@ is used only while both hashes match, so a retrained or replaced ``.keras`` file
 
 * ``auto`` (default): for a one-shot process (``python -m core.segment``), ONNX Runtime when a matching export exists
   and ``onnxruntime`` is installed, else TensorFlow (with a warning when an export exists but does not match). For a
-  process that keeps the model loaded (``warm=True``: the app, the API's workers, batch actors) TensorFlow: measured
+  process that keeps the model loaded (``warm=True``: the API's workers, batch actors) TensorFlow: measured
   here, its forward pass is faster (6.4 vs 9.0 s a case), and only the one-shot run pays its ~5 s import for nothing.
+  Except the app (``low_memory=True``), one server for many sessions: ONNX Runtime, because it gives a case's ~2 GB
+  of activations back after each run (``OnnxUNet.release_memory``) and TensorFlow keeps them (~2.5 GB RSS after one
+  case, measured).
   TensorFlow too when ``BRATS_INFERENCE_PRECISION`` asks for ``mixed_bfloat16`` (the export is float32).
 * ``onnx``: ONNX Runtime or a ``ModelLoadError`` saying why not.
 * ``tensorflow``: the Keras model (``core.segmentation.keras_unet.load_keras_unet``).
@@ -82,7 +85,8 @@ def onnx_export(keras_path: str | Path) -> tuple[Path | None, str]:
 
 
 def choose_onnx(path: str | Path, backend: str | None = None,
-                warn: Callable[[str], None] | None = None, *, warm: bool = False) -> Path | None:
+                warn: Callable[[str], None] | None = None, *, warm: bool = False,
+                low_memory: bool = False) -> Path | None:
     """The ONNX file to run ``path`` (a ``.keras`` file) with, or ``None`` for TensorFlow (module docstring).
 
     Args:
@@ -91,13 +95,17 @@ def choose_onnx(path: str | Path, backend: str | None = None,
         warn: called with the reason when ``auto`` falls back to TensorFlow although an export exists (default:
             ``warnings.warn``).
         warm: the caller keeps the model loaded for many cases (``auto`` then means TensorFlow).
+        low_memory: the caller is a long-lived process shared by many users that needs the memory back between
+            cases (the app): ``auto`` means ONNX Runtime even when ``warm`` (its arena is released after each case;
+            TensorFlow keeps ~2 GB after a BraTS case's forward pass).
 
     Raises:
         ModelLoadError: ``onnx`` was asked for and no usable export exists (the message says why and the fix).
         ValueError: an unknown backend.
     """
     choice = requested_backend(backend)
-    if choice == "auto" and (warm or os.environ.get("BRATS_INFERENCE_PRECISION", "") == "mixed_bfloat16"):
+    if choice == "auto" and ((warm and not low_memory)
+                             or os.environ.get("BRATS_INFERENCE_PRECISION", "") == "mixed_bfloat16"):
         return None  # warm: TensorFlow's forward pass is faster here; the export computes in float32
     if choice == "tensorflow":
         return None
@@ -110,11 +118,11 @@ def choose_onnx(path: str | Path, backend: str | None = None,
 
 
 def load_unet(path: str | Path, backend: str | None = None, warn: Callable[[str], None] | None = None,
-              threads: int | None = None, *, warm: bool = False) -> Any:
+              threads: int | None = None, *, warm: bool = False, low_memory: bool = False) -> Any:
     """The U-Net of ``path`` (a ``.keras`` file) on the backend :func:`choose_onnx` picks.
 
     Args:
-        path, backend, warn, warm: as for :func:`choose_onnx`.
+        path, backend, warn, warm, low_memory: as for :func:`choose_onnx`.
         threads: ONNX Runtime intra-op threads (default ``core.segmentation.onnx_unet.default_threads``).
 
     Returns:
@@ -124,7 +132,7 @@ def load_unet(path: str | Path, backend: str | None = None, warn: Callable[[str]
         ModelLoadError: the model cannot be loaded, or ``onnx`` was asked for and no usable export exists.
         ValueError: an unknown backend.
     """
-    onnx_path = choose_onnx(path, backend, warn, warm=warm)
+    onnx_path = choose_onnx(path, backend, warn, warm=warm, low_memory=low_memory)
     if onnx_path is not None:
         from core.segmentation.onnx_unet import OnnxUNet
 

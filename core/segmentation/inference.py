@@ -95,7 +95,7 @@ def default_unet_path() -> Path:
 REGION_THRESHOLD = 0.5  # sigmoid threshold of a region-based U-Net (nnU-Net's)
 
 
-def load_model(path: str | Path, backend: str | None = None, *, warm: bool = False) -> Any:
+def load_model(path: str | Path, backend: str | None = None, *, warm: bool = False, low_memory: bool = False) -> Any:
     """Load the U-Net of a ``.keras`` file for inference, on the fastest backend available here.
 
     ``core.segmentation.backend.load_unet``: the ONNX export beside the file (``unet.keras`` -> ``unet.onnx``) on ONNX
@@ -108,13 +108,15 @@ def load_model(path: str | Path, backend: str | None = None, *, warm: bool = Fal
             need the Keras model itself (training, weight surgery) pass ``"tensorflow"``.
         warm: the caller keeps the model for many cases (app, API, batch): ``auto`` then picks TensorFlow, whose
             forward pass is faster here; the one-shot CLI gets ONNX Runtime and skips the TensorFlow import.
+        low_memory: a long-lived process shared by many users (the app): ``auto`` picks ONNX Runtime even when
+            ``warm``, whose memory goes back to the system after each case (TensorFlow keeps ~2 GB).
 
     Raises:
         ModelLoadError: the model cannot be loaded (the message names the file and the fix).
     """
     from core.segmentation.backend import load_unet
 
-    return load_unet(path, backend, warm=warm)
+    return load_unet(path, backend, warm=warm, low_memory=low_memory)
 
 
 def downsampling_factor(model: keras.Model | OnnxUNet) -> int:

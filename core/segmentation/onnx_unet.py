@@ -71,5 +71,20 @@ class OnnxUNet:
         """Model outputs ``(N, X, Y, Z, K)`` of a float32 channel-last batch ``(N, X, Y, Z, 4)`` (like Keras)."""
         return self.session.run(None, {self._input: np.ascontiguousarray(batch, dtype=np.float32)})[0]
 
+    def release_memory(self) -> None:
+        """Give the memory of the last forward passes back to the system (ONNX Runtime's arena shrinkage).
+
+        The CPU arena keeps what the largest pass needed (~1.7 GB for a BraTS case) for the next one. A process
+        that keeps the model for many cases calls this after each case: one minimal pass with the run option
+        ``memory.enable_memory_arena_shrinkage`` frees every arena region left unused (~2 GB → ~0.3 GB RSS after a
+        case, measured), at the cost of re-allocating on the next case.
+        """
+        import onnxruntime as ort
+
+        options = ort.RunOptions()
+        options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        size = self.size_multiple
+        self.session.run(None, {self._input: np.zeros((1, size, size, size, 4), np.float32)}, options)
+
     def __repr__(self) -> str:
         return f"OnnxUNet({str(self.path)!r}, regions={self.regions}, size_multiple={self.size_multiple})"

@@ -167,6 +167,9 @@ def segment(case: Case, model: Any = None, options: SegmentOptions = SegmentOpti
         model = load_model()  # type: ignore[misc]
         lap("model")
     result = segment_oriented(case, model, tta=options.tta, postprocess=options.postprocess, progress=progress)
+    release = getattr(model, "release_memory", None)  # ONNX Runtime: hand its arena back between cases
+    if callable(release):
+        release()
     lap("segment")
     regions = region_probabilities(result.probabilities) if options.probabilities else None
     lap("probabilities")
