@@ -9,7 +9,8 @@ holds each step's RSS, the peak and the RSS after the last step and a 30 s settl
     python -m bench.app.bench_memory [--sessions 4] [--cases 5] [--segment] [--root ../shared/data/brats-real]
         [--json bench/results/app/memory.json]
 
-Issue 38's target: the server at most 2.5 GB RSS after 4 sessions x 5 cases.
+Issue 38's target: the server at most 2.5 GB RSS after 4 sessions x 5 cases. ``BRATS_INFERENCE_BACKEND=tensorflow``
+measures the app as it was before it segmented with ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -90,7 +91,8 @@ def run(root: Path, sessions: int, cases: int, segment: bool, timeout_s: float, 
 
     folders = case_folders(root, sessions * cases)
     result: dict = {"sessions": sessions, "cases_per_session": cases, "segment": segment, "steps": [],
-                    "target_mb": TARGET_MB, "load_average_start": os.getloadavg()[0]}
+                    "target_mb": TARGET_MB, "load_average_start": os.getloadavg()[0],
+                    "inference_backend": os.environ.get("BRATS_INFERENCE_BACKEND", "auto")}
 
     def save() -> None:
         if out is not None:
