@@ -1,4 +1,4 @@
-"""Screenshots of the NiiVue viewer and editor at 1280 px (docs/screenshots/niivue_*.png).
+"""Screenshots of the NiiVue viewer, editor and Generate page at 1280 px (docs/screenshots/niivue_*.png).
 
     python -m bench.app.screenshots_niivue [--out docs/screenshots]
 
@@ -55,7 +55,22 @@ def main() -> None:
             wait_until_idle(page)
             page.wait_for_timeout(1000)
             page.screenshot(path=str(args.out / "niivue_edit.png"))
-    print(f"wrote {args.out / 'niivue_viewer.png'} and {args.out / 'niivue_edit.png'}")
+
+            # Generate: one sample rendered into the case, in the same viewer (Sample / Host in its bar)
+            goto_page(page, "Generate", "Generate synthetic MRI")
+            page.get_by_role("spinbutton", name="Samples").fill("1")
+            page.get_by_role("spinbutton", name="Samples").press("Enter")
+            wait_until_idle(page)
+            page.get_by_role("button", name="Render into this case", exact=True).click()
+            page.get_by_text("Generated 1 sample(s)").wait_for(timeout=600_000)
+            frame = _ready(page)
+            frame.wait_for_function("() => (document.body.dataset.modality || '').startsWith('Sample:')",
+                                    timeout=180_000)
+            wait_until_idle(page)
+            page.wait_for_timeout(1000)
+            page.locator('iframe[title="app.viewer.component.brats_niivue"]').scroll_into_view_if_needed()
+            page.screenshot(path=str(args.out / "niivue_generate.png"))
+    print(f"wrote niivue_viewer.png, niivue_edit.png and niivue_generate.png in {args.out}")
 
 
 if __name__ == "__main__":
