@@ -748,6 +748,12 @@ def _on_sample_niivue(key: str) -> None:
     component.note_webgl(st.session_state.get(key))  # the sample's cursor is its own, not the case's
 
 
+@st.cache_data(show_spinner=False, max_entries=16)
+def _sample_cursor(mask_key: str, _sample: Case) -> tuple[int, int, int]:
+    """A sample's first crosshair: its mask's centre (computed once per sample, not on every rerun)."""
+    return app_state.initial_cursor(_sample, _sample.seg)
+
+
 def niivue_sample_view(state: Studio, samples: Samples, index: int, key: str = "nv_gen", height: int = 560) -> None:
     """One generated sample in the NiiVue viewer, with the mask it was generated from as its label layer.
 
@@ -765,6 +771,6 @@ def niivue_sample_view(state: Studio, samples: Samples, index: int, key: str = "
     component.viewer(
         key=key, case_key=f"{samples.key}:{index}", image=sample.image, affine=sample.affine, names=names,
         active=MODALITIES.index("flair"), group="Sample", compare=compare, labels=sample.seg, labels_key=mask_key,
-        labels_token=mask_key, cursor=app_state.initial_cursor(sample, sample.seg), height=height,
+        labels_token=mask_key, cursor=_sample_cursor(mask_key, sample), height=height,
         on_change=functools.partial(_on_sample_niivue, key),
     )

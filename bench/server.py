@@ -133,6 +133,20 @@ def tiny_models_env(folder: Path, kinds: tuple[str, ...] = ("unet", "cvae")) -> 
     return env
 
 
+def rss_mb(pids: list[int], uss: bool = False) -> float:
+    """Summed RSS (or USS) of these processes in MiB; processes gone meanwhile count 0."""
+    import psutil
+
+    total = 0
+    for pid in pids:
+        try:
+            process = psutil.Process(pid)
+            total += process.memory_full_info().uss if uss else process.memory_info().rss
+        except psutil.Error:
+            continue
+    return round(total / 2**20, 1)
+
+
 def always_edema_unet(path: Path) -> None:
     """Save a tiny U-Net whose softmax head always picks class 2 (ED): a predictable overlay for browser tests."""
     import numpy as np

@@ -31,9 +31,11 @@ from bench.server import (  # noqa: E402
     WEBGL_ARGS,
     goto_page,
     niivue_frame,
+    rss_mb,
     streamlit_server,
     wait_until_idle,
 )
+from train.data import find_labelled_cases  # noqa: E402
 
 REAL = ROOT.parent / "shared" / "data" / "brats-real"
 TARGET_MB = 2.5 * 1024
@@ -43,19 +45,12 @@ def server_rss_mb(pid: int) -> float:
     """RSS of the server process and its children (MiB)."""
     import psutil
 
-    process = psutil.Process(pid)
-    total = 0
-    for p in [process, *process.children(recursive=True)]:
-        try:
-            total += p.memory_info().rss
-        except psutil.Error:
-            continue
-    return round(total / 2**20, 1)
+    return rss_mb([pid, *(child.pid for child in psutil.Process(pid).children(recursive=True))])
 
 
 def case_folders(root: Path, count: int) -> list[Path]:
     """The first ``count`` labelled case folders of ``root`` (sorted by name)."""
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and any("seg" in f.name for f in p.iterdir()))
+    folders = sorted(find_labelled_cases(root))
     if len(folders) < count:
         raise SystemExit(f"error: {root} has {len(folders)} labelled cases; {count} needed")
     return folders[:count]

@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from bench.server import chromium_page, goto_page, niivue_frame, streamlit_server
+from bench.server import chromium_page, goto_page, niivue_frame, rss_mb, streamlit_server
 from core.synthesis.anatomy import BRATS_AFFINE
 from core.viewer.niivue import voxel_to_ras_flat
 
@@ -119,26 +119,13 @@ def _controls(page, frame, timeout_s: float) -> dict:
     return out
 
 
-def _rss_mb(pids: list[int], uss: bool = False) -> float:
-    import psutil
-
-    total = 0
-    for pid in pids:
-        try:
-            process = psutil.Process(pid)
-            total += process.memory_full_info().uss if uss else process.memory_info().rss
-        except psutil.Error:
-            continue
-    return round(total / 2**20, 1)
-
-
 def _memory(server_pid: int) -> dict:
     """RSS of the Streamlit server and of every Chromium process this benchmark started (and their USS)."""
     import psutil
 
     browser = [p.pid for p in psutil.Process().children(recursive=True) if "chrom" in p.name().lower()]
-    return {"server_rss_mb": _rss_mb([server_pid]), "browser_rss_mb": _rss_mb(browser),
-            "browser_uss_mb": _rss_mb(browser, uss=True), "browser_processes": len(browser)}
+    return {"server_rss_mb": rss_mb([server_pid]), "browser_rss_mb": rss_mb(browser),
+            "browser_uss_mb": rss_mb(browser, uss=True), "browser_processes": len(browser)}
 
 
 def _ready(page, timeout_s: float = 180, warm: bool = False):
