@@ -350,6 +350,67 @@ def test_two_tabs_on_one_session_lose_no_stroke(server, tmp_path):
     assert _components(voxel_to_ras_flat(np.nonzero(labels == 3), SHAPE, BRATS_AFFINE)) == 2 * rounds
 
 
+# every slice of NiiVue's drawing texture read back from the GPU, against the browser's drawing bitmap
+_TEXTURE_VS_BITMAP_JS = """() => { const nv = window.bratsViewer.nv; const gl = nv.gl; const d = nv.back.dims;
+  const n = d[1] * d[2]; const px = new Uint8Array(n * 4); const fb = gl.createFramebuffer();
+  const previous = gl.getParameter(gl.FRAMEBUFFER_BINDING); gl.bindFramebuffer(gl.FRAMEBUFFER, fb);
+  let differ = 0, labelled = 0;
+  for (let z = 0; z < d[3]; z++) {
+    gl.framebufferTextureLayer(gl.FRAMEBUFFER, gl.COLOR_ATTACHMENT0, nv.drawTexture, 0, z);
+    gl.readPixels(0, 0, d[1], d[2], gl.RGBA, gl.UNSIGNED_BYTE, px);
+    for (let i = 0; i < n; i++) {
+      const v = nv.drawBitmap[z * n + i]; if (v) labelled++; if (px[4 * i] !== v) differ++ } }
+  gl.bindFramebuffer(gl.FRAMEBUFFER, previous); gl.deleteFramebuffer(fb);
+  return {differ, labelled} }"""
+# where the 4-up view's 3D pane is, once every redraw asked for is on screen, and the render cache's state
+_RENDER_PANE_JS = """async () => { const viewer = window.bratsViewer; await viewer.pacing.idle();
+  const pane = viewer.nv.screenSlices.find((s) => s.axCorSag === 4).leftTopWidthHeight.map(Math.round);
+  return {pane, stale: viewer.renderCache.stale(), stats: {...viewer.renderCache.stats}} }"""
+
+
+def _pane_pixels(frame) -> tuple[np.ndarray, dict]:
+    """The screen's pixels of the 3D pane (a screenshot: what the compositor shows) and the render cache's state."""
+    state = frame.evaluate(_RENDER_PANE_JS)
+    x, y, w, h = state["pane"]
+    return _canvas_pixels(frame)[y:y + h, x:x + w], state
+
+
+# one redraw as during an interaction (the 3D pane's last picture), then the pane as above
+_QUICK_REDRAW_JS = "() => { window.bratsViewer.renderCache.defer(); window.bratsViewer.nv.drawScene() }"
+
+
+def test_strokes_upload_their_box_and_the_3d_pane_waits(server):
+    """A pen move uploads only the voxels it touched, and the GPU's drawing layer still equals the drawing; while
+    the user works, the 4-up view's 3D pane shows its last picture pixel for pixel and is rendered once they pause."""
+    with chromium_page(webgl=True) as page:
+        page.goto(server.url)
+        page.get_by_role("button", name="Load the demo case").click()
+        page.locator("[data-testid=stAlertContentSuccess]").wait_for(timeout=120_000)
+        goto_page(page, "Edit mask")
+        page.get_by_role("button", name="Start editing").click()  # from the reference: labels on every slice
+        frame = wait_ready(page)
+        frame.wait_for_function("() => document.body.dataset.warm === '4'", timeout=180_000)
+        before = frame.evaluate("() => ({...window.bratsViewer.uploads})")
+        _draw_et_strokes(page, frame, 0.3, 0, 3)  # axial view, 3 strokes
+        wait_synced(frame, frame.evaluate("() => window.bratsViewer.rev"))
+        uploads = frame.evaluate("() => ({...window.bratsViewer.uploads})")
+        assert uploads["boxes"] - before["boxes"] >= 3 * 5 and uploads["full"] == before["full"]  # one per pen step
+        texture = frame.evaluate(_TEXTURE_VS_BITMAP_JS)
+        assert texture["labelled"] > 1000 and texture["differ"] == 0, texture
+
+        page.keyboard.press("m")  # 4-up with the 3D pane
+        frame.evaluate("() => window.bratsViewer.renderCache.settle()")
+        shown, rendered = _pane_pixels(frame)
+        assert not rendered["stale"] and shown.std() > 5  # a ray-cast picture
+        frame.evaluate(_QUICK_REDRAW_JS)
+        again, quick = _pane_pixels(frame)
+        assert quick["stale"] and quick["stats"]["reused"] == rendered["stats"]["reused"] + 1
+        assert quick["stats"]["rendered"] == rendered["stats"]["rendered"]  # no ray casting
+        assert np.abs(again - shown).max() <= 2  # the same picture, in the same place
+        frame.wait_for_function("() => !window.bratsViewer.renderCache.stale()", timeout=30_000)  # after the pause
+        assert frame.evaluate(_RENDER_PANE_JS)["stats"]["rendered"] == rendered["stats"]["rendered"] + 1
+
+
 _COUNT_VALUES_JS = """() => { window.__componentValues = 0; window.addEventListener('message', (e) => {
   if (e.data && e.data.type === 'streamlit:setComponentValue') window.__componentValues += 1 }) }"""
 

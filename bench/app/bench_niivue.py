@@ -5,16 +5,19 @@ run cut short still leaves what it measured):
 
 - page open to first image: the Viewer page reloaded with the case already loaded (``--opens``
   times, after one first load). Client-side, from the reload's navigation start to the component's
-  ``image shown`` mark (the first modality drawn) and ``shown`` mark (labels too), both on the page's
-  clock; plus the wall time Playwright saw until the component said ready; and until the other three
-  modalities' GPU textures are built (the ``built …`` marks: after ``shown``, one at a time).
+  ``image shown`` mark (the first modality handed to NiiVue), ``shown`` mark (labels too) and ``labels painted``
+  (the GPU has drawn them: see ``PAINTED_JS``; up to 100 ms late, Playwright polls), all on the page's clock;
+  plus the wall time Playwright saw until the labels were painted; and until the other three modalities' GPU
+  textures are built (the ``built …`` marks: after ``shown``, one at a time).
 - memory after the first open (labels shown; then all four modalities on the GPU): RSS of the Streamlit
   server, RSS and USS summed over the Chromium processes (SwiftShader's textures live in its GPU process).
-- slice change with the mouse wheel: time of one wheel event's handler incl. the redraw (``gl.finish``).
+- slice change with the mouse wheel: one wheel event until its redraw is painted (see ``PAINTED_JS``).
 - viewer controls in the browser (no Python rerun): label show/hide, plane switch and opacity, each the
-  click handler incl. the redraw (``gl.finish``); a modality switch the same way (its loading step
-  included), and until the second animation frame after the click; and Playwright's wall time from its
-  click until the read-out names the new modality (Playwright's own waits for a stable element included).
+  click until painted (the 4-up view's 3D pane shows its last picture meanwhile: render_cache.js); a modality
+  switch the same way (its loading step included); Playwright's wall time from its click until the read-out
+  names the new modality (Playwright's own waits for a stable element included); then the 3D pane catching up
+  (its ray-cast render until painted) and the viewer's counters (drawing uploads, 3D renders reused, redraws
+  put off by the frame pacing).
 - stroke mouse-up to Python: per stroke, from ``mouseup`` until the browser holds Python's
   acknowledgement of its revision (an upper bound: Python applied and saved it before it answered).
 - lost strokes: ``--strokes`` strokes at random 100-1000 ms gaps without waiting for anything, then
@@ -50,13 +53,25 @@ from bench.server import chromium_page, goto_page, niivue_frame, rss_mb, streaml
 from core.synthesis.anatomy import BRATS_AFFINE
 from core.viewer.niivue import voxel_to_ras_flat
 
-WHEEL_JS = """() => { const nv = window.bratsViewer.nv; const c = document.getElementById('gl');
+# Until the pixels are there: NiiVue returns from a redraw before the GPU process (SwiftShader) has drawn it, and
+# Chromium's gl.finish() does not wait for it either; a 1-pixel gl.readPixels does. ``painted`` first waits for the
+# viewer's frame pacing (frame_pacing.js) to have issued every redraw asked for.
+PAINTED_JS = """const painted = async () => { const nv = window.bratsViewer.nv; await window.bratsViewer.pacing.idle();
+  nv.gl.readPixels(1, 1, 1, 1, nv.gl.RGBA, nv.gl.UNSIGNED_BYTE, new Uint8Array(4)) };"""
+WHEEL_JS = """async () => { """ + PAINTED_JS + """ const c = document.getElementById('gl');
   const r = c.getBoundingClientRect(); const out = [];
   for (let i = 0; i < 20; i++) { const t0 = performance.now();
     c.dispatchEvent(new WheelEvent('wheel', {deltaY: i % 2 ? 100 : -100, clientX: r.left + r.width * 0.5,
       clientY: r.top + r.height * 0.5, bubbles: true, cancelable: true}));
-    nv.gl.finish(); out.push(performance.now() - t0) }
+    await painted(); out.push(performance.now() - t0) }
   return out }"""
+PAINTED_AT_JS = ("""async () => { """ + PAINTED_JS
+                 + """ await painted(); return performance.timeOrigin + performance.now() }""")
+# the 3D pane (4-up) catching up once the user pauses (render_cache.js): its ray-cast render until painted
+SETTLE_JS = """async () => { """ + PAINTED_JS + """ const viewer = window.bratsViewer; await painted();
+  const stale = viewer.renderCache.stale(); const t0 = performance.now(); viewer.renderCache.settle(); await painted();
+  return {stale, ms: performance.now() - t0, stats: {uploads: viewer.uploads, render_cache: viewer.renderCache.stats,
+  pacing: viewer.pacing.stats}} }"""
 # the component's marks on the page's clock: ms since the page's navigation start
 MARKS_JS = """() => { const t = window.bratsViewer.timings; const off = performance.timeOrigin; const out = {};
   for (const k in t) out[k] = t[k] + off; out["iframe start"] = off; return out }"""
@@ -64,33 +79,28 @@ STROKE_TIMES_JS = """() => Array.from(window.bratsViewer.strokeTimes.entries())
   .map(([rev, t]) => [rev, t.acked === null ? null : t.acked - t.up])"""
 
 
-CONTROLS_JS = """() => { const out = {label_toggle: [], plane_switch: [], opacity: []};
-  const finish = () => window.bratsViewer.nv.gl.finish();
+CONTROLS_JS = """async () => { """ + PAINTED_JS + """ const out = {label_toggle: [], plane_switch: [], opacity: []};
   for (let i = 0; i < 6; i++) {
-    let t = performance.now(); document.querySelector('button.eye[data-label="3"]').click(); finish();
+    let t = performance.now(); document.querySelector('button.eye[data-label="3"]').click(); await painted();
     out.label_toggle.push(performance.now() - t);
     const name = i % 2 ? '4-up' : 'Axial';
     const layout = [...document.querySelectorAll('#bar button')].find((b) => b.textContent === name);
-    t = performance.now(); layout.click(); finish(); out.plane_switch.push(performance.now() - t);
+    t = performance.now(); layout.click(); await painted(); out.plane_switch.push(performance.now() - t);
     const slider = document.getElementById('opacity'); slider.value = String(0.2 + 0.1 * (i % 3));
-    t = performance.now(); slider.dispatchEvent(new Event('input')); finish(); out.opacity.push(performance.now() - t);
+    t = performance.now(); slider.dispatchEvent(new Event('input', {bubbles: true})); await painted();
+    out.opacity.push(performance.now() - t);
   }
   return out }"""
 
 
 # a modality switch in the page: the button's click until the loading chain it joins has run and the GPU has
-# finished drawing (gl.finish, as the other controls), and until the second animation frame after the click
-# (the page has composited a frame since: Chromium's compositor with SwiftShader stalls ~1 s now and then,
-# after any redraw); plus whether the read-out names the new modality
-SWITCH_JS = """async (names) => { const out = []; const viewer = window.bratsViewer;
-  const frame = () => new Promise((resolve) => requestAnimationFrame(() => resolve()));
+# drawn it (painted); plus whether the read-out names the new modality
+SWITCH_JS = """async (names) => { """ + PAINTED_JS + """ const out = []; const viewer = window.bratsViewer;
   for (const name of names) {
-    await frame(); await frame();
+    await painted();
     const b = [...document.querySelectorAll('#bar button')].find((x) => x.textContent === name);
-    const t = performance.now(); b.click(); await viewer.loading; viewer.nv.gl.finish();
-    const ms = performance.now() - t;
-    await frame(); await frame();
-    out.push({name, ms, frames_ms: performance.now() - t,
+    const t = performance.now(); b.click(); await viewer.loading; await painted();
+    out.push({name, ms: performance.now() - t,
               readout: document.getElementById('status').textContent.includes(` ${name} `),
               shown: document.body.dataset.modality}) }
   return out }"""
@@ -98,15 +108,15 @@ SWITCHES = ("T1", "T1ce", "T2", "FLAIR", "T1", "T2", "T1ce", "FLAIR")
 
 
 def _controls(page, frame, timeout_s: float) -> dict:
-    """Browser-side controls (no Python rerun): label toggle, plane switch, opacity (handler + GPU finish, ms);
-    modality switches once the four modalities are on the GPU (in the page, and Playwright's wall time)."""
+    """Browser-side controls (no Python rerun): label toggle, plane switch, opacity (click until painted, ms; the
+    3D pane of the 4-up view shows its last picture meanwhile); modality switches once the four modalities are on
+    the GPU (in the page, and Playwright's wall time); then the 3D pane catching up."""
     out = {name: _summary(values) for name, values in frame.evaluate(CONTROLS_JS).items()}
     start = time.perf_counter()
     frame.wait_for_function("() => document.body.dataset.warm === '4'", timeout=timeout_s * 1000, polling=50)
     out["modalities_on_gpu_wait_s"] = round(time.perf_counter() - start, 2)
     switches = frame.evaluate(SWITCH_JS, list(SWITCHES))
     out["modality_switch_ms"] = _summary([s["ms"] for s in switches])
-    out["modality_switch_to_second_frame_ms"] = _summary([s["frames_ms"] for s in switches])
     out["modality_switch_runs"] = switches
     walls = []
     for name in ("T1", "FLAIR", "T2", "FLAIR"):
@@ -116,6 +126,8 @@ def _controls(page, frame, timeout_s: float) -> dict:
                                 timeout=timeout_s * 1000, polling=20)
         walls.append(round((time.perf_counter() - start) * 1000))
     out["modality_switch_playwright_ms"] = _summary(walls)
+    frame.get_by_role("button", name="4-up", exact=True).click()
+    out["render_3d_catch_up"] = frame.evaluate(SETTLE_JS)
     return out
 
 
@@ -149,11 +161,13 @@ def _page_open(page, opens: int, timeout_s: float) -> dict:
     for _ in range(opens):
         start = time.perf_counter()
         page.reload()
-        _ready(page, timeout_s)
+        frame = _ready(page, timeout_s)
+        painted = frame.evaluate(PAINTED_AT_JS)  # labels on screen (the GPU has drawn them), epoch ms
         wall = time.perf_counter() - start
         frame = _ready(page, timeout_s, warm=True)  # the marks of the other three modalities' builds too
         origin = page.evaluate("() => performance.timeOrigin")
         marks = {k: round(v - origin) for k, v in frame.evaluate(MARKS_JS).items()}
+        marks["labels painted"] = round(painted - origin)
         runs.append({"wall_s": round(wall, 2), "marks_ms": marks, "navigation_start_epoch_ms": origin})
         print(json.dumps(runs[-1]), flush=True)
     built = [max(v for k, v in r["marks_ms"].items() if k.startswith("built ")) for r in runs
@@ -161,6 +175,7 @@ def _page_open(page, opens: int, timeout_s: float) -> dict:
     return {"runs": runs, "first_image_ms": _summary([r["marks_ms"]["image shown"] for r in runs]),
             "all_modalities_on_gpu_ms": _summary(built) if built else None,
             "with_labels_ms": _summary([r["marks_ms"]["shown"] for r in runs]),
+            "labels_painted_ms": _summary([r["marks_ms"]["labels painted"] for r in runs]),
             "wall_s": _summary([r["wall_s"] for r in runs])}
 
 

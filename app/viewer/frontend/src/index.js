@@ -9,6 +9,9 @@
 // two tabs editing one session never share a number, and Python acknowledges each tab's own.
 // Labels are NiiVue's drawing layer (values 0..3 = background, NCR, ED, ET).
 import { Niivue, NVImage, DRAG_MODE, MULTIPLANAR_TYPE, SHOW_RENDER, SLICE_TYPE } from '@niivue/niivue'
+import { installBoxUploads } from './drawing_upload.js'
+import { installRenderCache } from './render_cache.js'
+import { installFramePacing } from './frame_pacing.js'
 
 const LAYOUTS = {
   multi: SLICE_TYPE.MULTIPLANAR,
@@ -54,6 +57,9 @@ const state = {
   visible: null, // labels shown (1..3): set in the browser, shared by every page; null: Python's default
   opacity: null, // label layer opacity, as ``visible``
   snapshot: null, // drawing before the current mouse stroke
+  uploads: null, // {boxes, full}: drawing uploads to the GPU, by pen box or whole layer (see drawing_upload.js)
+  renderCache: null, // the 3D pane's last picture, shown while the user interacts (see render_cache.js)
+  pacing: null, // redraws paced to the GPU (see frame_pacing.js)
   loading: Promise.resolve(),
   lastCaseKey: '',
   lastEventAt: 0,
@@ -139,6 +145,9 @@ async function createViewer() {
     keyDebounceTime: 10,
   })
   await nv.attachToCanvas(canvas)
+  state.uploads = installBoxUploads(nv) // a pen move uploads its own voxels, not the whole drawing layer
+  state.renderCache = installRenderCache(nv, document) // the 3D pane is rendered again once the user pauses
+  state.pacing = installFramePacing(nv) // a redraw waits for the previous one to leave the GPU: no input queues
   nv.setRadiologicalConvention(true)
   nv.setSliceType(LAYOUTS[state.layout])
   nv.onLocationChange = (location) => showLocation(location)
@@ -306,6 +315,7 @@ async function showVolume(args) {
   }
   const first = nv.volumes.length === 0
   if (first) {
+    state.renderCache.defer() // the slices first; the 3D pane once they (and the labels) are on screen
     nv.addVolume(image)
     mark('volume added')
   } else if (canSwapTextures(nv)) {
@@ -375,15 +385,18 @@ async function showLabels(args) {
   const prefetched = state.labelsPrefetchUrl === args.labels_url ? state.labelsPrefetch : null
   state.labelsPrefetch = null
   const image = await (prefetched || fetchImage(args.labels_url, 'labels.nii.gz'))
-  nv.loadDrawing(image)
+  if (state.renderCache.stale()) state.renderCache.defer() // still loading the page: the 3D pane after the labels
+  nv.loadDrawing(image) // uploads and draws
+  mark('labels loaded')
   state.labelsToken = args.labels_token
   // The file holds this tab's strokes up to the revision Python had applied when it wrote these arguments; put
   // every later one back on top: the unacknowledged ones, and those acknowledged while the file was loading.
   const inFile = (args.acked_revs || {})[CLIENT] || 0
   state.recent = state.recent.filter((e) => e.rev > inFile && e.epoch === state.epoch)
   const later = new Map([...state.recent, ...state.pending].filter((e) => e.rev > inFile).map((e) => [e.rev, e]))
-  for (const rev of [...later.keys()].sort((a, b) => a - b)) if (later.get(rev).op === 'paint') applyPaint(later.get(rev))
-  nv.refreshDrawing(true)
+  const paints = [...later.keys()].sort((a, b) => a - b).filter((rev) => later.get(rev).op === 'paint')
+  for (const rev of paints) applyPaint(later.get(rev))
+  if (paints.length) nv.refreshDrawing(true) // a second whole upload only when strokes went on top
 }
 
 function applyPaint(event) {
@@ -438,6 +451,7 @@ function endStroke() {
   const before = state.snapshot
   const upAt = performance.now()
   state.snapshot = null
+  if (strokeLocation) { showLocation(strokeLocation); strokeLocation = null }
   // NiiVue finishes the stroke (and a filled outline) in its own mouseup handler: diff afterwards.
   setTimeout(() => {
     const after = state.nv.drawBitmap
@@ -474,14 +488,38 @@ function restorePending(epoch, acked) {
   } catch (e) { return [] }
 }
 
+// One value with edits in flight at a time: strokes drawn while Python applies the previous ones go out
+// together once it has answered (each value is a rerun of the page in Python and in the browser; a value
+// sent during a rerun makes Streamlit stop that rerun and start again). Unanswered after SEND_RETRY_MS: sent
+// again (the edits are numbered, Python applies each once).
+const SEND_RETRY_MS = 3000
+let inFlight = null // {rev, at}: newest revision of the last value sent with edits, until Python acknowledges it
+let retryTimer = 0
+
 function flush() {
   // Every unacknowledged edit goes out each time: a value that replaces an unread one loses nothing.
   storePending()
-  state.lastEventAt = performance.now()
+  renderStatus()
+  const now = performance.now()
+  if (inFlight && state.acked < inFlight.rev && now - inFlight.at < SEND_RETRY_MS) {
+    clearTimeout(retryTimer)
+    retryTimer = setTimeout(flush, SEND_RETRY_MS - (now - inFlight.at))
+    return
+  }
+  clearTimeout(retryTimer)
+  state.lastEventAt = now
   sentCursor = JSON.stringify(cursorMM())
+  inFlight = state.pending.length ? { rev: state.pending[state.pending.length - 1].rev, at: now } : null
   setValue({ epoch: state.epoch, client: CLIENT, events: state.pending, cursor_mm: cursorMM(), sent: Date.now(),
     webgl: true })
-  renderStatus()
+}
+
+function answered() {
+  // Python acknowledged the value in flight: what was drawn meanwhile goes out now.
+  if (!inFlight || state.acked < inFlight.rev) return
+  inFlight = null
+  clearTimeout(retryTimer)
+  if (state.pending.length) flush()
 }
 
 function cursorMM() {
@@ -731,7 +769,9 @@ function refreshReadout() {
 let locationText = ''
 let cursorTimer = 0
 let sentCursor = ''
+let strokeLocation = null // the pen's last location during a stroke, shown at mouse-up
 function showLocation(location) {
+  if (state.snapshot) { strokeLocation = location; return } // each read-out change costs a frame: not per pen move
   locationText = readout(location)
   renderStatus()
   saveView()
@@ -771,6 +811,7 @@ async function onRender(args) {
     state.recent = [...state.pending]
     state.rev = state.pending.length ? state.pending[state.pending.length - 1].rev : 0
     state.acked = 0
+    inFlight = null // the old epoch's value: its edits are void
   }
   if (acked > state.acked) {
     const now = performance.now()
@@ -782,6 +823,7 @@ async function onRender(args) {
   state.pending = state.pending.filter((e) => e.rev > state.acked)
   if (!state.labelsLoads) state.recent = state.recent.filter((e) => e.rev > state.acked) // a later file holds them
   if (state.pending.length !== before) storePending()
+  answered()
   const height = args.height || 600
   $('viewport').style.height = `${height}px`
   if (first) {
