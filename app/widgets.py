@@ -317,11 +317,10 @@ def volumes_table(layers: dict[str, Layer], spacing: tuple[float, float, float])
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def _volumes(layer_key: str, spacing: tuple[float, float, float], _labels: np.ndarray) -> dict[str, float]:
-    from core.segmentation.metrics import volumes_ml
+    from core.segmentation.metrics import class_volumes_ml, volumes_ml
 
-    volume_ml = float(np.prod(spacing)) / 1000.0
-    counts = np.bincount(np.asarray(_labels, dtype=np.uint8).ravel(), minlength=4)
-    return {**volumes_ml(_labels, spacing), "NCR": float(counts[1]) * volume_ml, "ED": float(counts[2]) * volume_ml}
+    classes = class_volumes_ml(_labels, spacing)
+    return {**volumes_ml(_labels, spacing), "NCR": classes["NCR"], "ED": classes["ED"]}
 
 
 @st.cache_data(show_spinner=False, max_entries=32)

@@ -259,3 +259,21 @@ def test_a_reference_without_enhancing_tumour_is_scored_the_brats_way():
     assert lesion_wise_metrics(blob, ref)["ET"] == {"dice": 0.0, "hd95": HD95_EMPTY, "lesions": 0,
                                                     "false_positives": 1}
     assert region_metrics(blob, ref)["TC"]["dice"] == 1.0  # ET inside the core leaves TC unchanged
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.int64])
+def test_class_volumes_and_region_dice_count_every_voxel_of_any_integer_map(dtype) -> None:
+    """The Edit page's tables count only non-zero voxels (speed): the totals must still be those of a full count."""
+    from core.segmentation.metrics import region_dice
+
+    rng = np.random.default_rng(7)
+    labels = np.where(rng.random((16, 12, 10)) < 0.9, 0, rng.integers(1, 4, (16, 12, 10))).astype(dtype)
+    spacing = (1.0, 2.0, 0.5)
+    counts = np.bincount(labels.ravel().astype(np.int64), minlength=4)
+    assert class_volumes_ml(labels, spacing) == pytest.approx(
+        {"NCR": counts[1] / 1000, "ED": counts[2] / 1000, "ET": counts[3] / 1000})
+    empty = np.zeros_like(labels)
+    assert region_dice(labels, empty) == {"WT": 0.0, "TC": 0.0, "ET": 0.0}
+    assert region_dice(empty, empty) == {"WT": 1.0, "TC": 1.0, "ET": 1.0}
+    with pytest.raises(ValueError, match="classes 0..3"):
+        region_dice(np.where(labels == 3, 4, labels), labels)  # BraTS 2020's ET value, not converted
