@@ -29,6 +29,7 @@ from bench.server import (
     niivue_frame,
     optional_screenshot,
     streamlit_server,
+    wait_until_idle,
 )
 from core.io.labels import CLASS_NAMES
 from core.synthesis.anatomy import BRATS_AFFINE
@@ -124,8 +125,23 @@ def _undo_redo_last_stroke(page, frame, rev: int, et_voxels: int) -> None:
 
 
 def _download(page, name: str, target: Path) -> Path:
-    with page.expect_download(timeout=120_000) as info:
-        page.get_by_role("button", name=name).click()
+    """Click a download button and save the file.
+
+    One second click if the first gives nothing in 60 s: Streamlit drops a download button's deferred data
+    (``data=callable``) when a script run that ends meanwhile no longer references it (here: the viewer's cursor
+    report reruns the page), and the click then fetches nothing (a 404 in the console, no message): 2 of 4 clicks
+    right after Generate with the viewer bundle of 6892e8e as well. The app does not work around it yet.
+    """
+    wait_until_idle(page)
+    for attempt in (1, 2):
+        try:
+            with page.expect_download(timeout=60_000 * attempt) as info:
+                page.get_by_role("button", name=name).click()
+            break
+        except playwright.TimeoutError:
+            if attempt == 2:
+                raise
+            wait_until_idle(page)
     info.value.save_as(target)
     return target
 
@@ -347,7 +363,10 @@ def test_two_tabs_on_one_session_lose_no_stroke(server, tmp_path):
         page_a.get_by_text(f"{2 * rounds} strokes received").wait_for(timeout=30_000)
         target = _download(page_a, "Download the edited mask (.nii.gz)", tmp_path / "edited.nii.gz")
     labels = np.asarray(nib.Nifti1Image.from_bytes(gzip.decompress(target.read_bytes())).dataobj)
-    assert _components(voxel_to_ras_flat(np.nonzero(labels == 3), SHAPE, BRATS_AFFINE)) == 2 * rounds
+    pieces, count = ndimage.label(labels == 3, structure=np.ones((3, 3, 3)))
+    assert count == 2 * rounds
+    sizes = np.bincount(pieces.ravel())[1:]
+    assert sizes.min() >= 0.9 * sizes.max(), sizes  # whole strokes: none lost one of its 5 pen moves
 
 
 # every slice of NiiVue's drawing texture read back from the GPU, against the browser's drawing bitmap

@@ -5,10 +5,10 @@ run cut short still leaves what it measured):
 
 - page open to first image: the Viewer page reloaded with the case already loaded (``--opens``
   times, after one first load). Client-side, from the reload's navigation start to the component's
-  ``image shown`` mark (the first modality handed to NiiVue), ``shown`` mark (labels too) and ``labels painted``
-  (the GPU has drawn them: see ``PAINTED_JS``; up to 100 ms late, Playwright polls), all on the page's clock;
-  plus the wall time Playwright saw until the labels were painted; and until the other three modalities' GPU
-  textures are built (the ``built …`` marks: after ``shown``, one at a time).
+  ``image shown`` mark (the first modality handed to NiiVue), ``shown`` mark (labels too) and ``painted`` mark
+  (the GPU has drawn them: a 1-pixel read, see ``PAINTED_JS``), all on the page's clock; plus the wall time
+  Playwright saw until the component said ready; and until the other three modalities' GPU textures are built
+  (the ``built …`` marks: after ``painted``, one at a time).
 - memory after the first open (labels shown; then all four modalities on the GPU): RSS of the Streamlit
   server, RSS and USS summed over the Chromium processes (SwiftShader's textures live in its GPU process).
 - slice change with the mouse wheel: one wheel event until its redraw is painted (see ``PAINTED_JS``).
@@ -28,6 +28,8 @@ run cut short still leaves what it measured):
 - two tabs on one session: a second tab opens the same session, and the two draw ``--tab-strokes``
   strokes alternately (random gaps, no waiting); then the strokes found in the saved mask and whether
   each tab's drawing equals it (each tab takes the other's edits within its 2 s poll).
+- partial strokes: at the end, the strokes in the saved mask smaller than a whole one (a stroke that lost some
+  of its pen moves still counts as found above).
 
     python -m bench.app.bench_niivue [--strokes 100] [--tab-strokes 100] [--burst 20] [--opens 3]
         [--json bench/results/app/niivue.json]
@@ -65,8 +67,6 @@ WHEEL_JS = """async () => { """ + PAINTED_JS + """ const c = document.getElement
       clientY: r.top + r.height * 0.5, bubbles: true, cancelable: true}));
     await painted(); out.push(performance.now() - t0) }
   return out }"""
-PAINTED_AT_JS = ("""async () => { """ + PAINTED_JS
-                 + """ await painted(); return performance.timeOrigin + performance.now() }""")
 # the 3D pane (4-up) catching up once the user pauses (render_cache.js): its ray-cast render until painted
 SETTLE_JS = """async () => { """ + PAINTED_JS + """ const viewer = window.bratsViewer; await painted();
   const stale = viewer.renderCache.stale(); const t0 = performance.now(); viewer.renderCache.settle(); await painted();
@@ -162,12 +162,10 @@ def _page_open(page, opens: int, timeout_s: float) -> dict:
         start = time.perf_counter()
         page.reload()
         frame = _ready(page, timeout_s)
-        painted = frame.evaluate(PAINTED_AT_JS)  # labels on screen (the GPU has drawn them), epoch ms
         wall = time.perf_counter() - start
         frame = _ready(page, timeout_s, warm=True)  # the marks of the other three modalities' builds too
         origin = page.evaluate("() => performance.timeOrigin")
         marks = {k: round(v - origin) for k, v in frame.evaluate(MARKS_JS).items()}
-        marks["labels painted"] = round(painted - origin)
         runs.append({"wall_s": round(wall, 2), "marks_ms": marks, "navigation_start_epoch_ms": origin})
         print(json.dumps(runs[-1]), flush=True)
     built = [max(v for k, v in r["marks_ms"].items() if k.startswith("built ")) for r in runs
@@ -175,7 +173,7 @@ def _page_open(page, opens: int, timeout_s: float) -> dict:
     return {"runs": runs, "first_image_ms": _summary([r["marks_ms"]["image shown"] for r in runs]),
             "all_modalities_on_gpu_ms": _summary(built) if built else None,
             "with_labels_ms": _summary([r["marks_ms"]["shown"] for r in runs]),
-            "labels_painted_ms": _summary([r["marks_ms"]["labels painted"] for r in runs]),
+            "labels_painted_ms": _summary([r["marks_ms"]["painted"] for r in runs]),
             "wall_s": _summary([r["wall_s"] for r in runs])}
 
 
@@ -256,10 +254,26 @@ def _saved_et(session_root: Path) -> np.ndarray:
     return np.sort(voxel_to_ras_flat(np.nonzero(labels == 3), labels.shape, BRATS_AFFINE))
 
 
-def _pieces(flat: np.ndarray, shape: tuple[int, int, int] = (240, 240, 155)) -> int:
+def _piece_sizes(flat: np.ndarray, shape: tuple[int, int, int] = (240, 240, 155)) -> np.ndarray:
+    """Voxel count of each separate piece (stroke) among RAS flat indices."""
     mask = np.zeros(int(np.prod(shape)), bool)
     mask[flat] = True
-    return int(ndimage.label(mask.reshape(shape, order="F"), structure=np.ones((3, 3, 3)))[1])
+    labels, count = ndimage.label(mask.reshape(shape, order="F"), structure=np.ones((3, 3, 3)))
+    return np.bincount(labels.ravel(), minlength=count + 1)[1:]
+
+
+def _pieces(flat: np.ndarray) -> int:
+    return int(_piece_sizes(flat).size)
+
+
+def _partial_strokes(flat: np.ndarray) -> int:
+    """Pieces smaller than the most common size: strokes that lost some of their pen moves (every stroke of this
+    benchmark is the same line with the same 1-voxel brush)."""
+    sizes = _piece_sizes(flat)
+    if not sizes.size:
+        return 0
+    values, counts = np.unique(sizes, return_counts=True)
+    return int((sizes < values[np.argmax(counts)]).sum())
 
 
 def _two_tabs(page, strokes: int, rng: random.Random, session_root: Path, timeout_s: float) -> dict:
@@ -357,6 +371,8 @@ def run(strokes: int, opens: int, seed: int, out: Path | None, timeout_s: float,
                 results["two_tabs"] = _two_tabs(page, tab_strokes, rng, Path(tmp, "s"), timeout_s)
                 print(json.dumps(results["two_tabs"]), flush=True)
                 save()
+            results["saved_mask_partial_strokes"] = _partial_strokes(_saved_et(Path(tmp, "s")))
+            save()
     return results
 
 

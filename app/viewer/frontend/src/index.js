@@ -56,7 +56,8 @@ const state = {
   layout: 'multi',
   visible: null, // labels shown (1..3): set in the browser, shared by every page; null: Python's default
   opacity: null, // label layer opacity, as ``visible``
-  snapshot: null, // drawing before the current mouse stroke
+  snapshot: null, // drawing before the current mouse stroke (until the stroke is diffed, after mouse-up)
+  strokeEnding: false, // mouse-up seen, the stroke's diff not taken yet
   uploads: null, // {boxes, full}: drawing uploads to the GPU, by pen box or whole layer (see drawing_upload.js)
   renderCache: null, // the 3D pane's last picture, shown while the user interacts (see render_cache.js)
   pacing: null, // redraws paced to the GPU (see frame_pacing.js)
@@ -385,6 +386,8 @@ async function showLabels(args) {
   const prefetched = state.labelsPrefetchUrl === args.labels_url ? state.labelsPrefetch : null
   state.labelsPrefetch = null
   const image = await (prefetched || fetchImage(args.labels_url, 'labels.nii.gz'))
+  // Not over a stroke being drawn: its voxels are in the drawing only until mouse-up (then they are an edit).
+  while (state.snapshot) await sleep(30)
   if (state.renderCache.stale()) state.renderCache.defer() // still loading the page: the 3D pane after the labels
   nv.loadDrawing(image) // uploads and draws
   mark('labels loaded')
@@ -447,13 +450,16 @@ function startStroke(e) {
 }
 
 function endStroke() {
-  if (!state.snapshot) return
   const before = state.snapshot
+  if (!before || state.strokeEnding) return
+  state.strokeEnding = true
   const upAt = performance.now()
-  state.snapshot = null
-  if (strokeLocation) { showLocation(strokeLocation); strokeLocation = null }
-  // NiiVue finishes the stroke (and a filled outline) in its own mouseup handler: diff afterwards.
+  // NiiVue finishes the stroke (and a filled outline) in its own mouseup handler: diff afterwards. The snapshot
+  // stays until then: a labels file (another tab's edits) is not loaded over a stroke that is not diffed yet.
   setTimeout(() => {
+    state.strokeEnding = false
+    if (state.snapshot === before) state.snapshot = null // (a next stroke may have begun already)
+    if (strokeLocation) { showLocation(strokeLocation); strokeLocation = null }
     const after = state.nv.drawBitmap
     if (!after || after.length !== before.length) return
     const idx = [], val = []
@@ -842,6 +848,8 @@ async function onRender(args) {
     mark('webgl ready')
     canvas.addEventListener('mousedown', startStroke, true)
     window.addEventListener('mouseup', endStroke, true)
+    // a button released outside the viewer: the next move over it with no button down ends the stroke
+    window.addEventListener('mousemove', (e) => { if (state.snapshot && (e.buttons & 1) === 0) endStroke() }, true)
     window.addEventListener('keydown', onKey, true) // any focus inside the viewer (canvas or its toolbar)
     window.addEventListener('keyup', (e) => { if (OWN_KEYS.has(e.key)) e.stopPropagation() }, true) // not NiiVue's too
     canvas.addEventListener('wheel', onWheel, { capture: true, passive: true })
@@ -890,13 +898,18 @@ async function onRender(args) {
       }
       refreshReadout()
       renderStatus()
+      let painted = Promise.resolve()
       if (!state.timings.shown) {
         mark('shown')
         if (state.pending.length) flush() // resend what a reload interrupted
+        painted = state.pacing.idle().then(() => { // the GPU has drawn it (a 1-pixel read waits for that)
+          nv.gl.readPixels(1, 1, 1, 1, nv.gl.RGBA, nv.gl.UNSIGNED_BYTE, new Uint8Array(4))
+          mark('painted')
+        })
       }
       if (state.warming !== args.case_key) {
         state.warming = args.case_key // once per case (not a loading step itself: see warmModalities)
-        setTimeout(() => warmModalities(args).catch(fail), 0)
+        painted.then(() => warmModalities(args)).catch(fail) // the other modalities once this one is on screen
       }
       document.body.dataset.ready = '1'
       document.body.dataset.acked = String(state.acked)
