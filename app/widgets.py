@@ -317,10 +317,10 @@ def volumes_table(layers: dict[str, Layer], spacing: tuple[float, float, float])
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def _volumes(layer_key: str, spacing: tuple[float, float, float], _labels: np.ndarray) -> dict[str, float]:
-    from core.segmentation.metrics import class_volumes_ml, volumes_ml
+    from core.segmentation.metrics import region_and_class_volumes_ml
 
-    classes = class_volumes_ml(_labels, spacing)
-    return {**volumes_ml(_labels, spacing), "NCR": classes["NCR"], "ED": classes["ED"]}
+    volumes = region_and_class_volumes_ml(_labels, spacing)
+    return {row: volumes[row] for row in VOLUME_ROWS}
 
 
 @st.cache_data(show_spinner=False, max_entries=32)

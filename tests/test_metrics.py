@@ -264,7 +264,7 @@ def test_a_reference_without_enhancing_tumour_is_scored_the_brats_way():
 @pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.int64])
 def test_class_volumes_and_region_dice_count_every_voxel_of_any_integer_map(dtype) -> None:
     """The Edit page's tables count only non-zero voxels (speed): the totals must still be those of a full count."""
-    from core.segmentation.metrics import region_dice
+    from core.segmentation.metrics import region_and_class_volumes_ml, region_dice
 
     rng = np.random.default_rng(7)
     labels = np.where(rng.random((16, 12, 10)) < 0.9, 0, rng.integers(1, 4, (16, 12, 10))).astype(dtype)
@@ -272,6 +272,8 @@ def test_class_volumes_and_region_dice_count_every_voxel_of_any_integer_map(dtyp
     counts = np.bincount(labels.ravel().astype(np.int64), minlength=4)
     assert class_volumes_ml(labels, spacing) == pytest.approx(
         {"NCR": counts[1] / 1000, "ED": counts[2] / 1000, "ET": counts[3] / 1000})
+    assert region_and_class_volumes_ml(labels, spacing) == {**volumes_ml(labels, spacing),
+                                                           **class_volumes_ml(labels, spacing)}
     empty = np.zeros_like(labels)
     assert region_dice(labels, empty) == {"WT": 0.0, "TC": 0.0, "ET": 0.0}
     assert region_dice(empty, empty) == {"WT": 1.0, "TC": 1.0, "ET": 1.0}

@@ -213,16 +213,28 @@ def _voxel_ml(spacing: Spacing) -> float:
     return float(np.prod(_check_spacing(spacing, 3))) / 1000.0
 
 
+def _class_ml(counts: np.ndarray, voxel: float) -> dict[str, float]:
+    return {CLASS_NAMES[c]: float(counts[c]) * voxel for c in (NCR, ED, ET)}
+
+
+def _region_ml(counts: np.ndarray, voxel: float) -> dict[str, float]:
+    return {r: float(sum(counts[c] for c in REGION_CLASSES[r])) * voxel for r in REGIONS}
+
+
 def class_volumes_ml(labels: np.ndarray, spacing: Spacing = (1.0, 1.0, 1.0)) -> dict[str, float]:
     """Volume in mL of each tumour class: ``{"NCR": ..., "ED": ..., "ET": ...}``."""
-    counts, voxel = _class_counts(labels), _voxel_ml(spacing)
-    return {CLASS_NAMES[c]: float(counts[c]) * voxel for c in (NCR, ED, ET)}
+    return _class_ml(_class_counts(labels), _voxel_ml(spacing))
 
 
 def volumes_ml(labels: np.ndarray, spacing: Spacing = (1.0, 1.0, 1.0)) -> dict[str, float]:
     """Volume in mL of each BraTS region: ``{"WT": ..., "TC": ..., "ET": ...}`` (voxels x prod(spacing) / 1000)."""
+    return _region_ml(_class_counts(labels), _voxel_ml(spacing))
+
+
+def region_and_class_volumes_ml(labels: np.ndarray, spacing: Spacing = (1.0, 1.0, 1.0)) -> dict[str, float]:
+    """:func:`volumes_ml` and :func:`class_volumes_ml` from one count of the volume: WT, TC, ET, NCR, ED (mL)."""
     counts, voxel = _class_counts(labels), _voxel_ml(spacing)
-    return {r: float(sum(counts[c] for c in REGION_CLASSES[r])) * voxel for r in REGIONS}
+    return {**_region_ml(counts, voxel), **_class_ml(counts, voxel)}
 
 
 # ------------------------------------------------------------------------ lesion-wise (BraTS 2023)

@@ -55,20 +55,19 @@ export function installBoxUploads(nv) {
   const usable = () => !nv.opts.is2DSliceShader && !(nv.opts.smoothDrawing > 0) && nv.drawTexture && nv.drawBitmap &&
     nv.back && nv.back.dims && nv.drawBitmap.length === nv.back.dims[1] * nv.back.dims[2] * nv.back.dims[3]
 
+  const touch = (points, first) => { // the pen's voxels: into the stroke's box and the next upload's
+    if (!nv.back) return
+    stroke = grow(first ? null : stroke, points, radius(), nv.back.dims)
+    dirty = grow(dirty, points, radius(), nv.back.dims)
+  }
   const drawPt = nv.drawPt.bind(nv)
   nv.drawPt = (x, y, z, penValue, drawBitmap = null) => {
-    if (!drawBitmap && nv.back) { // a stroke's first point (drawPenLine does the others)
-      stroke = grow(null, [[x, y, z]], radius(), nv.back.dims)
-      dirty = grow(dirty, [[x, y, z]], radius(), nv.back.dims)
-    }
+    if (!drawBitmap) touch([[x, y, z]], true) // a stroke's first point (drawPenLine does the others)
     drawPt(x, y, z, penValue, drawBitmap)
   }
   const drawPenLine = nv.drawPenLine.bind(nv)
   nv.drawPenLine = (ptA, ptB, penValue) => {
-    if (nv.back) {
-      stroke = grow(stroke, [ptA, ptB], radius(), nv.back.dims)
-      dirty = grow(dirty, [ptA, ptB], radius(), nv.back.dims)
-    }
+    touch([ptA, ptB], false)
     drawPenLine(ptA, ptB, penValue)
   }
   const drawPenFilled = nv.drawPenFilled.bind(nv)

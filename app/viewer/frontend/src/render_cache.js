@@ -5,8 +5,8 @@
 // for the three slices, so every pen move, wheel step or button in the 4-up view waited for a new 3D picture.
 // While the user interacts (a mouse button held down, then ``idleMs`` after the last pointer, wheel or key event)
 // the 3D pane shows its last picture, copied back from a framebuffer (a blit, ~1 ms), or stays empty if it has
-// none yet; once the user pauses it is rendered again. Only with a single-sampled canvas (a blit into a multisampled one is not allowed; machines that
-// antialias have a hardware GPU, where the render is fast anyway).
+// none yet; once the user pauses it is rendered again. Only with a single-sampled canvas (a blit into a
+// multisampled one is not allowed; machines that antialias have a hardware GPU, where the render is fast anyway).
 
 /** Integer canvas rectangle (bottom-left origin, as GL wants it) of NiiVue's top-left ``ltwh`` tile. */
 function glRect(gl, ltwh) {
