@@ -360,17 +360,40 @@ def apply_viewer_edits(value: Any, state: Studio | None = None) -> int:
         for event in events:
             in_sync = editor.version == state.editor_synced
             if event.op == "paint":
-                editor.paint_voxels(event.voxels, event.values, event.tool or "stroke")
+                if editor.paint_voxels(event.voxels, event.values, event.tool or "stroke"):
+                    _remember_paint_step(state, (event.client, event.rev), editor.step_digest("undo"))
                 state.editor_strokes += 1
                 if in_sync:  # the browser drew it: no reload needed
                     state.editor_synced = editor.version
-            elif event.op == "undo":
-                editor.undo()
             else:
-                editor.redo()
+                _undo_or_redo(state, event, in_sync)
             state.editor_revs[event.client] = event.rev
             state.editor_events += 1
     return len(events)
+
+
+PAINT_STEPS_KEPT = 64  # browser strokes whose undo step is remembered (more than the editor's history)
+
+
+def _remember_paint_step(state: Studio, stroke: tuple[str, int], digest: str | None) -> None:
+    state.editor_paint_steps[stroke] = digest or ""
+    while len(state.editor_paint_steps) > PAINT_STEPS_KEPT:
+        del state.editor_paint_steps[next(iter(state.editor_paint_steps))]
+
+
+def _undo_or_redo(state: Studio, event: Any, in_sync: bool) -> None:
+    """Undo or redo the editor's last step for a browser event. When the tab already showed it (``mirrors``: it
+    reverted its own stroke on screen), the browser's drawing stays unless the step Python reverts is not that
+    stroke or the drawing was not in step before: then the tab reloads the labels file."""
+    editor = state.editor
+    assert editor is not None
+    expected = state.editor_paint_steps.get((event.client, event.mirrors)) if event.mirrors is not None else None
+    shown = bool(expected) and in_sync and editor.step_digest(event.op) == expected
+    done = editor.undo() if event.op == "undo" else editor.redo()
+    if shown and done:
+        state.editor_synced = editor.version  # the browser shows this already: no reload
+    elif event.mirrors is not None:
+        state.editor_synced = -1  # the browser guessed wrong: it must load the labels file
 
 
 def editor_labels_token() -> str:

@@ -81,6 +81,9 @@ class Studio:
     edit_generation: int = 0  # version of the saved edited mask this tab holds (see app.persistence.shared_edits)
     editor_synced: int = 0  # editor version the browser's drawing layer already shows
     editor_reloads: int = 0  # bumped when the browser must reload the labels (a change made here)
+    # (tab, revision) of this session's recent browser strokes -> MaskEditor.step_digest of the step each made: an
+    # undo / redo the tab already showed is checked against it (app.actions.apply_viewer_edits)
+    editor_paint_steps: dict[tuple[str, int], str] = field(default_factory=dict)
     cursor: tuple[int, int, int] | None = None  # one cursor for every page (voxel of the current case)
     sid: str = ""  # browser session id (in the URL as ?sid=…): the key of the work saved on the server
     saved_edit_version: int = -1  # editor version last written to the session store

@@ -198,7 +198,7 @@ def _niivue_panel() -> None:
             names=[MODALITY_LABELS[m] for m in MODALITIES], active=int(st.session_state.get("edit_modality", 3)),
             labels=editor.labels, labels_key=state.edit_layer_key(),
             labels_token=actions.editor_labels_token(), editable=True, epoch=state.editor_key,
-            acked_revs=state.editor_revs,
+            acked_revs=state.editor_revs, history_limit=editor.history_limit,
             cursor=state.cursor_voxel(), height=600, on_change=_on_viewer,
         )
         st.caption("Left-drag paints on any plane · keys: `1` `2` `3` label, `e` eraser, `p` pen, `f` fill (draw an "

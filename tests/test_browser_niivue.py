@@ -109,19 +109,26 @@ _ET_COUNT_JS = ("([n, fewer]) => { const b = window.bratsViewer.nv.drawBitmap; l
                 "if (v === 3) c++; return fewer ? c < n : c === n }")
 
 
-def _undo_redo_last_stroke(page, frame, rev: int, et_voxels: int) -> None:
-    """Ctrl+Z takes the last stroke back, Ctrl+Y brings it back (the browser reloads the server's labels each time).
+def _undo_redo_last_stroke(page, frame, rev: int, et_voxels: int, at_once: bool) -> None:
+    """Ctrl+Z takes the last stroke back, Ctrl+Y brings it back.
 
-    ``rev``: the last revision Python acknowledged; ``et_voxels``: the ET voxels with every stroke.
+    ``rev``: the last revision Python acknowledged; ``et_voxels``: the ET voxels with every stroke. ``at_once``:
+    the stroke was drawn in this page, so the browser shows the undo and redo itself and Python confirms them
+    without sending a labels file (no whole-layer upload); else (after a reload) the labels file shows them.
     """
     frame.locator("#status").click()  # the keyboard focus into the viewer (a button may hold it)
+    before = frame.evaluate("() => [document.body.dataset.labelsToken, window.bratsViewer.uploads.full]")
     page.keyboard.press("Control+z")
-    wait_synced(frame, rev + 1)
     frame.wait_for_function(_ET_COUNT_JS, arg=[et_voxels, True], timeout=60_000)
+    wait_synced(frame, rev + 1)
     assert _components(bitmap_voxels(frame, 3)) == STROKES - 1
     page.keyboard.press("Control+y")
-    wait_synced(frame, rev + 2)
     frame.wait_for_function(_ET_COUNT_JS, arg=[et_voxels, False], timeout=60_000)
+    wait_synced(frame, rev + 2)
+    page.wait_for_timeout(2500)  # a labels file Python would send comes with its acknowledgement
+    after = frame.evaluate("() => [document.body.dataset.labelsToken, window.bratsViewer.uploads.full]")
+    assert (after == before) == at_once, (before, after)
+    frame.wait_for_function(_ET_COUNT_JS, arg=[et_voxels, False], timeout=10_000)
 
 
 def _download(page, name: str, target: Path) -> Path:
@@ -242,7 +249,7 @@ def test_niivue_view_segment_edit_reload_generate(server, tmp_path):
         np.testing.assert_array_equal(np.sort(et_server), np.sort(et_browser))  # Python holds what was drawn
 
         # Undo / redo by key: the last stroke goes and comes back
-        _undo_redo_last_stroke(page, frame, STROKES, int(et_browser.size))
+        _undo_redo_last_stroke(page, frame, STROKES, int(et_browser.size), at_once=True)
         page.get_by_text(f"{STROKES} strokes received · 2 undo/redo").wait_for(timeout=60_000)
 
         # Reload: the case, the prediction and every edit come back from the server
@@ -254,7 +261,8 @@ def test_niivue_view_segment_edit_reload_generate(server, tmp_path):
         assert "U-Net prediction" in page.locator("[data-testid=stSidebar]").inner_text()
         _shot(page, "3_reloaded")
         # the undo history came back with the mask: Ctrl+Z takes the last stroke back, Ctrl+Y redoes it
-        _undo_redo_last_stroke(page, frame, int(frame.evaluate("() => window.bratsViewer.acked")), int(et_browser.size))
+        _undo_redo_last_stroke(page, frame, int(frame.evaluate("() => window.bratsViewer.acked")), int(et_browser.size),
+                               at_once=False)
 
         # Generate from the edited mask, download the zip
         goto_page(page, "Generate", "Generate synthetic MRI")

@@ -148,3 +148,20 @@ def test_history_survives_a_save_and_restore(editor):
     other = MaskEditor(np.zeros(SHAPE, dtype=np.uint8), geometry)
     assert not other.restore_history(history) and not other.can_undo
     assert not other.restore_history({"stack": np.zeros(1)})  # malformed
+
+
+def test_step_digest_names_the_step_undo_and_redo_would_apply(editor):
+    assert editor.step_digest("undo") is None and editor.step_digest("redo") is None
+    voxels = (np.array([1, 2]), np.array([1, 1]), np.array([0, 0]))
+    editor.paint_voxels(voxels, np.array([2, 2]))
+    first = editor.step_digest("undo")
+    editor.paint_voxels(voxels, np.array([3, 3]))
+    second = editor.step_digest("undo")
+    assert first and second and first != second  # same voxels, other values
+    editor.undo()
+    assert editor.step_digest("redo") == second and editor.step_digest("undo") == first
+    restored = MaskEditor(editor.labels, editor.geometry)
+    restored.restore_history(editor.history_arrays())
+    assert restored.step_digest("undo") == first and restored.step_digest("redo") == second
+    with pytest.raises(KeyError):
+        editor.step_digest("sideways")

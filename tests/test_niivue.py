@@ -96,6 +96,15 @@ def test_new_events_skip_applied_and_stale_and_sort():
         new_events(_value([{"rev": 1, "op": "paint", "idx": [0, 1], "val": [1]}]), "e1", {}, SHAPE, affine)
 
 
+def test_new_events_carry_the_stroke_an_undo_already_showed():
+    affine = AFFINES["RAS"]
+    value = _value([{"rev": 2, "op": "undo", "mirrors": 1}, {"rev": 3, "op": "redo"}])
+    assert [(e.op, e.mirrors) for e in new_events(value, "e1", {}, SHAPE, affine)] == [("undo", 1), ("redo", None)]
+    for bad in ("1", 1.5, True):
+        with pytest.raises(ValueError, match="mirrors"):
+            new_events(_value([{"rev": 1, "op": "undo", "mirrors": bad}]), "e1", {}, SHAPE, affine)
+
+
 def test_new_events_count_revisions_per_browser_tab():
     """Two tabs of one session number their strokes independently: tab B's revision 2 is new after tab A's 5."""
     affine = AFFINES["RAS"]

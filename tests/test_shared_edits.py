@@ -45,8 +45,10 @@ def _start_editing(tab: Studio) -> None:
         tab.editor_key, tab.saved_edit_version = "epoch1", -1
 
 
-def _undo(tab: Studio, client: str, rev: int) -> dict:
-    return {"epoch": tab.editor_key, "client": client, "events": [{"epoch": tab.editor_key, "rev": rev, "op": "undo"}]}
+def _undo(tab: Studio, client: str, rev: int, op: str = "undo", mirrors: int | None = None) -> dict:
+    event = {"epoch": tab.editor_key, "rev": rev, "op": op} | ({"mirrors": mirrors} if mirrors is not None else {})
+    return {"epoch": tab.editor_key, "client": client, "events": [event]}
+
 
 
 @pytest.fixture
@@ -93,3 +95,53 @@ def test_a_tab_that_missed_the_other_tabs_save_merges_instead_of_overwriting(cas
     token_before = tab_a.editor_reloads
     assert persistence.sync_edits(tab_a) and tab_a.editor_reloads == token_before + 1  # A's browser reloads
     assert tab_a.editor.labels[2, 2, 2] == 1 and tab_a.editor.labels[1, 1, 1] == 2
+
+
+def test_an_undo_the_tab_already_showed_needs_no_labels_file(case):
+    """Ctrl+Z / Ctrl+Y of the tab's own last stroke show at once in the browser (``mirrors``); Python keeps the
+    browser's drawing when its own step is that stroke, and sends its labels file when the browser guessed wrong."""
+    tab = _tab(case)
+    _start_editing(tab)
+    tab.editor_synced = tab.editor.version
+    actions.apply_viewer_edits(_stroke(tab, "tabA", 1, (1, 1, 1), 2), tab)
+    actions.apply_viewer_edits(_stroke(tab, "tabA", 2, (2, 2, 2), 3), tab)
+    assert tab.editor_synced == tab.editor.version  # the browser drew both strokes
+
+    actions.apply_viewer_edits(_undo(tab, "tabA", 3, "undo", mirrors=2), tab)
+    assert tab.editor.labels[2, 2, 2] == 0 and tab.editor_synced == tab.editor.version  # shown already: no reload
+    actions.apply_viewer_edits(_undo(tab, "tabA", 4, "redo", mirrors=2), tab)
+    assert tab.editor.labels[2, 2, 2] == 3 and tab.editor_synced == tab.editor.version
+
+    # the browser reverted stroke 1 on screen, but Python's next step is stroke 2: Python undoes stroke 2 and the
+    # browser must load the labels file
+    actions.apply_viewer_edits(_undo(tab, "tabA", 5, "undo", mirrors=1), tab)
+    assert tab.editor.labels[2, 2, 2] == 0 and tab.editor.labels[1, 1, 1] == 2
+    assert tab.editor_synced != tab.editor.version
+
+    # nothing left to undo in Python (another tab undid it) while the browser showed an undo: reload too
+    tab.editor_synced = tab.editor.version
+    actions.apply_viewer_edits(_undo(tab, "tabA", 6, "undo", mirrors=1), tab)  # stroke 1 undone, matched
+    assert tab.editor.labels[1, 1, 1] == 0 and tab.editor_synced == tab.editor.version
+    version = tab.editor.version
+    actions.apply_viewer_edits(_undo(tab, "tabA", 7, "undo", mirrors=1), tab)
+    assert tab.editor.version == version and tab.editor_synced != version  # history empty: the screen is wrong
+
+    # an undo the browser did not show changes the mask, and the reload follows from the version
+    tab.editor_synced = tab.editor.version
+    actions.apply_viewer_edits(_undo(tab, "tabA", 8, "redo"), tab)
+    assert tab.editor.labels[1, 1, 1] == 2 and tab.editor_synced != tab.editor.version
+
+
+def test_an_undo_shown_by_a_tab_that_missed_the_other_tabs_stroke_reloads(case):
+    """Tab A reverts its own stroke on screen, but tab B drew after it: Python's undo reverts B's stroke (the
+    session's newest step) and A's browser gets the labels file instead of keeping its guess."""
+    tab_a, tab_b = _tab(case), _tab(case)
+    _start_editing(tab_a)
+    persistence.sync_edits(tab_b)
+    tab_a.editor_synced = tab_a.editor.version
+    actions.apply_viewer_edits(_stroke(tab_a, "tabA", 1, (1, 1, 1), 2), tab_a)
+    actions.apply_viewer_edits(_stroke(tab_b, "tabB", 1, (3, 3, 3), 1), tab_b)
+    reloads = tab_a.editor_reloads
+    actions.apply_viewer_edits(_undo(tab_a, "tabA", 2, "undo", mirrors=1), tab_a)
+    assert tab_a.editor.labels[3, 3, 3] == 0 and tab_a.editor.labels[1, 1, 1] == 2
+    assert tab_a.editor_reloads > reloads or tab_a.editor_synced != tab_a.editor.version

@@ -112,6 +112,7 @@ def viewer(
     editable: bool = False,
     epoch: str = "",
     acked_revs: dict[str, int] | None = None,
+    history_limit: int = 30,
     opacity: float = 0.5,
     visible: tuple[int, ...] = (1, 2, 3),
     cursor: tuple[int, int, int] | None = None,
@@ -133,6 +134,7 @@ def viewer(
         labels_token: changes when the browser must reload the labels (a server-side change).
         editable: drawing tools on; edits come back in the value, tagged with ``epoch``, the tab's ``client``
             id and a revision; ``acked_revs`` is the last revision applied per client (each tab reads its own).
+        history_limit: undo steps the editor keeps (the browser shows at most this many of its own undos at once).
         cursor: initial crosshair voxel (the browser keeps its own cursor per case after that).
         uncertainty: WT/TC/ET probability codes ``(X, Y, Z, 3)`` of a prediction (``Prediction.probability_codes``):
             the viewer bar gets an *Uncertainty* toggle that overlays their per-voxel uncertainty
@@ -153,7 +155,8 @@ def viewer(
         key=key, on_change=on_change, default=None,
         case_key=case_key, volumes=volumes, active=int(active), labels_url=labels_url,
         labels_token=labels_token if labels is not None else "", editable=bool(editable), epoch=epoch,
-        acked_revs={str(k): int(v) for k, v in (acked_revs or {}).items()}, opacity=float(opacity),
+        acked_revs={str(k): int(v) for k, v in (acked_revs or {}).items()}, history_limit=int(history_limit),
+        opacity=float(opacity),
         visible=list(visible), colors=colours, uncertainty_url=uncertainty_url,
         cursor_mm=voxel_to_world(cursor, affine) if cursor is not None else None, height=int(height),
         world_to_voxel=np.linalg.inv(np.asarray(affine, float))[:3].tolist(),

@@ -25,13 +25,15 @@ run cut short still leaves what it measured):
   session, and whether that mask equals the browser's drawing.
 - strokes per second: ``--burst`` strokes drawn back to back without any pause (each a mouse-down, four moves and
   a mouse-up; Playwright waits for the page to take each input event), then the strokes in the saved mask.
+- undo / redo: ``--undo`` rounds of Ctrl+Z then Ctrl+Y on the last stroke, each key until the viewer shows the
+  stroke gone / back and the GPU has drawn it; then whether the mask Python saved is unchanged and equals the drawing.
 - two tabs on one session: a second tab opens the same session, and the two draw ``--tab-strokes``
   strokes alternately (random gaps, no waiting); then the strokes found in the saved mask and whether
   each tab's drawing equals it (each tab takes the other's edits within its 2 s poll).
 - partial strokes: at the end, the strokes in the saved mask smaller than a whole one (a stroke that lost some
   of its pen moves still counts as found above).
 
-    python -m bench.app.bench_niivue [--strokes 100] [--tab-strokes 100] [--burst 20] [--opens 3]
+    python -m bench.app.bench_niivue [--strokes 100] [--tab-strokes 100] [--burst 20] [--undo 10] [--opens 3]
         [--json bench/results/app/niivue.json]
 
 The numbers depend heavily on the machine: SwiftShader renders on the CPU.
@@ -75,6 +77,30 @@ SETTLE_JS = """async () => { """ + PAINTED_JS + """ const viewer = window.bratsV
 # the component's marks on the page's clock: ms since the page's navigation start
 MARKS_JS = """() => { const t = window.bratsViewer.timings; const off = performance.timeOrigin; const out = {};
   for (const k in t) out[k] = t[k] + off; out["iframe start"] = off; return out }"""
+# Ctrl+Z then Ctrl+Y, each from the key until the viewer's drawing has changed back (the last stroke's ET voxels gone,
+# then back) and the GPU has drawn it; the key goes where the user's would (the viewer's key handler on the window)
+UNDO_REDO_JS = """async (rounds) => { """ + PAINTED_JS + """ const viewer = window.bratsViewer;
+  const count = () => { const b = viewer.nv.drawBitmap; let n = 0; for (let i = 0; i < b.length; i++) n += b[i] === 3;
+    return n };
+  const press = (key) => window.dispatchEvent(new KeyboardEvent('keydown', {key, ctrlKey: true, bubbles: true,
+    cancelable: true}));
+  const until = async (test, ms) => { const end = performance.now() + ms;
+    while (!test()) { if (performance.now() > end) return false; await new Promise((r) => setTimeout(r, 5)) }
+    return true };
+  const out = {undo: [], redo: [], failed: 0};
+  for (let i = 0; i < rounds; i++) {
+    await painted();
+    const before = count();
+    let t = performance.now(); press('z');
+    if (!(await until(() => count() < before, 10000))) { out.failed += 1; continue }
+    await painted(); out.undo.push(performance.now() - t);
+    t = performance.now(); press('y');
+    if (!(await until(() => count() === before, 10000))) { out.failed += 1; continue }
+    await painted(); out.redo.push(performance.now() - t);
+    await until(() => viewer.pending.length === 0 && viewer.acked >= viewer.rev, 10000);
+    await new Promise((r) => setTimeout(r, 300 + 400 * Math.random()))
+  }
+  return out }"""
 STROKE_TIMES_JS = """() => Array.from(window.bratsViewer.strokeTimes.entries())
   .map(([rev, t]) => [rev, t.acked === null ? null : t.acked - t.up])"""
 
@@ -238,6 +264,22 @@ def _burst(page, frame, strokes: int, session_root: Path, timeout_s: float) -> d
             "strokes_found_in_saved_mask": found, "lost_strokes": strokes - found, "ack_s": _summary(latencies)}
 
 
+def _undo_redo(page, frame, rounds: int, session_root: Path, timeout_s: float) -> dict:
+    """``rounds`` times Ctrl+Z then Ctrl+Y on the last stroke: each key until the viewer shows the stroke gone / back
+    (painted); then whether Python's saved mask still equals the browser's drawing."""
+    before = _saved_et(session_root)
+    times = frame.evaluate(UNDO_REDO_JS, rounds)
+    frame.wait_for_function("() => window.bratsViewer.pending.length === 0 && "
+                            "window.bratsViewer.acked >= window.bratsViewer.rev", timeout=timeout_s * 1000,
+                            polling=200)
+    page.wait_for_timeout(3000)  # a labels file Python sends after the last redo
+    after = _saved_et(session_root)
+    return {"undo_ms": _summary(times["undo"]) if times["undo"] else None,
+            "redo_ms": _summary(times["redo"]) if times["redo"] else None, "failed": times["failed"],
+            "saved_mask_unchanged": bool(np.array_equal(before, after)),
+            "browser_equals_saved": bool(np.array_equal(np.sort(_drawing(frame)), after))}
+
+
 def _drawing(frame) -> np.ndarray:
     return np.asarray(frame.evaluate(
         "() => { const b = window.bratsViewer.nv.drawBitmap; const o = [];"
@@ -307,7 +349,7 @@ def _two_tabs(page, strokes: int, rng: random.Random, session_root: Path, timeou
 
 
 def run(strokes: int, opens: int, seed: int, out: Path | None, timeout_s: float, tab_strokes: int = 100,
-        burst: int = 20) -> dict:
+        burst: int = 20, undo_rounds: int = 10) -> dict:
     """Run the whole benchmark once; returns the measurements (also written to ``out`` as they come)."""
     rng = random.Random(seed)
     results: dict = {"strokes_planned": strokes, "load_during_run": {"loadavg_start": os.getloadavg()},
@@ -367,6 +409,10 @@ def run(strokes: int, opens: int, seed: int, out: Path | None, timeout_s: float,
                 results["burst"] = _burst(page, frame, burst, Path(tmp, "s"), timeout_s)
                 print(json.dumps(results["burst"]), flush=True)
                 save()
+            if undo_rounds:
+                results["undo_redo"] = _undo_redo(page, frame, undo_rounds, Path(tmp, "s"), timeout_s)
+                print(json.dumps(results["undo_redo"]), flush=True)
+                save()
             if tab_strokes:
                 results["two_tabs"] = _two_tabs(page, tab_strokes, rng, Path(tmp, "s"), timeout_s)
                 print(json.dumps(results["two_tabs"]), flush=True)
@@ -383,11 +429,13 @@ def main() -> None:
     parser.add_argument("--opens", type=int, default=3, help="page reloads measured (after the first load)")
     parser.add_argument("--burst", type=int, default=20,
                         help="strokes drawn back to back without pauses, for strokes per second (0: skip)")
+    parser.add_argument("--undo", type=int, default=10, help="Ctrl+Z / Ctrl+Y rounds on the last stroke (0: skip)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=240.0, help="seconds any single step may take")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    results = run(args.strokes, args.opens, args.seed, args.json, args.timeout, args.tab_strokes, args.burst)
+    results = run(args.strokes, args.opens, args.seed, args.json, args.timeout, args.tab_strokes, args.burst,
+                  args.undo)
     print(json.dumps({k: v for k, v in results.items() if k != "page_open"}, indent=1))
 
 

@@ -8,6 +8,7 @@ map exactly onto voxels. History entries are per-slice snapshots, so memory stay
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections import deque
 from dataclasses import dataclass
@@ -213,6 +214,25 @@ class MaskEditor:
         self._undo.append(edit)
         self.version += 1
         return True
+
+    def step_digest(self, which: str = "undo") -> str | None:
+        """Fingerprint of the step the next :meth:`undo` (``which="undo"``) or :meth:`redo` would apply: its voxels
+        and their values before and after (equal for equal steps, also after :meth:`restore_history`); ``None``
+        when there is none."""
+        stack = {"undo": self._undo, "redo": self._redo}[which]
+        if not stack:
+            return None
+        edit = stack[-1]
+        if isinstance(edit, VoxelEdit):
+            flat = np.ravel_multi_index(edit.voxels, self._labels.shape)
+            order = np.argsort(flat, kind="stable")
+            parts = (flat[order].astype(np.int64), np.asarray(edit.before)[order], np.asarray(edit.after)[order])
+        else:
+            parts = (np.asarray([edit.index]), np.asarray(edit.before), np.asarray(edit.after))
+        digest = hashlib.sha1(type(edit).__name__.encode())
+        for part in parts:
+            digest.update(np.ascontiguousarray(part).tobytes())
+        return digest.hexdigest()
 
     # ------------------------------------------------------------------ saving the history
     def history_arrays(self) -> dict[str, np.ndarray]:

@@ -145,7 +145,11 @@ def voxel_to_world(voxel: Any, affine: np.ndarray) -> list[float]:
 
 @dataclass(frozen=True)
 class EditEvent:
-    """One edit from the browser: paint voxels (``voxels`` + ``values``), undo or redo."""
+    """One edit from the browser: paint voxels (``voxels`` + ``values``), undo or redo.
+
+    ``mirrors`` (undo / redo only): the revision of the tab's own paint whose voxels it already reverted (or
+    re-applied) on screen, expecting that paint to be the step undone (redone); ``None``: the tab showed nothing.
+    """
 
     rev: int
     op: str
@@ -153,6 +157,7 @@ class EditEvent:
     values: np.ndarray | None = None
     tool: str = ""
     client: str = ""
+    mirrors: int | None = None
 
 
 MAX_CLIENT_ID = 64
@@ -192,7 +197,10 @@ def new_events(value: Any, epoch: str, applied_revs: Mapping[str, int], shape: t
             continue
         op = raw.get("op")
         if op in ("undo", "redo"):
-            events.append(EditEvent(rev, op, client=client))
+            mirrors = raw.get("mirrors")
+            if mirrors is not None and (isinstance(mirrors, bool) or not isinstance(mirrors, int)):
+                raise ValueError(f"edit {rev}: 'mirrors' must be a revision number, got {mirrors!r}")
+            events.append(EditEvent(rev, op, client=client, mirrors=mirrors))
         elif op == "paint":
             idx = np.asarray(raw.get("idx") or [], dtype=np.int64)
             val = np.asarray(raw.get("val") or [], dtype=np.int64)

@@ -5,7 +5,8 @@
 // stroke of a few moves kept the browser busy for over a second. Every pen voxel goes through drawPt or
 // drawPenLine (and drawPenFilled at mouse-up for the Fill tool), so their box is known: the next refreshDrawing
 // uploads that box only (WebGL2 unpack parameters pick it out of the full bitmap). Anything else that changes the
-// drawing (loading a file, applying another tab's edits) leaves no box and gets NiiVue's full upload.
+// drawing (loading a file, applying another tab's edits) leaves no box and gets NiiVue's full upload, unless the
+// caller names the voxels it changed (``changed``: an undo or redo shown before Python confirms it).
 
 const TEXTURE7_DRAW = 33991 // gl.TEXTURE7: NiiVue's drawing texture unit (TEXTURE_CONSTANTS.TEXTURE7_DRAW)
 
@@ -45,7 +46,9 @@ export function uploadBox(gl, texture, bitmap, dims, box) {
  * Make ``nv``'s pen strokes upload only what they changed.
  *
  * @param nv - the Niivue instance (its drawPt, drawPenLine, drawPenFilled and refreshDrawing are wrapped).
- * @returns counters for tests and benchmarks: ``{boxes, full}`` uploads done each way.
+ * @returns ``{stats, changed}``: counters for tests and benchmarks (``{boxes, full}``: uploads done each way), and
+ *   ``changed(idx)``: the caller changed the drawing bitmap at these flat (RAS) indices; the next refreshDrawing
+ *   uploads their box.
  */
 export function installBoxUploads(nv) {
   const stats = { boxes: 0, full: 0 }
@@ -89,5 +92,12 @@ export function installBoxUploads(nv) {
     stats.boxes += 1
     if (isForceRedraw) nv.drawScene()
   }
-  return stats
+  const changed = (idx) => {
+    if (!nv.back || !idx.length) return
+    const [, nx, ny] = nv.back.dims
+    const points = []
+    for (const i of idx) points.push([i % nx, Math.floor(i / nx) % ny, Math.floor(i / (nx * ny))])
+    dirty = grow(dirty, points, 0, nv.back.dims)
+  }
+  return { stats, changed }
 }

@@ -59,6 +59,10 @@ const state = {
   snapshot: null, // drawing before the current mouse stroke (until the stroke is diffed, after mouse-up)
   strokeEnding: false, // mouse-up seen, the stroke's diff not taken yet
   uploads: null, // {boxes, full}: drawing uploads to the GPU, by pen box or whole layer (see drawing_upload.js)
+  drawingChanged: null, // (idx) => the next drawing upload covers these voxels (see drawing_upload.js)
+  localUndo: [], // this tab's strokes it can undo on screen at once: {rev, idx, val, before}, newest last
+  localRedo: [], // those it undid, newest last
+  localWrites: new Map(), // rev of an undo / redo shown at once -> {idx, val} it wrote (put back over a labels file)
   renderCache: null, // the 3D pane's last picture, shown while the user interacts (see render_cache.js)
   pacing: null, // redraws paced to the GPU (see frame_pacing.js)
   loading: Promise.resolve(),
@@ -146,7 +150,9 @@ async function createViewer() {
     keyDebounceTime: 10,
   })
   await nv.attachToCanvas(canvas)
-  state.uploads = installBoxUploads(nv) // a pen move uploads its own voxels, not the whole drawing layer
+  const boxUploads = installBoxUploads(nv) // a pen move uploads its own voxels, not the whole drawing layer
+  state.uploads = boxUploads.stats
+  state.drawingChanged = boxUploads.changed
   state.renderCache = installRenderCache(nv, document) // the 3D pane is rendered again once the user pauses
   state.pacing = installFramePacing(nv) // a redraw waits for the previous one to leave the GPU: no input queues
   nv.setRadiologicalConvention(true)
@@ -397,9 +403,11 @@ async function showLabels(args) {
   const inFile = (args.acked_revs || {})[CLIENT] || 0
   state.recent = state.recent.filter((e) => e.rev > inFile && e.epoch === state.epoch)
   const later = new Map([...state.recent, ...state.pending].filter((e) => e.rev > inFile).map((e) => [e.rev, e]))
-  const paints = [...later.keys()].sort((a, b) => a - b).filter((rev) => later.get(rev).op === 'paint')
-  for (const rev of paints) applyPaint(later.get(rev))
-  if (paints.length) nv.refreshDrawing(true) // a second whole upload only when strokes went on top
+  forgetLocalHistory()
+  const writes = [...later.keys()].sort((a, b) => a - b)
+    .map((rev) => (later.get(rev).op === 'paint' ? later.get(rev) : state.localWrites.get(rev))).filter(Boolean)
+  for (const write of writes) applyPaint(write)
+  if (writes.length) nv.refreshDrawing(true) // a second whole upload only when edits went on top
 }
 
 function applyPaint(event) {
@@ -419,7 +427,9 @@ function applyPen() {
   const nv = state.nv
   if (!nv) return
   const editable = !!(state.args && state.args.editable)
-  nv.setDrawingEnabled(editable)
+  // setDrawingEnabled redraws the whole scene: only when it changes (applyPen runs on every rerun, e.g. each
+  // stroke's acknowledgement)
+  if (nv.opts.drawingEnabled !== editable) nv.setDrawingEnabled(editable)
   if (!editable) return
   // Options only: setPenValue would redraw the whole scene (costly with software WebGL) for nothing visible.
   nv.opts.penValue = state.tool === 'erase' ? 0 : state.label
@@ -462,21 +472,27 @@ function endStroke() {
     if (strokeLocation) { showLocation(strokeLocation); strokeLocation = null }
     const after = state.nv.drawBitmap
     if (!after || after.length !== before.length) return
-    const idx = [], val = []
+    const idx = [], val = [], was = []
     for (let i = 0; i < after.length; i++) {
-      if (after[i] !== before[i]) { idx.push(i); val.push(after[i]) }
+      if (after[i] !== before[i]) { idx.push(i); val.push(after[i]); was.push(before[i]) }
     }
-    if (idx.length) queue({ op: 'paint', idx, val, tool: state.tool }, upAt)
+    if (!idx.length) return
+    const rev = queue({ op: 'paint', idx, val, tool: state.tool }, upAt)
+    state.localUndo.push({ rev, idx, val, before: was })
+    if (state.localUndo.length > historyLimit()) state.localUndo.shift()
+    state.localRedo = [] // a new step ends the redo history (Python's too)
   }, 0)
 }
 
 function queue(event, upAt = performance.now()) {
+  // returns the event's revision
   state.rev += 1
   state.pending.push({ ...event, rev: state.rev, epoch: state.epoch })
   state.recent.push(state.pending[state.pending.length - 1])
   state.strokeTimes.set(state.rev, { up: upAt, acked: null })
   if (state.strokeTimes.size > 2000) state.strokeTimes.delete(state.strokeTimes.keys().next().value)
   flush()
+  return state.rev
 }
 
 function storePending() {
@@ -490,7 +506,9 @@ function storePending() {
 function restorePending(epoch, acked) {
   try {
     const saved = JSON.parse(localStorage.getItem(storageKey(`pending:${epoch}:${CLIENT}`)) || '[]')
-    return Array.isArray(saved) ? saved.filter((e) => e.rev > acked && e.epoch === epoch) : []
+    // an undo shown at once before the reload is not on this page's screen: Python must send its file after it
+    return Array.isArray(saved) ? saved.filter((e) => e.rev > acked && e.epoch === epoch)
+      .map(({ mirrors, ...e }) => e) : []
   } catch (e) { return [] }
 }
 
@@ -534,8 +552,34 @@ function cursorMM() {
   return Array.from(nv.frac2mm(nv.scene.crosshairPos)).slice(0, 3).map((v) => Math.round(v * 100) / 100)
 }
 
-function undo() { if (state.args && state.args.editable) queue({ op: 'undo' }) }
-function redo() { if (state.args && state.args.editable) queue({ op: 'redo' }) }
+// Undo / redo of this tab's own strokes show at once: the stroke's voxels get their values back (or again) on
+// screen, and Python is told which stroke the tab reverted (``mirrors``). Python checks that its own next step is
+// that stroke and that the drawing was in step with it; if not (another tab drew since, a labels file changed
+// the drawing, the history was shorter), it sends its labels file and the tab shows that. Anything else (no own
+// stroke left to undo here) goes to Python and shows when its labels file comes back.
+function historyLimit() { return (state.args && state.args.history_limit) || 30 }
+
+function undo() { undoOrRedo('undo', state.localUndo, state.localRedo, 'before') }
+function redo() { undoOrRedo('redo', state.localRedo, state.localUndo, 'val') }
+
+function undoOrRedo(op, from, to, values) {
+  if (!state.args || !state.args.editable) return
+  const step = from.pop()
+  if (!step || !state.nv || !state.nv.drawBitmap) { queue({ op }); return }
+  const write = { idx: step.idx, val: step[values] }
+  applyPaint(write)
+  state.drawingChanged(step.idx)
+  state.nv.refreshDrawing(true)
+  to.push(step)
+  const rev = queue({ op, mirrors: step.rev })
+  state.localWrites.set(rev, write)
+}
+
+function forgetLocalHistory() {
+  // The drawing now comes from a labels file: Python's history decides what an undo reverts.
+  state.localUndo = []
+  state.localRedo = []
+}
 
 // ------------------------------------------------------------------ keys (ITK-SNAP / Slicer habits)
 function onKey(e) {
@@ -818,6 +862,8 @@ async function onRender(args) {
     state.rev = state.pending.length ? state.pending[state.pending.length - 1].rev : 0
     state.acked = 0
     inFlight = null // the old epoch's value: its edits are void
+    forgetLocalHistory()
+    state.localWrites.clear()
   }
   if (acked > state.acked) {
     const now = performance.now()
@@ -827,7 +873,10 @@ async function onRender(args) {
   state.rev = Math.max(state.rev, state.acked)
   const before = state.pending.length
   state.pending = state.pending.filter((e) => e.rev > state.acked)
-  if (!state.labelsLoads) state.recent = state.recent.filter((e) => e.rev > state.acked) // a later file holds them
+  if (!state.labelsLoads) { // a later file holds them
+    state.recent = state.recent.filter((e) => e.rev > state.acked)
+    for (const rev of [...state.localWrites.keys()]) if (rev <= state.acked) state.localWrites.delete(rev)
+  }
   if (state.pending.length !== before) storePending()
   answered()
   const height = args.height || 600
