@@ -713,6 +713,7 @@ def _on_niivue(key: str) -> None:
     app_state.note_cursor(value)
 
 
+@st.fragment
 def niivue_view(state: Studio, key: str, *, compact: bool = False, height: int = 620,
                 uncertainty: bool = False) -> None:
     """The NiiVue viewer of the current case; the overlay choice (a Python widget) is shared by all pages.
@@ -753,6 +754,7 @@ def _sample_cursor(mask_key: str, _sample: Case) -> tuple[int, int, int]:
     return app_state.initial_cursor(_sample, _sample.seg)
 
 
+@st.fragment
 def niivue_sample_view(state: Studio, samples: Samples, index: int, key: str = "nv_gen", height: int = 560) -> None:
     """One generated sample in the NiiVue viewer, with the mask it was generated from as its label layer.
 
