@@ -161,3 +161,18 @@ def test_mid_band_noise_is_patchy_with_real_tumour_tails():
     energy = ndimage.uniform_filter(patchy[..., 0] ** 2, 8)[8:-8, 8:-8, 8:-8]
     flat = ndimage.uniform_filter(stationary[..., 0] ** 2, 8)[8:-8, 8:-8, 8:-8]
     assert energy.std() / energy.mean() > 1.3 * flat.std() / flat.mean()
+
+
+@pytest.mark.parametrize("sigma", [0.0, 1.0, 3.0])
+def test_gaussian_spatial_equals_scipy_per_channel_in_either_layout(sigma):
+    from scipy import ndimage
+
+    from core.synthesis.filters import gaussian_spatial
+
+    volume = np.random.default_rng(0).standard_normal((9, 11, 7, 4)).astype(np.float32)
+    expected = ndimage.gaussian_filter(volume, sigma=(sigma, sigma, sigma, 0))
+    np.testing.assert_array_equal(gaussian_spatial(volume, sigma), expected)  # bit for bit, threads or not
+    first = np.ascontiguousarray(np.moveaxis(volume, -1, 0))
+    np.testing.assert_array_equal(gaussian_spatial(first, sigma, channel_axis=0), np.moveaxis(expected, -1, 0))
+    with pytest.raises(ValueError, match="4-D"):
+        gaussian_spatial(volume[..., 0], sigma)

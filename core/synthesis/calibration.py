@@ -12,7 +12,8 @@ Arrays are channel-last z-scores ``(X, Y, Z, C)`` as the generator sees them; no
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
+
+from core.synthesis.filters import gaussian_spatial
 
 EDGE_SIGMA = 1.0  # voxels: the offset field is smoothed by this Gaussian (no step at class borders)
 
@@ -35,7 +36,7 @@ def bias_field(labels: np.ndarray, channels: int) -> np.ndarray:
         return field
     for label, bias in CLASS_BIAS.items():
         field[labels == label] = bias
-    return ndimage.gaussian_filter(field, sigma=(EDGE_SIGMA, EDGE_SIGMA, EDGE_SIGMA, 0))
+    return gaussian_spatial(field, EDGE_SIGMA)
 
 
 def calibrate(generated: np.ndarray, labels: np.ndarray, region: np.ndarray,

@@ -26,8 +26,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
+from core.synthesis.filters import gaussian_spatial
 from core.synthesis.texture import padded_box
 
 WINDOW_PERCENTILES = (0.5, 99.5)  # the viewer's auto window (core.viewer.render.auto_window)
@@ -126,7 +126,7 @@ def level_shift(generated: np.ndarray, labels: np.ndarray, region: np.ndarray, w
         for m in range(generated.shape[0]):
             target = position_value(level[m], window.centre[m], window.low[m], window.high[m])
             local[m][mask] = float(target) - float(np.median(generated[m][box][mask]))
-    field[(slice(None), *box)] = ndimage.gaussian_filter(local, sigma=(0, EDGE_SIGMA, EDGE_SIGMA, EDGE_SIGMA))
+    field[(slice(None), *box)] = gaussian_spatial(local, EDGE_SIGMA, channel_axis=0)
     return field
 
 
@@ -164,11 +164,12 @@ def apply_host_levels(generated: np.ndarray, labels: np.ndarray | None, region: 
         return out
     shifted = generated + level_shift(generated, labels, region, window) if labels is not None else generated
     box = padded_box(region, int(4 * DETAIL_SIGMA) + 1)
+    smoothed = gaussian_spatial(shifted[(slice(None), *box)], DETAIL_SIGMA, channel_axis=0)
     for m in range(generated.shape[0]):
         knee_value, last_knee, top_value = (float(position_value(p, window.centre[m], window.low[m], window.high[m]))
                                             for p in (knee, DETAIL_KNEE, top))
         values = shifted[m][box]
-        smooth = ndimage.gaussian_filter(values, DETAIL_SIGMA)
+        smooth = smoothed[m]
         level = soft_ceiling(smooth, knee_value, top_value)
         combined = np.where(smooth > knee_value,
                             level + _ceiling_slope(smooth, knee_value, top_value) * (values - smooth), values)

@@ -29,6 +29,7 @@ import numpy as np
 from scipy import fft, ndimage
 
 from core.preprocessing.preprocess import bounding_box
+from core.synthesis.filters import gaussian_spatial
 
 HIGH_PASS_SIGMA = 1.0  # voxels: the residual ``z - gaussian(z, sigma)`` is what "texture" means here
 EDGE = 3  # voxels of healthy context dropped next to R and the brain's edge (their residual is an edge, not noise)
@@ -94,15 +95,14 @@ def _level_inside(z: np.ndarray, region: np.ndarray) -> np.ndarray:
 def high_pass(z: np.ndarray, sigma: float = HIGH_PASS_SIGMA) -> np.ndarray:
     """``z - gaussian(z, sigma)`` per channel of a channel-last ``(X, Y, Z, C)`` array (float32)."""
     z = np.asarray(z, np.float32)
-    return z - ndimage.gaussian_filter(z, sigma=(sigma, sigma, sigma, 0))
+    return z - gaussian_spatial(z, sigma)
 
 
 def mid_band(z: np.ndarray) -> np.ndarray:
     """``gaussian(z, 1) - gaussian(z, 3)`` per channel of a channel-last ``(X, Y, Z, C)`` array (float32)."""
     z = np.asarray(z, np.float32)
     low, high = MID_BAND_SIGMAS
-    return (ndimage.gaussian_filter(z, sigma=(low, low, low, 0))
-            - ndimage.gaussian_filter(z, sigma=(high, high, high, 0)))
+    return gaussian_spatial(z, low) - gaussian_spatial(z, high)
 
 
 def patchy_mid_noise(shape: tuple[int, ...], rng: np.random.Generator,
