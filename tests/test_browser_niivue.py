@@ -137,8 +137,9 @@ def _download(page, name: str, target: Path) -> Path:
     One second click if the first gives nothing in 60 s: Streamlit drops a download button's deferred data
     (``data=callable``) when a script run that ends meanwhile no longer references it, and the click then fetches
     nothing (no message): 2 of 4 clicks right after Generate with the viewer bundle of 6892e8e as well. The viewer's
-    own reports (cursor, ready) no longer rerun the whole page (it is an ``st.fragment``): 0 of 20 clicks right after
-    a viewer click failed, 2 of 32 before (/tmp repro, session 28); other whole-page reruns can still race a click.
+    own reports (cursor, ready) no longer rerun the whole page (it is an ``st.fragment``): no click right after a
+    viewer click failed (0 of 40 in bench/app/bench_downloads.py, 2 of 32 before); other whole-page runs can still
+    race a click.
     """
     wait_until_idle(page)
     for attempt in (1, 2):
