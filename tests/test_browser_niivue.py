@@ -408,6 +408,10 @@ def _pane_pixels(frame) -> tuple[np.ndarray, dict]:
 _QUICK_REDRAW_JS = "() => { window.bratsViewer.renderCache.defer(); window.bratsViewer.nv.drawScene() }"
 
 
+_EAGER_GRADIENT_JS = ("() => { const nv = window.bratsViewer.nv; nv.gradientGL(nv.back.hdr); "
+                      "window.bratsViewer.renderCache.settle(); nv.drawScene() }")
+
+
 def test_strokes_upload_their_box_and_the_3d_pane_waits(server):
     """A pen move uploads only the voxels it touched, and the GPU's drawing layer still equals the drawing; while
     the user works, the 4-up view's 3D pane shows its last picture pixel for pixel and is rendered once they pause."""
@@ -431,6 +435,13 @@ def test_strokes_upload_their_box_and_the_3d_pane_waits(server):
         frame.evaluate("() => window.bratsViewer.renderCache.settle()")
         shown, rendered = _pane_pixels(frame)
         assert not rendered["stale"] and shown.std() > 5  # a ray-cast picture
+        # its shading: the gradient texture is built only when a 3D pane first needs it (build.mjs); built afresh
+        # now, the picture is the same (a 3D render without it, or with another modality's, is not)
+        assert rendered["stats"]["gradients"] >= 1
+        frame.evaluate(_EAGER_GRADIENT_JS)
+        eager, rendered = _pane_pixels(frame)
+        assert not rendered["stale"] and np.abs(eager.astype(int) - shown.astype(int)).max() <= 2
+        shown = eager
         frame.evaluate(_QUICK_REDRAW_JS)
         again, quick = _pane_pixels(frame)
         assert quick["stale"] and quick["stats"]["reused"] == rendered["stats"]["reused"] + 1

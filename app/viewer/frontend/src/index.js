@@ -245,23 +245,38 @@ async function volumeImage(spec) {
 // background image (the read-out's values), then redraws: NiiVue binds its textures anew on every draw.
 // A window/level drag rebuilds the shown modality's textures in NiiVue's slots; they go back to the cache
 // with it on the next switch, so each modality keeps its own window. All modalities share the case's grid.
+// A gradient is built only when a 3D pane first needs it (render_cache.js): ``grad`` is null until then.
 function canSwapTextures(nv) {
-  return nv.volumes.length > 0 && !nv.opts.is2DSliceShader && nv.volumeTexture && nv.gradientTexture
+  return nv.volumes.length > 0 && !nv.opts.is2DSliceShader && nv.volumeTexture && (nv.gradientTexture || nv.gradientStale)
+}
+
+function shownTextures(nv) {
+  // the shown modality's textures, to keep; a stale gradient is dropped (built again when needed)
+  if (nv.gradientStale && nv.gradientTexture) { nv.gl.deleteTexture(nv.gradientTexture); nv.gradientTexture = null }
+  return { vol: nv.volumeTexture, grad: nv.gradientStale ? null : nv.gradientTexture }
+}
+
+function showTextures(nv, textures) {
+  nv.volumeTexture = textures.vol
+  nv.gradientTexture = textures.grad
+  nv.gradientStale = !textures.grad
 }
 
 function buildTextures(image) {
   const nv = state.nv
-  const shown = { vol: nv.volumeTexture, grad: nv.gradientTexture, image: nv.volumes[0], back: nv.back }
+  const shown = { vol: nv.volumeTexture, grad: nv.gradientTexture, stale: nv.gradientStale, image: nv.volumes[0],
+    back: nv.back }
   nv.volumeTexture = null
   nv.gradientTexture = null
   nv.volumes[0] = image
   nv.back = image
   try {
     nv.refreshLayers(image, 0)
-    return { vol: nv.volumeTexture, grad: nv.gradientTexture }
+    return { vol: nv.volumeTexture, grad: nv.gradientStale ? null : nv.gradientTexture }
   } finally {
     nv.volumeTexture = shown.vol
     nv.gradientTexture = shown.grad
+    nv.gradientStale = shown.stale
     nv.volumes[0] = shown.image
     nv.back = shown.back
   }
@@ -272,9 +287,8 @@ function swapBackground(url, image) {
   let textures = state.textures.get(url)
   if (!textures) textures = buildTextures(image)
   state.textures.delete(url)
-  state.textures.set(state.activeUrl, { vol: nv.volumeTexture, grad: nv.gradientTexture })
-  nv.volumeTexture = textures.vol
-  nv.gradientTexture = textures.grad
+  state.textures.set(state.activeUrl, shownTextures(nv))
+  showTextures(nv, textures)
   nv.volumes[0] = image
   nv.back = image
   nv.drawScene()
@@ -282,7 +296,7 @@ function swapBackground(url, image) {
 
 function dropTextures() {
   const gl = state.nv && state.nv.gl
-  for (const t of state.textures.values()) { gl.deleteTexture(t.vol); gl.deleteTexture(t.grad) }
+  for (const t of state.textures.values()) { gl.deleteTexture(t.vol); if (t.grad) gl.deleteTexture(t.grad) }
   state.textures.clear()
 }
 

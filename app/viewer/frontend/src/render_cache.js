@@ -7,6 +7,11 @@
 // the 3D pane shows its last picture, copied back from a framebuffer (a blit, ~1 ms), or stays empty if it has
 // none yet; once the user pauses it is rendered again. Only with a single-sampled canvas (a blit into a
 // multisampled one is not allowed; machines that antialias have a hardware GPU, where the render is fast anyway).
+//
+// The 3D render's shading needs the background's gradient texture, which NiiVue built with every volume texture
+// (3.5 s of ~4 s per volume in SwiftShader). Here NiiVue builds it lazily (``nv.lazyGradient``, see build.mjs): a
+// volume texture leaves ``nv.gradientStale``, and the gradient is built between two frames, before the first 3D
+// render that needs it. Slices never wait for it.
 
 /** Integer canvas rectangle (bottom-left origin, as GL wants it) of NiiVue's top-left ``ltwh`` tile. */
 function glRect(gl, ltwh) {
@@ -22,13 +27,15 @@ function glRect(gl, ltwh) {
  * @param nv - the Niivue instance (its ``draw3D`` is wrapped).
  * @param target - where pointer, wheel and key events count as interaction (capture phase), e.g. ``document``.
  * @param idleMs - pause after the last interaction event before the 3D pane is rendered again.
- * @returns ``{stats: {rendered, reused}, stale(), settle(), defer()}``: counters, whether the 3D pane shows an
+ * @returns ``{stats: {rendered, reused, gradients}, stale(), settle(), defer()}``: counters, whether the 3D pane shows an
  *   older picture (or none), rendering it now (for tests and benchmarks), and putting it off as for an interaction
  *   (while a page loads its first pictures).
  */
 export function installRenderCache(nv, target, idleMs = 400) {
   const gl = nv.gl
-  const stats = { rendered: 0, reused: 0 }
+  const stats = { rendered: 0, reused: 0, gradients: 0 }
+  nv.lazyGradient = true
+  let gradientTimer = 0
   const cache = { fbo: null, rb: null, size: [0, 0], rect: null, slice: null }
   let fast = false
   let pointerDown = false
@@ -86,6 +93,11 @@ export function installRenderCache(nv, target, idleMs = 400) {
       stale = true
       return undefined
     }
+    if (nv.gradientStale) { // build the gradient outside this frame, then draw again
+      stale = true
+      buildGradientSoon()
+      return undefined
+    }
     const first = nv.screenSlices.length
     const out = draw3D(ltwh, ...rest)
     stats.rendered += 1
@@ -98,10 +110,26 @@ export function installRenderCache(nv, target, idleMs = 400) {
     return out
   }
 
+  function buildGradient() { // outside a frame only: it draws into framebuffers of its own
+    if (!nv.gradientStale || !nv.back) return false
+    nv.gradientStale = false
+    nv.gradientGL(nv.back.hdr)
+    stats.gradients += 1
+    return true
+  }
+  function buildGradientSoon() {
+    if (gradientTimer) return
+    gradientTimer = setTimeout(() => {
+      gradientTimer = 0
+      if (buildGradient()) nv.drawScene()
+    }, 0)
+  }
+
   function settle() {
     clearTimeout(timer)
     timer = 0
     fast = false
+    buildGradient()
     if (stale) nv.drawScene()
   }
   function later() {
