@@ -73,6 +73,9 @@ const state = {
   shown: { lut: '', opacity: null, layout: '' }, // display settings already given to NiiVue (each costs a redraw)
 }
 const mark = (name) => { state.timings[name] = Math.round(performance.now()) }
+// settles once the page's first slices and labels are painted (or loading failed): the 3D pane waits for it
+let firstPainted = () => {}
+const firstPaint = new Promise((resolve) => { firstPainted = resolve })
 
 function storageKey(suffix) {
   return `brats-studio:${suffix}`
@@ -336,7 +339,9 @@ async function showVolume(args) {
   }
   const first = nv.volumes.length === 0
   if (first) {
-    state.renderCache.defer() // the slices first; the 3D pane once they (and the labels) are on screen
+    // the slices first; the 3D pane (its gradient: ~3.5 s here) once they and the labels are painted
+    if (!state.timings.shown) state.renderCache.holdUntil(firstPaint)
+    else state.renderCache.defer()
     nv.addVolume(image)
     mark('volume added')
   } else if (canSwapTextures(nv)) {
@@ -861,6 +866,7 @@ function renderStatus() {
 
 function fail(error) {
   console.error(error)
+  firstPainted() // the 3D pane is not held back by a page that will not paint
   setStatus(`Viewer error: ${error && error.message ? error.message : error}`, true)
 }
 
@@ -968,7 +974,7 @@ async function onRender(args) {
         painted = state.pacing.idle().then(() => { // the GPU has drawn it (a 1-pixel read waits for that)
           nv.gl.readPixels(1, 1, 1, 1, nv.gl.RGBA, nv.gl.UNSIGNED_BYTE, new Uint8Array(4))
           mark('painted')
-        })
+        }).finally(firstPainted)
       }
       if (state.warming !== args.case_key) {
         state.warming = args.case_key // once per case (not a loading step itself: see warmModalities)

@@ -27,7 +27,8 @@ function glRect(gl, ltwh) {
  * @param nv - the Niivue instance (its ``draw3D`` is wrapped).
  * @param target - where pointer, wheel and key events count as interaction (capture phase), e.g. ``document``.
  * @param idleMs - pause after the last interaction event before the 3D pane is rendered again.
- * @returns ``{stats: {rendered, reused, gradients}, stale(), settle(), defer()}``: counters, whether the 3D pane shows an
+ * @returns ``{stats: {rendered, reused, gradients}, stale(), settle(), defer(), holdUntil(promise)}``: counters, whether
+ *   the 3D pane shows an
  *   older picture (or none), rendering it now (for tests and benchmarks), and putting it off as for an interaction
  *   (while a page loads its first pictures).
  */
@@ -41,6 +42,7 @@ export function installRenderCache(nv, target, idleMs = 400) {
   let pointerDown = false
   let stale = false
   let timer = 0
+  let held = 0 // holdUntil calls not settled yet
   const singleSampled = gl.getParameter(gl.SAMPLES) === 0
 
   function blit(from, to, src, dst) {
@@ -134,7 +136,18 @@ export function installRenderCache(nv, target, idleMs = 400) {
   }
   function later() {
     clearTimeout(timer)
-    timer = setTimeout(() => { if (!pointerDown) settle() }, idleMs)
+    timer = setTimeout(() => { if (!pointerDown && !held) settle() }, idleMs)
+  }
+  // The 3D pane (and its gradient) waits until ``promise`` settles, or ``maxMs`` at most, then as after an
+  // interaction: at page open the GPU draws the slices and labels first (its queue is in order).
+  function holdUntil(promise, maxMs = 15000) {
+    fast = true
+    clearTimeout(timer)
+    held += 1
+    let done = false
+    const release = () => { if (done) return; done = true; held -= 1; if (!held) later() }
+    Promise.resolve(promise).finally(release)
+    setTimeout(release, maxMs)
   }
   const begin = () => { fast = true; later() }
   target.addEventListener('pointerdown', () => { pointerDown = true; fast = true; clearTimeout(timer) }, true)
@@ -142,5 +155,5 @@ export function installRenderCache(nv, target, idleMs = 400) {
   window.addEventListener('pointercancel', () => { pointerDown = false; later() }, true)
   target.addEventListener('wheel', begin, { capture: true, passive: true })
   for (const type of ['keydown', 'click', 'input']) target.addEventListener(type, begin, true) // keys, bar, slider
-  return { stats, stale: () => stale, settle, defer: begin }
+  return { stats, stale: () => stale, settle, defer: begin, holdUntil }
 }
