@@ -229,7 +229,7 @@ class MaskEditor:
             parts = (flat[order].astype(np.int64), np.asarray(edit.before)[order], np.asarray(edit.after)[order])
         else:
             parts = (np.asarray([edit.index]), np.asarray(edit.before), np.asarray(edit.after))
-        digest = hashlib.sha1(type(edit).__name__.encode())
+        digest = hashlib.sha1(type(edit).__name__.encode() + getattr(edit, "plane", "").encode())
         for part in parts:
             digest.update(np.ascontiguousarray(part).tobytes())
         return digest.hexdigest()

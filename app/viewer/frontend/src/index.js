@@ -253,8 +253,8 @@ function canSwapTextures(nv) {
   return nv.volumes.length > 0 && !nv.opts.is2DSliceShader && nv.volumeTexture && (nv.gradientTexture || nv.gradientStale)
 }
 
-function shownTextures(nv) {
-  // the shown modality's textures, to keep; a stale gradient is dropped (built again when needed)
+function currentTextures(nv) {
+  // the textures in NiiVue's background slots, to keep; a stale gradient is dropped (built again when needed)
   if (nv.gradientStale && nv.gradientTexture) { nv.gl.deleteTexture(nv.gradientTexture); nv.gradientTexture = null }
   return { vol: nv.volumeTexture, grad: nv.gradientStale ? null : nv.gradientTexture }
 }
@@ -275,7 +275,7 @@ function buildTextures(image) {
   nv.back = image
   try {
     nv.refreshLayers(image, 0)
-    return { vol: nv.volumeTexture, grad: nv.gradientStale ? null : nv.gradientTexture }
+    return currentTextures(nv)
   } finally {
     nv.volumeTexture = shown.vol
     nv.gradientTexture = shown.grad
@@ -290,7 +290,7 @@ function swapBackground(url, image) {
   let textures = state.textures.get(url)
   if (!textures) textures = buildTextures(image)
   state.textures.delete(url)
-  state.textures.set(state.activeUrl, shownTextures(nv))
+  state.textures.set(state.activeUrl, currentTextures(nv))
   showTextures(nv, textures)
   nv.volumes[0] = image
   nv.back = image

@@ -27,10 +27,9 @@ function glRect(gl, ltwh) {
  * @param nv - the Niivue instance (its ``draw3D`` is wrapped).
  * @param target - where pointer, wheel and key events count as interaction (capture phase), e.g. ``document``.
  * @param idleMs - pause after the last interaction event before the 3D pane is rendered again.
- * @returns ``{stats: {rendered, reused, gradients}, stale(), settle(), defer(), holdUntil(promise)}``: counters, whether
- *   the 3D pane shows an
- *   older picture (or none), rendering it now (for tests and benchmarks), and putting it off as for an interaction
- *   (while a page loads its first pictures).
+ * @returns ``{stats: {rendered, reused, gradients}, stale(), settle(), defer(), holdUntil(promise)}``: counters,
+ *   whether the 3D pane shows an older picture (or none), rendering it now (for tests and benchmarks), putting it
+ *   off as for an interaction, and putting it off until a promise settles (while a page paints its first pictures).
  */
 export function installRenderCache(nv, target, idleMs = 400) {
   const gl = nv.gl
